@@ -67,7 +67,8 @@ class Delta:
             return cls(
                 market=str(d["m"]), epoch=str(d["e"]), version=int(d["v"]), base=int(d["base"]),
                 ts=int(d["ts"]), fields={k: d[k] for k in MARKET_FIELDS if k in d},
-                sel={str(k): dict(v) for k, v in sel.items()},
+                sel={str(k): {f: (None if f == "point" and x is False else x)
+                              for f, x in v.items()} for k, v in sel.items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InvalidInput(f"bad delta: {exc}") from None

@@ -293,7 +293,10 @@ class MarketUpdate:
     def to_store(self) -> dict[str, Any]:
         """The map handed to the store's apply script."""
         d: dict[str, Any] = {"market": self.market, "fields": dict(self.fields),
-                             "selections": {k: dict(v) for k, v in self.selections.items()},
+                             # false, not nil, clears a line: Lua tables cannot hold nil
+                             "selections": {k: {f: (False if f == "point" and v is None else v)
+                                                for f, v in p.items()}
+                                            for k, p in self.selections.items()},
                              "replace": self.replace, "create": self.create}
         if self.ts is not None:
             d["ts"] = self.ts

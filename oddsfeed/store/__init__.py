@@ -1,0 +1,11 @@
+"""The Redis/Valkey store adapter: the one atomic write path, reads, history and the bus.
+
+See docs/internals.md for the key layout and the payloads. Works against a single server
+and against Redis Cluster (every key of a market shares the hash tag ``{m:<id>}``).
+"""
+
+from .codec import Gone, decode_payload
+from .redis_store import OutOfOrder, Precondition, Store, StoreOutcome
+from .bus import Bus
+
+__all__ = ["Bus", "Gone", "OutOfOrder", "Precondition", "Store", "StoreOutcome", "decode_payload"]

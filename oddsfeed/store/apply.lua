@@ -1,0 +1,208 @@
+-- oddsfeed atomic apply: the one write path for a market (docs/internals.md).
+-- Mirrors oddsfeed/book.py apply_update exactly; tests/store compares the two.
+-- KEYS: 1 state, 2 meta hash, 3 history stream
+-- ARGV: 1 msgpack update, 2 channel, 3 epoch for a new market, 4 now ms,
+--       5 history length, 6 publish command, 7 expected epoch ('' = none), 8 expected version
+-- In the msgpack maps a selection's point is absent or false when it has no line
+-- (Lua tables cannot hold nil), and an empty map may arrive as an empty array.
+local upd = cmsgpack.unpack(ARGV[1])
+local raw = redis.call('GET', KEYS[1])
+local FIELDS = {'name', 'kind', 'status', 'in_play', 'bet_delay_ms'}
+local DEFAULTS = {kind = '', status = 'open', in_play = false, bet_delay_ms = 0}
+local f = upd.fields or {}
+local usels = upd.selections or {}
+local ts = upd.ts or tonumber(ARGV[4])
+
+if ARGV[7] ~= '' then
+  if not raw then return {'precondition', ''} end
+  local cur = cmsgpack.unpack(raw)
+  if cur.epoch ~= ARGV[7] or cur.version ~= tonumber(ARGV[8]) then
+    return {'precondition', raw}
+  end
+end
+
+local src_field = nil
+if upd.source and upd.seq then
+  src_field = 'src:' .. upd.source
+  local last = redis.call('HGET', KEYS[2], src_field)
+  if last and tonumber(upd.seq) <= tonumber(last) then
+    return {'out_of_order', last}
+  end
+end
+
+local function remember_source()
+  if src_field then
+    redis.call('HSET', KEYS[2], src_field, string.format('%.0f', upd.seq))
+  end
+end
+
+local function new_selection(sid, p)
+  if p.name == nil or p.price == nil then
+    return nil
+  end
+  local s = {name = p.name, price = p.price, status = p.status or 'active'}
+  if p.point then s.point = p.point end
+  return s
+end
+
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+local function publish(payload)
+  redis.call(ARGV[6], ARGV[2], payload)
+end
+
+local hist_len = tonumber(ARGV[5])
+
+if not raw then
+  if not (upd.create or upd.replace) then
+    return {'rejected', 'unknown_market', '', 'market ' .. upd.market .. ' does not exist'}
+  end
+  for _, k in ipairs({'event', 'sport', 'name'}) do
+    if f[k] == nil then
+      return {'rejected', 'invalid', k, 'is required to create a market'}
+    end
+  end
+  local sels = {}
+  for sid, p in pairs(usels) do
+    if p.status ~= 'removed' then
+      local s = new_selection(sid, p)
+      if not s then
+        return {'rejected', 'invalid', 'selections.' .. sid, 'a new selection needs name and price'}
+      end
+      sels[sid] = s
+    end
+  end
+  local state = {id = upd.market, event = f.event, sport = f.sport, name = f.name,
+                 epoch = ARGV[3], version = 1, ts = ts, selections = sels}
+  for k, v in pairs(DEFAULTS) do
+    if f[k] ~= nil then state[k] = f[k] else state[k] = v end
+  end
+  state.susp_v = 0
+  if state.status ~= 'open' then state.susp_v = 1 end
+  local packed = cmsgpack.pack(state)
+  redis.call('SET', KEYS[1], packed)
+  redis.call('DEL', KEYS[3])
+  remember_source()
+  local payload = cmsgpack.pack({op = 'created', market = state, t = now_us()})
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', hist_len, '1-0', 'd', payload)
+  publish(payload)
+  return {'created', packed}
+end
+
+local state = cmsgpack.unpack(raw)
+for _, k in ipairs({'event', 'sport'}) do
+  if f[k] ~= nil and f[k] ~= state[k] then
+    return {'rejected', 'conflict', k, k .. ' cannot change (is ' .. state[k] .. ')'}
+  end
+end
+
+local newf = {}
+for _, k in ipairs(FIELDS) do
+  if f[k] ~= nil then
+    newf[k] = f[k]
+  elseif upd.replace and k ~= 'name' then
+    newf[k] = DEFAULTS[k]
+  else
+    newf[k] = state[k]
+  end
+end
+
+local old_sels = state.selections or {}
+local new_sels = {}
+if upd.replace then
+  for sid, p in pairs(usels) do
+    if p.status ~= 'removed' then
+      local s = new_selection(sid, p)
+      if not s then
+        return {'rejected', 'invalid', 'selections.' .. sid, 'a new selection needs name and price'}
+      end
+      new_sels[sid] = s
+    end
+  end
+else
+  for sid, s in pairs(old_sels) do
+    new_sels[sid] = {name = s.name, price = s.price, status = s.status, point = s.point}
+  end
+  for sid, p in pairs(usels) do
+    if p.status == 'removed' then
+      new_sels[sid] = nil
+    elseif new_sels[sid] == nil then
+      local s = new_selection(sid, p)
+      if not s then
+        return {'rejected', 'invalid', 'selections.' .. sid, 'a new selection needs name and price'}
+      end
+      new_sels[sid] = s
+    else
+      local s = new_sels[sid]
+      for _, k in ipairs({'name', 'price', 'status'}) do
+        if p[k] ~= nil then s[k] = p[k] end
+      end
+      if p.point ~= nil then
+        if p.point then s.point = p.point else s.point = nil end
+      end
+    end
+  end
+end
+
+-- diff (book.diff)
+local delta = {op = 'delta', m = state.id, e = state.epoch}
+local changed = false
+for _, k in ipairs(FIELDS) do
+  if newf[k] ~= state[k] then
+    delta[k] = newf[k]
+    changed = true
+  end
+end
+local sel = {}
+local sel_changed = false
+for sid, _ in pairs(old_sels) do
+  if new_sels[sid] == nil then
+    sel[sid] = {status = 'removed'}
+    sel_changed = true
+  end
+end
+for sid, s in pairs(new_sels) do
+  local b = old_sels[sid]
+  if b == nil then
+    sel[sid] = {name = s.name, price = s.price, status = s.status, point = s.point or false}
+    sel_changed = true
+  else
+    local c = {}
+    local any = false
+    for _, k in ipairs({'name', 'price', 'status'}) do
+      if b[k] ~= s[k] then c[k] = s[k]; any = true end
+    end
+    if b.point ~= s.point then c.point = s.point or false; any = true end
+    if any then sel[sid] = c; sel_changed = true end
+  end
+end
+
+if not changed and not sel_changed then
+  remember_source()
+  return {'noop', raw}
+end
+if state.status == 'settled' then
+  return {'rejected', 'settled', 'status', 'a settled market accepts no further change'}
+end
+
+local version = state.version + 1
+delta.v = version
+delta.base = state.version
+delta.ts = ts
+if sel_changed then delta.sel = sel end
+for _, k in ipairs(FIELDS) do state[k] = newf[k] end
+state.selections = new_sels
+state.version = version
+state.ts = ts
+if newf.status ~= 'open' then state.susp_v = version end
+local packed = cmsgpack.pack(state)
+redis.call('SET', KEYS[1], packed)
+remember_source()
+delta.t = now_us()
+local payload = cmsgpack.pack(delta)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', hist_len, string.format('%.0f', version) .. '-0', 'd', payload)
+publish(payload)
+return {'changed', packed, payload}

@@ -1,0 +1,238 @@
+"""The store's pub/sub bus: market and event channels subscribed on demand, raw payloads
+handed to a callback, reconnect with backoff, and a report of every reconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+
+from .codec import event_channel, market_channel, parse_channel
+
+if TYPE_CHECKING:
+    from .redis_store import Store
+
+log = logging.getLogger("oddsfeed.store.bus")
+
+_ERRORS = (redis_errors.RedisError, OSError, asyncio.TimeoutError)
+
+
+class _Shard:
+    """One pub/sub connection to one server (a cluster primary, or the single server)."""
+
+    def __init__(self, host: str, port: int | None, path: str | None, sharded: bool) -> None:
+        kwargs: dict[str, Any] = {"retry": Retry(NoBackoff(), 0), "socket_connect_timeout": 2.0}
+        if path:
+            self.client = Redis(unix_socket_path=path, **kwargs)
+        else:
+            self.client = Redis(host=host, port=port or 6379, **kwargs)
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        self.sharded = sharded
+        self.channels: set[str] = set()
+
+    async def subscribe(self, channel: str) -> None:
+        if self.sharded:
+            await self.pubsub.ssubscribe(channel)
+        else:
+            await self.pubsub.subscribe(channel)
+        self.channels.add(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self.channels.discard(channel)
+        if self.sharded:
+            await self.pubsub.sunsubscribe(channel)
+        else:
+            await self.pubsub.unsubscribe(channel)
+
+    async def close(self) -> None:
+        try:
+            await self.pubsub.aclose()
+        except _ERRORS:
+            pass
+        try:
+            await self.client.aclose()
+        except _ERRORS:
+            pass
+
+
+class Bus:
+    """Subscribes channels on demand and hands every payload to ``on_message(kind, id, data)``
+    (kind is ``"market"`` or ``"event"``), in order per channel.
+
+    Call :meth:`start` once. Pub/sub is at-most-once: when the connection to any server is
+    lost, the bus reconnects with jittered backoff, resubscribes every channel, and then
+    awaits ``on_reconnect()`` so the caller can re-read what it may have missed.
+    ``connected`` is False meanwhile.
+    """
+
+    def __init__(self, store: Store, on_message: Callable[[str, str, bytes], None],
+                 on_reconnect: Callable[[], Awaitable[None]] | None = None, *,
+                 max_backoff_s: float = 2.0) -> None:
+        self._store = store
+        self._on_message = on_message
+        self._on_reconnect = on_reconnect
+        self._channels: set[str] = set()
+        self._shards: dict[str, _Shard] = {}
+        self._readers: list[asyncio.Task[None]] = []
+        self._broken = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._max_backoff_s = max_backoff_s
+        self.connected = False
+        self.reconnects = 0
+
+    # -- topology ---------------------------------------------------------------------------
+
+    def _shard_name_for(self, channel: str) -> tuple[str, str, int | None, str | None]:
+        client = self._store.client
+        if self._store.cluster:
+            node = client.nodes_manager.get_node_from_slot(key_slot(channel.encode()))  # type: ignore[union-attr]
+            return node.name, node.host, node.port, None
+        kw = client.connection_pool.connection_kwargs  # type: ignore[union-attr]
+        path = kw.get("path")
+        if path:
+            return f"unix:{path}", "", None, path
+        return f"{kw.get('host')}:{kw.get('port')}", kw.get("host", "127.0.0.1"), kw.get("port"), None
+
+    def _shard(self, channel: str) -> _Shard:
+        name, host, port, path = self._shard_name_for(channel)
+        shard = self._shards.get(name)
+        if shard is None:
+            shard = self._shards[name] = _Shard(host, port, path, self._store.sharded)
+            self._readers.append(asyncio.create_task(self._read(shard), name=f"bus-read-{name}"))
+        return shard
+
+    # -- public -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and start the supervisor; raises nothing (a down store reconnects later)."""
+        self.connected = True
+        self._supervisor = asyncio.create_task(self._supervise(), name="bus-supervisor")
+        # Probe once so an unreachable store is noticed now, not at the first subscribe.
+        if not await self._store.ping():
+            self._broken.set()
+
+    async def stop(self) -> None:
+        if self._supervisor:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
+        await self._teardown()
+        self.connected = False
+
+    async def subscribe_market(self, market: str) -> None:
+        await self._subscribe(market_channel(market))
+
+    async def unsubscribe_market(self, market: str) -> None:
+        await self._unsubscribe(market_channel(market))
+
+    async def subscribe_event(self, event: str) -> None:
+        await self._subscribe(event_channel(event))
+
+    async def unsubscribe_event(self, event: str) -> None:
+        await self._unsubscribe(event_channel(event))
+
+    @property
+    def channels(self) -> frozenset[str]:
+        return frozenset(self._channels)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    async def _subscribe(self, channel: str) -> None:
+        async with self._lock:
+            if channel in self._channels:
+                return
+            self._channels.add(channel)
+            if not self.connected:
+                return  # the reconnect resubscribes it
+            try:
+                await self._shard(channel).subscribe(channel)
+            except _ERRORS:
+                self._broken.set()
+
+    async def _unsubscribe(self, channel: str) -> None:
+        async with self._lock:
+            if channel not in self._channels:
+                return
+            self._channels.discard(channel)
+            if not self.connected:
+                return
+            try:
+                await self._shard(channel).unsubscribe(channel)
+            except _ERRORS:
+                self._broken.set()
+
+    async def _read(self, shard: _Shard) -> None:
+        try:
+            while True:
+                if not shard.channels:
+                    await asyncio.sleep(0.05)
+                    continue
+                msg = await shard.pubsub.get_message(timeout=1.0)
+                if msg is None:
+                    continue
+                if msg.get("type") not in ("message", "smessage"):
+                    continue
+                channel = msg["channel"]
+                parsed = parse_channel(channel.decode() if isinstance(channel, bytes) else channel)
+                if parsed is None:
+                    continue
+                try:
+                    self._on_message(parsed[0], parsed[1], msg["data"])
+                except Exception:  # the callback's bug must not kill the bus
+                    log.exception("bus callback failed")
+        except asyncio.CancelledError:
+            raise
+        except _ERRORS as exc:
+            log.warning("bus connection lost: %s", exc)
+            self._broken.set()
+
+    async def _teardown(self) -> None:
+        readers, self._readers = self._readers, []
+        for task in readers:
+            task.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        shards, self._shards = self._shards, {}
+        await asyncio.gather(*(s.close() for s in shards.values()), return_exceptions=True)
+
+    async def _resubscribe(self) -> None:
+        if self._store.cluster:
+            await self._store.client.initialize()  # type: ignore[union-attr]  # refresh slots
+        for channel in sorted(self._channels):
+            await self._shard(channel).subscribe(channel)
+
+    async def _supervise(self) -> None:
+        while True:
+            await self._broken.wait()
+            async with self._lock:
+                self.connected = False
+                await self._teardown()
+            backoff = 0.05
+            while True:
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, self._max_backoff_s)
+                if not await self._store.ping():
+                    continue
+                async with self._lock:
+                    self._broken.clear()
+                    try:
+                        await self._resubscribe()
+                    except _ERRORS:
+                        await self._teardown()
+                        continue
+                    self.connected = True
+                break
+            self.reconnects += 1
+            log.warning("bus reconnected (%d channels)", len(self._channels))
+            if self._on_reconnect is not None:
+                try:
+                    await self._on_reconnect()
+                except Exception:
+                    log.exception("bus on_reconnect failed")

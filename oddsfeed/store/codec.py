@@ -1,0 +1,95 @@
+"""Keys, channels and payload decoding of the store layout (docs/internals.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from ..book import Delta
+from ..errors import InvalidInput
+from ..model import Market
+
+
+def state_key(market: str) -> str:
+    return f"of:{{m:{market}}}"
+
+
+def meta_key(market: str) -> str:
+    return f"of:{{m:{market}}}:meta"
+
+
+def history_key(market: str) -> str:
+    return f"of:{{m:{market}}}:h"
+
+
+def market_channel(market: str) -> str:
+    return f"of:{{m:{market}}}:c"
+
+
+def event_set_key(event: str) -> str:
+    return f"of:{{e:{event}}}:m"
+
+
+def event_channel(event: str) -> str:
+    return f"of:{{e:{event}}}:c"
+
+
+def sport_set_key(sport: str) -> str:
+    return f"of:sport:{sport}"
+
+
+ALL_MARKETS_KEY = "of:markets"
+
+
+def parse_channel(channel: str) -> tuple[str, str] | None:
+    """``("market", id)`` or ``("event", id)`` for one of our channels, else None."""
+    if channel.startswith("of:{m:") and channel.endswith("}:c"):
+        return "market", channel[6:-3]
+    if channel.startswith("of:{e:") and channel.endswith("}:c"):
+        return "event", channel[6:-3]
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Gone:
+    """The market was deleted (or lost): subscribers get ``gone``."""
+
+    market: str
+
+
+@dataclass(frozen=True, slots=True)
+class Announced:
+    """A market was created under an event (payload of an event channel)."""
+
+    market: str
+
+
+def unpack(data: bytes) -> dict[str, Any]:
+    obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    if not isinstance(obj, dict):
+        raise InvalidInput("store payload is not a map")
+    return obj
+
+
+def decode_payload(data: bytes) -> tuple[Delta | Market | Gone | Announced, int]:
+    """Decode one channel payload into (message, apply time in µs or 0).
+
+    Raises InvalidInput on a payload that is not ours.
+    """
+    try:
+        obj = unpack(data)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise InvalidInput(f"bad store payload: {type(exc).__name__}") from None
+    op = obj.get("op")
+    t = int(obj.get("t") or 0)
+    if op == "delta":
+        return Delta.from_store(obj), t
+    if op == "created":
+        return Market.from_store(obj["market"]), t
+    if op == "gone":
+        return Gone(str(obj["m"])), 0
+    if op == "market":
+        return Announced(str(obj["m"])), 0
+    raise InvalidInput(f"unknown store payload op {str(op)[:40]!r}")

@@ -1,0 +1,291 @@
+"""The Store: one atomic apply per market (apply.lua), snapshots, history, listings."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import msgpack
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from ..book import Changed, Created, Delta, NoOp, Rejected
+from ..errors import InvalidInput, StoreError
+from ..model import Market, MarketUpdate
+from . import codec
+from .codec import (
+    ALL_MARKETS_KEY, event_channel, event_set_key, history_key, market_channel, meta_key,
+    sport_set_key, state_key,
+)
+
+MAX_HISTORY_READ = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class OutOfOrder:
+    """The update's (source, seq) was not newer than the last accepted one: dropped."""
+
+    market: str
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Precondition:
+    """``expect`` did not match: ``current`` is the market now (None if it does not exist)."""
+
+    current: Market | None
+
+
+StoreOutcome = Created | Changed | NoOp | Rejected | OutOfOrder | Precondition
+
+
+def _script(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text()
+
+
+def _new_epoch() -> str:
+    return os.urandom(8).hex()
+
+
+def _decode_market(raw: bytes) -> Market:
+    return Market.from_store(codec.unpack(raw))
+
+
+class Store:
+    """The Redis/Valkey store. Create with :meth:`connect`; share one per process."""
+
+    def __init__(self, client: Redis | RedisCluster, *, cluster: bool, history_len: int,
+                 sharded: bool, url: str) -> None:
+        self.client = client
+        self.cluster = cluster
+        self.history_len = history_len
+        self.sharded = sharded
+        self.url = url
+        self.publish_command = "SPUBLISH" if sharded else "PUBLISH"
+        self._apply = client.register_script(_script("apply.lua"))
+        self._delete = client.register_script(_script("delete.lua"))
+        self._history = client.register_script(_script("history.lua"))
+
+    @classmethod
+    async def connect(cls, url: str, *, cluster: bool = False, history_len: int = 1000,
+                      socket_timeout: float | None = 5.0) -> Store:
+        """Connect to ``url`` (a single server, or a cluster node with ``cluster=True``).
+
+        Raises StoreError when the server does not answer.
+        """
+        client: Redis | RedisCluster
+        try:
+            if cluster:
+                client = RedisCluster.from_url(url, socket_timeout=socket_timeout)
+                await client.initialize()
+                info = await client.info("server", target_nodes=RedisCluster.RANDOM)
+            else:
+                client = Redis.from_url(url, socket_timeout=socket_timeout)
+                info = await client.info("server")
+        except (redis_errors.RedisError, OSError) as exc:
+            raise StoreError(f"cannot reach the store at {url}: {exc}") from None
+        version = str(info.get("redis_version", "0"))
+        sharded = int(version.split(".")[0]) >= 7
+        return cls(client, cluster=cluster, history_len=history_len, sharded=sharded, url=url)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def ping(self) -> bool:
+        """True while the store answers."""
+        try:
+            if self.cluster:
+                await self.client.ping(target_nodes=RedisCluster.ALL_NODES)  # type: ignore[call-arg]
+            else:
+                await self.client.ping()
+            return True
+        except (redis_errors.RedisError, OSError):
+            return False
+
+    async def apply(self, update: MarketUpdate, *, expect: tuple[str, int] | None = None,
+                    now_ms: int | None = None) -> StoreOutcome:
+        """Apply one update atomically in the store (creates, changes, or drops it).
+
+        ``expect`` = (epoch, version) makes it conditional (If-Match). Returns the outcome;
+        raises StoreError if the store fails.
+        """
+        mid = update.market
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        args: list[Any] = [
+            msgpack.packb(update.to_store(), use_bin_type=True), market_channel(mid),
+            _new_epoch(), now, self.history_len, self.publish_command,
+            expect[0] if expect else "", expect[1] if expect else 0,
+        ]
+        try:
+            res = await self._apply(keys=[state_key(mid), meta_key(mid), history_key(mid)],
+                                    args=args)
+        except (redis_errors.RedisError, OSError) as exc:
+            raise StoreError(f"apply failed for market {mid}: {exc}") from None
+        kind = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
+        if kind == "changed":
+            return Changed(_decode_market(res[1]), Delta.from_store(codec.unpack(res[2])))
+        if kind == "noop":
+            return NoOp(_decode_market(res[1]))
+        if kind == "created":
+            market = _decode_market(res[1])
+            await self._index(market)
+            return Created(market)
+        if kind == "out_of_order":
+            return OutOfOrder(mid, int(float(res[1])))
+        if kind == "precondition":
+            return Precondition(_decode_market(res[1]) if res[1] else None)
+        reason, path, message = (x.decode() if isinstance(x, bytes) else str(x) for x in res[1:4])
+        return Rejected(reason, message, path)
+
+    async def _index(self, market: Market) -> None:
+        # Membership keys live in other slots than the market: a second, plain round trip.
+        pipe = self.client.pipeline(transaction=False)
+        pipe.sadd(event_set_key(market.event), market.id)
+        pipe.sadd(sport_set_key(market.sport), market.id)
+        pipe.sadd(ALL_MARKETS_KEY, market.id)
+        payload = msgpack.packb({"op": "market", "m": market.id})
+        if self.sharded:
+            pipe.execute_command("SPUBLISH", event_channel(market.event), payload)
+        else:
+            pipe.publish(event_channel(market.event), payload)
+        try:
+            await pipe.execute()
+        except (redis_errors.RedisError, OSError) as exc:
+            raise StoreError(f"indexing market {market.id} failed: {exc}") from None
+
+    async def delete(self, market_id: str) -> bool:
+        """Delete a market (state, history, membership) and publish ``gone``; True if it existed."""
+        try:
+            raw = await self._delete(
+                keys=[state_key(market_id), meta_key(market_id), history_key(market_id)],
+                args=[market_channel(market_id), self.publish_command, market_id])
+            if not raw:
+                return False
+            market = _decode_market(raw)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.srem(event_set_key(market.event), market_id)
+            pipe.srem(sport_set_key(market.sport), market_id)
+            pipe.srem(ALL_MARKETS_KEY, market_id)
+            await pipe.execute()
+        except (redis_errors.RedisError, OSError) as exc:
+            raise StoreError(f"delete failed for market {market_id}: {exc}") from None
+        return True
+
+    async def _get_raw(self, ids: list[str]) -> list[bytes | None]:
+        if not ids:
+            return []
+        try:
+            if len(ids) == 1:
+                return [await self.client.get(state_key(ids[0]))]
+            pipe = self.client.pipeline(transaction=False)
+            for mid in ids:
+                pipe.get(state_key(mid))
+            return list(await pipe.execute())
+        except (redis_errors.RedisError, OSError) as exc:
+            raise StoreError(f"read failed: {exc}") from None
+
+    async def get(self, market_id: str) -> Market | None:
+        """The market's current state, or None."""
+        (raw,) = await self._get_raw([market_id])
+        return _decode_market(raw) if raw else None
+
+    async def get_many(self, ids: Iterable[str]) -> dict[str, Market | None]:
+        """Current state of many markets in one pipelined round trip."""
+        wanted = list(dict.fromkeys(ids))
+        raws = await self._get_raw(wanted)
+        return {mid: (_decode_market(raw) if raw else None) for mid, raw in zip(wanted, raws)}
+
+    async def get_for_validation(self, ids: Iterable[str]) -> dict[str, tuple[Market, int] | None]:
+        """(market, susp_v) of each market, each read atomically, all in one round trip.
+
+        ``susp_v`` is the last version at which the market was not open (0: never), so "was
+        it suspended at any moment after version X" is exactly ``susp_v > X``.
+        """
+        wanted = list(dict.fromkeys(ids))
+        raws = await self._get_raw(wanted)
+        out: dict[str, tuple[Market, int] | None] = {}
+        for mid, raw in zip(wanted, raws):
+            if raw is None:
+                out[mid] = None
+                continue
+            obj = codec.unpack(raw)
+            out[mid] = (Market.from_store(obj), int(obj.get("susp_v") or 0))
+        return out
+
+    async def history(self, market_id: str, epoch: str, after_version: int
+                      ) -> tuple[Market, list[Delta]] | None:
+        """The current market and every delta after ``after_version`` in ``epoch``, in order.
+
+        Returns None when the history does not cover that position (market gone, another
+        epoch, a version ahead of the store, or trimmed away): the caller sends a snapshot.
+        """
+        try:
+            res = await self._history(
+                keys=[state_key(market_id), history_key(market_id)],
+                args=[f"{after_version + 1}-0", MAX_HISTORY_READ])
+        except (redis_errors.RedisError, OSError) as exc:
+            raise StoreError(f"history read failed for market {market_id}: {exc}") from None
+        if not res or not res[0]:
+            return None
+        market = _decode_market(res[0])
+        if market.epoch != epoch or after_version > market.version or after_version < 1:
+            return None
+        first, entries = res[1], res[2]
+        if not first:
+            return None
+        oldest = int(first[0][0].split(b"-")[0])
+        if after_version + 1 < oldest:
+            return None  # trimmed: versions after after_version are no longer all there
+        deltas: list[Delta] = []
+        expected = after_version + 1
+        for _entry_id, fields in entries:
+            obj = codec.unpack(dict(zip(fields[::2], fields[1::2]))[b"d"])
+            if obj.get("op") != "delta":
+                return None
+            d = Delta.from_store(obj)
+            if d.version != expected or d.epoch != epoch:
+                return None
+            deltas.append(d)
+            expected += 1
+        if expected - 1 < market.version:
+            return None  # more than MAX_HISTORY_READ behind: a snapshot is cheaper
+        return market, deltas
+
+    async def event_market_ids(self, event: str) -> list[str]:
+        try:
+            ids = await self.client.smembers(event_set_key(event))
+        except (redis_errors.RedisError, OSError) as exc:
+            raise StoreError(f"read failed: {exc}") from None
+        return sorted(x.decode() for x in ids)
+
+    async def list_markets(self, *, event: str | None = None, sport: str | None = None,
+                           status: str | None = None) -> list[Market]:
+        """Markets filtered by event, sport and status, sorted by id."""
+        try:
+            sets = []
+            if event:
+                sets.append({x.decode() for x in await self.client.smembers(event_set_key(event))})
+            if sport:
+                sets.append({x.decode() for x in await self.client.smembers(sport_set_key(sport))})
+            if not sets:
+                sets.append({x.decode() for x in await self.client.smembers(ALL_MARKETS_KEY)})
+        except (redis_errors.RedisError, OSError) as exc:
+            raise StoreError(f"read failed: {exc}") from None
+        ids = sorted(set.intersection(*sets))
+        markets = await self.get_many(ids)
+        return [m for m in markets.values() if m is not None and (status is None or m.status == status)]
+
+    def bus(self, on_message: Callable[[str, str, bytes], None],
+            on_reconnect: Callable[[], Awaitable[None]] | None = None) -> "Bus":
+        """A pub/sub bus on this store; see :class:`oddsfeed.store.bus.Bus`."""
+        from .bus import Bus
+
+        return Bus(self, on_message, on_reconnect)
+
+
+__all__ = ["InvalidInput", "OutOfOrder", "Precondition", "Store", "StoreOutcome"]
