@@ -1,0 +1,351 @@
+"""The command line and the one composition root: reads files and the environment, builds
+settings, configures logging, and wires adapters together. No business logic here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from oddsfeed.embedded import EmbeddedCluster, EmbeddedServerError, EmbeddedValkey
+from oddsfeed.log import configure_logging, get_logger
+from oddsfeed.settings import Settings, SettingsError, load_settings
+
+__all__ = ["load_cli_settings", "main", "run_all", "run_async"]
+
+DEFAULT_CONFIG = Path("config/oddsfeed.toml")
+_T = TypeVar("_T")
+
+
+@dataclass
+class _Cli:
+    """What the group's options hand to every command."""
+
+    config_path: Path | None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def load_cli_settings(
+    config_path: Path | None,
+    overrides: dict[str, Any],
+    env: dict[str, str] | None = None,
+) -> Settings:
+    """Return settings from ``config_path`` (else ``config/oddsfeed.toml`` if it exists,
+    else built-in defaults), then ``env`` (default: os.environ), then ``overrides``.
+
+    Raises click.ClickException on an unreadable file or invalid settings.
+    """
+    path = config_path
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    text: str | None = None
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise click.ClickException(f"cannot read config {path}: {exc.strerror}") from exc
+    try:
+        return load_settings(text, dict(os.environ) if env is None else env, overrides)
+    except SettingsError as exc:
+        where = f" in {path}" if path is not None else ""
+        raise click.ClickException(f"invalid settings{where}: {exc}") from exc
+
+
+def _settings(cli: _Cli, flags: dict[str, Any]) -> Settings:
+    """Load settings for a command and configure logging from them."""
+    settings = load_cli_settings(cli.config_path, {**cli.overrides, **flags})
+    configure_logging(settings.log.level, settings.log.format, sys.stderr.isatty())
+    return settings
+
+
+def run_async(main_coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``main_coro`` to completion on uvloop (asyncio's loop where uvloop is missing)."""
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop  # optional speed-up; absent on some platforms
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main_coro)
+
+
+# ------------------------------------------------------------------ options
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="ODDSFEED_CONFIG",
+    help=f"TOML settings file [default: {DEFAULT_CONFIG} if it exists, else built-ins]",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False),
+    help="Overrides log.level.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "console", "json"]),
+    help="Overrides log.format (auto: console on a terminal, else JSON).",
+)
+@click.version_option(package_name="oddsfeed")
+@click.pass_context
+def main(
+    ctx: click.Context, config_path: Path | None, log_level: str | None, log_format: str | None
+) -> None:
+    """oddsfeed: live-odds WebSocket push server.
+
+    Settings come from the TOML file, then ODDSFEED_<SECTION>__<KEY> environment
+    variables (e.g. ODDSFEED_FANOUT__HEARTBEAT_MS=5000), then flags.
+    """
+    overrides: dict[str, Any] = {"log.level": log_level, "log.format": log_format}
+    ctx.obj = _Cli(config_path=config_path, overrides=overrides)
+
+
+_SERVER_FLAGS = {
+    "host": "server.host",
+    "ws_port": "server.ws_port",
+    "http_port": "server.http_port",
+    "redis_url": "redis.url",
+    "workers": "server.workers",
+}
+
+
+def _server_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the flags that map onto server/redis settings."""
+    options = [
+        click.option("--host", help="Overrides server.host."),
+        click.option("--ws-port", type=int, help="Overrides server.ws_port (0: any free)."),
+        click.option("--http-port", type=int, help="Overrides server.http_port."),
+        click.option("--redis-url", help="Overrides redis.url (empty: embedded Valkey)."),
+        click.option("--workers", type=int, help="Overrides server.workers (0: CPU count)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _overrides(flags: dict[str, Any]) -> dict[str, Any]:
+    return {_SERVER_FLAGS[name]: value for name, value in flags.items() if name in _SERVER_FLAGS}
+
+
+def _not_yet(command: str) -> None:
+    click.echo(f"oddsfeed {command}: not yet implemented", err=True)
+    sys.exit(2)
+
+
+# ------------------------------------------------------------------ run (all-in-one)
+
+
+@main.command()
+@_server_options
+@click.pass_obj
+def run(cli: _Cli, /, **flags: Any) -> None:
+    """All-in-one: embedded Valkey (unless redis.url is set), demo feed, fan-out and API."""
+    settings = _settings(cli, _overrides(flags))
+    try:
+        code = run_async(run_all(settings))
+    except EmbeddedServerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(code)
+
+
+async def run_all(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
+    """Run every all-in-one service until SIGINT/SIGTERM (or ``stop`` is set), then shut
+    them down in reverse order. Returns the process exit code: 0 on a requested stop, 1
+    when a service task failed.
+    """
+    log = get_logger("oddsfeed.run")
+    stop = stop or asyncio.Event()
+    _install_stop_signals(stop, log)
+
+    async with contextlib.AsyncExitStack() as stack:
+        # Every service registers its shutdown on `stack` (it runs in reverse order) and
+        # long-running work as a task in `tasks`; a task that ends early stops the rest.
+        tasks: list[asyncio.Task[Any]] = []
+
+        redis_url = settings.redis.url
+        if not redis_url:
+            if settings.redis.cluster:
+                # Started in this (the loop's) thread: PR_SET_PDEATHSIG follows the thread.
+                cluster = EmbeddedCluster(n_primaries=3).start()
+                stack.callback(_stop_logged, cluster.stop, log, "embedded valkey cluster")
+                redis_url = cluster.url
+                log.info("embedded valkey cluster started", urls=cluster.urls, pids=cluster.pids)
+            else:
+                valkey = EmbeddedValkey().start()
+                stack.callback(_stop_logged, valkey.stop, log, "embedded valkey")
+                redis_url = valkey.url
+                log.info("embedded valkey started", url=redis_url, pid=valkey.pid)
+
+        # ---- PLUG-IN POINT (store): open the store on `redis_url` here and
+        #      `stack.push_async_callback(store.close)`.
+        # ---- PLUG-IN POINT (ingest helper): start the demo simulator feed here
+        #      (settings.demo), e.g. `tasks.append(asyncio.create_task(feed.run()))`.
+        # ---- PLUG-IN POINT (fanout helper): start the WebSocket fan-out on
+        #      settings.server.host / ws_port and register its graceful close.
+        # ---- PLUG-IN POINT (api helper): start the aiohttp API on
+        #      settings.server.host / http_port and register its cleanup.
+
+        host = settings.server.host
+        log.info(
+            "oddsfeed ready",
+            redis_url=redis_url,
+            ws_url=f"ws://{host}:{settings.server.ws_port}/ws",
+            http_url=f"http://{host}:{settings.server.http_port}/",
+        )
+        code = await _wait_for_stop(stop, tasks, log)
+        log.info("oddsfeed stopping")
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    log.info("oddsfeed stopped", exit_code=code)
+    return code
+
+
+def _install_stop_signals(stop: asyncio.Event, log: Any) -> None:
+    """Make the first SIGINT/SIGTERM set ``stop``; a second one gets the default action."""
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def on_signal(signum: int) -> None:
+        log.info("stop requested", signal=signal.Signals(signum).name)
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        stop.set()
+
+    for sig in signals:
+        # Not in the main thread (e.g. an in-process test): rely on `stop` alone.
+        with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
+            loop.add_signal_handler(sig, on_signal, int(sig))
+
+
+async def _wait_for_stop(stop: asyncio.Event, tasks: list[asyncio.Task[Any]], log: Any) -> int:
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    code = 0
+    for task in done:
+        if task is waiter or task.cancelled():
+            continue
+        exc = task.exception()
+        if exc is not None:
+            log.error("service failed", task=task.get_name(), exc_info=exc)
+            code = 1
+        else:
+            log.error("service ended unexpectedly", task=task.get_name())
+            code = 1
+    return code
+
+
+def _stop_logged(stop_fn: Callable[[], None], log: Any, what: str) -> None:
+    try:
+        stop_fn()
+    except Exception:
+        log.exception("stop failed", what=what)
+    else:
+        log.info("stopped", what=what)
+
+
+# ------------------------------------------------------------------ other commands
+
+
+@main.command()
+@_server_options
+@click.pass_obj
+def serve(cli: _Cli, /, **flags: Any) -> None:
+    """Fan-out + HTTP API node(s) on an external Redis/Valkey."""
+    _settings(cli, _overrides(flags))
+    _not_yet("serve")
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def ingest(cli: _Cli, args: tuple[str, ...]) -> None:
+    """Run one feed adapter (ADAPTER [OPTIONS]) writing through the store."""
+    _settings(cli, {})
+    _not_yet("ingest")
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def token(cli: _Cli, args: tuple[str, ...]) -> None:
+    """Mint a JWT for development."""
+    _settings(cli, {})
+    _not_yet("token")
+
+
+@main.command()
+@click.option("--port", type=int, default=0, show_default=True, help="0: any free port.")
+@click.option("--unix-socket", is_flag=True, help="Listen on a unix socket instead of TCP.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--persist", is_flag=True, help="Keep data (RDB + AOF) in --data-dir.")
+@click.option("--cluster", "cluster_nodes", type=int, default=0, help="Start an N-node cluster.")
+@click.pass_obj
+def valkey(
+    cli: _Cli,
+    port: int,
+    unix_socket: bool,
+    data_dir: Path | None,
+    persist: bool,
+    cluster_nodes: int,
+) -> None:
+    """Run an embedded Valkey in the foreground and print its url (for development)."""
+    _settings(cli, {})
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    server: EmbeddedValkey | EmbeddedCluster
+    if cluster_nodes:
+        server = EmbeddedCluster(n_primaries=cluster_nodes)
+    else:
+        server = EmbeddedValkey(
+            port=port, unix_socket=unix_socket, data_dir=data_dir, persistence=persist
+        )
+    try:
+        server.start()
+    except EmbeddedServerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        urls = server.urls if isinstance(server, EmbeddedCluster) else [server.url]
+        for url in urls:
+            click.echo(url)
+        sys.stdout.flush()
+        while not stop.wait(1.0):
+            pass
+    finally:
+        server.stop()
+
+
+@main.command("show-config")
+@click.pass_obj
+def show_config(cli: _Cli) -> None:
+    """Print the effective settings as JSON (secrets masked)."""
+    settings = _settings(cli, {})
+    data = settings.model_dump(mode="json")
+    if data["auth"]["hs256_secret"]:
+        data["auth"]["hs256_secret"] = "***"  # noqa: S105 - a mask, not a password
+    click.echo(json.dumps(data, indent=2))

@@ -1,0 +1,251 @@
+"""The one settings model and how TOML, environment and flags combine into it.
+
+Pure: it never reads files, the environment or the clock; callers (the CLI) pass the
+TOML text, an env mapping and overrides in. Every section forbids unknown keys so a typo
+is a clear error naming the key, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from oddsfeed.errors import OddsfeedError
+
+__all__ = [
+    "ENV_PREFIX",
+    "ApiSettings",
+    "AuthSettings",
+    "DemoSettings",
+    "FanoutSettings",
+    "IngestSettings",
+    "LogSettings",
+    "RedisSettings",
+    "ServerSettings",
+    "Settings",
+    "SettingsError",
+    "load_settings",
+]
+
+ENV_PREFIX = "ODDSFEED_"
+_ENV_SEP = "__"
+_EMPTY: Mapping[str, Any] = types.MappingProxyType({})
+
+
+class SettingsError(OddsfeedError):
+    """The configuration is invalid; ``problems`` lists (key path, message) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{path}: {msg}" if path else msg for path, msg in problems))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class RedisSettings(_Section):
+    """Where market state lives."""
+
+    url: str = ""  # empty: start an embedded Valkey (all-in-one `run` only)
+    cluster: bool = False
+    history_len: int = Field(1000, ge=500)  # protocol 1: keep at least 500 versions
+
+
+class ServerSettings(_Section):
+    """Listening sockets and process count."""
+
+    host: str = "127.0.0.1"
+    ws_port: int = Field(8765, ge=0, le=65535)  # 0: any free port
+    http_port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(0, ge=0)  # 0: one per CPU
+
+    def worker_count(self, cpu_count: int | None) -> int:
+        """Return how many worker processes to run given the machine's CPU count."""
+        return self.workers or max(1, cpu_count or 1)
+
+
+class FanoutSettings(_Section):
+    """WebSocket fan-out limits and timers."""
+
+    heartbeat_ms: int = Field(15000, gt=0)
+    batch_window_ms: int = Field(2, ge=0)  # 0: send each delta at once
+    max_inbound_bytes: int = Field(65536, gt=0)
+    high_water_bytes: int = Field(1048576, gt=0)
+    max_outbox_bytes: int = Field(8388608, gt=0)
+    max_lag_s: float = Field(10.0, gt=0)
+    max_connections: int = Field(20000, gt=0)
+    max_subscriptions: int = Field(10000, gt=0)
+    rate_limit_per_s: float = Field(100.0, gt=0)
+    rate_limit_burst: int = Field(200, gt=0)
+    rate_limit_strikes: int = Field(5, gt=0)
+    ip_connect_per_s: float = Field(50.0, gt=0)
+    ping_interval_s: float = Field(20.0, gt=0)
+    ping_timeout_s: float = Field(20.0, gt=0)
+
+
+class ApiSettings(_Section):
+    """HTTP API limits."""
+
+    max_body_bytes: int = Field(1048576, gt=0)
+    cors_origins: list[str] = Field(default_factory=list)
+    idempotency_ttl_s: int = Field(300, gt=0)
+
+
+class AuthSettings(_Section):
+    """Who may read and write; see protocol section 5."""
+
+    anonymous_read: bool = False
+    hs256_secret: str = ""
+    public_keys: list[str] = Field(default_factory=list)  # PEM text or file paths
+    audience: str = ""
+    issuer: str = ""
+
+
+class IngestSettings(_Section):
+    """Feed ingestion."""
+
+    staleness_s: float = Field(30.0, gt=0)
+    mapping_file: str = "config/mappings.toml"
+
+
+class DemoSettings(_Section):
+    """The simulator feed of the all-in-one `run`."""
+
+    events: int = Field(4, ge=0)
+    seed: int = 1
+    rate_per_s: float = Field(20.0, gt=0)
+
+
+class LogSettings(_Section):
+    """Log level and rendering."""
+
+    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    format: Literal["auto", "console", "json"] = "auto"
+
+    @field_validator("level", "format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+
+class Settings(_Section):
+    """All of oddsfeed's settings; every field has a default."""
+
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    fanout: FanoutSettings = Field(default_factory=FanoutSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    demo: DemoSettings = Field(default_factory=DemoSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+
+def load_settings(
+    toml_text: str | None = None,
+    env: Mapping[str, str] = _EMPTY,
+    overrides: Mapping[str, Any] = _EMPTY,
+) -> Settings:
+    """Return the settings from TOML text, then env, then overrides (later wins).
+
+    ``env`` keys ``ODDSFEED_<SECTION>__<KEY>`` (any case) set ``section.key``; other keys
+    are ignored. Env values are strings that pydantic coerces; list fields take JSON
+    (``["a","b"]``) or comma-separated text. ``overrides`` keys are dotted paths
+    (``"server.ws_port"``); None values are skipped so unset CLI flags can be passed as is.
+    Raises SettingsError naming every bad key path.
+    """
+    data: dict[str, Any] = {}
+    if toml_text:
+        try:
+            data = tomllib.loads(toml_text)
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError([("", f"invalid toml: {exc}")]) from exc
+    problems: list[tuple[str, str]] = []
+    for key, raw in env.items():
+        if not key.upper().startswith(ENV_PREFIX):
+            continue
+        rest = key[len(ENV_PREFIX) :].lower()
+        if _ENV_SEP not in rest:
+            continue
+        section, _, name = rest.partition(_ENV_SEP)
+        path = f"{section}.{name}"
+        try:
+            value = _coerce_env(section, name, raw)
+        except ValueError as exc:
+            problems.append((path, f"{exc} (from {key})"))
+            continue
+        _set_path(data, path, value)
+    for path, value in overrides.items():
+        if value is None:
+            continue
+        section, _, name = path.partition(".")
+        if isinstance(value, str):
+            try:
+                value = _coerce_env(section, name, value)
+            except ValueError as exc:
+                problems.append((path, str(exc)))
+                continue
+        _set_path(data, path, value)
+    if problems:
+        raise SettingsError(problems)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise SettingsError(_problems(exc)) from None
+
+
+def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    parts = path.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _is_list_field(section: str, name: str) -> bool:
+    section_field = Settings.model_fields.get(section)
+    if section_field is None or not isinstance(section_field.annotation, type):
+        return False
+    model = section_field.annotation
+    if not issubclass(model, BaseModel):
+        return False
+    field = model.model_fields.get(name)
+    return field is not None and typing.get_origin(field.annotation) is list
+
+
+def _coerce_env(section: str, name: str, raw: str) -> Any:
+    """Turn an env string into what pydantic should see: lists are parsed here, scalars
+    are left as strings for pydantic's coercion."""
+    if not _is_list_field(section, name):
+        return raw
+    text = raw.strip()
+    if text.startswith("["):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"invalid json list: {exc.msg}") from exc
+        return value
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for error in exc.errors(include_url=False):
+        path = ".".join(str(part) for part in error["loc"])
+        message = error["msg"]
+        message = message[:1].lower() + message[1:]
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting"
+        problems.append((path, message))
+    return problems
