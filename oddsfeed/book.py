@@ -20,7 +20,10 @@ from .prices import to_float
 
 REMOVED: Mapping[str, Any] = {"status": "removed"}
 _MARKET_DEFAULTS: Mapping[str, Any] = {
-    "kind": "", "status": "open", "in_play": False, "bet_delay_ms": 0,
+    "kind": "",
+    "status": "open",
+    "in_play": False,
+    "bet_delay_ms": 0,
 }
 
 
@@ -38,8 +41,14 @@ class Delta:
 
     def to_store(self) -> dict[str, Any]:
         """The internal map (prices in ticks), as the store publishes and keeps it."""
-        d: dict[str, Any] = {"op": "delta", "m": self.market, "e": self.epoch,
-                             "v": self.version, "base": self.base, "ts": self.ts}
+        d: dict[str, Any] = {
+            "op": "delta",
+            "m": self.market,
+            "e": self.epoch,
+            "v": self.version,
+            "base": self.base,
+            "ts": self.ts,
+        }
         d.update(self.fields)
         if self.sel:
             d["sel"] = {k: dict(v) for k, v in self.sel.items()}
@@ -47,8 +56,14 @@ class Delta:
 
     def to_wire(self) -> dict[str, Any]:
         """The ``delta`` message of protocol.md section 2 (prices as decimal odds)."""
-        d: dict[str, Any] = {"op": "delta", "m": self.market, "e": self.epoch,
-                             "v": self.version, "base": self.base, "ts": self.ts}
+        d: dict[str, Any] = {
+            "op": "delta",
+            "m": self.market,
+            "e": self.epoch,
+            "v": self.version,
+            "base": self.base,
+            "ts": self.ts,
+        }
         d.update(self.fields)
         if self.sel:
             d["sel"] = {
@@ -65,10 +80,16 @@ class Delta:
             if isinstance(sel, list):  # Lua's cmsgpack encodes an empty table as an array
                 sel = {}
             return cls(
-                market=str(d["m"]), epoch=str(d["e"]), version=int(d["v"]), base=int(d["base"]),
-                ts=int(d["ts"]), fields={k: d[k] for k in MARKET_FIELDS if k in d},
-                sel={str(k): {f: (None if f == "point" and x is False else x)
-                              for f, x in v.items()} for k, v in sel.items()},
+                market=str(d["m"]),
+                epoch=str(d["e"]),
+                version=int(d["v"]),
+                base=int(d["base"]),
+                ts=int(d["ts"]),
+                fields={k: d[k] for k in MARKET_FIELDS if k in d},
+                sel={
+                    str(k): {f: (None if f == "point" and x is False else x) for f, x in v.items()}
+                    for k, v in sel.items()
+                },
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InvalidInput(f"bad delta: {exc}") from None
@@ -116,15 +137,19 @@ def _full(sel: Selection) -> dict[str, Any]:
 def _new_selection(sid: str, patch: Mapping[str, Any]) -> Selection | Rejected:
     if "name" not in patch or "price" not in patch:
         return Rejected("invalid", "a new selection needs name and price", f"selections.{sid}")
-    return Selection(name=patch["name"], price=patch["price"],
-                     status=patch.get("status", "active"), point=patch.get("point"))
+    return Selection(
+        name=patch["name"],
+        price=patch["price"],
+        status=patch.get("status", "active"),
+        point=patch.get("point"),
+    )
 
 
 def diff(old: Market, new: Market) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The changed market fields and selection entries from ``old`` to ``new``."""
     fields = {k: getattr(new, k) for k in MARKET_FIELDS if getattr(old, k) != getattr(new, k)}
     sel: dict[str, dict[str, Any]] = {}
-    for sid, before in old.selections.items():
+    for sid in old.selections:
         if sid not in new.selections:
             sel[sid] = dict(REMOVED)
     for sid, after in new.selections.items():
@@ -132,8 +157,11 @@ def diff(old: Market, new: Market) -> tuple[dict[str, Any], dict[str, dict[str, 
         if before is None:
             sel[sid] = _full(after)
         elif before != after:
-            sel[sid] = {k: getattr(after, k) for k in ("name", "price", "status", "point")
-                        if getattr(before, k) != getattr(after, k)}
+            sel[sid] = {
+                k: getattr(after, k)
+                for k in ("name", "price", "status", "point")
+                if getattr(before, k) != getattr(after, k)
+            }
     return fields, sel
 
 
@@ -160,10 +188,18 @@ def apply_update(state: Market | None, update: MarketUpdate, *, epoch: str, now_
                 return made
             sels[sid] = made
         market = Market(
-            id=update.market, event=f["event"], sport=f["sport"], name=f["name"],
-            kind=f.get("kind", ""), status=f.get("status", "open"),
-            in_play=f.get("in_play", False), bet_delay_ms=f.get("bet_delay_ms", 0),
-            epoch=epoch, version=1, ts=ts, selections=sels,
+            id=update.market,
+            event=f["event"],
+            sport=f["sport"],
+            name=f["name"],
+            kind=f.get("kind", ""),
+            status=f.get("status", "open"),
+            in_play=f.get("in_play", False),
+            bet_delay_ms=f.get("bet_delay_ms", 0),
+            epoch=epoch,
+            version=1,
+            ts=ts,
+            selections=sels,
         )
         return Created(market)
     for key in ("event", "sport"):
@@ -201,8 +237,18 @@ def apply_update(state: Market | None, update: MarketUpdate, *, epoch: str, now_
         return Rejected("settled", "a settled market accepts no further change", "status")
     version = state.version + 1
     market = replace(candidate, version=version, ts=ts)
-    return Changed(market, Delta(market=state.id, epoch=state.epoch, version=version,
-                                 base=state.version, ts=ts, fields=fields, sel=sel))
+    return Changed(
+        market,
+        Delta(
+            market=state.id,
+            epoch=state.epoch,
+            version=version,
+            base=state.version,
+            ts=ts,
+            fields=fields,
+            sel=sel,
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,12 +286,17 @@ def apply_delta(state: Market, delta: Delta) -> ApplyResult:
             continue
         current = sels.get(sid)
         if current is None:
-            sels[sid] = Selection(name=change["name"], price=change["price"],
-                                  status=change.get("status", "active"), point=change.get("point"))
+            sels[sid] = Selection(
+                name=change["name"],
+                price=change["price"],
+                status=change.get("status", "active"),
+                point=change.get("point"),
+            )
         else:
             sels[sid] = replace(current, **dict(change))
-    return Applied(replace(state, version=delta.version, ts=delta.ts, selections=sels,
-                           **dict(delta.fields)))
+    return Applied(
+        replace(state, version=delta.version, ts=delta.ts, selections=sels, **dict(delta.fields))
+    )
 
 
 def _merge_sel(prev: Mapping[str, Any], nxt: Mapping[str, Any]) -> dict[str, Any]:
@@ -271,5 +322,12 @@ def conflate(deltas: Sequence[Delta]) -> Delta:
         for sid, change in d.sel.items():
             sel[sid] = _merge_sel(sel[sid], change) if sid in sel else dict(change)
         prev = d
-    return Delta(market=first.market, epoch=first.epoch, version=prev.version, base=first.base,
-                 ts=prev.ts, fields=fields, sel=sel)
+    return Delta(
+        market=first.market,
+        epoch=first.epoch,
+        version=prev.version,
+        base=first.base,
+        ts=prev.ts,
+        fields=fields,
+        sel=sel,
+    )

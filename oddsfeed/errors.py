@@ -33,7 +33,11 @@ class ProtocolViolation(OddsfeedError):
     ``close_code`` the close code to use when the connection must end (0: keep it open)."""
 
     def __init__(
-        self, message: str, *, code: str = "bad_request", close_code: int = 0,
+        self,
+        message: str,
+        *,
+        code: str = "bad_request",
+        close_code: int = 0,
         request_id: int | str | None = None,
     ) -> None:
         self.code = code

@@ -29,7 +29,9 @@ def check_id(value: object, path: str) -> str:
     """Return ``value`` if it is a valid id (1-128 chars of ``A-Za-z0-9._:-``), else raise."""
     if not isinstance(value, str) or not ID_RE.match(value):
         shown = value[:40] if isinstance(value, str) else type(value).__name__
-        raise InvalidInput(f"must be 1-128 characters of A-Z a-z 0-9 . _ : -, got {shown!r}", path=path)
+        raise InvalidInput(
+            f"must be 1-128 characters of A-Z a-z 0-9 . _ : -, got {shown!r}", path=path
+        )
     return value
 
 
@@ -37,13 +39,17 @@ def check_name(value: object, path: str, *, allow_empty: bool = False) -> str:
     if not isinstance(value, str):
         raise InvalidInput(f"must be a string, got {type(value).__name__}", path=path)
     if (not value and not allow_empty) or len(value) > MAX_NAME_CHARS:
-        raise InvalidInput(f"must be {0 if allow_empty else 1}-{MAX_NAME_CHARS} characters", path=path)
+        raise InvalidInput(
+            f"must be {0 if allow_empty else 1}-{MAX_NAME_CHARS} characters", path=path
+        )
     return value
 
 
 def check_choice(value: object, choices: tuple[str, ...], path: str) -> str:
     if not isinstance(value, str) or value not in choices:
-        raise InvalidInput(f"must be one of {', '.join(choices)}, got {str(value)[:40]!r}", path=path)
+        raise InvalidInput(
+            f"must be one of {', '.join(choices)}, got {str(value)[:40]!r}", path=path
+        )
     return value
 
 
@@ -114,7 +120,11 @@ class Selection:
 
     def to_wire(self) -> dict[str, Any]:
         """Wire map (price as decimal odds)."""
-        d: dict[str, Any] = {"name": self.name, "price": to_float(self.price), "status": self.status}
+        d: dict[str, Any] = {
+            "name": self.name,
+            "price": to_float(self.price),
+            "status": self.status,
+        }
         if self.point is not None:
             d["point"] = self.point
         return d
@@ -158,18 +168,33 @@ class Market:
     def to_store(self) -> dict[str, Any]:
         """The store's map of this market (prices in ticks)."""
         return {
-            "id": self.id, "event": self.event, "sport": self.sport, "name": self.name,
-            "kind": self.kind, "status": self.status, "in_play": self.in_play,
-            "bet_delay_ms": self.bet_delay_ms, "epoch": self.epoch, "version": self.version,
-            "ts": self.ts, "selections": {k: s.to_store() for k, s in self.selections.items()},
+            "id": self.id,
+            "event": self.event,
+            "sport": self.sport,
+            "name": self.name,
+            "kind": self.kind,
+            "status": self.status,
+            "in_play": self.in_play,
+            "bet_delay_ms": self.bet_delay_ms,
+            "epoch": self.epoch,
+            "version": self.version,
+            "ts": self.ts,
+            "selections": {k: s.to_store() for k, s in self.selections.items()},
         }
 
     def to_wire(self, *, with_selections: bool = True) -> dict[str, Any]:
         """The market of protocol.md section 1 as sent on the wire and over HTTP."""
         d: dict[str, Any] = {
-            "id": self.id, "event": self.event, "sport": self.sport, "name": self.name,
-            "kind": self.kind, "status": self.status, "in_play": self.in_play,
-            "bet_delay_ms": self.bet_delay_ms, "epoch": self.epoch, "version": self.version,
+            "id": self.id,
+            "event": self.event,
+            "sport": self.sport,
+            "name": self.name,
+            "kind": self.kind,
+            "status": self.status,
+            "in_play": self.in_play,
+            "bet_delay_ms": self.bet_delay_ms,
+            "epoch": self.epoch,
+            "version": self.version,
             "ts": self.ts,
         }
         if with_selections:
@@ -184,15 +209,26 @@ class Market:
             sels = {}
         try:
             selections = {
-                str(k): Selection(name=v["name"], price=v["price"], status=v.get("status", "active"),
-                                  point=v.get("point"))
+                str(k): Selection(
+                    name=v["name"],
+                    price=v["price"],
+                    status=v.get("status", "active"),
+                    point=v.get("point"),
+                )
                 for k, v in sels.items()
             }
             return cls(
-                id=d["id"], event=d["event"], sport=d["sport"], name=d["name"],
-                kind=d.get("kind", ""), status=d.get("status", "open"),
-                in_play=bool(d.get("in_play", False)), bet_delay_ms=int(d.get("bet_delay_ms", 0)),
-                epoch=d["epoch"], version=int(d["version"]), ts=int(d.get("ts", 0)),
+                id=d["id"],
+                event=d["event"],
+                sport=d["sport"],
+                name=d["name"],
+                kind=d.get("kind", ""),
+                status=d.get("status", "open"),
+                in_play=bool(d.get("in_play", False)),
+                bet_delay_ms=int(d.get("bet_delay_ms", 0)),
+                epoch=d["epoch"],
+                version=int(d["version"]),
+                ts=int(d.get("ts", 0)),
                 selections=selections,
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -274,7 +310,11 @@ class MarketUpdate:
                     check_choice(value, SELECTION_UPDATE_STATUSES, f"{path}.status")
                 else:
                     raise InvalidInput("unknown field", path=f"{path}.{str(key)[:40]}")
-            if self.replace and p.get("status") != "removed" and ("name" not in p or "price" not in p):
+            if (
+                self.replace
+                and p.get("status") != "removed"
+                and ("name" not in p or "price" not in p)
+            ):
                 raise InvalidInput("needs name and price", path=path)
             sels[sid] = p
         object.__setattr__(self, "fields", f)
@@ -292,12 +332,17 @@ class MarketUpdate:
 
     def to_store(self) -> dict[str, Any]:
         """The map handed to the store's apply script."""
-        d: dict[str, Any] = {"market": self.market, "fields": dict(self.fields),
-                             # false, not nil, clears a line: Lua tables cannot hold nil
-                             "selections": {k: {f: (False if f == "point" and v is None else v)
-                                                for f, v in p.items()}
-                                            for k, p in self.selections.items()},
-                             "replace": self.replace, "create": self.create}
+        d: dict[str, Any] = {
+            "market": self.market,
+            "fields": dict(self.fields),
+            # false, not nil, clears a line: Lua tables cannot hold nil
+            "selections": {
+                k: {f: (False if f == "point" and v is None else v) for f, v in p.items()}
+                for k, p in self.selections.items()
+            },
+            "replace": self.replace,
+            "create": self.create,
+        }
         if self.ts is not None:
             d["ts"] = self.ts
         if self.source:

@@ -8,8 +8,8 @@ through :class:`decimal.Decimal` / :class:`fractions.Fraction`, never through fl
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
+from collections.abc import Callable, Iterable, Mapping
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from fractions import Fraction
 
 from .errors import PriceError
@@ -45,7 +45,9 @@ def _exact(value: object, what: str) -> Fraction:
         return Fraction(value)
     if isinstance(value, str):
         text = value.strip()
-        if len(text) > _MAX_INPUT_CHARS or not re.fullmatch(r"[+-]?[0-9]{1,12}(\.[0-9]{1,20})?", text):
+        if len(text) > _MAX_INPUT_CHARS or not re.fullmatch(
+            r"[+-]?[0-9]{1,12}(\.[0-9]{1,20})?", text
+        ):
             raise PriceError(f"{what} must be a number, got {value[:_MAX_INPUT_CHARS]!r}")
         return Fraction(Decimal(text))
     raise PriceError(f"{what} must be a number, got {type(value).__name__}")
@@ -53,16 +55,16 @@ def _exact(value: object, what: str) -> Fraction:
 
 def _check_range(ticks: int, shown: object) -> int:
     if ticks < MIN_PRICE or ticks > MAX_PRICE:
-        raise PriceError(
-            f"price {shown!s:.40} is outside 1.0001-10000 in decimal odds"
-        )
+        raise PriceError(f"price {shown!s:.40} is outside 1.0001-10000 in decimal odds")
     return ticks
 
 
 def from_exact_decimal(odds: Fraction, shown: object = None) -> int:
     """Canonical ticks for exact decimal odds; raises PriceError when out of range."""
     if odds > 10 * MAX_PRICE:  # absurd: do not even round it
-        raise PriceError(f"price {shown if shown is not None else float(odds)!s:.40} is absurdly large")
+        raise PriceError(
+            f"price {shown if shown is not None else float(odds)!s:.40} is absurdly large"
+        )
     scaled = _CTX.divide(Decimal(odds.numerator), Decimal(odds.denominator))
     ticks = int((scaled * SCALE).quantize(Decimal(1), rounding=ROUND_HALF_EVEN, context=_CTX))
     return _check_range(ticks, shown if shown is not None else scaled)
@@ -91,8 +93,14 @@ def from_fractional(value: object) -> int:
 
 def from_american(value: object) -> int:
     """Canonical ticks for American (moneyline) odds: +150 -> 2.5, -200 -> 1.5."""
-    if isinstance(value, str) and not _SIGNED_RE.match(value.strip()) and not _DECIMAL_RE.match(value.strip()):
-        raise PriceError(f"american odds must look like '+150' or '-200', got {value[:_MAX_INPUT_CHARS]!r}")
+    if (
+        isinstance(value, str)
+        and not _SIGNED_RE.match(value.strip())
+        and not _DECIMAL_RE.match(value.strip())
+    ):
+        raise PriceError(
+            f"american odds must look like '+150' or '-200', got {value[:_MAX_INPUT_CHARS]!r}"
+        )
     a = _exact(value, "american odds")
     if abs(a) < 100:
         raise PriceError(f"american odds must be at least 100 in size, got {value!s:.40}")
@@ -146,7 +154,9 @@ def parse_price(value: object) -> int:
         ((fmt, inner),) = value.items()
         parser = _PARSERS.get(fmt) if isinstance(fmt, str) else None
         if parser is None:
-            raise PriceError(f"unknown odds format {str(fmt)[:40]!r}; use one of {', '.join(FORMATS)}")
+            raise PriceError(
+                f"unknown odds format {str(fmt)[:40]!r}; use one of {', '.join(FORMATS)}"
+            )
         return parser(inner)
     if isinstance(value, str):
         text = value.strip()
@@ -212,8 +222,14 @@ def convert(ticks: int, fmt: str) -> str | Decimal:
     """The price in the named format (one of :data:`FORMATS`)."""
     if fmt == "decimal":
         return to_decimal(ticks)
-    conv = {"fractional": to_fractional, "american": to_american, "hk": to_hk,
-            "malay": to_malay, "indo": to_indo}.get(fmt)
+    converters: dict[str, Callable[[int], str | Decimal]] = {
+        "fractional": to_fractional,
+        "american": to_american,
+        "hk": to_hk,
+        "malay": to_malay,
+        "indo": to_indo,
+    }
+    conv = converters.get(fmt)
     if conv is None:
         raise PriceError(f"unknown odds format {fmt!r}")
     return conv(ticks)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
@@ -29,7 +29,7 @@ _packer_opts: dict[str, Any] = {"use_bin_type": True}
 def encode(message: Mapping[str, Any], encoding: str) -> bytes:
     """Encode one message map; JSON as UTF-8 bytes, msgpack as a map."""
     if encoding == MSGPACK:
-        return msgpack.packb(message, **_packer_opts)  # type: ignore[no-any-return]
+        return cast(bytes, msgpack.packb(message, **_packer_opts))
     return _json_encoder.encode(message).encode()
 
 
@@ -82,9 +82,17 @@ def batch_payload(items: Sequence[bytes], encoding: str) -> bytes:
 
 # ---- server -> client builders -------------------------------------------------------------
 
+
 def hello(*, server: str, session: str, heartbeat_ms: int, encoding: str) -> Outgoing:
-    return Outgoing({"op": "hello", "server": server, "session": session,
-                     "heartbeat_ms": heartbeat_ms, "encoding": encoding})
+    return Outgoing(
+        {
+            "op": "hello",
+            "server": server,
+            "session": session,
+            "heartbeat_ms": heartbeat_ms,
+            "encoding": encoding,
+        }
+    )
 
 
 def snapshot(market: Market) -> Outgoing:
@@ -224,8 +232,15 @@ def parse_legs(raw: Any, rid: RequestId = None) -> tuple[Leg, ...]:
         epoch = leg.get("epoch")
         if epoch is not None and (not isinstance(epoch, str) or not 0 < len(epoch) <= 64):
             raise _bad(f"legs[{i}].epoch must be a string", rid)
-        legs.append(Leg(market=leg["market"], selection=leg["selection"], price=price,
-                        version=version, epoch=epoch))
+        legs.append(
+            Leg(
+                market=leg["market"],
+                selection=leg["selection"],
+                price=price,
+                version=version,
+                epoch=epoch,
+            )
+        )
     return tuple(legs)
 
 
@@ -242,10 +257,19 @@ def decode_request(data: bytes | str, encoding: str) -> Request:
             msg = msgpack.unpackb(data, raw=False, strict_map_key=False)
         else:
             msg = json.loads(data.decode("utf-8"))
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
-            UnicodeDecodeError, RecursionError, TypeError) as exc:
-        raise _bad(f"cannot decode frame as {encoding if isinstance(data, bytes) else 'json'}: "
-                   f"{type(exc).__name__}") from None
+    except (
+        ValueError,
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+        UnicodeDecodeError,
+        RecursionError,
+        TypeError,
+    ) as exc:
+        raise _bad(
+            f"cannot decode frame as {encoding if isinstance(data, bytes) else 'json'}: "
+            f"{type(exc).__name__}"
+        ) from None
     if not isinstance(msg, dict):
         raise _bad("a message must be a map with an op field")
     rid = msg.get("id")
@@ -275,9 +299,13 @@ def decode_request(data: bytes | str, encoding: str) -> Request:
     for mid, pos in raw_from.items():
         if not isinstance(mid, str) or not ID_RE.match(mid):
             raise _bad("from has a key that is not a valid market id", rid)
-        if (not isinstance(pos, dict) or set(pos) - {"epoch", "version"}
-                or not isinstance(pos.get("epoch"), str) or not _int(pos.get("version"))
-                or pos["version"] < 0):
+        if (
+            not isinstance(pos, dict)
+            or set(pos) - {"epoch", "version"}
+            or not isinstance(pos.get("epoch"), str)
+            or not _int(pos.get("version"))
+            or pos["version"] < 0
+        ):
             raise _bad(f"from.{mid} must be {{epoch: string, version: integer}}", rid)
         positions[mid] = Position(pos["epoch"], pos["version"])
     return Subscribe(rid, markets, events, positions)
