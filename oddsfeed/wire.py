@@ -63,7 +63,7 @@ class Outgoing:
         return str(self.message.get("op", ""))
 
 
-_MSGPACK_BATCH_PREFIX = msgpack.packb({"op": "batch"})[1:]  # the map body minus its header
+_MSGPACK_BATCH_PREFIX: bytes = encode({"op": "batch"}, MSGPACK)[1:]  # the map body minus its header
 
 
 def batch_payload(items: Sequence[bytes], encoding: str) -> bytes:
