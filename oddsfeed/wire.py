@@ -40,7 +40,7 @@ class Outgoing:
     return the same object.
     """
 
-    __slots__ = ("message", "_json", "_msgpack", "urgent")
+    __slots__ = ("message", "_json", "_msgpack", "urgent", "t_us")
 
     def __init__(self, message: Mapping[str, Any], *, urgent: bool = False) -> None:
         self.message = message
@@ -48,6 +48,8 @@ class Outgoing:
         self._msgpack: bytes | None = None
         # urgent messages (a suspension) bypass batching windows and conflation
         self.urgent = urgent
+        # the store's apply time (µs since the epoch) of a delta, for latency metrics
+        self.t_us = 0
 
     def payload(self, encoding: str) -> bytes:
         if encoding == MSGPACK:

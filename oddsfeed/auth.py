@@ -1,0 +1,127 @@
+"""JWT authentication (protocol.md section 5) with PyJWT: verify tokens, mint HS256 ones.
+
+Used by the HTTP API, the WebSocket handshake and the push ingest endpoint alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from .errors import OddsfeedError
+from .settings import AuthSettings
+
+SCOPES = ("odds:read", "odds:write", "bets:validate")
+READ, WRITE, VALIDATE = SCOPES
+
+
+class AuthError(OddsfeedError):
+    """The token is missing, expired, badly signed or malformed (HTTP 401, close 4001)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: ``sub`` and granted ``scopes``; ``exp`` in seconds (0: never)."""
+
+    sub: str
+    scopes: frozenset[str]
+    exp: int = 0
+
+    def can(self, scope: str) -> bool:
+        return scope in self.scopes
+
+
+ANONYMOUS = Principal(sub="anonymous", scopes=frozenset({READ}), exp=0)
+
+
+def _load_key(text: str) -> str:
+    if "-----BEGIN" in text:
+        return text
+    return Path(text).read_text(encoding="utf-8")
+
+
+class Authenticator:
+    """Verifies bearer tokens against the configured HS256 secret and public keys."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        self.settings = settings
+        self._keys: list[tuple[Any, list[str]]] = []
+        if settings.hs256_secret:
+            self._keys.append((settings.hs256_secret, ["HS256"]))
+        for key in settings.public_keys:
+            self._keys.append((_load_key(key), ["RS256", "ES256"]))
+
+    @property
+    def anonymous_read(self) -> bool:
+        return self.settings.anonymous_read
+
+    def verify(self, token: str) -> Principal:
+        """Return the token's principal; raises AuthError for any bad token (alg none too)."""
+        if not token or len(token) > 8192:
+            raise AuthError("missing or oversized token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise AuthError("malformed token") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg.lower() == "none":
+            raise AuthError("unsigned tokens are not accepted")
+        options: dict[str, Any] = {"require": ["sub", "exp"]}
+        kwargs: dict[str, Any] = {}
+        if self.settings.audience:
+            kwargs["audience"] = self.settings.audience
+        else:
+            options["verify_aud"] = False
+        if self.settings.issuer:
+            kwargs["issuer"] = self.settings.issuer
+        last: Exception | None = None
+        for key, algs in self._keys:
+            if alg not in algs:
+                continue
+            try:
+                claims = jwt.decode(token, key, algorithms=algs, options=options, **kwargs)
+            except jwt.ExpiredSignatureError:
+                raise AuthError("token expired") from None
+            except jwt.InvalidSignatureError as exc:
+                last = exc
+                continue
+            except jwt.PyJWTError as exc:
+                raise AuthError(f"invalid token: {exc}".lower()) from None
+            return _principal(claims)
+        if last is not None:
+            raise AuthError("bad token signature")
+        raise AuthError(f"no key configured for alg {alg}")
+
+    def mint(self, sub: str, scopes: list[str] | tuple[str, ...], *, ttl_s: int,
+             now_s: int) -> str:
+        """An HS256 token from the configured secret; raises AuthError if there is none."""
+        if not self.settings.hs256_secret:
+            raise AuthError("no hs256_secret configured")
+        bad = [s for s in scopes if s not in SCOPES]
+        if bad:
+            raise AuthError(f"unknown scope {bad[0]!r}; use {' '.join(SCOPES)}")
+        claims: dict[str, Any] = {"sub": sub, "scope": " ".join(scopes), "iat": now_s,
+                                  "exp": now_s + ttl_s}
+        if self.settings.audience:
+            claims["aud"] = self.settings.audience
+        if self.settings.issuer:
+            claims["iss"] = self.settings.issuer
+        return jwt.encode(claims, self.settings.hs256_secret, algorithm="HS256")
+
+
+def _principal(claims: dict[str, Any]) -> Principal:
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise AuthError("token sub must be a non-empty string")
+    scope = claims.get("scope", "")
+    if isinstance(scope, list):
+        scopes = frozenset(str(s) for s in scope)
+    elif isinstance(scope, str):
+        scopes = frozenset(scope.split())
+    else:
+        raise AuthError("token scope must be a space-separated string")
+    exp = claims.get("exp", 0)
+    return Principal(sub=sub, scopes=scopes, exp=int(exp) if isinstance(exp, (int, float)) else 0)

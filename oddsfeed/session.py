@@ -1,0 +1,132 @@
+"""Per-connection outbound policy: a bounded outbox, conflation past the high-water mark,
+and the slow-consumer decision (protocol.md section 2). No I/O: time comes in as ``now``.
+
+The fan-out adapter pushes shared :class:`~oddsfeed.wire.Outgoing` messages in and takes
+ready-to-send payloads out; it never buffers anything outside the outbox.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from .book import Delta, conflate
+from .wire import Outgoing, batch_payload
+from .wire import delta as delta_message
+
+
+@dataclass(slots=True)
+class _Entry:
+    out: Outgoing
+    size: int
+    at: float
+    market: str | None = None
+    delta: Delta | None = None
+
+
+OK = "ok"
+SLOW = "slow"
+
+
+class Outbox:
+    """A connection's queue of messages not yet written, bounded in bytes and age.
+
+    Call :meth:`push` for every message; it returns ``"slow"`` when the connection must be
+    closed with 4008 (queued bytes past ``max_bytes`` even after conflation, or the oldest
+    message older than ``max_lag_s``). Call :meth:`take` from the writer to get the next
+    frame's payloads. Past ``high_water_bytes`` pending deltas are conflated per market.
+    """
+
+    __slots__ = ("encoding", "high_water_bytes", "max_bytes", "max_lag_s", "_q", "queued_bytes",
+                 "conflations", "urgent")
+
+    def __init__(self, *, encoding: str, high_water_bytes: int, max_bytes: int,
+                 max_lag_s: float) -> None:
+        self.encoding = encoding
+        self.high_water_bytes = high_water_bytes
+        self.max_bytes = max_bytes
+        self.max_lag_s = max_lag_s
+        self._q: deque[_Entry] = deque()
+        self.queued_bytes = 0
+        self.conflations = 0
+        self.urgent = False
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    def push(self, out: Outgoing, *, now: float, market: str | None = None,
+             delta: Delta | None = None) -> str:
+        """Queue one message; returns ``"ok"`` or ``"slow"`` (close the connection, 4008)."""
+        size = len(out.payload(self.encoding))
+        self._q.append(_Entry(out, size, now, market, delta))
+        self.queued_bytes += size
+        if out.urgent:
+            self.urgent = True
+        if self.queued_bytes > self.high_water_bytes:
+            self._conflate()
+        return self.verdict(now)
+
+    def verdict(self, now: float) -> str:
+        """``"slow"`` if the connection is past its hard limit in bytes or in age."""
+        if self.queued_bytes > self.max_bytes:
+            return SLOW
+        if self._q and now - self._q[0].at > self.max_lag_s:
+            return SLOW
+        return OK
+
+    def _conflate(self) -> None:
+        # Merge each market's run of pending deltas into one delta (base of the first,
+        # v of the last). A snapshot or gone of that market ends the run.
+        merged: deque[_Entry] = deque()
+        open_run: dict[str, tuple[_Entry, list[Delta]]] = {}
+        for e in self._q:
+            if e.delta is not None and e.market is not None:
+                run = open_run.get(e.market)
+                if run is not None:
+                    run[1].append(e.delta)
+                    run[0].at = min(run[0].at, e.at)
+                    continue
+                entry = _Entry(e.out, e.size, e.at, e.market, e.delta)
+                open_run[e.market] = (entry, [e.delta])
+                merged.append(entry)
+            else:
+                if e.market is not None:
+                    open_run.pop(e.market, None)
+                merged.append(e)
+        total = 0
+        for entry, deltas in open_run.values():
+            if len(deltas) > 1:
+                d = conflate(deltas)
+                entry.delta = d
+                entry.out = delta_message(d)
+                entry.size = len(entry.out.payload(self.encoding))
+                self.conflations += 1
+        for e in merged:
+            total += e.size
+        self._q = merged
+        self.queued_bytes = total
+
+    def oldest_t_us(self) -> int:
+        """The store apply time of the oldest queued message (0 if unknown)."""
+        return self._q[0].out.t_us if self._q else 0
+
+    def take(self, max_items: int = 512) -> list[bytes]:
+        """Remove and return up to ``max_items`` payloads, oldest first."""
+        out = []
+        q = self._q
+        while q and len(out) < max_items:
+            e = q.popleft()
+            self.queued_bytes -= e.size
+            out.append(e.out.payload(self.encoding))
+        if not q:
+            self.urgent = False
+        return out
+
+    def frame(self, max_items: int = 512) -> bytes | None:
+        """The next frame: one message as is, or several packed into one ``batch``."""
+        items = self.take(max_items)
+        if not items:
+            return None
+        if len(items) == 1:
+            return items[0]
+        return batch_payload(items, self.encoding)
