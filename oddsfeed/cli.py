@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,21 +194,35 @@ async def run_all(settings: Settings, *, stop: asyncio.Event | None = None) -> i
                 redis_url = valkey.url
                 log.info("embedded valkey started", url=redis_url, pid=valkey.pid)
 
-        # ---- PLUG-IN POINT (store): open the store on `redis_url` here and
-        #      `stack.push_async_callback(store.close)`.
-        # ---- PLUG-IN POINT (ingest helper): start the demo simulator feed here
-        #      (settings.demo), e.g. `tasks.append(asyncio.create_task(feed.run()))`.
-        # ---- PLUG-IN POINT (fanout helper): start the WebSocket fan-out on
-        #      settings.server.host / ws_port and register its graceful close.
-        # ---- PLUG-IN POINT (api helper): start the aiohttp API on
-        #      settings.server.host / http_port and register its cleanup.
+        from oddsfeed.auth import Authenticator, AuthError
+        from oddsfeed.worker import Worker
+
+        token = None
+        try:
+            token = Authenticator(settings.auth).mint(
+                "demo-trader", ["odds:read", "odds:write", "bets:validate"], ttl_s=86_400,
+                now_s=int(time.time()))
+        except AuthError:
+            log.warning("no hs256_secret configured: no trader token printed")
+        worker = await stack.enter_async_context(
+            Worker(settings, redis_url, demo_token=token, reuse_port=False))
+        if settings.demo.events > 0:
+            from ingest.simulator import SimulatorConfig, run_simulator
+
+            sim = SimulatorConfig(events=settings.demo.events, seed=settings.demo.seed,
+                                  rate_per_s=settings.demo.rate_per_s)
+            tasks.append(asyncio.create_task(run_simulator(worker.store, sim, stop=stop,
+                                                           start_ms=int(time.time() * 1000)),
+                                             name="demo-simulator"))
+        if token:
+            click.echo(f"trader token (odds:write, 24 h): {token}", err=True)
 
         host = settings.server.host
         log.info(
             "oddsfeed ready",
             redis_url=redis_url,
-            ws_url=f"ws://{host}:{settings.server.ws_port}/ws",
-            http_url=f"http://{host}:{settings.server.http_port}/",
+            ws_url=f"ws://{host}:{worker.ws_port}/ws",
+            http_url=f"http://{host}:{worker.http_port}/",
         )
         code = await _wait_for_stop(stop, tasks, log)
         log.info("oddsfeed stopping")
@@ -271,9 +286,14 @@ def _stop_logged(stop_fn: Callable[[], None], log: Any, what: str) -> None:
 @_server_options
 @click.pass_obj
 def serve(cli: _Cli, /, **flags: Any) -> None:
-    """Fan-out + HTTP API node(s) on an external Redis/Valkey."""
-    _settings(cli, _overrides(flags))
-    _not_yet("serve")
+    """Fan-out + HTTP API node(s) on an external Redis/Valkey (--workers N processes)."""
+    from oddsfeed.worker import serve_workers
+
+    settings = _settings(cli, _overrides(flags))
+    if not settings.redis.url:
+        raise click.ClickException("serve needs redis.url (ODDSFEED_REDIS__URL or --redis-url)")
+    workers = settings.server.worker_count(os.cpu_count())
+    sys.exit(serve_workers(settings, settings.redis.url, workers))
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

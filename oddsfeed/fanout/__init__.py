@@ -1,6 +1,6 @@
 """The WebSocket fan-out tier: websockets on uvloop, protocol.md section 2."""
 
-from .hub import Hub
-from .server import FanoutServer, run_worker, serve_workers
+from .hub import Client, Hub
+from .server import FanoutServer
 
-__all__ = ["FanoutServer", "Hub", "run_worker", "serve_workers"]
+__all__ = ["Client", "FanoutServer", "Hub"]

@@ -1,0 +1,511 @@
+"""The HTTP API (protocol.md sections 3-5) on aiohttp: routes, auth, problem+json errors,
+idempotency, audit log, CORS, metrics, OpenAPI and the demo page. It only translates HTTP
+to store calls and core values."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest,
+)
+from prometheus_client import multiprocess as prom_multiprocess
+from pydantic import BaseModel, ValidationError
+
+from .. import wire
+from ..auth import ANONYMOUS, READ, VALIDATE, WRITE, Authenticator, AuthError, Principal
+from ..book import Changed, Created, NoOp, Rejected
+from ..errors import InvalidInput, ProtocolViolation, StoreError
+from ..model import ID_RE, Market, MarketUpdate
+from ..settings import Settings
+from ..store import OutOfOrder, Precondition, Store
+from ..validation import validate_slip
+from . import schemas
+from .openapi import ROUTES, openapi_document
+
+STATIC_DIR = Path(__file__).parent / "static"
+PROBLEM = "application/problem+json"
+audit = structlog.get_logger("oddsfeed.audit")
+log = structlog.get_logger("oddsfeed.api")
+
+REQUESTS = Counter("oddsfeed_http_requests_total", "HTTP requests", ["route", "method", "status"])
+LATENCY = Histogram("oddsfeed_http_request_seconds", "HTTP request latency", ["route"],
+                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 65))
+VALIDATIONS = Counter("oddsfeed_validations_total", "bet-slip legs validated",
+                      ["result", "reason"])
+
+K_STORE: web.AppKey[Store] = web.AppKey("store", Store)
+K_SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+K_AUTH: web.AppKey[Authenticator] = web.AppKey("auth", Authenticator)
+K_READY: web.AppKey[Callable[[], bool]] = web.AppKey("ready", Callable)  # type: ignore[arg-type]
+K_DEMO: web.AppKey[str] = web.AppKey("demo_token", str)
+
+
+class Problem(Exception):
+    """An RFC 9457 problem to answer with."""
+
+    def __init__(self, status: int, title: str, detail: str = "", *,
+                 errors: list[dict[str, str]] | None = None, **extra: Any) -> None:
+        self.status = status
+        self.body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status,
+                                     "detail": detail or title}
+        if errors:
+            self.body["errors"] = errors
+        self.body.update(extra)
+        super().__init__(detail or title)
+
+    def response(self) -> web.Response:
+        return web.Response(status=self.status, content_type=PROBLEM,
+                            text=json.dumps(self.body))
+
+
+def _bad_body(exc: ValidationError, prefix: str = "") -> Problem:
+    errors = []
+    for e in exc.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        errors.append({"path": f"{prefix}{path}" if path else prefix.rstrip("."), "message": msg})
+    return Problem(400, "invalid request body", "the request body is invalid", errors=errors)
+
+
+def _invalid(exc: InvalidInput, prefix: str = "") -> Problem:
+    path = f"{prefix}{exc.path}" if exc.path else prefix.rstrip(".")
+    return Problem(400, "invalid request body", str(exc),
+                   errors=[{"path": path, "message": exc.message}])
+
+
+# ---- middlewares ---------------------------------------------------------------------------
+
+def _route_name(request: web.Request) -> str:
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else "unmatched"
+
+
+@web.middleware
+async def errors_mw(request: web.Request,
+                    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                    ) -> web.StreamResponse:
+    started = time.perf_counter()
+    route = _route_name(request)
+    try:
+        resp = await handler(request)
+    except Problem as p:
+        resp = p.response()
+    except web.HTTPRequestEntityTooLarge:
+        resp = Problem(413, "request body too large",
+                       f"at most {request.app[K_SETTINGS].api.max_body_bytes} bytes").response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        resp = Problem(exc.status, exc.reason, exc.text or exc.reason).response()
+        for h in ("Allow",):
+            if h in exc.headers:
+                resp.headers[h] = exc.headers[h]
+    except StoreError as exc:
+        log.warning("store unavailable", error=str(exc))
+        resp = Problem(503, "store unavailable", "the store is unavailable; retry").response()
+    except Exception:
+        log.exception("request failed", route=route)
+        resp = Problem(500, "internal error", "internal error").response()
+    REQUESTS.labels(route, request.method, str(resp.status)).inc()
+    LATENCY.labels(route).observe(time.perf_counter() - started)
+    return resp
+
+
+def _cors_headers(request: web.Request) -> dict[str, str]:
+    origin = request.headers.get("Origin")
+    allowed = request.app[K_SETTINGS].api.cors_origins
+    if not origin or not allowed or ("*" not in allowed and origin not in allowed):
+        return {}
+    return {
+        "Access-Control-Allow-Origin": "*" if "*" in allowed else origin,
+        "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match, Idempotency-Key",
+        "Access-Control-Allow-Methods": "GET, PUT, PATCH, DELETE, POST, OPTIONS",
+        "Access-Control-Expose-Headers": "ETag",
+        "Access-Control-Max-Age": "600",
+        "Vary": "Origin",
+    }
+
+
+@web.middleware
+async def cors_mw(request: web.Request,
+                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                  ) -> web.StreamResponse:
+    headers = _cors_headers(request)
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        return web.Response(status=204, headers=headers)
+    resp = await handler(request)
+    resp.headers.update(headers)
+    return resp
+
+
+def principal_of(request: web.Request, scope: str | None) -> Principal:
+    """The caller, checked for ``scope``; raises a 401 or 403 problem."""
+    auth = request.app[K_AUTH]
+    header = request.headers.get("Authorization", "")
+    principal: Principal | None = None
+    if header:
+        if not header.lower().startswith("bearer "):
+            raise Problem(401, "unauthorized", "use Authorization: Bearer <token>")
+        try:
+            principal = auth.verify(header[7:].strip())
+        except AuthError as exc:
+            raise Problem(401, "unauthorized", str(exc)) from None
+    elif auth.anonymous_read:
+        principal = ANONYMOUS
+    if scope is None:
+        return principal or ANONYMOUS
+    if principal is None:
+        raise Problem(401, "unauthorized", "a bearer token is required")
+    if not principal.can(scope):
+        raise Problem(403, "forbidden", f"the token lacks scope {scope}")
+    return principal
+
+
+async def _json_body(request: web.Request) -> Any:
+    if request.content_type != "application/json":
+        raise Problem(415, "unsupported media type", "send Content-Type: application/json")
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise Problem(400, "invalid json", "the request body is not valid JSON") from None
+
+
+def _model(model: type[BaseModel], data: Any, prefix: str = "") -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _bad_body(exc, prefix) from None
+
+
+def _market_id(request: web.Request) -> str:
+    mid = request.match_info["id"]
+    if not ID_RE.match(mid):
+        raise Problem(400, "invalid market id", "market ids are 1-128 chars of A-Za-z0-9._:-",
+                      errors=[{"path": "id", "message": "invalid id"}])
+    return mid
+
+
+def _etag(market: Market) -> str:
+    return f'"{market.epoch}:{market.version}"'
+
+
+def _market_response(market: Market, status: int = 200) -> web.Response:
+    return web.json_response(market.to_wire(), status=status, headers={"ETag": _etag(market)})
+
+
+# ---- reads -----------------------------------------------------------------------------------
+
+async def list_markets(request: web.Request) -> web.Response:
+    principal_of(request, READ)
+    q = request.query
+    unknown = set(q) - {"event", "sport", "status"}
+    if unknown:
+        raise Problem(400, "invalid query", "unknown query parameter",
+                      errors=[{"path": k, "message": "unknown query parameter"} for k in unknown])
+    status = q.get("status")
+    if status is not None and status not in ("open", "suspended", "closed", "settled"):
+        raise Problem(400, "invalid query", "bad status",
+                      errors=[{"path": "status", "message": "unknown status"}])
+    markets = await request.app[K_STORE].list_markets(
+        event=q.get("event") or None, sport=q.get("sport") or None, status=status)
+    return web.json_response({"markets": [m.to_wire(with_selections=False) for m in markets]})
+
+
+async def get_market(request: web.Request) -> web.Response:
+    principal_of(request, READ)
+    market = await request.app[K_STORE].get(_market_id(request))
+    if market is None:
+        raise Problem(404, "market not found", f"market {request.match_info['id']} does not exist")
+    return _market_response(market)
+
+
+# ---- writes ----------------------------------------------------------------------------------
+
+def _selections(raw: dict[str, BaseModel] | None) -> dict[str, dict[str, Any]]:
+    return {sid: schemas.given(sel) for sid, sel in (raw or {}).items()}
+
+
+def _update_from_patch(mid: str, body: schemas.MarketPatch, source: str, now_ms: int,
+                       prefix: str = "") -> MarketUpdate:
+    fields = {k: v for k, v in schemas.given(body, ("selections", "ts", "market")).items()
+              if v is not None}
+    try:
+        return MarketUpdate(market=mid, fields=fields, selections=_selections(body.selections),
+                            ts=body.ts if body.ts is not None else now_ms, source=source)
+    except InvalidInput as exc:
+        raise _invalid(exc, prefix) from None
+
+
+async def _apply(request: web.Request, update: MarketUpdate, principal: Principal, *,
+                 expect: tuple[str, int] | None = None, created_status: int = 201
+                 ) -> tuple[int, dict[str, Any]]:
+    store = request.app[K_STORE]
+    before = await store.get(update.market)
+    outcome = await store.apply(update, expect=expect)
+    if isinstance(outcome, Precondition):
+        raise Problem(412, "precondition failed", "the market moved since If-Match",
+                      current=outcome.current.to_wire() if outcome.current else None)
+    if isinstance(outcome, Rejected):
+        status = {"unknown_market": 404, "settled": 409, "conflict": 409}.get(outcome.reason, 400)
+        errors = [{"path": outcome.path, "message": outcome.message}] if status == 400 else None
+        raise Problem(status, outcome.reason.replace("_", " "), outcome.message, errors=errors)
+    if isinstance(outcome, OutOfOrder):  # desks send no seq; kept for completeness
+        raise Problem(409, "out of order", "an update from this source is newer")
+    market = outcome.market
+    changed: Any = None
+    if isinstance(outcome, Changed):
+        changed = {**outcome.delta.fields, "sel": sorted(outcome.delta.sel)}
+    audit.info("market.write", who=principal.sub, market=market.id,
+               old_version=before.version if before else None, new_version=market.version,
+               outcome=type(outcome).__name__.lower(), changed=changed)
+    status = created_status if isinstance(outcome, Created) else 200
+    return status, market.to_wire()
+
+
+def _if_match(request: web.Request) -> tuple[str, int] | None:
+    raw = request.headers.get("If-Match")
+    if raw is None:
+        return None
+    text = raw.strip().removeprefix("W/").strip('"')
+    epoch, _, version = text.rpartition(":")
+    if not epoch or not version.isdigit():
+        raise Problem(400, "invalid If-Match", 'use If-Match: "<epoch>:<version>"',
+                      errors=[{"path": "If-Match", "message": "malformed"}])
+    return epoch, int(version)
+
+
+async def _idempotent(request: web.Request, principal: Principal, body: bytes,
+                      run: Callable[[], Awaitable[tuple[int, Any]]]) -> web.Response:
+    """Run a write once per Idempotency-Key (5 minutes); a retry gets the first result."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        status, payload = await run()
+        return _json_or_empty(status, payload)
+    if not 1 <= len(key) <= 200:
+        raise Problem(400, "invalid Idempotency-Key", "1-200 characters",
+                      errors=[{"path": "Idempotency-Key", "message": "1-200 characters"}])
+    store = request.app[K_STORE]
+    ttl = request.app[K_SETTINGS].api.idempotency_ttl_s
+    scope = f"{principal.sub}\n{request.method}\n{request.path}\n{key}".encode()
+    rkey = f"of:idem:{hashlib.sha256(scope).hexdigest()}"
+    digest = hashlib.sha256(body).hexdigest()
+    claimed = await store.client.set(rkey, json.dumps({"state": "pending", "digest": digest}),
+                                     nx=True, ex=ttl)
+    if not claimed:
+        deadline = time.monotonic() + 10
+        while True:
+            raw = await store.client.get(rkey)
+            if raw is None:
+                break  # expired meanwhile: run it
+            rec = json.loads(raw)
+            if rec.get("digest") != digest:
+                raise Problem(422, "idempotency key reused",
+                              "this Idempotency-Key was used with another request body")
+            if rec["state"] == "done":
+                resp = _json_or_empty(rec["status"], rec["body"])
+                resp.headers["Idempotent-Replayed"] = "true"
+                return resp
+            if time.monotonic() > deadline:
+                raise Problem(409, "request in progress",
+                              "a request with this Idempotency-Key is still running")
+            await asyncio.sleep(0.05)
+    try:
+        status, payload = await run()
+    except Problem as p:
+        if p.status >= 500 or p.status == 412:
+            await store.client.delete(rkey)
+            raise
+        status, payload = p.status, p.body
+        await store.client.set(rkey, json.dumps({"state": "done", "digest": digest,
+                                                 "status": status, "body": payload}), ex=ttl)
+        raise
+    except Exception:
+        await store.client.delete(rkey)
+        raise
+    await store.client.set(rkey, json.dumps({"state": "done", "digest": digest,
+                                             "status": status, "body": payload}), ex=ttl)
+    return _json_or_empty(status, payload)
+
+
+def _json_or_empty(status: int, payload: Any) -> web.Response:
+    if status == 204:
+        return web.Response(status=204)
+    if status >= 400:
+        return web.Response(status=status, content_type=PROBLEM, text=json.dumps(payload))
+    return web.json_response(payload, status=status)
+
+
+async def put_market(request: web.Request) -> web.Response:
+    principal = principal_of(request, WRITE)
+    mid = _market_id(request)
+    data = await _json_body(request)
+    body = _model(schemas.MarketPut, data)
+    fields = {k: v for k, v in schemas.given(body, ("selections", "ts")).items() if v is not None}
+    now = int(time.time() * 1000)
+    try:
+        update = MarketUpdate(market=mid, fields=fields, selections=_selections(body.selections),
+                              replace=True, create=True, ts=body.ts if body.ts is not None else now,
+                              source=f"desk:{principal.sub}")
+    except InvalidInput as exc:
+        raise _invalid(exc) from None
+    expect = _if_match(request)
+    return await _idempotent(request, principal, await request.read(),
+                             lambda: _apply(request, update, principal, expect=expect))
+
+
+async def patch_market(request: web.Request) -> web.Response:
+    principal = principal_of(request, WRITE)
+    mid = _market_id(request)
+    data = await _json_body(request)
+    body = _model(schemas.MarketPatch, data)
+    update = _update_from_patch(mid, body, f"desk:{principal.sub}", int(time.time() * 1000))
+    expect = _if_match(request)
+    return await _idempotent(request, principal, await request.read(),
+                             lambda: _apply(request, update, principal, expect=expect))
+
+
+async def delete_market(request: web.Request) -> web.Response:
+    principal = principal_of(request, WRITE)
+    mid = _market_id(request)
+
+    async def run() -> tuple[int, Any]:
+        existed = await request.app[K_STORE].delete(mid)
+        if not existed:
+            raise Problem(404, "market not found", f"market {mid} does not exist")
+        audit.info("market.delete", who=principal.sub, market=mid)
+        return 204, None
+
+    return await _idempotent(request, principal, b"", run)
+
+
+async def post_odds(request: web.Request) -> web.Response:
+    principal = principal_of(request, WRITE)
+    data = await _json_body(request)
+    batch = _model(schemas.OddsBatch, data)
+    now = int(time.time() * 1000)
+
+    async def run() -> tuple[int, Any]:
+        results: list[dict[str, Any]] = []
+        for i, raw in enumerate(batch.updates):
+            mid = raw.get("market") if isinstance(raw, dict) else None
+            entry: dict[str, Any] = {"market": mid, "ok": False}
+            try:
+                item = _model(schemas.OddsItem, raw, f"updates.{i}.")
+                if not ID_RE.match(item.market):
+                    raise Problem(400, "invalid market id", "invalid market id",
+                                  errors=[{"path": f"updates.{i}.market", "message": "invalid id"}])
+                update = _update_from_patch(item.market, item, f"desk:{principal.sub}", now,
+                                            f"updates.{i}.")
+                _, market = await _apply(request, update, principal)
+                entry.update(ok=True, version=market["version"])
+            except Problem as p:
+                entry["error"] = p.body
+            results.append(entry)
+        return 200, {"results": results}
+
+    return await _idempotent(request, principal, await request.read(), run)
+
+
+# ---- bet slips ------------------------------------------------------------------------------
+
+async def validate_bets(request: web.Request) -> web.Response:
+    principal_of(request, VALIDATE)
+    data = await _json_body(request)
+    slip = _model(schemas.SlipIn, data)
+    try:
+        legs = wire.parse_legs(data["legs"])  # shapes checked above
+    except ProtocolViolation as exc:
+        path, _, msg = exc.message.partition(": ")
+        raise Problem(400, "invalid request body", exc.message,
+                      errors=[{"path": path if msg else "legs", "message": msg or exc.message}]
+                      ) from None
+    body = await validate_slip(request.app[K_STORE], legs, slip.accept)
+    for leg in body["legs"]:
+        VALIDATIONS.labels("accepted" if leg["ok"] else "rejected", leg.get("reason", "")).inc()
+    return web.json_response(body)
+
+
+# ---- operations ---------------------------------------------------------------------------
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ok = await request.app[K_STORE].ping() and request.app[K_READY]()
+    return web.json_response({"status": "ready" if ok else "unavailable"},
+                             status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        prom_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        data = generate_latest(registry)
+    else:
+        data = generate_latest(REGISTRY)
+    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+async def demo_token(request: web.Request) -> web.Response:
+    token = request.app.get(K_DEMO)
+    if not token:
+        raise Problem(404, "not found", "demo tokens exist only under `oddsfeed run`")
+    return web.json_response({"token": token})
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    page = STATIC_DIR / "index.html"
+    if not page.is_file():
+        return web.Response(text="oddsfeed: see /openapi.json\n")
+    return web.FileResponse(page)
+
+
+async def static(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    path = (STATIC_DIR / name).resolve()
+    if not path.is_file() or STATIC_DIR.resolve() not in path.parents and path.parent != STATIC_DIR.resolve():
+        raise Problem(404, "not found", f"no static file {name}")
+    return web.FileResponse(path)
+
+
+HANDLERS: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
+    "list_markets": list_markets, "get_market": get_market, "put_market": put_market,
+    "patch_market": patch_market, "delete_market": delete_market, "post_odds": post_odds,
+    "validate_bets": validate_bets, "healthz": healthz, "readyz": readyz, "metrics": metrics,
+    "openapi": openapi, "demo_token": demo_token, "index": index, "static": static,
+}
+
+
+def build_app(settings: Settings, store: Store, *, auth: Authenticator | None = None,
+              ready: Callable[[], bool] | None = None, demo_token: str | None = None
+              ) -> web.Application:
+    """The aiohttp application of the HTTP API; the caller runs it (AppRunner)."""
+    app = web.Application(client_max_size=settings.api.max_body_bytes,
+                          middlewares=[cors_mw, errors_mw])
+    app[K_STORE] = store
+    app[K_SETTINGS] = settings
+    app[K_AUTH] = auth or Authenticator(settings.auth)
+    app[K_READY] = ready or (lambda: True)
+    if demo_token:
+        app[K_DEMO] = demo_token
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, HANDLERS[route.handler])
+    return app
