@@ -198,7 +198,7 @@ def to_fractional(ticks: int) -> str:
 def to_american(ticks: int) -> Decimal:
     """American odds (2 dp): 25000 -> +150, 15000 -> -200."""
     net = _net(ticks)
-    return _dec(net * 100, 2) if net >= 1 else _dec(-100 / net, 2)
+    return _dec(net * 100, 2) if net >= 1 else _dec(-100 / net, 6)
 
 
 def to_hk(ticks: int) -> Decimal:
@@ -209,13 +209,13 @@ def to_hk(ticks: int) -> Decimal:
 def to_malay(ticks: int) -> Decimal:
     """Malay odds: net when net <= 1, else -1/net."""
     net = _net(ticks)
-    return _dec(net) if net <= 1 else _dec(-1 / net)
+    return _dec(net) if net <= 1 else _dec(-1 / net, 8)
 
 
 def to_indo(ticks: int) -> Decimal:
     """Indonesian odds: net when net >= 1, else -1/net."""
     net = _net(ticks)
-    return _dec(net) if net >= 1 else _dec(-1 / net)
+    return _dec(net) if net >= 1 else _dec(-1 / net, 8)
 
 
 def convert(ticks: int, fmt: str) -> str | Decimal:

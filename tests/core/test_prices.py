@@ -1,0 +1,69 @@
+"""Canonical prices and odds-format conversion (oddsfeed.prices)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from oddsfeed.errors import PriceError
+from oddsfeed.prices import (
+    MAX_PRICE, MIN_PRICE, convert, margin, overround, parse_price, to_american, to_fractional,
+    to_hk, to_indo, to_malay,
+)
+
+KNOWN = [
+    ("5/2", 35000), ("evens", 20000), ("+150", 25000), ("-200", 15000), ("2.5", 25000),
+    (2.5, 25000), (3, 30000), ({"decimal": 2.5}, 25000), ({"fractional": "5/2"}, 35000),
+    ({"american": -200}, 15000), ({"american": "+150"}, 25000), ({"hk": 1.5}, 25000),
+    ({"malay": -0.5}, 30000), ({"malay": 0.8}, 18000), ({"indo": -2.0}, 15000),
+    ({"indo": 1.5}, 25000), ("2.00005", 20000), ("2.00015", 20002), ("1.0001", MIN_PRICE),
+    (10000, MAX_PRICE), ("100/1", 1010000), ("1/3", 13333),
+]
+
+
+@pytest.mark.parametrize(("given_", "ticks"), KNOWN)
+def test_known_conversions(given_: object, ticks: int) -> None:
+    """Every input shape of the table converts to the expected canonical price."""
+    assert parse_price(given_) == ticks
+
+
+BAD = [1, 1.0, "1", 0, -2, float("nan"), float("inf"), "0/0", "1/0", "abc", "", None, True,
+       [], 1e300, "10000.0001", {"decimal": 2, "hk": 1}, {"bogus": 2}, "+50", {"malay": 0},
+       {"malay": 1.5}, {"indo": 0.5}, {"hk": 0}, "2.5.1", "x" * 100]
+
+
+@pytest.mark.parametrize("bad", BAD, ids=repr)
+def test_nonsense_is_rejected(bad: object) -> None:
+    """Nonsense prices raise PriceError with a lower-case message."""
+    with pytest.raises(PriceError) as exc:
+        parse_price(bad)
+    assert str(exc.value) and str(exc.value)[0].islower()
+
+
+canonical = st.integers(MIN_PRICE, MAX_PRICE)
+
+
+@settings(max_examples=300, deadline=None)
+@given(canonical)
+def test_formats_round_trip(ticks: int) -> None:
+    """Each format's rendering parses back to the price (exact for fractional and HK)."""
+    assert parse_price({"fractional": to_fractional(ticks)}) == ticks
+    assert parse_price({"hk": str(to_hk(ticks))}) == ticks
+    assert parse_price({"decimal": str(convert(ticks, "decimal"))}) == ticks
+    reciprocal = [("american", to_american(ticks)), ("indo", to_indo(ticks))]
+    if ticks <= 1_000_000:  # Malay renders long odds as tiny negatives: 8 dp stop at ~100.0
+        reciprocal.append(("malay", to_malay(ticks)))
+    for fmt, value in reciprocal:
+        back = parse_price({fmt: str(value)})
+        assert abs(back - ticks) <= 1, (fmt, value, back)
+
+
+def test_overround_and_margin() -> None:
+    """A fair 2.0/2.0 book has no margin; 1.9/1.9 has about 5.26%."""
+    assert overround([20000, 20000]) == 1
+    assert margin([20000, 20000]) == 0
+    assert abs(float(margin([19000, 19000])) - 0.0526) < 0.0001
+    assert margin([19000]) == Fraction(10000, 19000) - 1
