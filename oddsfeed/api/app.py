@@ -345,7 +345,10 @@ def _json_or_empty(status: int, payload: Any) -> web.Response:
         return web.Response(status=204)
     if status >= 400:
         return web.Response(status=status, content_type=PROBLEM, text=json.dumps(payload))
-    return web.json_response(payload, status=status)
+    headers = {}
+    if isinstance(payload, dict) and "epoch" in payload and "version" in payload:
+        headers["ETag"] = '"{}:{}"'.format(payload["epoch"], payload["version"])
+    return web.json_response(payload, status=status, headers=headers)
 
 
 async def put_market(request: web.Request) -> web.Response:

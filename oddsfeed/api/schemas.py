@@ -23,7 +23,7 @@ _PRICE_DOC = (
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 def _price(value: Any) -> int:
