@@ -305,13 +305,22 @@ def ingest(cli: _Cli, args: tuple[str, ...]) -> None:
     _not_yet("ingest")
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@main.command()
+@click.option("--scope", "scopes", default="odds:read", show_default=True,
+              help="Space-separated scopes: odds:read odds:write bets:validate.")
+@click.option("--ttl", "ttl_s", type=int, default=3600, show_default=True, help="Seconds.")
+@click.option("--sub", default="trader", show_default=True, help="The token's subject.")
 @click.pass_obj
-def token(cli: _Cli, args: tuple[str, ...]) -> None:
-    """Mint a JWT for development."""
-    _settings(cli, {})
-    _not_yet("token")
+def token(cli: _Cli, scopes: str, ttl_s: int, sub: str) -> None:
+    """Mint an HS256 JWT from the configured auth.hs256_secret."""
+    from oddsfeed.auth import Authenticator, AuthError
+
+    settings = _settings(cli, {})
+    try:
+        click.echo(Authenticator(settings.auth).mint(sub, scopes.split(), ttl_s=ttl_s,
+                                                     now_s=int(time.time())))
+    except AuthError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command()
