@@ -296,13 +296,95 @@ def serve(cli: _Cli, /, **flags: Any) -> None:
     sys.exit(serve_workers(settings, settings.redis.url, workers))
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def _ingest_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.argument("adapter", type=click.Choice(
+            ["simulator", "replay", "http-poll", "stream", "push"])),
+        click.option("--feed-id", default="1", show_default=True, help="Names the source."),
+        click.option("--redis-url", help="Overrides redis.url."),
+        click.option("--file", type=click.Path(dir_okay=False), help="replay: a .jsonl file."),
+        click.option("--speed", type=float, default=1.0, show_default=True,
+                     help="replay: 10 = ten times faster, 0 = as fast as possible."),
+        click.option("--url", help="http-poll: the odds API URL."),
+        click.option("--bookmaker", default="", help="http-poll: which bookmaker's odds."),
+        click.option("--odds-format", type=click.Choice(["decimal", "american"]),
+                     default="decimal", show_default=True),
+        click.option("--interval", type=float, default=5.0, show_default=True,
+                     help="http-poll: seconds between polls."),
+        click.option("--address", help="stream: HOST:PORT of the stream."),
+        click.option("--port", type=int, help="push: the port to listen on."),
+        click.option("--events", type=int, help="simulator: events (demo.events)."),
+        click.option("--seed", type=int, help="simulator: seed (demo.seed)."),
+        click.option("--rate", type=float, help="simulator: ticks per second."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _run_ingest(cli: _Cli, adapter: str, opts: dict[str, Any], out: Path | None) -> None:
+    from ingest.main import run_adapter
+    from ingest.replay import Recorder
+    from oddsfeed.store import Store
+
+    settings = _settings(cli, {"redis.url": opts.pop("redis_url", None)})
+    if adapter == "replay" and not opts.get("file"):
+        raise click.ClickException("replay needs --file")
+    if adapter == "http-poll" and not opts.get("url"):
+        raise click.ClickException("http-poll needs --url")
+    if adapter == "stream" and not opts.get("address"):
+        raise click.ClickException("stream needs --address HOST:PORT")
+    if out is None and not settings.redis.url:
+        raise click.ClickException("ingest needs redis.url (ODDSFEED_REDIS__URL or --redis-url)")
+
+    async def main() -> int:
+        log = get_logger("oddsfeed.ingest")
+        stop = asyncio.Event()
+        _install_stop_signals(stop, log)
+        recorder = None
+        fh = None
+        store = None
+        if out is not None:
+            fh = out.open("w", encoding="utf-8")
+            recorder = Recorder(fh)
+        else:
+            store = await Store.connect(settings.redis.url, cluster=settings.redis.cluster,
+                                        history_len=settings.redis.history_len)
+        try:
+            runner = await run_adapter(adapter, opts, store or _NoStore(), settings, stop=stop,
+                                       recorder=recorder)
+            log.info("ingest finished", adapter=adapter, counts=runner.counts)
+        finally:
+            if store is not None:
+                await store.close()
+            if fh is not None:
+                fh.close()
+        return 0
+
+    sys.exit(run_async(main()))
+
+
+class _NoStore:
+    async def apply(self, update: Any) -> Any:
+        return None
+
+
+@main.command()
+@_ingest_options
 @click.pass_obj
-def ingest(cli: _Cli, args: tuple[str, ...]) -> None:
-    """Run one feed adapter (ADAPTER [OPTIONS]) writing through the store."""
-    _settings(cli, {})
-    _not_yet("ingest")
+def ingest(cli: _Cli, adapter: str, **opts: Any) -> None:
+    """Run one feed adapter (simulator, replay, http-poll, stream, push) into the store."""
+    _run_ingest(cli, adapter, opts, None)
+
+
+@main.command()
+@_ingest_options
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The JSON Lines file to write.")
+@click.pass_obj
+def record(cli: _Cli, adapter: str, out: Path, **opts: Any) -> None:
+    """Record an adapter's raw provider messages to a JSON Lines file for `ingest replay`."""
+    _run_ingest(cli, adapter, opts, out)
 
 
 @main.command()

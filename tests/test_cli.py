@@ -170,13 +170,29 @@ def test_valkey_command_prints_url(spawn: Any) -> None:
     assert proc.wait(timeout=20) == 0
 
 
-@pytest.mark.parametrize("command", [["serve"], ["ingest", "simulator"], ["token"]])
-def test_stub_commands_exit_2(command: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Commands owned by later work say so and exit 2."""
+def test_serve_needs_a_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve` refuses to start without redis.url, with a clear error."""
     monkeypatch.chdir(ROOT)
-    result = CliRunner().invoke(main, command)
-    assert result.exit_code == 2
-    assert "not yet implemented" in result.output
+    result = CliRunner().invoke(main, ["serve"])
+    assert result.exit_code == 1
+    assert "serve needs redis.url" in result.output
+
+
+def test_token_mints_a_verifiable_jwt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`token` prints a JWT with the scopes asked for, signed with the configured secret."""
+    from oddsfeed.auth import Authenticator
+    from oddsfeed.settings import load_settings
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("ODDSFEED_AUTH__HS256_SECRET", "cli-test-secret-0123456789abcdef")
+    result = CliRunner().invoke(main, ["token", "--scope", "odds:read odds:write", "--ttl", "60"])
+    assert result.exit_code == 0, result.output
+    auth = Authenticator(load_settings(None, {}, {
+        "auth.hs256_secret": "cli-test-secret-0123456789abcdef"}).auth)
+    principal = auth.verify(result.output.strip())
+    assert principal.scopes == {"odds:read", "odds:write"}
+    bad = CliRunner().invoke(main, ["token", "--scope", "root"])
+    assert bad.exit_code == 1 and "unknown scope" in bad.output
 
 
 def test_bad_env_setting_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
