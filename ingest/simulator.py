@@ -36,8 +36,8 @@ class SimulatorConfig:
     rate_per_s: float = 20.0
     margin: float = 0.05
     bet_delay_ms: int = 1000
-    pre_match_ticks: int = 40  # ticks (of this event) before kick-off
-    minutes_per_tick: float = 1.5
+    pre_match_ticks: int = 60  # ticks (of this event) before kick-off
+    minutes_per_tick: float = 0.3
     sport: str = "soccer"
     source: str = "sim"
 

@@ -63,7 +63,8 @@ class Worker:
         await fan.start()
         self.fanout = fan
         self.ws_port = fan.port
-        app = build_app(s, store, auth=auth, ready=lambda: hub.ready, demo_token=self.demo_token)
+        app = build_app(s, store, auth=auth, ready=lambda: hub.ready, demo_token=self.demo_token,
+                        ws_port=fan.port)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, s.server.host, s.server.http_port, reuse_port=self.reuse_port)

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -33,6 +34,7 @@ from . import schemas
 from .openapi import ROUTES, openapi_document
 
 STATIC_DIR = Path(__file__).parent / "static"
+_STATIC_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,100}$")  # no paths, no dot-files
 PROBLEM = "application/problem+json"
 audit = structlog.get_logger("oddsfeed.audit")
 log = structlog.get_logger("oddsfeed.api")
@@ -48,6 +50,7 @@ K_SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 K_AUTH: web.AppKey[Authenticator] = web.AppKey("auth", Authenticator)
 K_READY: web.AppKey[Callable[[], bool]] = web.AppKey("ready", Callable)  # type: ignore[arg-type]
 K_DEMO: web.AppKey[str] = web.AppKey("demo_token", str)
+K_WS_PORT: web.AppKey[int] = web.AppKey("ws_port", int)
 
 
 class Problem(Exception):
@@ -471,7 +474,7 @@ async def demo_token(request: web.Request) -> web.Response:
     token = request.app.get(K_DEMO)
     if not token:
         raise Problem(404, "not found", "demo tokens exist only under `oddsfeed run`")
-    return web.json_response({"token": token})
+    return web.json_response({"token": token, "ws_port": request.app.get(K_WS_PORT)})
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -483,9 +486,9 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 async def static(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
-    path = (STATIC_DIR / name).resolve()
-    if not path.is_file() or STATIC_DIR.resolve() not in path.parents and path.parent != STATIC_DIR.resolve():
-        raise Problem(404, "not found", f"no static file {name}")
+    path = STATIC_DIR / name
+    if not _STATIC_NAME.match(name) or not path.is_file():
+        raise Problem(404, "not found", f"no static file {name[:60]}")
     return web.FileResponse(path)
 
 
@@ -498,8 +501,8 @@ HANDLERS: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
 
 
 def build_app(settings: Settings, store: Store, *, auth: Authenticator | None = None,
-              ready: Callable[[], bool] | None = None, demo_token: str | None = None
-              ) -> web.Application:
+              ready: Callable[[], bool] | None = None, demo_token: str | None = None,
+              ws_port: int | None = None) -> web.Application:
     """The aiohttp application of the HTTP API; the caller runs it (AppRunner)."""
     app = web.Application(client_max_size=settings.api.max_body_bytes,
                           middlewares=[cors_mw, errors_mw])
@@ -509,6 +512,8 @@ def build_app(settings: Settings, store: Store, *, auth: Authenticator | None = 
     app[K_READY] = ready or (lambda: True)
     if demo_token:
         app[K_DEMO] = demo_token
+    if ws_port:
+        app[K_WS_PORT] = ws_port
     for route in ROUTES:
         app.router.add_route(route.method, route.path, HANDLERS[route.handler])
     return app
