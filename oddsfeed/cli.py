@@ -388,6 +388,25 @@ def record(cli: _Cli, adapter: str, out: Path, **opts: Any) -> None:
 
 
 @main.command()
+@click.argument("ids", nargs=-1, required=True)
+@click.option("--url", default=None, help="ws:// URL [default: from server.host/ws_port].")
+@click.option("--token", envvar="ODDSFEED_TOKEN", help="A JWT (or ODDSFEED_TOKEN).")
+@click.option("--seconds", type=float, default=None, help="Stop after this long.")
+@click.pass_obj
+def watch(cli: _Cli, ids: tuple[str, ...], url: str | None, token: str | None,
+          seconds: float | None) -> None:
+    """A live terminal view of MARKET or EVENT ids (needs the oddsfeed-client package)."""
+    try:
+        from oddsfeed_client.watch import watch as run_watch
+    except ImportError as exc:  # pragma: no cover - the SDK is a separate package
+        raise click.ClickException("install clients/python (pip install -e clients/python)") from exc
+    settings = _settings(cli, {})
+    target = url or f"ws://{settings.server.host}:{settings.server.ws_port}/ws"
+    with contextlib.suppress(KeyboardInterrupt):
+        run_async(run_watch(target, list(ids), token=token, seconds=seconds))
+
+
+@main.command()
 @click.option("--scope", "scopes", default="odds:read", show_default=True,
               help="Space-separated scopes: odds:read odds:write bets:validate.")
 @click.option("--ttl", "ttl_s", type=int, default=3600, show_default=True, help="Seconds.")
