@@ -11,7 +11,7 @@ from typing import Any
 
 import msgpack
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
 from ..book import Changed, Created, Delta, NoOp, Rejected
@@ -73,7 +73,7 @@ class Store:
 
     @classmethod
     async def connect(cls, url: str, *, cluster: bool = False, history_len: int = 1000,
-                      socket_timeout: float | None = 5.0) -> Store:
+                      socket_timeout: float | None = 5.0, max_connections: int = 64) -> Store:
         """Connect to ``url`` (a single server, or a cluster node with ``cluster=True``).
 
         Raises StoreError when the server does not answer.
@@ -81,11 +81,17 @@ class Store:
         client: Redis | RedisCluster
         try:
             if cluster:
-                client = RedisCluster.from_url(url, socket_timeout=socket_timeout)
+                client = RedisCluster.from_url(url, socket_timeout=socket_timeout,
+                                               max_connections=max_connections * 16)
                 await client.initialize()
                 info = await client.info("server", target_nodes=RedisCluster.RANDOM)
             else:
-                client = Redis.from_url(url, socket_timeout=socket_timeout)
+                # A blocking pool: a burst of reads waits for a connection instead of
+                # failing with "Too many connections".
+                pool = BlockingConnectionPool.from_url(
+                    url, max_connections=max_connections, timeout=socket_timeout,
+                    socket_timeout=socket_timeout)
+                client = Redis(connection_pool=pool)
                 info = await client.info("server")
         except (redis_errors.RedisError, OSError) as exc:
             raise StoreError(f"cannot reach the store at {url}: {exc}") from None

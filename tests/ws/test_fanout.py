@@ -249,3 +249,16 @@ async def test_slow_consumer_is_cut_and_fast_one_unharmed(valkey_url: str,
         assert versions == list(range(2, truth.version + 1)), "fast client missed versions"
         await fast.close()
         writer.close()
+
+
+async def test_burst_of_concurrent_subscribes(worker: Worker) -> None:
+    """300 clients subscribing at the same moment all get their snapshots (reads queue for a
+    store connection instead of failing)."""
+    for i in range(20):
+        await worker.store.apply(create(f"b{i}"))
+    clients = await asyncio.gather(*(Mirror.open(ws_url(worker), "msgpack") for _ in range(300)))
+    await asyncio.gather(*(c.send({"op": "subscribe", "markets": [f"b{j}" for j in range(20)]})
+                           for c in clients))
+    await wait_for(lambda: all(len(c.markets) == 20 for c in clients), 30, "snapshots")
+    assert not [c for c in clients if c.ops("error")]
+    await asyncio.gather(*(c.close() for c in clients))

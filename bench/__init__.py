@@ -1,0 +1,1 @@
+"""Benchmarks: measured, never asserted. Run `python -m bench --quick` (or `make bench`)."""

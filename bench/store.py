@@ -1,0 +1,112 @@
+"""Store benchmark: applies per second through the one atomic path, and p50/p99 apply
+latency, on a single server and on a 3-primary cluster, against a plain HSET + SPUBLISH
+pipeline baseline in the same run.
+
+    python -m bench.store [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from oddsfeed.embedded import EmbeddedCluster, EmbeddedValkey
+from oddsfeed.model import MarketUpdate
+from oddsfeed.store import Store
+
+from .common import environment, summary_ms, table, write_json
+
+
+async def _drive(call: Any, n: int, concurrency: int) -> dict[str, Any]:
+    lat: list[float] = []
+    counter = iter(range(n))
+
+    async def worker() -> None:
+        for i in counter:
+            t0 = time.perf_counter()
+            await call(i)
+            lat.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - t0
+    return {"ops": n, "seconds": round(elapsed, 3), "ops_per_s": round(n / elapsed),
+            **summary_ms(lat)}
+
+
+async def bench_store(url: str, *, cluster: bool, n: int, markets: int,
+                      concurrency: int) -> dict[str, Any]:
+    store = await Store.connect(url, cluster=cluster)
+    for m in range(markets):
+        await store.apply(MarketUpdate(market=f"b{m}", fields={
+            "event": f"e{m % 10}", "sport": "soccer", "name": "bench"},
+            selections={"h": {"name": "H", "price": 20000}, "a": {"name": "A", "price": 30000}},
+            create=True, replace=True))
+    rng = random.Random(1)
+
+    async def apply(i: int) -> None:
+        await store.apply(MarketUpdate(market=f"b{rng.randrange(markets)}",
+                                       selections={"h": {"price": 11000 + i % 80000}}))
+
+    res = await _drive(apply, n, concurrency)
+    await store.close()
+    return res
+
+
+async def bench_baseline(url: str, *, cluster: bool, n: int, markets: int,
+                         concurrency: int) -> dict[str, Any]:
+    client: Any = RedisCluster.from_url(url) if cluster else Redis.from_url(url)
+    rng = random.Random(1)
+
+    async def write(i: int) -> None:
+        m = rng.randrange(markets)
+        pipe = client.pipeline(transaction=False)
+        pipe.hset(f"base:{{{m}}}", "h", 11000 + i % 80000)
+        pipe.execute_command("SPUBLISH", f"base:{{{m}}}:c", b"x" * 60)
+        await pipe.execute()
+
+    res = await _drive(write, n, concurrency)
+    await client.aclose()
+    return res
+
+
+async def run(quick: bool) -> dict[str, Any]:
+    n = 5_000 if quick else 50_000
+    params = {"updates": n, "markets": 100, "concurrency": 64}
+    rows = []
+    with EmbeddedValkey() as single:
+        base = await bench_baseline(single.url, cluster=False, n=n, markets=100, concurrency=64)
+        ours = await bench_store(single.url, cluster=False, n=n, markets=100, concurrency=64)
+        env = environment(single.url)
+    rows += [{"scenario": "single", "impl": "baseline HSET+SPUBLISH", **base, "ratio": 1.0},
+             {"scenario": "single", "impl": "oddsfeed apply", **ours,
+              "ratio": round(ours["ops_per_s"] / base["ops_per_s"], 2)}]
+    with EmbeddedCluster(n_primaries=3) as cl:
+        base = await bench_baseline(cl.url, cluster=True, n=n, markets=100, concurrency=64)
+        ours = await bench_store(cl.url, cluster=True, n=n, markets=100, concurrency=64)
+    rows += [{"scenario": "cluster-3", "impl": "baseline HSET+SPUBLISH", **base, "ratio": 1.0},
+             {"scenario": "cluster-3", "impl": "oddsfeed apply", **ours,
+              "ratio": round(ours["ops_per_s"] / base["ops_per_s"], 2)}]
+    return {"scenario": "store", "params": params, "env": env, "rows": rows,
+            "columns": ["scenario", "impl", "ops_per_s", "p50_ms", "p99_ms", "ratio"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    res = asyncio.run(run(args.quick))
+    print(table(res["rows"], res["columns"]))
+    if args.json:
+        write_json("store", res, args.json)
+
+
+if __name__ == "__main__":
+    main()
