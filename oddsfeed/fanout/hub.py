@@ -39,7 +39,7 @@ class Client:
     """One WebSocket connection's protocol state; the I/O lives in the server module."""
 
     __slots__ = ("id", "encoding", "outbox", "pos", "pending", "via_event", "explicit", "wake",
-                 "closed", "on_slow", "counted", "__weakref__")
+                 "closed", "on_slow", "on_ready", "counted", "last_sent", "__weakref__")
 
     def __init__(self, cid: int, encoding: str, outbox: Outbox) -> None:
         self.id = cid
@@ -54,6 +54,10 @@ class Client:
         self.wake = asyncio.Event()
         self.closed = False
         self.on_slow: Any = None
+        # called as on_ready(client, urgent) when the outbox stops being empty (or gets an
+        # urgent message): the server decides when the writer wakes (batching window)
+        self.on_ready: Any = None
+        self.last_sent = 0.0  # monotonic time of the last frame written
         self.counted = 0  # subscriptions this client holds in the metrics gauge
 
     def __hash__(self) -> int:
@@ -77,8 +81,11 @@ class Client:
             if self.on_slow is not None:
                 self.on_slow(self)
             return
-        if was_empty:
-            self.wake.set()
+        if was_empty or out.urgent:
+            if self.on_ready is not None:
+                self.on_ready(self, out.urgent)
+            else:
+                self.wake.set()
 
 
 class Hub:
