@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from .book import Delta, conflate
-from .wire import Outgoing, batch_payload
+from .wire import Outgoing, batch_payload, ws_frame
 from .wire import delta as delta_message
 
 
@@ -121,6 +121,20 @@ class Outbox:
         if not q:
             self.urgent = False
         return out
+
+    def ws_frame(self, max_items: int = 512) -> tuple[bytes, int] | None:
+        """The next complete WebSocket frame and how many messages it carries. A lone
+        message reuses its shared prebuilt frame; several become one ``batch`` frame."""
+        q = self._q
+        if not q:
+            return None
+        if len(q) == 1:
+            e = q.popleft()
+            self.queued_bytes -= e.size
+            self.urgent = False
+            return e.out.ws_frame(self.encoding), 1
+        items = self.take(max_items)
+        return ws_frame(batch_payload(items, self.encoding), self.encoding == "json"), len(items)
 
     def frame(self, max_items: int = 512) -> bytes | None:
         """The next frame: one message as is, or several packed into one ``batch``."""

@@ -39,7 +39,7 @@ class Client:
     """One WebSocket connection's protocol state; the I/O lives in the server module."""
 
     __slots__ = ("id", "encoding", "outbox", "pos", "pending", "via_event", "explicit", "wake",
-                 "closed", "on_slow", "on_ready", "counted", "last_sent", "__weakref__")
+                 "closed", "on_slow", "on_ready", "counted", "last_sent", "writing", "__weakref__")
 
     def __init__(self, cid: int, encoding: str, outbox: Outbox) -> None:
         self.id = cid
@@ -58,6 +58,7 @@ class Client:
         # urgent message): the server decides when the writer wakes (batching window)
         self.on_ready: Any = None
         self.last_sent = 0.0  # monotonic time of the last frame written
+        self.writing = False  # the writer task is inside a (possibly blocked) send
         self.counted = 0  # subscriptions this client holds in the metrics gauge
 
     def __hash__(self) -> int:

@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 from websockets.http11 import Request, Response
 
 from .. import __version__, wire
@@ -27,6 +28,10 @@ from . import metrics
 from .hub import Client, Hub
 
 log = logging.getLogger("oddsfeed.fanout")
+
+# Past this many bytes buffered in a connection's transport, frames go through the writer
+# task (which awaits drain) instead of being written directly.
+TRANSPORT_HIGH_WATER = 64 * 1024
 
 ValidateFn = Callable[[Sequence[wire.Leg], str], Awaitable[dict[str, Any]]]
 MAX_VALIDATIONS_IN_FLIGHT = 8
@@ -68,6 +73,7 @@ class FanoutServer:
         self.reuse_port = reuse_port
         self._server: Server | None = None
         self._principals: dict[ServerConnection, Principal] = {}
+        self._conns: dict[Client, ServerConnection] = {}
         self._ids = itertools.count(1)
         self._ip_buckets: dict[str, TokenBucket] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -163,6 +169,7 @@ class FanoutServer:
         client.on_ready = self._ready
         client.last_sent = time.monotonic()
         self.hub.add_client(client)
+        self._conns[client] = ws
         metrics.CONNECTIONS.inc()
         loop = asyncio.get_running_loop()
         expiry = None
@@ -186,6 +193,8 @@ class FanoutServer:
             client.closed = True
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
+            self._conns.pop(client, None)
+            self._dirty.discard(client)
             await self.hub.remove_client(client)
             metrics.CONNECTIONS.dec()
 
@@ -260,10 +269,10 @@ class FanoutServer:
         client.push(wire.reply("validation", req.id, **body))
 
     def _ready(self, client: Client, urgent: bool) -> None:
-        """A client has something to send: wake its writer now (urgent, or no window) or at
-        the end of the shared batching window."""
+        """A client has something to send: write it now (urgent, or no window) or at the end
+        of the shared batching window."""
         if urgent or not self._window_s:
-            client.wake.set()
+            self._write_or_wake(client)
             return
         self._dirty.add(client)
         if self._flush_handle is None:
@@ -274,7 +283,38 @@ class FanoutServer:
         self._flush_handle = None
         dirty, self._dirty = self._dirty, set()
         for client in dirty:
+            self._write_or_wake(client)
+
+    def _write_or_wake(self, client: Client) -> None:
+        """Fast path: when the connection is open, its writer idle and its socket keeping up,
+        write the prebuilt frame straight to the transport (no task switch). Otherwise the
+        writer task sends with backpressure."""
+        ws = self._conns.get(client)
+        if (ws is None or client.writing or client.closed
+                or ws.protocol.state is not State.OPEN
+                or ws.transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER):
             client.wake.set()
+            return
+        while client.outbox:
+            t_us = client.outbox.oldest_t_us()
+            framed = client.outbox.ws_frame()
+            if framed is None:
+                break
+            frame, n = framed
+            ws.transport.write(frame)
+            self._count(frame, n, t_us)
+            if ws.transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER:
+                break
+        client.last_sent = time.monotonic()
+        if client.outbox:
+            client.wake.set()
+
+    def _count(self, frame: bytes, n: int, t_us: int) -> None:
+        self._frames += 1
+        self._messages += n
+        self._bytes += len(frame)
+        if t_us and self._frames % 8 == 1:  # a sample is enough for the histogram
+            metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - t_us / 1e6))
 
     async def _tick(self) -> None:
         """Once in a while: heartbeats for idle clients, slow-consumer age checks, metrics."""
@@ -300,10 +340,9 @@ class FanoutServer:
                 self._frames = self._messages = self._bytes = 0
 
     async def _writer(self, ws: ServerConnection, client: Client) -> None:
-        """Write what the outbox holds, a frame at a time, whenever the client is woken."""
+        """The slow path: send what the outbox holds with backpressure (awaiting drain)."""
         text = client.encoding == wire.JSON
         outbox = client.outbox
-        sampled = 0
         while not client.closed:
             await client.wake.wait()
             client.wake.clear()
@@ -313,11 +352,10 @@ class FanoutServer:
                 frame = outbox.frame(512)
                 if frame is None:
                     break
-                await ws.send(frame, text=text)
+                client.writing = True
+                try:
+                    await ws.send(frame, text=text)
+                finally:
+                    client.writing = False
                 client.last_sent = time.monotonic()
-                self._frames += 1
-                self._messages += n
-                self._bytes += len(frame)
-                sampled += 1
-                if t_us and sampled % 8 == 1:  # a sample is enough for the histogram
-                    metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - t_us / 1e6))
+                self._count(frame, n, t_us)
