@@ -271,7 +271,7 @@ def run(quick: bool) -> dict[str, Any]:
     from oddsfeed.embedded import EmbeddedValkey
 
     conns = 1000
-    duration = 4.0 if quick else 10.0
+    duration = 3.0 if quick else 10.0
     rates = [100, 300, 600] if quick else [100, 300, 600, 1000, 2000, 3000]
     rows: list[dict[str, Any]] = []
     saturation: list[dict[str, Any]] = []
@@ -296,8 +296,11 @@ def run(quick: bool) -> dict[str, Any]:
         base = rows[0]["deliveries_per_cpu_s"] or 1
         for r in rows:
             r["ratio_per_cpu"] = round(r["deliveries_per_cpu_s"] / base, 2)
-        for c in ([1000, 2000] if quick else [1000, 5000, 10000]):
+        for c in ([500, 1500] if quick else [1000, 5000, 10000]):
             memory.append(idle_memory(vk.url, c))
+        for prev, cur in zip(memory, memory[1:], strict=False):
+            cur["marginal_kb_per_conn"] = round(
+                (cur["rss_mb"] - prev["rss_mb"]) * 1024 / (cur["conns"] - prev["conns"]), 1)
     return {"scenario": "fanout", "params": {"conns": conns, "markets": 100,
                                              "subs_per_conn": 5, "duration_s": duration},
             "env": env, "rows": rows, "saturation": saturation, "memory": memory,
@@ -313,7 +316,7 @@ def main() -> None:
     args = ap.parse_args()
     res = run(args.quick)
     print(table(res["rows"], res["columns"]))
-    print(table(res["memory"], ["conns", "rss_mb", "kb_per_conn"]))
+    print(table(res["memory"], ["conns", "rss_mb", "kb_per_conn", "marginal_kb_per_conn"]))
     if args.json:
         write_json("fanout", res, args.json)
 
