@@ -31,7 +31,7 @@ pytest: venv
 
 # style.md: ruff + mypy belong in `make test`. The core packages are not lint-clean yet,
 # so `test` runs pytest only for now; make `test` depend on `lint` once `make lint` passes.
-test: pytest
+test: lint pytest
 
 run: venv
 	$(BIN)/oddsfeed run

@@ -117,7 +117,7 @@ def _load_proc(url: str, kind: str, conns: int, subs: list[list[str]], duration_
 
     try:
         uvloop.run(asyncio.wait_for(main(), duration_s + 60))
-    except Exception:  # noqa: BLE001 - report what we have
+    except Exception:
         pass
     out.put({"lat": lat[::max(1, len(lat) // 20000)], "n_lat": len(lat), **stats})
 
@@ -242,7 +242,7 @@ def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_pe
     server.send_signal(signal.SIGTERM)
     try:
         server.wait(15)
-    except Exception:  # noqa: BLE001
+    except Exception:
         server.kill()
     cpu_s = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
     lat = [x for r in results for x in r["lat"]]

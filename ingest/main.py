@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -47,8 +48,9 @@ async def run_adapter(adapter: str, opts: dict[str, Any], store: Applier, settin
     mapping = Mapping()
     mapping_path = Path(settings.ingest.mapping_file)
     provider = {"http-poll": "oddsapi", "stream": "betfair"}.get(adapter, adapter)
-    if mapping_path.is_file():
-        mapping = Mapping.from_toml(mapping_path.read_text(encoding="utf-8"), provider)
+    if mapping_path.is_file():  # noqa: ASYNC240 - read once at start-up
+        text = mapping_path.read_text(encoding="utf-8")  # noqa: ASYNC240 - as above
+        mapping = Mapping.from_toml(text, provider)
     watcher = asyncio.create_task(runner.watch()) if adapter != "replay" else None
 
     async def submit_all(updates: list[MarketUpdate]) -> None:
@@ -69,14 +71,12 @@ async def run_adapter(adapter: str, opts: dict[str, Any], store: Applier, settin
                     for u in batch:
                         recorder("push", _as_message(u))
                 await submit_all(batch)
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), interval)
-                except TimeoutError:
-                    pass
                 batch = sim.step()
         elif adapter == "replay":
             path = Path(opts["file"])
-            with path.open(encoding="utf-8") as fh:
+            with path.open(encoding="utf-8") as fh:  # noqa: ASYNC230 - a local file, read lazily
                 await replay(fh, runner.submit, runner.bad, speed=float(opts.get("speed", 1.0)),
                              normalizer=Normalizer(mapping, bookmaker=opts.get("bookmaker", ""),
                                                    odds_format=opts.get("odds_format",

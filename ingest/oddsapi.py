@@ -139,7 +139,7 @@ class Poller:
         self._fails += 1
         wait = min(self.max_backoff_s, self.interval_s * 2 ** self._fails)
         wait *= 0.5 + random.random() / 2
-        return max(wait, at_least or 0.0)
+        return float(max(wait, at_least or 0.0))
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Poll until ``stop``; a poll never overlaps the previous one (one loop)."""

@@ -82,7 +82,9 @@ class Authenticator:
             if alg not in algs:
                 continue
             try:
-                claims = jwt.decode(token, key, algorithms=algs, options=options, **kwargs)
+                claims = jwt.decode(token, key, algorithms=algs,
+                                    options=options,  # type: ignore[arg-type]
+                                    **kwargs)
             except jwt.ExpiredSignatureError:
                 raise AuthError("token expired") from None
             except jwt.InvalidSignatureError as exc:

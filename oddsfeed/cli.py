@@ -372,7 +372,7 @@ class _NoStore:
 @main.command()
 @_ingest_options
 @click.pass_obj
-def ingest(cli: _Cli, adapter: str, **opts: Any) -> None:
+def ingest(cli: _Cli, /, adapter: str, **opts: Any) -> None:
     """Run one feed adapter (simulator, replay, http-poll, stream, push) into the store."""
     _run_ingest(cli, adapter, opts, None)
 
@@ -382,7 +382,7 @@ def ingest(cli: _Cli, adapter: str, **opts: Any) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="The JSON Lines file to write.")
 @click.pass_obj
-def record(cli: _Cli, adapter: str, out: Path, **opts: Any) -> None:
+def record(cli: _Cli, /, adapter: str, out: Path, **opts: Any) -> None:
     """Record an adapter's raw provider messages to a JSON Lines file for `ingest replay`."""
     _run_ingest(cli, adapter, opts, out)
 
@@ -397,9 +397,11 @@ def watch(cli: _Cli, ids: tuple[str, ...], url: str | None, token: str | None,
           seconds: float | None) -> None:
     """A live terminal view of MARKET or EVENT ids (needs the oddsfeed-client package)."""
     try:
-        from oddsfeed_client.watch import watch as run_watch
+        from oddsfeed_client.watch import (  # type: ignore[import-not-found,unused-ignore]
+            watch as run_watch,
+        )
     except ImportError as exc:  # pragma: no cover - the SDK is a separate package
-        raise click.ClickException("install clients/python (pip install -e clients/python)") from exc
+        raise click.ClickException("install the SDK: pip install -e clients/python") from exc
     settings = _settings(cli, {})
     target = url or f"ws://{settings.server.host}:{settings.server.ws_port}/ws"
     with contextlib.suppress(KeyboardInterrupt):

@@ -112,7 +112,7 @@ class Outbox:
 
     def take(self, max_items: int = 512) -> list[bytes]:
         """Remove and return up to ``max_items`` payloads, oldest first."""
-        out = []
+        out: list[bytes] = []
         q = self._q
         while q and len(out) < max_items:
             e = q.popleft()

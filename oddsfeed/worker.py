@@ -69,9 +69,10 @@ class Worker:
         await runner.setup()
         site = web.TCPSite(runner, s.server.host, s.server.http_port, reuse_port=self.reuse_port)
         await site.start()
-        server = site._server  # noqa: SLF001 - aiohttp exposes the bound port only here
-        if server is not None and getattr(server, "sockets", None):
-            self.http_port = server.sockets[0].getsockname()[1]
+        server = site._server
+        sockets = getattr(server, "sockets", None)
+        if sockets:
+            self.http_port = int(sockets[0].getsockname()[1])
         # Shutdown order: stop accepting HTTP, close WebSocket clients (1001), then the rest.
         stack.push_async_callback(runner.cleanup)
         stack.push_async_callback(fan.close)

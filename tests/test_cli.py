@@ -192,7 +192,8 @@ def test_token_mints_a_verifiable_jwt(monkeypatch: pytest.MonkeyPatch) -> None:
     principal = auth.verify(result.output.strip())
     assert principal.scopes == {"odds:read", "odds:write"}
     bad = CliRunner().invoke(main, ["token", "--scope", "root"])
-    assert bad.exit_code == 1 and "unknown scope" in bad.output
+    assert bad.exit_code == 1
+    assert "unknown scope" in bad.output
 
 
 def test_bad_env_setting_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,21 +10,26 @@ import json
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
 from prometheus_client import (
-    CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest,
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
 )
 from prometheus_client import multiprocess as prom_multiprocess
 from pydantic import BaseModel, ValidationError
 
 from .. import wire
 from ..auth import ANONYMOUS, READ, VALIDATE, WRITE, Authenticator, AuthError, Principal
-from ..book import Changed, Created, NoOp, Rejected
+from ..book import Changed, Created, Rejected
 from ..errors import InvalidInput, ProtocolViolation, StoreError
 from ..model import ID_RE, Market, MarketUpdate
 from ..settings import Settings
@@ -237,7 +242,7 @@ async def get_market(request: web.Request) -> web.Response:
 
 # ---- writes ----------------------------------------------------------------------------------
 
-def _selections(raw: dict[str, BaseModel] | None) -> dict[str, dict[str, Any]]:
+def _selections(raw: Mapping[str, BaseModel] | None) -> dict[str, dict[str, Any]]:
     return {sid: schemas.given(sel) for sid, sel in (raw or {}).items()}
 
 

@@ -82,7 +82,8 @@ def openapi_document() -> dict[str, Any]:
                                             if name == "id" else "^[A-Za-z0-9._-]+$"}}]
         if r.handler == "list_markets":
             op["parameters"] = [{"name": n, "in": "query", "required": False,
-                                 "schema": {"type": "string"}} for n in ("event", "sport", "status")]
+                                 "schema": {"type": "string"}}
+                                for n in ("event", "sport", "status")]
         if r.method in ("PUT", "PATCH", "DELETE", "POST") and r.scope == "odds:write":
             op.setdefault("parameters", []).append(
                 {"name": "Idempotency-Key", "in": "header", "required": False,

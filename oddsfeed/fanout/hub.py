@@ -260,9 +260,8 @@ class Hub:
         client.via_event.pop(m, None)
         client.pos.pop(m, None)
         client.pending.pop(m, None)
-        if m in self.index.markets_of(client):
-            if self.index.remove_market(client, m):
-                lost.append(m)
+        if m in self.index.markets_of(client) and self.index.remove_market(client, m):
+            lost.append(m)
 
     # ---- live path ---------------------------------------------------------------------------
 

@@ -16,8 +16,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from .. import __version__, wire
 from ..auth import ANONYMOUS, READ, VALIDATE, Authenticator, AuthError, Principal

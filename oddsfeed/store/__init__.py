@@ -4,8 +4,8 @@ See docs/internals.md for the key layout and the payloads. Works against a singl
 and against Redis Cluster (every key of a market shares the hash tag ``{m:<id>}``).
 """
 
+from .bus import Bus
 from .codec import Gone, decode_payload
 from .redis_store import OutOfOrder, Precondition, Store, StoreOutcome
-from .bus import Bus
 
 __all__ = ["Bus", "Gone", "OutOfOrder", "Precondition", "Store", "StoreOutcome", "decode_payload"]

@@ -4,6 +4,7 @@ handed to a callback, reconnect with backoff, and a report of every reconnect.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -53,14 +54,10 @@ class _Shard:
             await self.pubsub.unsubscribe(channel)
 
     async def close(self) -> None:
-        try:
-            await self.pubsub.aclose()
-        except _ERRORS:
-            pass
-        try:
+        with contextlib.suppress(*_ERRORS):
+            await self.pubsub.aclose()  # type: ignore[no-untyped-call]
+        with contextlib.suppress(*_ERRORS):
             await self.client.aclose()
-        except _ERRORS:
-            pass
 
 
 class Bus:
@@ -94,13 +91,16 @@ class Bus:
     def _shard_name_for(self, channel: str) -> tuple[str, str, int | None, str | None]:
         client = self._store.client
         if self._store.cluster:
-            node = client.nodes_manager.get_node_from_slot(key_slot(channel.encode()))  # type: ignore[union-attr]
-            return node.name, node.host, node.port, None
+            node = client.nodes_manager.get_node_from_slot(  # type: ignore[union-attr]
+                key_slot(channel.encode()))
+            return str(node.name), str(node.host), int(node.port), None
         kw = client.connection_pool.connection_kwargs  # type: ignore[union-attr]
         path = kw.get("path")
         if path:
-            return f"unix:{path}", "", None, path
-        return f"{kw.get('host')}:{kw.get('port')}", kw.get("host", "127.0.0.1"), kw.get("port"), None
+            return f"unix:{path}", "", None, str(path)
+        host = str(kw.get("host", "127.0.0.1"))
+        port = int(kw.get("port", 6379))
+        return f"{host}:{port}", host, port, None
 
     def _shard(self, channel: str) -> _Shard:
         name, host, port, path = self._shard_name_for(channel)
@@ -204,7 +204,7 @@ class Bus:
 
     async def _resubscribe(self) -> None:
         if self._store.cluster:
-            await self._store.client.initialize()  # type: ignore[union-attr]  # refresh slots
+            await self._store.client.initialize()  # type: ignore[union-attr,unused-ignore]
         for channel in sorted(self._channels):
             await self._shard(channel).subscribe(channel)
 

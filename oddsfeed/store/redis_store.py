@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgpack
 from redis import exceptions as redis_errors
@@ -19,11 +19,24 @@ from ..errors import InvalidInput, StoreError
 from ..model import Market, MarketUpdate
 from . import codec
 from .codec import (
-    ALL_MARKETS_KEY, event_channel, event_set_key, history_key, market_channel, meta_key,
-    sport_set_key, state_key,
+    ALL_MARKETS_KEY,
+    event_channel,
+    event_set_key,
+    history_key,
+    market_channel,
+    meta_key,
+    sport_set_key,
+    state_key,
 )
 
+if TYPE_CHECKING:
+    from .bus import Bus
+
 MAX_HISTORY_READ = 10_000
+
+
+def _text(x: bytes | str) -> str:
+    return x.decode() if isinstance(x, bytes) else x
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +119,7 @@ class Store:
         """True while the store answers."""
         try:
             if self.cluster:
-                await self.client.ping(target_nodes=RedisCluster.ALL_NODES)  # type: ignore[call-arg]
+                await self.client.ping(target_nodes=RedisCluster.ALL_NODES)  # type: ignore[call-arg,unused-ignore]
             else:
                 await self.client.ping()
             return True
@@ -187,7 +200,7 @@ class Store:
             return []
         try:
             if len(ids) == 1:
-                return [await self.client.get(state_key(ids[0]))]
+                return [cast(bytes | None, await self.client.get(state_key(ids[0])))]
             pipe = self.client.pipeline(transaction=False)
             for mid in ids:
                 pipe.get(state_key(mid))
@@ -267,7 +280,7 @@ class Store:
             ids = await self.client.smembers(event_set_key(event))
         except (redis_errors.RedisError, OSError) as exc:
             raise StoreError(f"read failed: {exc}") from None
-        return sorted(x.decode() for x in ids)
+        return sorted(_text(x) for x in ids)
 
     async def list_markets(self, *, event: str | None = None, sport: str | None = None,
                            status: str | None = None) -> list[Market]:
@@ -275,19 +288,20 @@ class Store:
         try:
             sets = []
             if event:
-                sets.append({x.decode() for x in await self.client.smembers(event_set_key(event))})
+                sets.append({_text(x) for x in await self.client.smembers(event_set_key(event))})
             if sport:
-                sets.append({x.decode() for x in await self.client.smembers(sport_set_key(sport))})
+                sets.append({_text(x) for x in await self.client.smembers(sport_set_key(sport))})
             if not sets:
-                sets.append({x.decode() for x in await self.client.smembers(ALL_MARKETS_KEY)})
+                sets.append({_text(x) for x in await self.client.smembers(ALL_MARKETS_KEY)})
         except (redis_errors.RedisError, OSError) as exc:
             raise StoreError(f"read failed: {exc}") from None
         ids = sorted(set.intersection(*sets))
         markets = await self.get_many(ids)
-        return [m for m in markets.values() if m is not None and (status is None or m.status == status)]
+        return [m for m in markets.values()
+                if m is not None and (status is None or m.status == status)]
 
     def bus(self, on_message: Callable[[str, str, bytes], None],
-            on_reconnect: Callable[[], Awaitable[None]] | None = None) -> "Bus":
+            on_reconnect: Callable[[], Awaitable[None]] | None = None) -> Bus:
         """A pub/sub bus on this store; see :class:`oddsfeed.store.bus.Bus`."""
         from .bus import Bus
 

@@ -6,8 +6,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oddsfeed.book import (
-    Applied, Changed, Created, Delta, Duplicate, NoOp, Rejected, Resync, apply_delta,
-    apply_update, conflate,
+    Applied,
+    Changed,
+    Created,
+    Delta,
+    Duplicate,
+    NoOp,
+    Rejected,
+    Resync,
+    apply_delta,
+    apply_update,
+    conflate,
 )
 from oddsfeed.model import Market, MarketUpdate, Selection
 
@@ -47,7 +56,8 @@ def test_every_delta_is_one_version(initial: Market, ups: list[MarketUpdate]) ->
     """Every emitted delta has v = base + 1 and the market's epoch."""
     _, deltas = run(initial, ups)
     for prev, d in zip([None, *deltas], deltas, strict=False):
-        assert d.version == d.base + 1 and d.epoch == initial.epoch
+        assert d.version == d.base + 1
+        assert d.epoch == initial.epoch
         if prev is not None:
             assert d.base == prev.version
 
@@ -64,7 +74,8 @@ def test_conflation_equals_parts(initial: Market, ups: list[MarketUpdate],
     j = data.draw(st.integers(i + 1, len(deltas)))
     before = replay(initial, deltas[:i])
     merged = conflate(deltas[i:j])
-    assert merged.base == deltas[i].base and merged.version == deltas[j - 1].version
+    assert merged.base == deltas[i].base
+    assert merged.version == deltas[j - 1].version
     after = apply_delta(before, merged)
     assert isinstance(after, Applied)
     assert replay(after.market, deltas[j:]) == final
@@ -79,7 +90,8 @@ def test_reapplying_an_applied_update_is_a_noop(initial: Market, u: MarketUpdate
         return
     again = apply_update(first.market, u, epoch="x", now_ms=6)
     assert isinstance(again, NoOp)
-    assert again.market.version == first.market.version and again.market.ts == first.market.ts
+    assert again.market.version == first.market.version
+    assert again.market.ts == first.market.ts
 
 
 @settings(max_examples=100, deadline=None)
@@ -92,8 +104,8 @@ def test_delta_store_round_trip(initial: Market, ups: list[MarketUpdate]) -> Non
 
 
 def _m(**kw: object) -> Market:
-    base: dict[str, object] = dict(id="m1", event="e1", sport="soccer", name="A v B", epoch="ep",
-                                   version=3, ts=1, selections={"h": Selection("Home", 25000)})
+    base: dict[str, object] = {"id": "m1", "event": "e1", "sport": "soccer", "name": "A v B", "epoch": "ep",
+                                   "version": 3, "ts": 1, "selections": {"h": Selection("Home", 25000)}}
     base.update(kw)
     return Market(**base)  # type: ignore[arg-type]
 
@@ -111,7 +123,8 @@ def test_settled_rejects_changes_but_not_noops() -> None:
     m = _m(status="settled")
     out = apply_update(m, MarketUpdate("m1", selections={"h": {"price": 30000}}), epoch="x",
                        now_ms=2)
-    assert isinstance(out, Rejected) and out.reason == "settled"
+    assert isinstance(out, Rejected)
+    assert out.reason == "settled"
     same = apply_update(m, MarketUpdate("m1", selections={"h": {"price": 25000}}), epoch="x",
                         now_ms=2)
     assert isinstance(same, NoOp)
@@ -120,17 +133,22 @@ def test_settled_rejects_changes_but_not_noops() -> None:
 def test_event_and_sport_never_change() -> None:
     """An update naming another event or sport is a conflict."""
     out = apply_update(_m(), MarketUpdate("m1", fields={"sport": "tennis"}), epoch="x", now_ms=1)
-    assert isinstance(out, Rejected) and out.reason == "conflict" and out.path == "sport"
+    assert isinstance(out, Rejected)
+    assert out.reason == "conflict"
+    assert out.path == "sport"
 
 
 def test_patch_on_missing_market_and_incomplete_selection() -> None:
     """A patch needs an existing market; a new selection needs a name and a price."""
     out = apply_update(None, MarketUpdate("m9", selections={"h": {"price": 20000}}), epoch="x",
                        now_ms=1)
-    assert isinstance(out, Rejected) and out.reason == "unknown_market"
+    assert isinstance(out, Rejected)
+    assert out.reason == "unknown_market"
     out = apply_update(_m(), MarketUpdate("m1", selections={"z": {"price": 20000}}), epoch="x",
                        now_ms=1)
-    assert isinstance(out, Rejected) and out.reason == "invalid" and out.path == "selections.z"
+    assert isinstance(out, Rejected)
+    assert out.reason == "invalid"
+    assert out.path == "selections.z"
 
 
 def test_create_and_replace() -> None:
@@ -142,21 +160,26 @@ def test_create_and_replace() -> None:
                                   "a": {"name": "Away", "price": 30000}}, create=True, ts=7)
     created = apply_update(None, up, epoch="new", now_ms=1)
     assert isinstance(created, Created)
-    assert created.market.version == 1 and created.market.epoch == "new" and created.market.ts == 7
+    assert created.market.version == 1
+    assert created.market.epoch == "new"
+    assert created.market.ts == 7
     rep = MarketUpdate("m1", fields={"event": "e1", "sport": "soccer", "name": "A v B"},
                        selections={"h": {"name": "Home", "price": 26000}}, replace=True)
     out = apply_update(created.market, rep, epoch="x", now_ms=9)
     assert isinstance(out, Changed)
-    assert set(out.market.selections) == {"h"} and out.market.in_play is False
+    assert set(out.market.selections) == {"h"}
+    assert out.market.in_play is False
     assert out.delta.sel == {"a": {"status": "removed"}, "h": {"price": 26000}}
-    assert out.delta.fields == {"in_play": False} and out.market.epoch == "new"
+    assert out.delta.fields == {"in_play": False}
+    assert out.market.epoch == "new"
 
 
 def test_removed_selection_can_come_back() -> None:
     """A removed selection disappears and the same id may be added again as new."""
     gone = apply_update(_m(), MarketUpdate("m1", selections={"h": {"status": "removed"}}),
                         epoch="x", now_ms=2)
-    assert isinstance(gone, Changed) and "h" not in gone.market.selections
+    assert isinstance(gone, Changed)
+    assert "h" not in gone.market.selections
     back = apply_update(gone.market, MarketUpdate("m1", selections={
         "h": {"name": "Home", "price": 21000, "point": 1.5}}), epoch="x", now_ms=3)
     assert isinstance(back, Changed)

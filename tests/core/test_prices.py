@@ -10,8 +10,17 @@ from hypothesis import strategies as st
 
 from oddsfeed.errors import PriceError
 from oddsfeed.prices import (
-    MAX_PRICE, MIN_PRICE, convert, margin, overround, parse_price, to_american, to_fractional,
-    to_hk, to_indo, to_malay,
+    MAX_PRICE,
+    MIN_PRICE,
+    convert,
+    margin,
+    overround,
+    parse_price,
+    to_american,
+    to_fractional,
+    to_hk,
+    to_indo,
+    to_malay,
 )
 
 KNOWN = [
@@ -40,7 +49,8 @@ def test_nonsense_is_rejected(bad: object) -> None:
     """Nonsense prices raise PriceError with a lower-case message."""
     with pytest.raises(PriceError) as exc:
         parse_price(bad)
-    assert str(exc.value) and str(exc.value)[0].islower()
+    assert str(exc.value)
+    assert str(exc.value)[0].islower()
 
 
 canonical = st.integers(MIN_PRICE, MAX_PRICE)

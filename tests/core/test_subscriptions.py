@@ -40,5 +40,7 @@ def test_index_matches_model(steps: list[tuple[str, int, str]]) -> None:
 def test_events_signal_first_and_last() -> None:
     """Events report their first and last local subscriber too."""
     idx: SubscriptionIndex[str] = SubscriptionIndex()
-    assert idx.add_event("a", "e1") and not idx.add_event("b", "e1")
-    assert not idx.remove_event("a", "e1") and idx.remove_event("b", "e1")
+    assert idx.add_event("a", "e1")
+    assert not idx.add_event("b", "e1")
+    assert not idx.remove_event("a", "e1")
+    assert idx.remove_event("b", "e1")

@@ -39,12 +39,14 @@ def test_simulator_is_deterministic() -> None:
     a = updates_for(SimulatorConfig(seed=4), 500)
     b = updates_for(SimulatorConfig(seed=4), 500)
     c = updates_for(SimulatorConfig(seed=5), 500)
-    assert a == b and a != c
+    assert a == b
+    assert a != c
     first = a[0]
     book = sum(10_000 / s["price"] for s in first.selections.values())
     assert 1.03 < book < 1.07
     kinds = {u.fields.get("status") for u in a} | {u.fields.get("in_play") for u in a}
-    assert "suspended" in kinds and True in kinds
+    assert "suspended" in kinds
+    assert True in kinds
 
 
 async def test_simulator_through_the_store(store: Store) -> None:
@@ -52,7 +54,8 @@ async def test_simulator_through_the_store(store: Store) -> None:
     runner = FeedRunner(store, "sim:test")
     for u in updates_for(SimulatorConfig(seed=2, events=2), 300):
         await runner.submit(u)
-    assert runner.counts.get("rejected", 0) == 0 and runner.counts["applied"] > 100
+    assert runner.counts.get("rejected", 0) == 0
+    assert runner.counts["applied"] > 100
     assert len(await store.list_markets()) >= 6
 
 
@@ -123,12 +126,13 @@ async def test_malformed_messages_are_skipped_and_counted(store: Store) -> None:
         "market": "m1", "event": "e1", "sport": "soccer", "name": "n",
         "selections": {"h": {"name": "H", "price": 2 + i / 100}}, "seq": i + 1}})
         for i in range(len(MALFORMED) + 1)]
-    lines = [x for pair in zip(good, MALFORMED + [""], strict=True) for x in pair]
+    lines = [x for pair in zip(good, [*MALFORMED, ""], strict=True) for x in pair]
     runner = FeedRunner(store, "replay:bad")
     await replay(lines, runner.submit, runner.bad, speed=0)
     assert runner.counts.get("bad", 0) == len(MALFORMED)
     m = await store.get("m1")
-    assert m is not None and m.version == len(good)
+    assert m is not None
+    assert m.version == len(good)
 
 
 async def test_staleness_suspends_and_reopens(store: Store) -> None:
@@ -147,7 +151,9 @@ async def test_staleness_suspends_and_reopens(store: Store) -> None:
     await runner.submit(normalize_message({**msg, "seq": 2,
                                            "selections": {"h": {"price": 2.1}}}))
     m = await store.get("m1")
-    assert m is not None and m.status == "open" and m.selections["h"].price == 21000
+    assert m is not None
+    assert m.status == "open"
+    assert m.selections["h"].price == 21000
 
 
 ODDS_EVENT = {
@@ -170,7 +176,8 @@ def test_oddsapi_normalisation() -> None:
     American odds convert; commence time turns in-play."""
     ups = normalize_event(ODDS_EVENT, bookmaker="book1", odds_format="decimal", now_ms=0)
     assert [u.market for u in ups] == ["ev123:h2h", "ev123:totals"]
-    assert ups[0].selections["Arsenal"]["price"] == 21000 and not ups[0].fields["in_play"]
+    assert ups[0].selections["Arsenal"]["price"] == 21000
+    assert not ups[0].fields["in_play"]
     assert set(ups[1].selections) == {"Over_2.5", "Under_2.5"}
     later = normalize_event(ODDS_EVENT, bookmaker="book1", odds_format="decimal",
                             now_ms=int(time.time() * 1000) + 10**12)
@@ -230,12 +237,14 @@ async def test_http_poll_etag_429_and_timeout(store: Store) -> None:
             waits.append(await poller.poll_once(session))
     await runner_.cleanup()
     assert state["etags"][:2] == [None, '"v1"']
-    assert poller.not_modified == 1 and poller.errors == 2
+    assert poller.not_modified == 1
+    assert poller.errors == 2
     assert waits[2] >= 7  # Retry-After honoured
     assert waits[3] > 0.01  # backoff after the timeout
     assert state["max_inflight"] <= 2  # only the abandoned, timed-out request overlaps
     m = await store.get("ev123:h2h")
-    assert m is not None and m.version == 1  # polled three times, applied once
+    assert m is not None
+    assert m.version == 1
 
 
 async def test_stream_image_deltas_resume_and_heartbeat(store: Store) -> None:
@@ -297,8 +306,11 @@ async def test_stream_image_deltas_resume_and_heartbeat(store: Store) -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     server.close()
-    assert subs[1]["initialClk"] == "i1" and subs[1]["clk"] == "c3"
-    assert m.in_play and m.bet_delay_ms == 5000 and set(m.selections) == {"11"}
+    assert subs[1]["initialClk"] == "i1"
+    assert subs[1]["clk"] == "c3"
+    assert m.in_play
+    assert m.bet_delay_ms == 5000
+    assert set(m.selections) == {"11"}
     assert m.selections["11"].price == 24000  # level 0 deleted -> best left is level 1
 
 
@@ -347,7 +359,9 @@ async def test_push_endpoint_auth_and_batch(store: Store) -> None:
     await runner_.cleanup()
     assert [x["ok"] for x in res["results"]] == [True, False, True]
     m = await store.get("p1")
-    assert m is not None and m.selections["h"].price == 15000 and feed.counts["bad"] == 1
+    assert m is not None
+    assert m.selections["h"].price == 15000
+    assert feed.counts["bad"] == 1
 
 
 async def test_out_of_order_feed_never_changes_twice(store: Store) -> None:

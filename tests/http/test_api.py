@@ -63,27 +63,36 @@ async def api(valkey_url: str, redis_client: Any) -> Any:
 async def test_put_get_patch_delete(api: Api) -> None:
     """PUT creates (201) with canonical prices, GET reads, PATCH changes, DELETE removes."""
     st, m, h = await api.call("PUT", "/v1/markets/m1", BODY)
-    assert st == 201 and m["version"] == 1
+    assert st == 201
+    assert m["version"] == 1
     assert {k: v["price"] for k, v in m["selections"].items()} == {"h": 3.5, "d": 3.4, "a": 2.5}
     assert h["ETag"] == f'"{m["epoch"]}:1"'
     st, got, _ = await api.call("GET", "/v1/markets/m1")
-    assert st == 200 and got == m
+    assert st == 200
+    assert got == m
     st, p, _ = await api.call("PATCH", "/v1/markets/m1",
                               {"status": "suspended", "selections": {"h": {"price": "+300"}}})
-    assert st == 200 and p["version"] == 2 and p["selections"]["h"]["price"] == 4.0
+    assert st == 200
+    assert p["version"] == 2
+    assert p["selections"]["h"]["price"] == 4.0
     st, p2, _ = await api.call("PATCH", "/v1/markets/m1", {"status": "suspended"})
-    assert st == 200 and p2["version"] == 2  # a no-op
+    assert st == 200
+    assert p2["version"] == 2
     st, lst, _ = await api.call("GET", "/v1/markets?event=e1&status=suspended")
-    assert st == 200 and [x["id"] for x in lst["markets"]] == ["m1"]
+    assert st == 200
+    assert [x["id"] for x in lst["markets"]] == ["m1"]
     assert "selections" not in lst["markets"][0]
     st, rep, _ = await api.call("PUT", "/v1/markets/m1", {**BODY, "selections": {
         "h": {"name": "Home", "price": 2}}})
-    assert st == 200 and set(rep["selections"]) == {"h"} and rep["status"] == "open"
+    assert st == 200
+    assert set(rep["selections"]) == {"h"}
+    assert rep["status"] == "open"
     assert rep["epoch"] == m["epoch"]
     st, _, _ = await api.call("DELETE", "/v1/markets/m1")
     assert st == 204
-    st, prob, h = await api.call("GET", "/v1/markets/m1")
-    assert st == 404 and h["Content-Type"].startswith("application/problem+json")
+    st, _prob, h = await api.call("GET", "/v1/markets/m1")
+    assert st == 404
+    assert h["Content-Type"].startswith("application/problem+json")
 
 
 @pytest.mark.parametrize(("body", "path"), [
@@ -119,10 +128,12 @@ async def test_status_codes(api: Api) -> None:
     assert (await api.call("PUT", "/v1/markets/m1", {**BODY, "sport": "tennis"}))[0] == 409
     st, prob, _ = await api.call("PATCH", "/v1/markets/m1", {"name": "y"},
                                  headers={"If-Match": f'"{m["epoch"]}:7"'})
-    assert st == 412 and prob["current"]["version"] == 1
+    assert st == 412
+    assert prob["current"]["version"] == 1
     st, ok, _ = await api.call("PATCH", "/v1/markets/m1", {"name": "y"},
                                headers={"If-Match": f'"{m["epoch"]}:1"'})
-    assert st == 200 and ok["version"] == 2
+    assert st == 200
+    assert ok["version"] == 2
     assert (await api.call("PUT", "/v1/markets/m1", raw=b"x" * 70000))[0] == 413
     assert (await api.call("PUT", "/v1/markets/m1", raw=b"{}", ctype="text/plain"))[0] == 415
     assert (await api.call("PUT", "/v1/markets/m1", raw=b"{nope"))[0] == 400
@@ -137,9 +148,10 @@ async def test_idempotency_key(api: Api) -> None:
     first = await api.call("PATCH", "/v1/markets/m1", body, headers={"Idempotency-Key": "k1"})
     await api.call("PATCH", "/v1/markets/m1", {"selections": {"h": {"price": 8}}})
     again = await api.call("PATCH", "/v1/markets/m1", body, headers={"Idempotency-Key": "k1"})
-    assert first[0] == again[0] == 200 and first[1] == again[1]
+    assert first[0] == again[0] == 200
+    assert first[1] == again[1]
     assert again[2].get("Idempotent-Replayed") == "true"
-    st, now, _ = await api.call("GET", "/v1/markets/m1")
+    _st, now, _ = await api.call("GET", "/v1/markets/m1")
     assert now["version"] == 3
     assert (await api.call("PATCH", "/v1/markets/m1", {"name": "q"},
                            headers={"Idempotency-Key": "k1"}))[0] == 422
@@ -194,9 +206,12 @@ async def test_validation_table(api: Api, leg: dict[str, Any], accept: str,
     st, res, _ = await api.call("POST", "/v1/bets/validate", {"legs": [leg], "accept": accept})
     assert st == 200
     out = res["legs"][0]
-    assert out.get("reason") == reason and out["ok"] is (reason is None) and res["ok"] is out["ok"]
+    assert out.get("reason") == reason
+    assert out["ok"] is (reason is None)
+    assert res["ok"] is out["ok"]
     if reason not in ("unknown_market", "unknown_selection"):
-        assert out["version"] is not None and isinstance(out["price"], float)
+        assert out["version"] is not None
+        assert isinstance(out["price"], float)
 
 
 async def test_price_race_never_accepts_old_price(api: Api) -> None:
@@ -214,7 +229,8 @@ async def test_price_race_never_accepts_old_price(api: Api) -> None:
         if leg["ok"]:
             assert leg["price"] == old
         else:
-            assert leg["reason"] == "price_changed" and leg["price"] != old
+            assert leg["reason"] == "price_changed"
+            assert leg["price"] != old
 
 
 async def test_in_play_delay(api: Api) -> None:
@@ -225,13 +241,14 @@ async def test_in_play_delay(api: Api) -> None:
     started = loop.time()
     st, res, _ = await api.call("POST", "/v1/bets/validate", {"legs": [
         {"market": "m1", "selection": "h", "price": 3.5}]})
-    assert res["ok"] is True and loop.time() - started >= 0.6
+    assert res["ok"] is True
+    assert loop.time() - started >= 0.6
     slip = asyncio.create_task(api.call("POST", "/v1/bets/validate", {"legs": [
         {"market": "m1", "selection": "h", "price": 3.5}]}))
     await asyncio.sleep(0.1)
     await api.call("PATCH", "/v1/markets/m1", {"status": "suspended"})
     await api.call("PATCH", "/v1/markets/m1", {"status": "open"})
-    st, res, _ = await slip
+    _st, res, _ = await slip
     assert res["legs"][0]["reason"] == "market_changed"
 
 
@@ -240,9 +257,11 @@ async def test_operations_and_openapi(api: Api) -> None:
     assert (await api.call("GET", "/healthz", token=None))[0] == 200
     assert (await api.call("GET", "/readyz", token=None))[0] == 200
     st, text, _ = await api.call("GET", "/metrics", token=None)
-    assert st == 200 and "oddsfeed_http_requests_total" in text
+    assert st == 200
+    assert "oddsfeed_http_requests_total" in text
     st, doc, _ = await api.call("GET", "/openapi.json", token=None)
-    assert st == 200 and doc["openapi"].startswith("3.1")
+    assert st == 200
+    assert doc["openapi"].startswith("3.1")
     w = api.worker  # type: ignore[attr-defined]
     from oddsfeed.api.app import build_app
 
@@ -256,9 +275,10 @@ async def test_operations_and_openapi(api: Api) -> None:
 
 async def test_writes_reach_websocket_subscribers(api: Api) -> None:
     """A desk write goes through the same store path: the store holds it with source desk."""
-    st, m, _ = await api.call("PUT", "/v1/markets/m1", BODY)
+    st, _m, _ = await api.call("PUT", "/v1/markets/m1", BODY)
     w = api.worker  # type: ignore[attr-defined]
     out = await w.store.apply(MarketUpdate(market="m1", selections={"h": {"price": 40000}}))
-    st, got, _ = await api.call("GET", "/v1/markets/m1")
-    assert got["selections"]["h"]["price"] == 4.0 and got["version"] == 2
+    _st, got, _ = await api.call("GET", "/v1/markets/m1")
+    assert got["selections"]["h"]["price"] == 4.0
+    assert got["version"] == 2
     del out

@@ -10,8 +10,7 @@ import subprocess
 import sys
 from typing import Any
 
-from oddsfeed.embedded import EmbeddedValkey, free_port
-from oddsfeed.model import MarketUpdate
+from oddsfeed.embedded import free_port
 from oddsfeed.worker import Worker
 from oddsfeed_client import OddsFeedClient
 
@@ -108,4 +107,5 @@ def test_watch_shows_a_changing_price(valkey_url: str) -> None:
             return out
 
     out = asyncio.run(main())
-    assert b"2.50" in out and b"3.10" in out
+    assert b"2.50" in out
+    assert b"3.10" in out

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from oddsfeed.book import Created
 from oddsfeed.embedded import EmbeddedValkey, free_port
 from oddsfeed.model import MarketUpdate
 from oddsfeed.store import Store, decode_payload
-from oddsfeed.book import Created
 
 
 async def wait_for(cond: Any, timeout: float = 10.0) -> None:
@@ -44,7 +44,8 @@ async def test_bus_reconnects_after_restart_and_epoch_is_new() -> None:
         server = EmbeddedValkey(port=port).start()
         await wait_for(lambda: reconnects == [1] and bus.connected)
         second = await store.apply(up)
-        assert isinstance(second, Created) and second.market.epoch != first.market.epoch
+        assert isinstance(second, Created)
+        assert second.market.epoch != first.market.epoch
         await wait_for(lambda: len(got) == 2)
     finally:
         await bus.stop()

@@ -10,7 +10,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from oddsfeed.book import Applied, Changed, Created, Delta, NoOp, Rejected, apply_delta, apply_update
+from oddsfeed.book import (
+    Applied,
+    Changed,
+    Created,
+    Delta,
+    NoOp,
+    Rejected,
+    apply_delta,
+    apply_update,
+)
 from oddsfeed.errors import InvalidInput
 from oddsfeed.model import Market, MarketUpdate
 from oddsfeed.store import Gone, OutOfOrder, Precondition, Store, decode_payload
@@ -18,9 +27,9 @@ from oddsfeed.store.codec import history_key, state_key
 
 from ..core.strategies import markets, updates
 
-CREATE = dict(fields={"event": "e1", "sport": "soccer", "name": "A v B"},
-              selections={"h": {"name": "Home", "price": 25000},
-                          "a": {"name": "Away", "price": 30000}}, create=True)
+CREATE = {"fields": {"event": "e1", "sport": "soccer", "name": "A v B"},
+              "selections": {"h": {"name": "Home", "price": 25000},
+                          "a": {"name": "Away", "price": 30000}}, "create": True}
 
 
 async def create(store: Store, mid: str = "m1", **kw: Any) -> Market:
@@ -39,13 +48,17 @@ async def snapshot_of(store: Store, mid: str) -> tuple[Any, ...]:
 async def test_create_change_noop(store: Store) -> None:
     """A create starts at version 1; a change bumps by one; a repeat is a no-op."""
     m = await create(store)
-    assert m.version == 1 and m.epoch
+    assert m.version == 1
+    assert m.epoch
     up = MarketUpdate(market="m1", selections={"h": {"price": 26000}})
     changed = await store.apply(up)
-    assert isinstance(changed, Changed) and changed.market.version == 2
-    assert changed.delta.sel == {"h": {"price": 26000}} and changed.delta.base == 1
+    assert isinstance(changed, Changed)
+    assert changed.market.version == 2
+    assert changed.delta.sel == {"h": {"price": 26000}}
+    assert changed.delta.base == 1
     again = await store.apply(up)
-    assert isinstance(again, NoOp) and again.market.version == 2
+    assert isinstance(again, NoOp)
+    assert again.market.version == 2
     assert await store.get("m1") == changed.market
 
 
@@ -58,30 +71,37 @@ async def test_out_of_order_and_duplicates_never_bump(store: Store) -> None:
     for seq in (10, 9, 1):
         out = await store.apply(MarketUpdate(market="m1", selections={"h": {"price": 27000}},
                                              source="feed-a", seq=seq))
-        assert isinstance(out, OutOfOrder) and out.last_seq == 10
+        assert isinstance(out, OutOfOrder)
+        assert out.last_seq == 10
     other = await store.apply(MarketUpdate(market="m1", selections={"h": {"price": 27000}},
                                            source="feed-b", seq=1))
     assert isinstance(other, Changed)
     m = await store.get("m1")
-    assert m is not None and m.version == 3
+    assert m is not None
+    assert m.version == 3
 
 
 async def test_rejections_change_nothing(store: Store) -> None:
     """Unknown market, event change and settled markets are refused and change nothing."""
     out = await store.apply(MarketUpdate(market="zz", selections={"h": {"price": 20000}}))
-    assert isinstance(out, Rejected) and out.reason == "unknown_market"
+    assert isinstance(out, Rejected)
+    assert out.reason == "unknown_market"
     assert await store.get("zz") is None
     await create(store)
     before = await snapshot_of(store, "m1")
     out = await store.apply(MarketUpdate(market="m1", fields={"event": "e2"}))
-    assert isinstance(out, Rejected) and out.reason == "conflict"
+    assert isinstance(out, Rejected)
+    assert out.reason == "conflict"
     out = await store.apply(MarketUpdate(market="m1", selections={"n": {"price": 20000}}))
-    assert isinstance(out, Rejected) and out.reason == "invalid" and out.path == "selections.n"
+    assert isinstance(out, Rejected)
+    assert out.reason == "invalid"
+    assert out.path == "selections.n"
     assert await snapshot_of(store, "m1") == before
     await store.apply(MarketUpdate(market="m1", fields={"status": "settled"}))
     settled = await snapshot_of(store, "m1")
     out = await store.apply(MarketUpdate(market="m1", selections={"h": {"price": 20000}}))
-    assert isinstance(out, Rejected) and out.reason == "settled"
+    assert isinstance(out, Rejected)
+    assert out.reason == "settled"
     assert await snapshot_of(store, "m1") == settled
 
 
@@ -99,11 +119,13 @@ async def test_if_match(store: Store) -> None:
     up = MarketUpdate(market="m1", selections={"h": {"price": 26000}})
     assert isinstance(await store.apply(up, expect=(m.epoch, 1)), Changed)
     out = await store.apply(up, expect=(m.epoch, 1))
-    assert isinstance(out, Precondition) and out.current is not None
+    assert isinstance(out, Precondition)
+    assert out.current is not None
     assert out.current.version == 2
     missing = await store.apply(MarketUpdate(market="nope", fields={"name": "x"}),
                                 expect=("e", 1))
-    assert isinstance(missing, Precondition) and missing.current is None
+    assert isinstance(missing, Precondition)
+    assert missing.current is None
 
 
 async def test_concurrent_writers_history_and_bus(store: Store) -> None:
@@ -155,14 +177,17 @@ async def test_history_coverage(valkey_url: str) -> None:
         for i in range(700):
             await store.apply(MarketUpdate(market="m1", selections={"h": {"price": 20000 + i}}))
         latest = await store.get("m1")
-        assert latest is not None and latest.version == 701
+        assert latest is not None
+        assert latest.version == 701
         recent = await store.history("m1", m.epoch, 650)
-        assert recent is not None and [d.version for d in recent[1]] == list(range(651, 702))
+        assert recent is not None
+        assert [d.version for d in recent[1]] == list(range(651, 702))
         assert await store.history("m1", m.epoch, 2) is None  # trimmed away
         assert await store.history("m1", "other-epoch", 650) is None
         assert await store.history("m1", m.epoch, 800) is None  # ahead of the store
         up_to_date = await store.history("m1", m.epoch, 701)
-        assert up_to_date is not None and up_to_date[1] == []
+        assert up_to_date is not None
+        assert up_to_date[1] == []
         assert await store.client.xlen(history_key("m1")) >= 500
     finally:
         await store.close()
@@ -177,8 +202,11 @@ async def test_suspension_record(store: Store) -> None:
     rec = (await store.get_for_validation(["m1", "nope"]))
     assert rec["nope"] is None
     market, susp_v = rec["m1"]  # type: ignore[misc]
-    assert market.version == 4 and market.status == "open" and susp_v == 3
-    assert susp_v > 2 and not susp_v > 3  # suspended after v2, not after v3
+    assert market.version == 4
+    assert market.status == "open"
+    assert susp_v == 3
+    assert susp_v > 2
+    assert not susp_v > 3
 
 
 async def test_listing_delete_and_new_epoch(store: Store) -> None:
@@ -198,16 +226,19 @@ async def test_listing_delete_and_new_epoch(store: Store) -> None:
     await bus.subscribe_market("mk1")
     before = await store.get("mk1")
     assert before is not None
-    assert await store.delete("mk1") and not await store.delete("mk1")
+    assert await store.delete("mk1")
+    assert not await store.delete("mk1")
     assert "mk1" not in await store.event_market_ids("e1")
     deadline = asyncio.get_running_loop().time() + 5
     while not got and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.02)
     assert got == [Gone("mk1")]
     again = await create(store, "mk1", fields={"event": "e1", "sport": "soccer", "name": "n"})
-    assert again.epoch != before.epoch and again.version == 1
+    assert again.epoch != before.epoch
+    assert again.version == 1
     many = await store.get_many(["mk0", "mk1", "nope"])
-    assert many["nope"] is None and many["mk1"] == again
+    assert many["nope"] is None
+    assert many["mk1"] == again
     await bus.stop()
 
 
@@ -230,7 +261,7 @@ async def test_cluster_spreads_markets_over_three_shards(valkey_cluster: Any) ->
         deadline = asyncio.get_running_loop().time() + 10
         while sum(got.values()) < 60 and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
-        assert got == {m: 2 for m in ids}
+        assert got == dict.fromkeys(ids, 2)
         await bus.stop()
     finally:
         await store.close()
@@ -244,7 +275,7 @@ def test_lua_matches_core_book(valkey_url: str, initial: Market, ups: list[Marke
     async def check() -> None:
         store = await Store.connect(valkey_url)
         try:
-            await store.client.delete(*[k for k in await store.client.keys("of:{m:m1}*")] or ["x"])
+            await store.client.delete(*list(await store.client.keys("of:{m:m1}*")) or ["x"])
             created = await store.apply(MarketUpdate(
                 market="m1", fields={k: getattr(initial, k) for k in (
                     "event", "sport", "name", "kind", "status", "in_play", "bet_delay_ms")},
@@ -258,10 +289,12 @@ def test_lua_matches_core_book(valkey_url: str, initial: Market, ups: list[Marke
                 assert type(got) is type(expected), (u, got, expected)
                 if isinstance(expected, Changed):
                     assert isinstance(got, Changed)
-                    assert got.market == expected.market and got.delta == expected.delta
+                    assert got.market == expected.market
+                    assert got.delta == expected.delta
                     state = got.market
                 elif isinstance(expected, Rejected):
-                    assert isinstance(got, Rejected) and got.reason == expected.reason
+                    assert isinstance(got, Rejected)
+                    assert got.reason == expected.reason
         finally:
             await store.close()
 

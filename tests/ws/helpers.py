@@ -52,7 +52,7 @@ class Mirror:
                 for item in items:
                     self.messages.append(item)
                     await self._apply(item)
-        except Exception as exc:  # noqa: BLE001 - record how the connection ended
+        except Exception as exc:
             self.closed = exc
         self.closed = self.closed or self.ws.close_code
 

@@ -33,7 +33,8 @@ async def test_hello_subscribe_and_live(worker: Worker) -> None:
     await worker.store.apply(create("m1"))
     c = await Mirror.open(ws_url(worker))
     await wait_for(lambda: c.ops("hello"))
-    assert c.messages[0]["op"] == "hello" and c.messages[0]["encoding"] == "json"
+    assert c.messages[0]["op"] == "hello"
+    assert c.messages[0]["encoding"] == "json"
     await c.send({"op": "subscribe", "id": 1, "markets": ["m1", "nope"]})
     await wait_for(lambda: "m1" in c.markets)
     sub = c.ops("subscribed")[0]
@@ -199,7 +200,8 @@ async def test_validate_over_socket(worker: Worker, mint: Any) -> None:
     await wait_for(lambda: len(c.ops("validation")) == 2)
     by_id = {v["id"]: v for v in c.ops("validation")}
     assert by_id[1]["ok"] is True
-    assert by_id[2]["legs"][0]["reason"] == "price_changed" and by_id[2]["legs"][0]["price"] == 2.6
+    assert by_id[2]["legs"][0]["reason"] == "price_changed"
+    assert by_id[2]["legs"][0]["price"] == 2.6
     await c.close()
 
 

@@ -48,7 +48,8 @@ async def test_store_killed_and_restarted() -> None:
             for i in range(5):
                 await w.store.apply(price("m1", 30000 + i))
             truth = await w.store.get("m1")
-            assert truth is not None and truth.epoch != old_epoch
+            assert truth is not None
+            assert truth.epoch != old_epoch
             await wait_for(lambda: c.markets.get("m1") == truth, 20, "m1 re-created")
             await wait_for(lambda: "m2" not in c.markets, 20, "m2 gone")
             assert await ready_status(w.http_port) == 200
