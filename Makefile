@@ -29,8 +29,7 @@ lint: venv
 pytest: venv
 	$(BIN)/pytest -q
 
-# style.md: ruff + mypy belong in `make test`. The core packages are not lint-clean yet,
-# so `test` runs pytest only for now; make `test` depend on `lint` once `make lint` passes.
+# style.md: ruff + mypy (strict) run in `make test`, before the suite.
 test: lint pytest
 
 run: venv
