@@ -89,3 +89,22 @@ def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     for r in rows:
         lines.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
     return "\n".join(lines)
+
+
+def cli(name: str, run: Any, doc: str | None) -> None:
+    """The command line of one scenario module: ``--quick`` and ``--json PATH``."""
+    import argparse
+    import asyncio
+
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    res = run(args.quick)
+    if asyncio.iscoroutine(res):
+        res = asyncio.run(res)
+    print(table(res["rows"], res["columns"]))
+    if "memory" in res:
+        print(table(res["memory"], ["conns", "rss_mb", "kb_per_conn", "marginal_kb_per_conn"]))
+    if args.json:
+        write_json(name, res, args.json)

@@ -13,8 +13,9 @@ raises P until p99 > 100 ms or deliveries < 95% of expected.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import contextlib
+import itertools
 import multiprocessing as mp
 import os
 import random
@@ -26,7 +27,7 @@ from typing import Any
 import msgpack
 import psutil
 
-from .common import environment, free_port, pct, spawn, table, wait_http, write_json
+from .common import cli, environment, free_port, pct, spawn, wait_http
 
 # ---------------------------------------------------------------- the naive baseline server
 
@@ -115,10 +116,8 @@ def _load_proc(url: str, kind: str, conns: int, subs: list[list[str]], duration_
         tasks = [asyncio.create_task(one(subs[i])) for i in range(conns)]
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    try:
+    with contextlib.suppress(Exception):
         uvloop.run(asyncio.wait_for(main(), duration_s + 60))
-    except Exception:
-        pass
     out.put({"lat": lat[::max(1, len(lat) // 20000)], "n_lat": len(lat), **stats})
 
 
@@ -250,7 +249,8 @@ def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_pe
     expected = sent * conns * subs_per_conn / markets
     return {"impl": kind, "conns": conns, "markets": markets, "subs_per_conn": subs_per_conn,
             "offered_updates_per_s": rate, "updates": sent,
-            "delivered_per_s": round(received / elapsed), "expected_per_s": round(expected / elapsed),
+            "delivered_per_s": round(received / elapsed),
+            "expected_per_s": round(expected / elapsed),
             "delivery_ratio": round(received / expected, 3) if expected else 0,
             "p50_ms": round(pct(lat, 50) * 1000, 2), "p99_ms": round(pct(lat, 99) * 1000, 2),
             "max_ms": round(max(lat, default=0) * 1000, 2),
@@ -298,7 +298,7 @@ def run(quick: bool) -> dict[str, Any]:
             r["ratio_per_cpu"] = round(r["deliveries_per_cpu_s"] / base, 2)
         for c in ([500, 1500] if quick else [1000, 5000, 10000]):
             memory.append(idle_memory(vk.url, c))
-        for prev, cur in zip(memory, memory[1:], strict=False):
+        for prev, cur in itertools.pairwise(memory):
             cur["marginal_kb_per_conn"] = round(
                 (cur["rss_mb"] - prev["rss_mb"]) * 1024 / (cur["conns"] - prev["conns"]), 1)
     return {"scenario": "fanout", "params": {"conns": conns, "markets": 100,
@@ -310,15 +310,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json")
-    args = ap.parse_args()
-    res = run(args.quick)
-    print(table(res["rows"], res["columns"]))
-    print(table(res["memory"], ["conns", "rss_mb", "kb_per_conn", "marginal_kb_per_conn"]))
-    if args.json:
-        write_json("fanout", res, args.json)
+    cli("fanout", run, __doc__)
 
 
 if __name__ == "__main__":

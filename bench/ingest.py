@@ -6,8 +6,6 @@ end (parse, normalise, order, atomic apply); baseline: the same updates as plain
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 import tempfile
 import time
@@ -22,7 +20,7 @@ from ingest.simulator import SimulatorConfig, updates_for
 from oddsfeed.embedded import EmbeddedValkey
 from oddsfeed.store import Store
 
-from .common import environment, table, write_json
+from .common import cli, environment
 
 
 def make_file(path: Path, n: int) -> int:
@@ -67,14 +65,7 @@ async def run(quick: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json")
-    args = ap.parse_args()
-    res = asyncio.run(run(args.quick))
-    print(table(res["rows"], res["columns"]))
-    if args.json:
-        write_json("ingest", res, args.json)
+    cli("ingest", run, __doc__)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ pipeline baseline in the same run.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import random
 import time
@@ -20,7 +19,7 @@ from oddsfeed.embedded import EmbeddedCluster, EmbeddedValkey
 from oddsfeed.model import MarketUpdate
 from oddsfeed.store import Store
 
-from .common import environment, summary_ms, table, write_json
+from .common import cli, environment, summary_ms
 
 
 async def _drive(call: Any, n: int, concurrency: int) -> dict[str, Any]:
@@ -98,14 +97,7 @@ async def run(quick: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json")
-    args = ap.parse_args()
-    res = asyncio.run(run(args.quick))
-    print(table(res["rows"], res["columns"]))
-    if args.json:
-        write_json("store", res, args.json)
+    cli("store", run, __doc__)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ aiohttp handler doing one Redis GET, in the same run.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import time
@@ -24,7 +23,7 @@ from oddsfeed.model import MarketUpdate
 from oddsfeed.settings import load_settings
 from oddsfeed.worker import Worker
 
-from .common import environment, summary_ms, table, write_json
+from .common import cli, environment, summary_ms
 
 SECRET = "bench-secret-0123456789-0123456789"
 
@@ -119,14 +118,7 @@ async def run(quick: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json")
-    args = ap.parse_args()
-    res = asyncio.run(run(args.quick))
-    print(table(res["rows"], res["columns"]))
-    if args.json:
-        write_json("validation", res, args.json)
+    cli("validation", run, __doc__)
 
 
 if __name__ == "__main__":

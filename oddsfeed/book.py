@@ -56,20 +56,10 @@ class Delta:
 
     def to_wire(self) -> dict[str, Any]:
         """The ``delta`` message of protocol.md section 2 (prices as decimal odds)."""
-        d: dict[str, Any] = {
-            "op": "delta",
-            "m": self.market,
-            "e": self.epoch,
-            "v": self.version,
-            "base": self.base,
-            "ts": self.ts,
-        }
-        d.update(self.fields)
-        if self.sel:
-            d["sel"] = {
-                k: ({**v, "price": to_float(v["price"])} if "price" in v else dict(v))
-                for k, v in self.sel.items()
-            }
+        d = self.to_store()
+        for change in d.get("sel", {}).values():
+            if "price" in change:
+                change["price"] = to_float(change["price"])
         return d
 
     @classmethod

@@ -45,6 +45,24 @@ local function new_selection(sid, p)
   return s
 end
 
+-- The selections of a whole market (create, replace): nil and the bad id when one lacks
+-- a name or a price.
+local function whole_selections(given)
+  local sels = {}
+  for sid, p in pairs(given) do
+    if p.status ~= 'removed' then
+      local s = new_selection(sid, p)
+      if not s then return nil, sid end
+      sels[sid] = s
+    end
+  end
+  return sels
+end
+
+local function incomplete(sid)
+  return {'rejected', 'invalid', 'selections.' .. sid, 'a new selection needs name and price'}
+end
+
 local function now_us()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -65,16 +83,8 @@ if not raw then
       return {'rejected', 'invalid', k, 'is required to create a market'}
     end
   end
-  local sels = {}
-  for sid, p in pairs(usels) do
-    if p.status ~= 'removed' then
-      local s = new_selection(sid, p)
-      if not s then
-        return {'rejected', 'invalid', 'selections.' .. sid, 'a new selection needs name and price'}
-      end
-      sels[sid] = s
-    end
-  end
+  local sels, bad = whole_selections(usels)
+  if not sels then return incomplete(bad) end
   local state = {id = upd.market, event = f.event, sport = f.sport, name = f.name,
                  epoch = ARGV[3], version = 1, ts = ts, selections = sels}
   for k, v in pairs(DEFAULTS) do
@@ -113,15 +123,9 @@ end
 local old_sels = state.selections or {}
 local new_sels = {}
 if upd.replace then
-  for sid, p in pairs(usels) do
-    if p.status ~= 'removed' then
-      local s = new_selection(sid, p)
-      if not s then
-        return {'rejected', 'invalid', 'selections.' .. sid, 'a new selection needs name and price'}
-      end
-      new_sels[sid] = s
-    end
-  end
+  local bad
+  new_sels, bad = whole_selections(usels)
+  if not new_sels then return incomplete(bad) end
 else
   for sid, s in pairs(old_sels) do
     new_sels[sid] = {name = s.name, price = s.price, status = s.status, point = s.point}
@@ -131,9 +135,7 @@ else
       new_sels[sid] = nil
     elseif new_sels[sid] == nil then
       local s = new_selection(sid, p)
-      if not s then
-        return {'rejected', 'invalid', 'selections.' .. sid, 'a new selection needs name and price'}
-      end
+      if not s then return incomplete(sid) end
       new_sels[sid] = s
     else
       local s = new_sels[sid]
