@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from .errors import OddsfeedError
 from .settings import AuthSettings
@@ -37,22 +39,35 @@ class Principal:
 ANONYMOUS = Principal(sub="anonymous", scopes=frozenset({READ}), exp=0)
 
 
-def _load_key(text: str) -> str:
-    if "-----BEGIN" in text:
-        return text
-    return Path(text).read_text(encoding="utf-8")
+def _load_key(text: str) -> tuple[Any, list[str]]:
+    """A configured public key (PEM text or a file path) and the one alg family it signs.
+
+    Each key verifies only its own algorithm, so an RSA key can never be used as an HMAC
+    secret (the classic alg confusion) and an ES256 token is never tried on an RSA key.
+    """
+    pem = text if "-----BEGIN" in text else Path(text).read_text(encoding="utf-8")
+    try:
+        key = serialization.load_pem_public_key(pem.encode())
+    except ValueError as exc:
+        raise AuthError(f"auth.public_keys: not a PEM public key: {exc}".lower()) from None
+    if isinstance(key, rsa.RSAPublicKey):
+        return key, ["RS256"]
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return key, ["ES256"]
+    raise AuthError("auth.public_keys: only RSA (RS256) and EC P-256 (ES256) keys are accepted")
 
 
 class Authenticator:
     """Verifies bearer tokens against the configured HS256 secret and public keys."""
 
     def __init__(self, settings: AuthSettings) -> None:
+        """Load the keys of ``settings``; raises AuthError for an unreadable public key."""
         self.settings = settings
         self._keys: list[tuple[Any, list[str]]] = []
         if settings.hs256_secret:
             self._keys.append((settings.hs256_secret, ["HS256"]))
         for key in settings.public_keys:
-            self._keys.append((_load_key(key), ["RS256", "ES256"]))
+            self._keys.append(_load_key(key))
 
     @property
     def anonymous_read(self) -> bool:
@@ -87,8 +102,8 @@ class Authenticator:
                                     **kwargs)
             except jwt.ExpiredSignatureError:
                 raise AuthError("token expired") from None
-            except jwt.InvalidSignatureError as exc:
-                last = exc
+            except (jwt.InvalidSignatureError, jwt.InvalidKeyError) as exc:
+                last = exc  # maybe another configured key signed it
                 continue
             except jwt.PyJWTError as exc:
                 raise AuthError(f"invalid token: {exc}".lower()) from None
@@ -97,15 +112,19 @@ class Authenticator:
             raise AuthError("bad token signature")
         raise AuthError(f"no key configured for alg {alg}")
 
-    def mint(self, sub: str, scopes: list[str] | tuple[str, ...], *, ttl_s: int,
-             now_s: int) -> str:
-        """An HS256 token from the configured secret; raises AuthError if there is none."""
+    def mint(self, sub: str, scopes: list[str] | tuple[str, ...] | frozenset[str],
+             ttl_s: int, now_s: int) -> str:
+        """An HS256 token for ``sub`` with ``scopes``, valid ``ttl_s`` seconds from ``now_s``
+        (seconds since the Unix epoch); raises AuthError without a secret or for an
+        unknown scope or a ttl below 1 s."""
+        if ttl_s < 1:
+            raise AuthError(f"ttl must be at least 1 s, got {ttl_s}")
         if not self.settings.hs256_secret:
             raise AuthError("no hs256_secret configured")
         bad = [s for s in scopes if s not in SCOPES]
         if bad:
             raise AuthError(f"unknown scope {bad[0]!r}; use {' '.join(SCOPES)}")
-        claims: dict[str, Any] = {"sub": sub, "scope": " ".join(scopes), "iat": now_s,
+        claims: dict[str, Any] = {"sub": sub, "scope": " ".join(sorted(scopes)), "iat": now_s,
                                   "exp": now_s + ttl_s}
         if self.settings.audience:
             claims["aud"] = self.settings.audience

@@ -14,7 +14,7 @@ from .model import Market
 from .prices import to_float
 from .wire import Leg
 
-# (market, susp_v): susp_v is the last version at which the market was not open.
+# (market, susp_v): susp_v is the last version at which the market was not open (0: never).
 Record = tuple[Market, int]
 
 REASONS = ("unknown_market", "unknown_selection", "market_suspended", "market_closed",
@@ -41,7 +41,7 @@ def check_leg(leg: Leg, record: Record | None, accept: str) -> dict[str, Any]:
     elif sel.status == "suspended":
         reason = "selection_suspended"
     elif (leg.epoch is not None and leg.epoch != market.epoch) or (
-        leg.version is not None and susp_v > leg.version
+        leg.version is not None and suspended_since(susp_v, leg.version)
     ):
         reason = "market_changed"
     elif sel.price != leg.price and not (
@@ -51,6 +51,16 @@ def check_leg(leg: Leg, record: Record | None, accept: str) -> dict[str, Any]:
     if reason is None:
         return {**out, "ok": True}
     return {**out, "ok": False, "reason": reason}
+
+
+def suspended_since(susp_v: int, version: int) -> bool:
+    """Was the market suspended (or closed) at any moment after ``version`` was current?
+
+    ``susp_v`` is the last version whose state was not open (0: never). The state of
+    ``version`` itself lasts until the next version, so a leg carrying a suspended version
+    counts as changed once the market reopens: the bettor never saw the reopened prices.
+    """
+    return susp_v > 0 and susp_v >= version
 
 
 def check_slip(legs: Sequence[Leg], records: Mapping[str, Record | None], accept: str

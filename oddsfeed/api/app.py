@@ -27,10 +27,9 @@ from prometheus_client import (
 from prometheus_client import multiprocess as prom_multiprocess
 from pydantic import BaseModel, ValidationError
 
-from .. import wire
 from ..auth import ANONYMOUS, READ, VALIDATE, WRITE, Authenticator, AuthError, Principal
 from ..book import Changed, Created, Rejected
-from ..errors import InvalidInput, ProtocolViolation, StoreError
+from ..errors import InvalidInput, StoreError
 from ..model import ID_RE, Market, MarketUpdate
 from ..settings import Settings
 from ..store import OutOfOrder, Precondition, Store
@@ -47,8 +46,6 @@ log = structlog.get_logger("oddsfeed.api")
 REQUESTS = Counter("oddsfeed_http_requests_total", "HTTP requests", ["route", "method", "status"])
 LATENCY = Histogram("oddsfeed_http_request_seconds", "HTTP request latency", ["route"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 65))
-VALIDATIONS = Counter("oddsfeed_validations_total", "bet-slip legs validated",
-                      ["result", "reason"])
 
 K_STORE: web.AppKey[Store] = web.AppKey("store", Store)
 K_SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
@@ -186,9 +183,14 @@ async def _json_body(request: web.Request) -> Any:
         raise Problem(415, "unsupported media type", "send Content-Type: application/json")
     raw = await request.read()
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError):
         raise Problem(400, "invalid json", "the request body is not valid JSON") from None
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259) though Python's parser takes them.
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _model(model: type[BaseModel], data: Any, prefix: str = "") -> Any:
@@ -260,9 +262,7 @@ def _update_from_patch(mid: str, body: schemas.MarketPatch, source: str, now_ms:
 async def _apply(request: web.Request, update: MarketUpdate, principal: Principal, *,
                  expect: tuple[str, int] | None = None, created_status: int = 201
                  ) -> tuple[int, dict[str, Any]]:
-    store = request.app[K_STORE]
-    before = await store.get(update.market)
-    outcome = await store.apply(update, expect=expect)
+    outcome = await request.app[K_STORE].apply(update, expect=expect)
     if isinstance(outcome, Precondition):
         raise Problem(412, "precondition failed", "the market moved since If-Match",
                       current=outcome.current.to_wire() if outcome.current else None)
@@ -273,11 +273,16 @@ async def _apply(request: web.Request, update: MarketUpdate, principal: Principa
     if isinstance(outcome, OutOfOrder):  # desks send no seq; kept for completeness
         raise Problem(409, "out of order", "an update from this source is newer")
     market = outcome.market
-    changed: Any = None
-    if isinstance(outcome, Changed):
-        changed = {**outcome.delta.fields, "sel": sorted(outcome.delta.sel)}
-    audit.info("market.write", who=principal.sub, market=market.id,
-               old_version=before.version if before else None, new_version=market.version,
+    changed: dict[str, Any] | None = None
+    old_version: int | None = market.version  # a no-op keeps it
+    if isinstance(outcome, Created):
+        old_version = None
+    elif isinstance(outcome, Changed):
+        old_version = outcome.delta.base
+        changed = {k: v for k, v in outcome.delta.to_wire().items()
+                   if k not in ("op", "m", "e", "v", "base", "ts")}
+    audit.info("market.write", who=principal.sub, source=update.source, market=market.id,
+               epoch=market.epoch, old_version=old_version, new_version=market.version,
                outcome=type(outcome).__name__.lower(), changed=changed)
     status = created_status if isinstance(outcome, Created) else 200
     return status, market.to_wire()
@@ -309,7 +314,9 @@ async def _idempotent(request: web.Request, principal: Principal, body: bytes,
     ttl = request.app[K_SETTINGS].api.idempotency_ttl_s
     scope = f"{principal.sub}\n{request.method}\n{request.path}\n{key}".encode()
     rkey = f"of:idem:{hashlib.sha256(scope).hexdigest()}"
-    digest = hashlib.sha256(body).hexdigest()
+    # The same key with another body or precondition is another request: 422.
+    digest = hashlib.sha256(request.headers.get("If-Match", "").encode() + b"\n" + body
+                            ).hexdigest()
     claimed = await store.client.set(rkey, json.dumps({"state": "pending", "digest": digest}),
                                      nx=True, ex=ttl)
     if not claimed:
@@ -434,19 +441,9 @@ async def post_odds(request: web.Request) -> web.Response:
 
 async def validate_bets(request: web.Request) -> web.Response:
     principal_of(request, VALIDATE)
-    data = await _json_body(request)
-    slip = _model(schemas.SlipIn, data)
-    try:
-        legs = wire.parse_legs(data["legs"])  # shapes checked above
-    except ProtocolViolation as exc:
-        path, _, msg = exc.message.partition(": ")
-        raise Problem(400, "invalid request body", exc.message,
-                      errors=[{"path": path if msg else "legs", "message": msg or exc.message}]
-                      ) from None
-    body = await validate_slip(request.app[K_STORE], legs, slip.accept)
-    for leg in body["legs"]:
-        VALIDATIONS.labels("accepted" if leg["ok"] else "rejected", leg.get("reason", "")).inc()
-    return web.json_response(body)
+    slip = _model(schemas.SlipIn, await _json_body(request))
+    legs = tuple(leg.leg() for leg in slip.legs)
+    return web.json_response(await validate_slip(request.app[K_STORE], legs, slip.accept))
 
 
 # ---- operations ---------------------------------------------------------------------------
@@ -505,16 +502,23 @@ HANDLERS: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
 }
 
 
-def build_app(settings: Settings, store: Store, *, auth: Authenticator | None = None,
-              ready: Callable[[], bool] | None = None, demo_token: str | None = None,
-              ws_port: int | None = None) -> web.Application:
-    """The aiohttp application of the HTTP API; the caller runs it (AppRunner)."""
+def build_app(settings: Settings, store: Store, *,
+              readiness: Callable[[], bool] | None = None,
+              auth: Authenticator | None = None, ready: Callable[[], bool] | None = None,
+              demo_token: str | None = None, ws_port: int | None = None) -> web.Application:
+    """The aiohttp application of the HTTP API; the caller runs it (``web.AppRunner``).
+
+    ``readiness`` (``ready`` is its older name) is an extra condition for /readyz besides
+    the store answering a ping, e.g. the fan-out bus being connected. ``auth`` shares one
+    Authenticator with the WebSocket tier (default: one built from ``settings.auth``);
+    ``demo_token`` and ``ws_port`` feed the demo page under ``oddsfeed run``.
+    """
     app = web.Application(client_max_size=settings.api.max_body_bytes,
                           middlewares=[cors_mw, errors_mw])
     app[K_STORE] = store
     app[K_SETTINGS] = settings
     app[K_AUTH] = auth or Authenticator(settings.auth)
-    app[K_READY] = ready or (lambda: True)
+    app[K_READY] = readiness or ready or (lambda: True)
     if demo_token:
         app[K_DEMO] = demo_token
     if ws_port:

@@ -4,7 +4,7 @@ compares it with the registered routes)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -21,6 +21,7 @@ class Route:
     scope: str | None = None
     body: type[BaseModel] | None = None
     responses: dict[str, str] = field(default_factory=dict)
+    reply: type[BaseModel] | None = None  # the JSON body of a 200/201
 
 
 _W = {"400": "invalid body (problem+json with errors[])", "401": "missing or bad token",
@@ -29,23 +30,31 @@ _W = {"400": "invalid body (problem+json with errors[])", "401": "missing or bad
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/markets", "list_markets", "List market summaries (no selections), "
           "filtered by event, sport and status", "odds:read",
-          responses={"200": "{markets: [summary]}"}),
+          responses={"200": "{markets: [summary]}", "400": "unknown query parameter or status"},
+          reply=schemas.MarketList),
     Route("GET", "/v1/markets/{id}", "get_market", "One market", "odds:read",
-          responses={"200": "the market (ETag: \"epoch:version\")", "404": "unknown market"}),
+          responses={"200": "the market (ETag: \"epoch:version\")", "400": "invalid id",
+                     "404": "unknown market"}, reply=schemas.MarketOut),
     Route("PUT", "/v1/markets/{id}", "put_market", "Create or replace a market", "odds:write",
           schemas.MarketPut, {"200": "replaced", "201": "created", "409": "event/sport differs "
-                              "or settled", "412": "If-Match failed", **_W}),
+                              "or settled", "412": "If-Match failed",
+                              "422": "Idempotency-Key reused with another request", **_W},
+          schemas.MarketOut),
     Route("PATCH", "/v1/markets/{id}", "patch_market", "Change some fields of a market",
           "odds:write", schemas.MarketPatch,
           {"200": "the market", "404": "unknown market", "409": "settled",
-           "412": "If-Match failed (current market in `current`)", **_W}),
+           "412": "If-Match failed (current market in `current`)",
+           "422": "Idempotency-Key reused with another request", **_W}, schemas.MarketOut),
     Route("DELETE", "/v1/markets/{id}", "delete_market", "Delete a market; subscribers get gone",
-          "odds:write", responses={"204": "deleted", "404": "unknown market"}),
+          "odds:write", responses={"204": "deleted", "400": "invalid id",
+                                   "404": "unknown market"}),
     Route("POST", "/v1/odds", "post_odds", "Batch of PATCH-shaped updates, one result each",
           "odds:write", schemas.OddsBatch, {"200": "{results: [{market, ok, version?, error?}]}",
-                                            **_W}),
+                                            "422": "Idempotency-Key reused", **_W},
+          schemas.BatchResult),
     Route("POST", "/v1/bets/validate", "validate_bets", "Validate a bet slip (section 4)",
-          "bets:validate", schemas.SlipIn, {"200": "{ok, legs: [...]}", **_W}),
+          "bets:validate", schemas.SlipIn, {"200": "{ok, legs: [...]}", **_W},
+          schemas.Validation),
     Route("GET", "/healthz", "healthz", "Process alive", responses={"200": "ok"}),
     Route("GET", "/readyz", "readyz", "Ready while the store answers",
           responses={"200": "ready", "503": "store unreachable"}),
@@ -59,6 +68,16 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
+def _component(components: dict[str, Any], model: type[BaseModel],
+               mode: Literal["validation", "serialization"]) -> dict[str, Any]:
+    """Register ``model`` (and the models it uses) under components; return its $ref."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode=mode)
+    for name, sub in schema.pop("$defs", {}).items():
+        components["schemas"][name] = sub
+    components["schemas"][model.__name__] = schema
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 document describing every route of :data:`ROUTES`."""
     paths: dict[str, Any] = {}
@@ -70,7 +89,8 @@ def openapi_document() -> dict[str, Any]:
                 "type": {"type": "string"}, "title": {"type": "string"},
                 "status": {"type": "integer"}, "detail": {"type": "string"},
                 "errors": {"type": "array", "items": {"type": "object", "properties": {
-                    "path": {"type": "string"}, "message": {"type": "string"}}}}}},
+                    "path": {"type": "string"}, "message": {"type": "string"}}}},
+                "current": {"description": "412 only: the current market"}}},
         },
     }
     for r in ROUTES:
@@ -92,12 +112,8 @@ def openapi_document() -> dict[str, Any]:
                 op["parameters"].append({"name": "If-Match", "in": "header", "required": False,
                                          "schema": {"type": "string"}})
         if r.body is not None:
-            schema = r.body.model_json_schema(ref_template="#/components/schemas/{model}")
-            for name, sub in schema.pop("$defs", {}).items():
-                components["schemas"][name] = sub
-            components["schemas"][r.body.__name__] = schema
             op["requestBody"] = {"required": True, "content": {"application/json": {
-                "schema": {"$ref": f"#/components/schemas/{r.body.__name__}"}}}}
+                "schema": _component(components, r.body, "validation")}}}
         if r.scope:
             op["security"] = [{"bearer": [r.scope]}, {}] if r.scope == "odds:read" else [
                 {"bearer": [r.scope]}]
@@ -109,10 +125,20 @@ def openapi_document() -> dict[str, Any]:
                 resp["content"] = {"application/problem+json": {
                     "schema": {"$ref": "#/components/schemas/Problem"}}}
             elif status != "204":
-                resp["content"] = {"application/json": {"schema": {}}}
+                media = ("text/html" if r.handler == "index" else
+                         "text/plain" if r.handler == "metrics" else
+                         "application/octet-stream" if r.handler == "static" else
+                         "application/json")
+                resp["content"] = {media: {"schema": _component(components, r.reply,
+                                                                "serialization")
+                                           if r.reply else {}}}
             op["responses"][status] = resp
         op["responses"].setdefault("503", {"description": "store unavailable"})
         paths.setdefault(r.path, {})[r.method.lower()] = op
+    # POST /v1/odds checks its items one by one; the document shows their shape.
+    _component(components, schemas.OddsItem, "validation")
+    components["schemas"]["OddsBatch"]["properties"]["updates"]["items"] = {
+        "$ref": "#/components/schemas/OddsItem"}
     return {"openapi": "3.1.0",
             "info": {"title": "oddsfeed", "version": __version__,
                      "description": "Live-odds push server: HTTP API (docs/protocol.md)."},

@@ -11,10 +11,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import InvalidInput
 from ..prices import parse_price
+from ..wire import MAX_LEGS, Leg
 
 MarketStatus = Literal["open", "suspended", "closed", "settled"]
 SelStatus = Literal["active", "suspended", "removed"]
 PriceInput = float | int | str | dict[str, Any]
+ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"  # model.ID_RE
+MAX_INT = 2**53  # the largest integer every JSON reader holds exactly
 
 _PRICE_DOC = (
     "decimal odds as a number, or a string (decimal '2.5', fractional '5/2' or 'evens', "
@@ -66,7 +69,7 @@ class MarketPut(_Body):
     in_play: bool | None = None
     bet_delay_ms: int | None = Field(None, ge=0, le=60_000)
     selections: dict[str, SelectionPut] = Field(default_factory=dict)
-    ts: int | None = Field(None, ge=0)
+    ts: int | None = Field(None, ge=0, le=MAX_INT)
 
 
 class MarketPatch(_Body):
@@ -76,7 +79,7 @@ class MarketPatch(_Body):
     in_play: bool | None = None
     bet_delay_ms: int | None = Field(None, ge=0, le=60_000)
     selections: dict[str, SelectionPatch] | None = None
-    ts: int | None = Field(None, ge=0)
+    ts: int | None = Field(None, ge=0, le=MAX_INT)
 
 
 class OddsItem(MarketPatch):
@@ -84,20 +87,90 @@ class OddsItem(MarketPatch):
 
 
 class OddsBatch(_Body):
+    # Items are checked one by one (a bad item fails alone), so the envelope takes any
+    # object; the OpenAPI document still shows each item's shape (OddsItem).
     updates: list[dict[str, Any]] = Field(max_length=1000)
 
 
 class LegIn(_Body):
-    market: str
-    selection: str
+    market: str = Field(pattern=ID_PATTERN)
+    selection: str = Field(pattern=ID_PATTERN)
     price: PriceInput = Field(description=_PRICE_DOC)
-    version: int | None = Field(None, ge=0)
-    epoch: str | None = None
+    version: int | None = Field(None, ge=0, le=MAX_INT)
+    epoch: str | None = Field(None, min_length=1, max_length=64)
+
+    @field_validator("price", mode="before")
+    @classmethod
+    def _canonical(cls, v: Any) -> int:
+        return _price(v)
+
+    def leg(self) -> Leg:
+        """The core leg (price in ticks)."""
+        assert isinstance(self.price, int)
+        return Leg(market=self.market, selection=self.selection, price=self.price,
+                   version=self.version, epoch=self.epoch)
 
 
 class SlipIn(_Body):
-    legs: list[LegIn] = Field(min_length=1, max_length=50)
+    legs: list[LegIn] = Field(min_length=1, max_length=MAX_LEGS)
     accept: Literal["exact", "better", "any"] = "exact"
+
+
+# ---- responses (documentation only: the server builds them from core values) -------------
+
+class SelectionOut(BaseModel):
+    name: str
+    price: float = Field(description="canonical decimal odds (4 decimal places)")
+    point: float | None = None
+    status: Literal["active", "suspended"]
+
+
+class MarketSummary(BaseModel):
+    id: str
+    event: str
+    sport: str
+    name: str
+    kind: str
+    status: MarketStatus
+    in_play: bool
+    bet_delay_ms: int
+    epoch: str
+    version: int
+    ts: int
+
+
+class MarketOut(MarketSummary):
+    selections: dict[str, SelectionOut]
+
+
+class MarketList(BaseModel):
+    markets: list[MarketSummary]
+
+
+class BatchItemResult(BaseModel):
+    market: str | None
+    ok: bool
+    version: int | None = None
+    error: dict[str, Any] | None = Field(None, description="a problem object")
+
+
+class BatchResult(BaseModel):
+    results: list[BatchItemResult]
+
+
+class LegOut(BaseModel):
+    market: str
+    selection: str
+    ok: bool
+    reason: Literal["unknown_market", "unknown_selection", "market_suspended", "market_closed",
+                    "selection_suspended", "market_changed", "price_changed"] | None = None
+    price: float | None = Field(description="the current canonical price (null if unknown)")
+    version: int | None = Field(description="the market's current version (null if unknown)")
+
+
+class Validation(BaseModel):
+    ok: bool
+    legs: list[LegOut]
 
 
 def given(model: BaseModel, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
