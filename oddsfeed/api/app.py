@@ -167,8 +167,8 @@ def principal_of(request: web.Request, scope: str | None) -> Principal:
             principal = auth.verify(header[7:].strip())
         except AuthError as exc:
             raise Problem(401, "unauthorized", str(exc)) from None
-    elif auth.anonymous_read:
-        principal = ANONYMOUS
+    elif auth.anonymous_read and scope in (READ, None):
+        principal = ANONYMOUS  # section 5: anonymous reading only; a missing token is 401
     if scope is None:
         return principal or ANONYMOUS
     if principal is None:

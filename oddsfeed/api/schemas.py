@@ -88,8 +88,8 @@ class OddsItem(MarketPatch):
 
 class OddsBatch(_Body):
     # Items are checked one by one (a bad item fails alone), so the envelope takes any
-    # object; the OpenAPI document still shows each item's shape (OddsItem).
-    updates: list[dict[str, Any]] = Field(max_length=1000)
+    # value; the OpenAPI document still shows each item's shape (OddsItem).
+    updates: list[Any] = Field(max_length=1000)
 
 
 class LegIn(_Body):
