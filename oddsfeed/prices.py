@@ -61,7 +61,7 @@ def _check_range(ticks: int, shown: object) -> int:
 
 def from_exact_decimal(odds: Fraction, shown: object = None) -> int:
     """Canonical ticks for exact decimal odds; raises PriceError when out of range."""
-    if odds > 10 * MAX_PRICE:  # absurd: do not even round it
+    if abs(odds) > 10 * MAX_PRICE:  # absurd (either sign): do not even round it
         raise PriceError(
             f"price {shown if shown is not None else float(odds)!s:.40} is absurdly large"
         )
