@@ -75,6 +75,8 @@ async def test_every_price_shape_is_accepted_and_returned_canonical(api: Api) ->
     ({**BODY, "selections": {"h": {"name": "H", "price": "abc"}}}, "selections.h.price"),
     ({**BODY, "selections": {"h": {"name": "H", "price": {"decimal": 2, "hk": 1}}}},
      "selections.h.price"),
+    ({**BODY, "selections": {"h": {"name": "H", "price": -1e36}}}, "selections.h.price"),
+    ({**BODY, "selections": {"h": {"name": "H", "price": {"hk": -1e36}}}}, "selections.h.price"),
     ({**BODY, "selections": {"h": {"name": "H", "price": 2, "x": 1}}}, "selections.h.x"),
     ({**BODY, "selections": {"h": {"price": 2}}}, "selections.h.name"),
     ({**BODY, "status": "paused"}, "status"),
