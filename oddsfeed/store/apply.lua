@@ -2,7 +2,9 @@
 -- Mirrors oddsfeed/book.py apply_update exactly; tests/store compares the two.
 -- KEYS: 1 state, 2 meta hash, 3 history stream
 -- ARGV: 1 msgpack update, 2 channel, 3 epoch for a new market, 4 now ms,
---       5 history length, 6 publish command, 7 expected epoch ('' = none), 8 expected version
+--       5 history length, 6 publish command, 7 expected epoch ('' = none), 8 expected version,
+--       9 the update's seq as a decimal string ('' = none; compared as text, since Lua
+--         numbers are doubles and feed sequences or ns timestamps may exceed 2^53)
 -- In the msgpack maps a selection's point is absent or false when it has no line
 -- (Lua tables cannot hold nil), and an empty map may arrive as an empty array.
 local upd = cmsgpack.unpack(ARGV[1])
@@ -11,6 +13,9 @@ local FIELDS = {'name', 'kind', 'status', 'in_play', 'bet_delay_ms'}
 local DEFAULTS = {kind = '', status = 'open', in_play = false, bet_delay_ms = 0}
 local f = upd.fields or {}
 local usels = upd.selections or {}
+-- The update's selection ids in their given order (a Lua table forgets it): the first
+-- incomplete new selection is the one reported, as in book.py.
+local order = upd.order or {}
 local ts = upd.ts or tonumber(ARGV[4])
 
 if ARGV[7] ~= '' then
@@ -21,18 +26,28 @@ if ARGV[7] ~= '' then
   end
 end
 
+-- A decimal string <= another, exactly, at any size.
+local function seq_le(a, b)
+  if #a ~= #b then return #a < #b end
+  return a <= b
+end
+
+-- Sources are checked only against an existing market: a market created anew starts
+-- with a clean record (its meta is reset below).
 local src_field = nil
-if upd.source and upd.seq then
+if upd.source and ARGV[9] ~= '' then
   src_field = 'src:' .. upd.source
-  local last = redis.call('HGET', KEYS[2], src_field)
-  if last and tonumber(upd.seq) <= tonumber(last) then
-    return {'out_of_order', last}
+  if raw then
+    local last = redis.call('HGET', KEYS[2], src_field)
+    if last and seq_le(ARGV[9], last) then
+      return {'out_of_order', last}
+    end
   end
 end
 
 local function remember_source()
   if src_field then
-    redis.call('HSET', KEYS[2], src_field, string.format('%.0f', upd.seq))
+    redis.call('HSET', KEYS[2], src_field, ARGV[9])
   end
 end
 
@@ -49,7 +64,8 @@ end
 -- a name or a price.
 local function whole_selections(given)
   local sels = {}
-  for sid, p in pairs(given) do
+  for _, sid in ipairs(order) do
+    local p = given[sid]
     if p.status ~= 'removed' then
       local s = new_selection(sid, p)
       if not s then return nil, sid end
@@ -94,7 +110,7 @@ if not raw then
   if state.status ~= 'open' then state.susp_v = 1 end
   local packed = cmsgpack.pack(state)
   redis.call('SET', KEYS[1], packed)
-  redis.call('DEL', KEYS[3])
+  redis.call('DEL', KEYS[2], KEYS[3])
   remember_source()
   local payload = cmsgpack.pack({op = 'created', market = state, t = now_us()})
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', hist_len, '1-0', 'd', payload)
@@ -130,7 +146,8 @@ else
   for sid, s in pairs(old_sels) do
     new_sels[sid] = {name = s.name, price = s.price, status = s.status, point = s.point}
   end
-  for sid, p in pairs(usels) do
+  for _, sid in ipairs(order) do
+    local p = usels[sid]
     if p.status == 'removed' then
       new_sels[sid] = nil
     elseif new_sels[sid] == nil then

@@ -136,9 +136,11 @@ class Store:
         mid = update.market
         now = now_ms if now_ms is not None else int(time.time() * 1000)
         args: list[Any] = [
-            msgpack.packb(update.to_store(), use_bin_type=True), market_channel(mid),
+            msgpack.packb({**update.to_store(), "order": list(update.selections)},
+                          use_bin_type=True), market_channel(mid),
             _new_epoch(), now, self.history_len, self.publish_command,
             expect[0] if expect else "", expect[1] if expect else 0,
+            str(update.seq) if update.seq is not None else "",
         ]
         try:
             res = await self._apply(keys=[state_key(mid), meta_key(mid), history_key(mid)],
@@ -155,7 +157,7 @@ class Store:
             await self._index(market)
             return Created(market)
         if kind == "out_of_order":
-            return OutOfOrder(mid, int(float(res[1])))
+            return OutOfOrder(mid, int(res[1]))
         if kind == "precondition":
             return Precondition(_decode_market(res[1]) if res[1] else None)
         reason, path, message = (x.decode() if isinstance(x, bytes) else str(x) for x in res[1:4])

@@ -7,8 +7,7 @@ import random
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from redis.asyncio.connection import AbstractConnection
 
 from oddsfeed.book import (
     Applied,
@@ -18,14 +17,17 @@ from oddsfeed.book import (
     NoOp,
     Rejected,
     apply_delta,
-    apply_update,
 )
 from oddsfeed.errors import InvalidInput
 from oddsfeed.model import Market, MarketUpdate
 from oddsfeed.store import Gone, OutOfOrder, Precondition, Store, decode_payload
-from oddsfeed.store.codec import history_key, state_key
-
-from ..core.strategies import markets, updates
+from oddsfeed.store.codec import (
+    ALL_MARKETS_KEY,
+    event_set_key,
+    history_key,
+    meta_key,
+    state_key,
+)
 
 CREATE = {"fields": {"event": "e1", "sport": "soccer", "name": "A v B"},
               "selections": {"h": {"name": "Home", "price": 25000},
@@ -40,9 +42,12 @@ async def create(store: Store, mid: str = "m1", **kw: Any) -> Market:
 
 
 async def snapshot_of(store: Store, mid: str) -> tuple[Any, ...]:
-    """Everything the store holds about a market, to prove a rejected write changed nothing."""
+    """Everything the store holds about a market (state, history length, meta, membership),
+    to prove a rejected write changed nothing."""
     c = store.client
-    return (await c.get(state_key(mid)), await c.xlen(history_key(mid)))
+    return (await c.get(state_key(mid)), await c.xlen(history_key(mid)),
+            await c.hgetall(meta_key(mid)), await c.smembers(ALL_MARKETS_KEY),
+            await c.smembers(event_set_key("e1")), await c.smembers(event_set_key("e2")))
 
 
 async def test_create_change_noop(store: Store) -> None:
@@ -73,44 +78,103 @@ async def test_out_of_order_and_duplicates_never_bump(store: Store) -> None:
                                              source="feed-a", seq=seq))
         assert isinstance(out, OutOfOrder)
         assert out.last_seq == 10
+    assert await store.client.xlen(history_key("m1")) == 2
     other = await store.apply(MarketUpdate(market="m1", selections={"h": {"price": 27000}},
                                            source="feed-b", seq=1))
     assert isinstance(other, Changed)
+    assert isinstance(await store.apply(MarketUpdate(
+        market="m1", selections={"a": {"price": 31000}}, source="feed-a", seq=11)), Changed)
+    assert isinstance(await store.apply(MarketUpdate(
+        market="m1", selections={"a": {"price": 32000}}, source="feed-b", seq=1)), OutOfOrder)
     m = await store.get("m1")
     assert m is not None
-    assert m.version == 3
+    assert m.version == 4
+    assert await store.client.xlen(history_key("m1")) == 4
 
 
 async def test_rejections_change_nothing(store: Store) -> None:
-    """Unknown market, event change and settled markets are refused and change nothing."""
-    out = await store.apply(MarketUpdate(market="zz", selections={"h": {"price": 20000}}))
+    """Unknown market, event or sport change, an incomplete new selection and a settled
+    market are refused with a reason and path, change nothing, and do not use up the seq."""
+    empty = await snapshot_of(store, "zz")
+    out = await store.apply(MarketUpdate(market="zz", selections={"h": {"price": 20000}},
+                                         source="f", seq=5))
     assert isinstance(out, Rejected)
     assert out.reason == "unknown_market"
+    assert "zz" in out.message
     assert await store.get("zz") is None
+    assert await snapshot_of(store, "zz") == empty
     await create(store)
     before = await snapshot_of(store, "m1")
-    out = await store.apply(MarketUpdate(market="m1", fields={"event": "e2"}))
-    assert isinstance(out, Rejected)
-    assert out.reason == "conflict"
-    out = await store.apply(MarketUpdate(market="m1", selections={"n": {"price": 20000}}))
-    assert isinstance(out, Rejected)
-    assert out.reason == "invalid"
-    assert out.path == "selections.n"
-    assert await snapshot_of(store, "m1") == before
-    await store.apply(MarketUpdate(market="m1", fields={"status": "settled"}))
+    for fields, sels, reason, path in (
+            ({"event": "e2"}, {}, "conflict", "event"),
+            ({"sport": "tennis", "name": "x"}, {}, "conflict", "sport"),
+            ({}, {"h": {"price": 21000}, "n": {"price": 20000}}, "invalid", "selections.n"),
+            ({}, {"n": {"name": "New"}}, "invalid", "selections.n")):
+        out = await store.apply(MarketUpdate(market="m1", fields=fields, selections=sels,
+                                             source="f", seq=5))
+        assert isinstance(out, Rejected), out
+        assert (out.reason, out.path) == (reason, path)
+        assert out.message
+        assert await snapshot_of(store, "m1") == before
+    # the refused updates did not record seq 5 for source f
+    assert isinstance(await store.apply(MarketUpdate(
+        market="m1", fields={"status": "settled"}, source="f", seq=5)), Changed)
     settled = await snapshot_of(store, "m1")
-    out = await store.apply(MarketUpdate(market="m1", selections={"h": {"price": 20000}}))
+    out = await store.apply(MarketUpdate(market="m1", selections={"h": {"price": 20000}},
+                                         source="f", seq=6))
     assert isinstance(out, Rejected)
-    assert out.reason == "settled"
+    assert (out.reason, out.path) == ("settled", "status")
     assert await snapshot_of(store, "m1") == settled
 
 
-def test_bad_values_never_reach_the_store() -> None:
-    """Prices <= 1, unknown statuses and wrong types are refused before any store call."""
-    for bad in ({"selections": {"h": {"price": 10000}}}, {"fields": {"status": "paused"}},
-                {"fields": {"in_play": "yes"}}, {"selections": {"h": {"price": "2.5"}}}):
-        with pytest.raises(InvalidInput):
-            MarketUpdate(market="m1", **bad)  # type: ignore[arg-type]
+@pytest.mark.parametrize(("bad", "path"), [
+    ({"selections": {"h": {"price": 10000}}}, "selections.h.price"),  # price 1.0
+    ({"selections": {"h": {"price": 0}}}, "selections.h.price"),
+    ({"selections": {"h": {"price": -25000}}}, "selections.h.price"),
+    ({"selections": {"h": {"price": "2.5"}}}, "selections.h.price"),
+    ({"selections": {"h": {"price": 2.5}}}, "selections.h.price"),
+    ({"selections": {"h": {"status": "gone"}}}, "selections.h.status"),
+    ({"selections": {"h": "2.5"}}, "selections.h"),
+    ({"selections": {"h": {"odds": 25000}}}, "selections.h.odds"),
+    ({"fields": {"status": "paused"}}, "status"),
+    ({"fields": {"in_play": "yes"}}, "in_play"),
+    ({"fields": {"bet_delay_ms": "5"}}, "bet_delay_ms"),
+    ({"fields": {"bet_delay_ms": -1}}, "bet_delay_ms"),
+    ({"fields": {"colour": "red"}}, "colour"),
+    ({"seq": "7", "source": "f"}, "seq"),
+])
+async def test_bad_values_are_refused_and_change_nothing(store: Store, bad: dict[str, Any],
+                                                         path: str) -> None:
+    """Prices <= 1, unknown statuses, wrong types and unknown fields are refused with the
+    offending path before any store call, and the stored market is unchanged."""
+    await create(store)
+    before = await snapshot_of(store, "m1")
+    with pytest.raises(InvalidInput) as err:
+        await store.apply(MarketUpdate(market="m1", **bad))
+    assert err.value.path == path
+    assert await snapshot_of(store, "m1") == before
+
+
+async def test_big_sequences_compare_exactly(store: Store) -> None:
+    """Sequences beyond 2^53 (nanosecond timestamps) are compared exactly, not as doubles."""
+    await create(store)
+    big = 2**62 - 10
+    for i, (seq, kind) in enumerate([(big, Changed), (big + 1, Changed), (big + 1, OutOfOrder),
+                                     (big, OutOfOrder), (10**15, OutOfOrder)]):
+        out = await store.apply(MarketUpdate(market="m1", selections={"h": {"price": 40000 + i}},
+                                             source="ns", seq=seq))
+        assert isinstance(out, kind), (seq, out)
+    assert out.last_seq == big + 1  # type: ignore[union-attr]
+
+
+async def test_lost_state_starts_a_clean_source_record(store: Store) -> None:
+    """A market whose state was lost is created anew without its old per-source seqs."""
+    await create(store, source="f", seq=100)
+    await store.client.delete(state_key("m1"))  # lost, e.g. evicted; meta and history remain
+    again = await store.apply(MarketUpdate(market="m1", source="f", seq=1, **CREATE))
+    assert isinstance(again, Created)
+    assert await store.client.hgetall(meta_key("m1")) == {b"src:f": b"1"}
+    assert await store.client.xlen(history_key("m1")) == 1
 
 
 async def test_if_match(store: Store) -> None:
@@ -138,19 +202,24 @@ async def test_concurrent_writers_history_and_bus(store: Store) -> None:
     await bus.subscribe_market("m1")
     rng = random.Random(7)
 
-    async def writer(n: int) -> None:
+    async def writer(n: int) -> int:
+        changes = 0
         for i in range(40):
             sid = rng.choice(["h", "a", f"s{n}"])
             patch: dict[str, Any] = {"price": rng.randint(11000, 90000)}
             if sid.startswith("s"):
                 patch = ({"status": "removed"} if rng.random() < 0.3
                          else {"name": f"S{n}", "price": patch["price"]})
-            await store.apply(MarketUpdate(market="m1", selections={sid: patch},
-                                           source=f"w{n}", seq=i))
+            out = await store.apply(MarketUpdate(market="m1", selections={sid: patch},
+                                                 source=f"w{n}", seq=i))
+            assert isinstance(out, Changed | NoOp | Rejected), out
+            changes += isinstance(out, Changed)
+        return changes
 
-    await asyncio.gather(*(writer(n) for n in range(8)))
+    outcomes = await asyncio.gather(*(writer(n) for n in range(8)))
     final = await store.get("m1")
     assert final is not None
+    assert final.version == 1 + sum(outcomes)
     hist = await store.history("m1", m0.epoch, 1)
     assert hist is not None
     _, deltas = hist
@@ -168,11 +237,11 @@ async def test_concurrent_writers_history_and_bus(store: Store) -> None:
     await bus.stop()
 
 
-async def test_history_coverage(valkey_url: str) -> None:
+async def test_history_coverage(store: Store) -> None:
     """History serves what it still holds and says when it cannot (trimmed, epoch, ahead)."""
-    store = await Store.connect(valkey_url, history_len=500)
-    await store.client.flushall()
+    short = await Store.connect(store.url, cluster=store.cluster, history_len=500)
     try:
+        store = short
         m = await create(store)
         for i in range(700):
             await store.apply(MarketUpdate(market="m1", selections={"h": {"price": 20000 + i}}))
@@ -188,9 +257,18 @@ async def test_history_coverage(valkey_url: str) -> None:
         up_to_date = await store.history("m1", m.epoch, 701)
         assert up_to_date is not None
         assert up_to_date[1] == []
-        assert await store.client.xlen(history_key("m1")) >= 500
+        assert await store.client.xlen(history_key("m1")) >= 500  # MAXLEN ~ trims roughly
+        oldest = await store.client.xrange(history_key("m1"), count=1)
+        first_kept = int(oldest[0][0].split(b"-")[0])
+        assert first_kept <= 202
+        covered = await store.history("m1", m.epoch, first_kept - 1)
+        assert covered is not None
+        assert [d.version for d in covered[1]] == list(range(first_kept, 702))
+        assert await store.history("m1", m.epoch, first_kept - 2) is None
+        assert await store.history("m1", m.epoch, 0) is None
+        assert await store.history("gone", m.epoch, 1) is None
     finally:
-        await store.close()
+        await short.close()
 
 
 async def test_suspension_record(store: Store) -> None:
@@ -207,6 +285,19 @@ async def test_suspension_record(store: Store) -> None:
     assert susp_v == 3
     assert susp_v > 2
     assert not susp_v > 3
+    # a change while suspended moves the mark; reopening does not
+    await store.apply(MarketUpdate(market="m1", fields={"status": "suspended"}))  # v5
+    await store.apply(MarketUpdate(market="m1", selections={"h": {"price": 27000}}))  # v6
+    await store.apply(MarketUpdate(market="m1", fields={"status": "open"}))  # v7
+    await store.apply(MarketUpdate(market="m1", selections={"h": {"price": 28000}}))  # v8
+    market, susp_v = (await store.get_for_validation(["m1"]))["m1"]  # type: ignore[misc]
+    assert (market.version, susp_v) == (8, 6)
+    suspended_after = {x: susp_v > x for x in range(1, 9)}
+    assert suspended_after == {1: True, 2: True, 3: True, 4: True, 5: True, 6: False,
+                               7: False, 8: False}
+    born_closed = await create(store, "m2", fields={**CREATE["fields"], "status": "closed"})
+    assert born_closed.version == 1
+    assert (await store.get_for_validation(["m2"]))["m2"][1] == 1  # type: ignore[index]
 
 
 async def test_listing_delete_and_new_epoch(store: Store) -> None:
@@ -267,35 +358,24 @@ async def test_cluster_spreads_markets_over_three_shards(valkey_cluster: Any) ->
         await store.close()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-@given(initial=markets(status="open"), ups=st.lists(updates(), max_size=8))
-def test_lua_matches_core_book(valkey_url: str, initial: Market, ups: list[MarketUpdate]) -> None:
-    """The store's Lua apply gives exactly the core book's outcome, state and delta."""
+async def test_reads_take_one_round_trip(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """get_many and get_for_validation send one pipelined request per server involved."""
+    ids = [f"r{i}" for i in range(20)]
+    for mid in ids:
+        await create(store, mid)
+    sends: list[int] = []
+    real = AbstractConnection.send_packed_command
 
-    async def check() -> None:
-        store = await Store.connect(valkey_url)
-        try:
-            await store.client.delete(*list(await store.client.keys("of:{m:m1}*")) or ["x"])
-            created = await store.apply(MarketUpdate(
-                market="m1", fields={k: getattr(initial, k) for k in (
-                    "event", "sport", "name", "kind", "status", "in_play", "bet_delay_ms")},
-                selections={k: s.to_store() for k, s in initial.selections.items()},
-                create=True, ts=initial.ts))
-            assert isinstance(created, Created)
-            state = created.market
-            for i, u in enumerate(ups):
-                expected = apply_update(state, u, epoch="unused", now_ms=i)
-                got = await store.apply(u, now_ms=i)
-                assert type(got) is type(expected), (u, got, expected)
-                if isinstance(expected, Changed):
-                    assert isinstance(got, Changed)
-                    assert got.market == expected.market
-                    assert got.delta == expected.delta
-                    state = got.market
-                elif isinstance(expected, Rejected):
-                    assert isinstance(got, Rejected)
-                    assert got.reason == expected.reason
-        finally:
-            await store.close()
+    async def counting(self: AbstractConnection, *args: Any, **kw: Any) -> None:
+        sends.append(1)
+        await real(self, *args, **kw)
 
-    asyncio.run(check())
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    many = await store.get_many([*ids, "missing"])
+    assert len(sends) <= (3 if store.cluster else 1)
+    assert [m.id for m in many.values() if m] == ids
+    assert many["missing"] is None
+    sends.clear()
+    rec = await store.get_for_validation(ids)
+    assert len(sends) <= (3 if store.cluster else 1)
+    assert all(r is not None and r[1] == 0 for r in rec.values())
