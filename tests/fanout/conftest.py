@@ -87,3 +87,4 @@ def mint() -> Callable[..., str]:
                           ttl_s=ttl_s)
 
     return _mint
+
