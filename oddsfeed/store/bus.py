@@ -11,7 +11,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
@@ -29,12 +30,14 @@ _ERRORS = (redis_errors.RedisError, OSError, asyncio.TimeoutError)
 class _Shard:
     """One pub/sub connection to one server (a cluster primary, or the single server)."""
 
-    def __init__(self, host: str, port: int | None, path: str | None, sharded: bool) -> None:
-        kwargs: dict[str, Any] = {"retry": Retry(NoBackoff(), 0), "socket_connect_timeout": 2.0}
-        if path:
-            self.client = Redis(unix_socket_path=path, **kwargs)
-        else:
-            self.client = Redis(host=host, port=port or 6379, **kwargs)
+    def __init__(self, connection_class: type[Connection] | type[UnixDomainSocketConnection],
+                 connection_kwargs: dict[str, Any], sharded: bool) -> None:
+        # The store's own connection settings (password, username, TLS, socket path), with
+        # no retries of its own: a failure goes to the supervisor, which reconnects.
+        kwargs = {**connection_kwargs, "retry": Retry(NoBackoff(), 0),
+                  "socket_connect_timeout": 2.0, "socket_timeout": None}
+        self.client = Redis(connection_pool=ConnectionPool(
+            connection_class=connection_class, max_connections=2, **kwargs))
         self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         self.sharded = sharded
         self.channels: set[str] = set()
@@ -88,25 +91,23 @@ class Bus:
 
     # -- topology ---------------------------------------------------------------------------
 
-    def _shard_name_for(self, channel: str) -> tuple[str, str, int | None, str | None]:
+    def _shard_for(self, channel: str) -> tuple[str, Any, dict[str, Any]]:
+        """(name, connection class, connection kwargs) of the server serving ``channel``."""
         client = self._store.client
         if self._store.cluster:
             node = client.nodes_manager.get_node_from_slot(  # type: ignore[union-attr]
                 key_slot(channel.encode()))
-            return str(node.name), str(node.host), int(node.port), None
-        kw = client.connection_pool.connection_kwargs  # type: ignore[union-attr]
-        path = kw.get("path")
-        if path:
-            return f"unix:{path}", "", None, str(path)
-        host = str(kw.get("host", "127.0.0.1"))
-        port = int(kw.get("port", 6379))
-        return f"{host}:{port}", host, port, None
+            return str(node.name), node.connection_class, dict(node.connection_kwargs)
+        pool = client.connection_pool  # type: ignore[union-attr]
+        kw = dict(pool.connection_kwargs)
+        name = f"unix:{kw['path']}" if kw.get("path") else f"{kw.get('host')}:{kw.get('port')}"
+        return name, pool.connection_class, kw
 
     def _shard(self, channel: str) -> _Shard:
-        name, host, port, path = self._shard_name_for(channel)
+        name, connection_class, kwargs = self._shard_for(channel)
         shard = self._shards.get(name)
         if shard is None:
-            shard = self._shards[name] = _Shard(host, port, path, self._store.sharded)
+            shard = self._shards[name] = _Shard(connection_class, kwargs, self._store.sharded)
             self._readers.append(asyncio.create_task(self._read(shard), name=f"bus-read-{name}"))
         return shard
 

@@ -51,3 +51,26 @@ async def test_bus_reconnects_after_restart_and_epoch_is_new() -> None:
         await bus.stop()
         await store.close()
         server.stop()
+
+
+async def test_bus_uses_the_store_credentials() -> None:
+    """On a password-protected server the bus authenticates like the store and delivers."""
+    with EmbeddedValkey() as server:
+        admin = server.client()
+        admin.config_set("requirepass", "s3cret")
+        admin.close()
+        url = f"redis://:s3cret@127.0.0.1:{server.port}"
+        store = await Store.connect(url)
+        got: list[Any] = []
+        bus = store.bus(lambda k, i, d: got.append(decode_payload(d)[0]))
+        try:
+            await bus.start()
+            await bus.subscribe_market("m1")
+            await store.apply(MarketUpdate(market="m1", create=True,
+                                           fields={"event": "e", "sport": "s", "name": "n"}))
+            await wait_for(lambda: len(got) == 1)
+            assert bus.connected
+            assert bus.reconnects == 0
+        finally:
+            await bus.stop()
+            await store.close()
