@@ -5,6 +5,7 @@ the store (never a cache), waits the in-play delay without blocking, decides wit
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -22,6 +23,22 @@ SECONDS = Histogram("oddsfeed_validation_seconds",
                     ["delayed"],
                     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 2.5,
                              5, 10, 30, 61))
+
+
+# Label children looked up once: .labels() costs more than the increment.
+@functools.cache
+def _legs(ok: bool, reason: str) -> Any:
+    return LEGS.labels("accepted" if ok else "rejected", reason)
+
+
+@functools.cache
+def _slips(ok: bool) -> Any:
+    return SLIPS.labels("accepted" if ok else "rejected")
+
+
+@functools.cache
+def _seconds(delayed: bool) -> Any:
+    return SECONDS.labels("true" if delayed else "false")
 
 
 class _Reader(Protocol):
@@ -60,7 +77,7 @@ async def validate_slip(store: _Reader, legs: Sequence[Leg], accept: str, *,
                 b["reason"] = a["reason"]
         body["ok"] = all(leg["ok"] for leg in body["legs"])
     for leg in body["legs"]:
-        LEGS.labels("accepted" if leg["ok"] else "rejected", leg.get("reason", "")).inc()
-    SLIPS.labels("accepted" if body["ok"] else "rejected").inc()
-    SECONDS.labels("true" if wait > 0 else "false").observe(time.perf_counter() - started)
+        _legs(leg["ok"], leg.get("reason", "")).inc()
+    _slips(body["ok"]).inc()
+    _seconds(wait > 0).observe(time.perf_counter() - started)
     return body

@@ -130,3 +130,19 @@ def test_unusable_public_keys_are_refused_at_start() -> None:
         auth(**{"auth.public_keys": ["-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----"]})
     with pytest.raises(AuthError, match="only RSA"):
         auth(**{"auth.public_keys": [_pem(ed25519.Ed25519PrivateKey.generate())]})
+
+
+def test_a_cached_token_still_expires() -> None:
+    """A token verified once is answered from the cache, but never after its exp."""
+    a = auth()
+    tok = token(exp=int(time.time()) + 2)
+    assert a.verify(tok) is a.verify(tok)
+    exp = a.verify(tok).exp
+    deadline = time.monotonic() + 5
+    while time.time() < exp:  # poll until the clock passes exp
+        assert time.monotonic() < deadline, "token never expired"
+        time.sleep(0.01)
+    with pytest.raises(AuthError, match="expired"):
+        a.verify(tok)  # from the cache
+    with pytest.raises(AuthError, match="expired"):
+        a.verify(tok)  # and again, now from the signature check
