@@ -1,118 +1,232 @@
-"""A streaming feed in the shape of Betfair's Exchange Stream API, one JSON per line over TCP.
+"""A streaming feed in the shape of Betfair's Exchange Stream API, one JSON message per line
+over TCP or WebSocket; must not write to the store itself (it hands updates to the runner).
 
-Pure part: :class:`StreamState` keeps each market's definition and ladders and turns ``mcm``
-messages into MarketUpdates (best available-to-back price -> selection price). Thin I/O at
-the bottom: connect, subscribe with the last clocks, read lines, detect a silent link by
-heartbeats, reconnect with jittered backoff.
+Pure part: :class:`StreamState` keeps the clocks and each market's definition and ladders
+and turns ``mcm`` messages into MarketUpdates: ``marketDefinition.status`` OPEN/SUSPENDED/
+CLOSED -> open/suspended/closed (settled when the definition says so), ``inPlay`` ->
+in_play, ``betDelay`` (s) -> bet_delay_ms, runner REMOVED -> removed selection, and the best
+available-to-back price (``batb`` level 0, else the best of ``atb``) -> selection price; a
+ladder entry of size 0 deletes that level; ``img`` replaces the market.
+
+Thin I/O at the bottom (:func:`run_stream`): connect, subscribe (re-subscribing with the last
+``initialClk``/``clk`` after a disconnect), read lines, treat a link silent for 3 heartbeat
+intervals as dead, and reconnect with jittered exponential backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import WebSocketException
 
 from oddsfeed.errors import InvalidInput, ProviderDataError
-from oddsfeed.model import MarketUpdate
+from oddsfeed.model import MAX_BET_DELAY_MS, MarketUpdate
 from oddsfeed.prices import from_decimal
 
-from .normalised import Mapping, safe_id
+from .normalised import Mapping
 
 PROVIDER = "betfair"
 STATUS = {"OPEN": "open", "SUSPENDED": "suspended", "CLOSED": "closed", "INACTIVE": "suspended"}
+KINDS = {"MATCH_ODDS": "1x2", "ASIAN_HANDICAP": "handicap", "HANDICAP": "handicap"}
+MAX_LINE_BYTES = 1 << 22
 log = structlog.get_logger("oddsfeed.ingest.betfair")
 
 
 @dataclass
 class _Market:
     definition: dict[str, Any] = field(default_factory=dict)
-    batb: dict[str, dict[int, float]] = field(default_factory=dict)  # runner -> level -> price
-    atb: dict[str, dict[float, float]] = field(default_factory=dict)  # runner -> price -> size
-    names: dict[str, str] = field(default_factory=dict)
+    batb: dict[str, dict[int, int]] = field(default_factory=dict)  # runner -> level -> ticks
+    atb: dict[str, dict[int, float]] = field(default_factory=dict)  # runner -> ticks -> size
+    last_pt: int = 0
+    same_pt: int = 0  # messages already seen at last_pt (orders several per millisecond)
+
+
+@dataclass
+class StreamOutput:
+    """What one stream message produced: updates, bad market changes, and signals."""
+
+    updates: list[MarketUpdate] = field(default_factory=list)
+    errors: list[ProviderDataError] = field(default_factory=list)
+    heartbeat: bool = False
+    lagging: bool = False
+    closed: bool = False  # the provider said it is closing the connection
+
+
+def _bad(message: str, raw: object) -> ProviderDataError:
+    return ProviderDataError(message, provider=PROVIDER, raw=raw)
+
+
+def _number(x: object, what: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or x != x or x < 0:
+        raise ValueError(f"{what} must be a non-negative number, got {str(x)[:40]!r}")
+    return float(x)
+
+
+def _kind(market_type: object, mapping: Mapping) -> str:
+    mt = str(market_type or "")
+    if mt in mapping.kinds:
+        return mapping.kinds[mt]
+    if mt.startswith("OVER_UNDER"):
+        return "totals"
+    return KINDS.get(mt, "")
+
+
+def _parse_change(mc: object) -> tuple[str, dict[str, Any] | None, list[tuple[str, str, Any]]]:
+    """Validate one market change before any state is touched: (id, definition, ops)."""
+    if not isinstance(mc, dict):
+        raise ValueError("a market change must be an object")
+    raw_id = mc.get("id")
+    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or raw_id == "":
+        raise ValueError("a market change needs an id")
+    definition = mc.get("marketDefinition")
+    if definition is not None:
+        if not isinstance(definition, dict):
+            raise ValueError("marketDefinition must be an object")
+        runners = definition.get("runners", [])
+        if not isinstance(runners, list) or not all(
+                isinstance(r, dict) and isinstance(r.get("id"), (int, str))
+                and not isinstance(r.get("id"), bool) for r in runners):
+            raise ValueError("marketDefinition.runners must be a list of runners with ids")
+        if definition.get("status", "OPEN") not in STATUS:
+            raise ValueError(f"unknown market status {str(definition.get('status'))[:40]!r}")
+        delay = definition.get("betDelay", 0)
+        if (isinstance(delay, bool) or not isinstance(delay, int)
+                or not 0 <= delay * 1000 <= MAX_BET_DELAY_MS):
+            raise ValueError(f"betDelay must be 0..{MAX_BET_DELAY_MS // 1000} seconds")
+        if not isinstance(definition.get("inPlay", False), bool):
+            raise ValueError("inPlay must be true or false")
+    ops: list[tuple[str, str, Any]] = []
+    rcs = mc.get("rc") or []
+    if not isinstance(rcs, list):
+        raise ValueError("rc must be a list")
+    for rc in rcs:
+        if not isinstance(rc, dict) or isinstance(rc.get("id"), bool) or not isinstance(
+                rc.get("id"), (int, str)):
+            raise ValueError("a runner change needs an id")
+        rid = str(rc["id"])
+        for level, price, size in rc.get("batb") or []:
+            lvl = int(_number(level, "batb level"))
+            ticks = from_decimal(price) if _number(size, "batb size") > 0 else 0
+            ops.append(("batb", rid, (lvl, ticks)))
+        for price, size in rc.get("atb") or []:
+            ticks = from_decimal(price)
+            ops.append(("atb", rid, (ticks, _number(size, "atb size"))))
+    return str(raw_id), definition, ops
 
 
 @dataclass
 class StreamState:
-    """Per-connection stream state: clocks and per-market ladders."""
+    """Per-subscription stream state: clocks and per-market ladders. Feed it every message
+    with :meth:`on_message`; it keeps what a re-subscription needs (:meth:`subscription`)."""
 
     mapping: Mapping = field(default_factory=Mapping)
     clk: str | None = None
     initial_clk: str | None = None
-    markets: dict[str, _Market] = field(default_factory=dict)
     heartbeat_ms: int = 5000
+    markets: dict[str, _Market] = field(default_factory=dict)
+    ours: dict[str, str] = field(default_factory=dict)  # provider market id -> ours
+    lag_reports: int = 0
 
-    def on_message(self, msg: object) -> list[MarketUpdate]:
-        """One stream message -> updates; raises ProviderDataError for a bad one."""
+    def on_message(self, msg: object) -> StreamOutput:
+        """One stream message -> its updates and the market changes that were bad; raises
+        ProviderDataError when the whole message is unusable."""
         if not isinstance(msg, dict):
-            raise ProviderDataError("a message must be an object", provider=PROVIDER, raw=msg)
+            raise _bad("a message must be an object", msg)
         op = msg.get("op")
+        out = StreamOutput()
         if op == "status":
-            if msg.get("statusCode") == "FAILURE" or msg.get("status") == 503:
-                log.info("provider lag reported", raw=str(msg)[:200])
-            return []
+            if msg.get("statusCode") == "FAILURE":
+                log.warning("stream status failure", error_code=msg.get("errorCode"),
+                            message=str(msg.get("errorMessage", ""))[:200])
+            out.closed = msg.get("connectionClosed") is True
+            return out
         if op != "mcm":
-            return []  # connection, heartbeat acks and others carry no odds
+            if not isinstance(op, str):
+                raise _bad("a message needs op", msg)
+            return out  # connection, authentication acks and others carry no odds
         if msg.get("status") == 503:
-            log.info("provider lag: status 503", pt=msg.get("pt"))
-        if "initialClk" in msg:
-            self.initial_clk = str(msg["initialClk"])
-        if "clk" in msg:
-            self.clk = str(msg["clk"])
-        if "heartbeatMs" in msg and isinstance(msg["heartbeatMs"], int):
-            self.heartbeat_ms = msg["heartbeatMs"]
-        if msg.get("ct") == "HEARTBEAT":
-            return []
+            out.lagging = True
+            self.lag_reports += 1
+            log.info("provider lag reported (status 503)", provider=PROVIDER, pt=msg.get("pt"))
+        for key in ("initialClk", "clk"):
+            if key in msg and not isinstance(msg[key], str):
+                raise _bad(f"{key} must be a string token", msg)
+        hb = msg.get("heartbeatMs")
+        if hb is not None and (isinstance(hb, bool) or not isinstance(hb, int) or hb <= 0):
+            raise _bad("heartbeatMs must be a positive integer", msg)
         pt = msg.get("pt")
-        if not isinstance(pt, int):
-            raise ProviderDataError("mcm needs pt (publish time, ms)", provider=PROVIDER, raw=msg)
+        if isinstance(pt, bool) or not isinstance(pt, int) or not 0 <= pt < 2**43:
+            raise _bad("mcm needs pt (publish time in ms)", msg)
         mcs = msg.get("mc") or []
         if not isinstance(mcs, list):
-            raise ProviderDataError("mc must be a list", provider=PROVIDER, raw=msg)
-        out = []
+            raise _bad("mc must be a list", msg)
+        if "initialClk" in msg:
+            self.initial_clk = msg["initialClk"]
+        if "clk" in msg:
+            self.clk = msg["clk"]
+        if hb is not None:
+            self.heartbeat_ms = hb
+        if msg.get("ct") == "HEARTBEAT":
+            out.heartbeat = True
+            return out
         for mc in mcs:
             try:
-                out.append(self._market_change(mc, pt))
-            except (KeyError, TypeError, ValueError, AttributeError, InvalidInput) as exc:
-                raise ProviderDataError(f"bad market change: {exc}", provider=PROVIDER,
-                                        raw=mc) from None
-        return [u for u in out if u is not None]
+                update = self._market_change(mc, pt)
+            except (KeyError, TypeError, ValueError, InvalidInput, ProviderDataError) as exc:
+                out.errors.append(exc if isinstance(exc, ProviderDataError) else _bad(
+                    f"bad market change: {exc}", mc))
+                continue
+            if update is not None:
+                out.updates.append(update)
+        return out
 
-    def _market_change(self, mc: dict[str, Any], pt: int) -> MarketUpdate | None:
-        raw_id = str(mc["id"])
+    def _market_change(self, mc: object, pt: int) -> MarketUpdate | None:
+        raw_id, definition, ops = _parse_change(mc)
+        assert isinstance(mc, dict)
+        image = mc.get("img") is True
         state = self.markets.get(raw_id)
-        if state is None or mc.get("img"):
-            state = self.markets[raw_id] = _Market(definition=dict(
-                state.definition if state and not mc.get("marketDefinition") else {}))
-        if "marketDefinition" in mc:
-            state.definition = dict(mc["marketDefinition"])
-        for rc in mc.get("rc") or []:
-            rid = str(rc["id"])
-            if "batb" in rc:
+        if state is None or image:
+            old = state.definition if state is not None else {}
+            state = self.markets[raw_id] = _Market(definition=dict(old))
+        if definition is not None:
+            state.definition = dict(definition)
+        for kind, rid, value in ops:
+            if kind == "batb":
+                level, ticks = value
                 levels = state.batb.setdefault(rid, {})
-                for level, price, size in rc["batb"]:
-                    if size == 0:
-                        levels.pop(int(level), None)
-                    else:
-                        levels[int(level)] = float(price)
-            if "atb" in rc:
+                if ticks:
+                    levels[level] = ticks
+                else:
+                    levels.pop(level, None)
+            else:
+                ticks, size = value
                 ladder = state.atb.setdefault(rid, {})
-                for price, size in rc["atb"]:
-                    if size == 0:
-                        ladder.pop(float(price), None)
-                    else:
-                        ladder[float(price)] = float(size)
+                if size > 0:
+                    ladder[ticks] = size
+                else:
+                    ladder.pop(ticks, None)
+        # Several messages may share one pt: order them within the millisecond.
+        if pt == state.last_pt:
+            state.same_pt = min(state.same_pt + 1, 999)
+        elif pt > state.last_pt:
+            state.last_pt, state.same_pt = pt, 0
+        seq = pt * 1000 + (state.same_pt if pt == state.last_pt else 0)
         d = state.definition
         if not d:
-            return None  # no definition yet: nothing we can create
-        status = STATUS.get(str(d.get("status", "OPEN")), "suspended")
+            return None  # no definition yet: nothing we can create or name
+        market_id = self.ours.get(raw_id) or self.mapping.market(raw_id, PROVIDER)
+        status = STATUS[str(d.get("status", "OPEN"))]
         runners = d.get("runners") or []
         if status == "closed" and (d.get("settledTime") or any(
-                r.get("status") in ("WINNER", "LOSER") for r in runners)):
+                r.get("status") in ("WINNER", "LOSER", "PLACED") for r in runners)):
             status = "settled"
         sels: dict[str, dict[str, Any]] = {}
         for r in runners:
@@ -124,22 +238,27 @@ class StreamState:
             price = self._best_back(state, rid)
             if price is None:
                 continue  # no price offered: leave the runner out until one arrives
-            sel: dict[str, Any] = {"name": str(r.get("name") or f"runner {rid}"),
-                                   "price": from_decimal(price), "status": "active"}
+            sel: dict[str, Any] = {"name": str(r.get("name") or f"runner {rid}")[:256],
+                                   "price": price, "status": "active"}
             if r.get("hc") is not None:
                 sel["point"] = r["hc"]
             sels[sid] = sel
-        fields = {"event": self.mapping.event(d.get("eventId", raw_id), PROVIDER),
-                  "sport": safe_id(d.get("eventTypeId", "betfair")),
-                  "name": str(d.get("name") or f"market {raw_id}"),
-                  "status": status, "in_play": bool(d.get("inPlay", False)),
+        event = d.get("eventId")
+        if event is None:
+            raise ValueError("marketDefinition needs eventId")
+        fields = {"event": self.mapping.event(event, PROVIDER),
+                  "sport": self.mapping.sport(d.get("eventTypeId", "betfair")),
+                  "name": str(d.get("name") or d.get("marketType") or f"market {raw_id}")[:256],
+                  "kind": _kind(d.get("marketType"), self.mapping),
+                  "status": status, "in_play": d.get("inPlay", False),
                   "bet_delay_ms": int(d.get("betDelay", 0)) * 1000}
-        return MarketUpdate(market=self.mapping.market(raw_id, PROVIDER), fields=fields,
-                            selections=sels, create=True, replace=bool(mc.get("img")), ts=pt,
-                            seq=pt)
+        update = MarketUpdate(market=market_id, fields=fields, selections=sels, create=True,
+                              replace=image, ts=pt, seq=seq)
+        self.ours[raw_id] = market_id
+        return update
 
     @staticmethod
-    def _best_back(state: _Market, rid: str) -> float | None:
+    def _best_back(state: _Market, rid: str) -> int | None:
         levels = state.batb.get(rid)
         if levels:
             return levels[min(levels)]
@@ -148,10 +267,15 @@ class StreamState:
             return max(ladder)
         return None
 
-    def subscription(self, market_filter: dict[str, Any]) -> dict[str, Any]:
-        """The marketSubscription to send (re)connecting: resumes from the last clocks."""
-        msg: dict[str, Any] = {"op": "marketSubscription", "id": 1, "marketFilter": market_filter,
-                               "heartbeatMs": self.heartbeat_ms}
+    def market_ids(self) -> list[str]:
+        """Our ids of every market this stream has produced."""
+        return list(self.ours.values())
+
+    def subscription(self, market_filter: dict[str, Any], *, request_id: int = 1
+                     ) -> dict[str, Any]:
+        """The marketSubscription to send on (re)connect: it resumes from the last clocks."""
+        msg: dict[str, Any] = {"op": "marketSubscription", "id": request_id,
+                               "marketFilter": market_filter, "heartbeatMs": self.heartbeat_ms}
         if self.initial_clk:
             msg["initialClk"] = self.initial_clk
         if self.clk:
@@ -159,57 +283,167 @@ class StreamState:
         return msg
 
 
-async def run_stream(host: str, port: int, state: StreamState,
+# ------------------------------------------------------------------ I/O
+
+
+class _Link(Protocol):
+    async def readline(self) -> bytes: ...
+    async def send(self, data: bytes) -> None: ...
+    async def close(self) -> None: ...
+
+
+class _TcpLink:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def readline(self) -> bytes:
+        try:
+            return await self.reader.readline()
+        except ValueError:  # a line over the limit: drop the link, the feed is broken
+            raise ConnectionError("line too long") from None
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data + b"\r\n")
+        await self.writer.drain()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+class _WsLink:
+    """One JSON message per WebSocket message (several lines in one message are split)."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.pending: list[bytes] = []
+
+    async def readline(self) -> bytes:
+        while not self.pending:
+            try:
+                data = await self.ws.recv()
+            except WebSocketException:
+                return b""
+            raw = data.encode() if isinstance(data, str) else data
+            self.pending = [x + b"\n" for x in raw.splitlines() if x.strip()]
+        return self.pending.pop(0)
+
+    async def send(self, data: bytes) -> None:
+        await self.ws.send(data.decode())
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+async def _open(address: str) -> _Link:
+    if address.startswith(("ws://", "wss://")):
+        return _WsLink(await ws_connect(address, max_size=MAX_LINE_BYTES, open_timeout=10))
+    host, _, port = address.rpartition(":")
+    reader, writer = await asyncio.open_connection(host or "127.0.0.1", int(port),
+                                                   limit=MAX_LINE_BYTES)
+    return _TcpLink(reader, writer)
+
+
+async def run_stream(address: str, state: StreamState,
                      on_updates: Callable[[list[MarketUpdate]], Awaitable[None]],
                      on_bad: Callable[[ProviderDataError], None], *,
+                     stop: asyncio.Event,
                      market_filter: dict[str, Any] | None = None,
-                     stop: asyncio.Event | None = None, max_backoff_s: float = 30.0,
-                     on_connect: Callable[[int], None] | None = None) -> None:
-    """Connect, subscribe (with clocks after a reconnect), and feed messages until ``stop``.
+                     authentication: dict[str, Any] | None = None,
+                     on_alive: Callable[[], Awaitable[None]] | None = None,
+                     on_raw: Callable[[Any], None] | None = None,
+                     min_backoff_s: float = 0.1, max_backoff_s: float = 30.0,
+                     rng: random.Random | None = None) -> int:
+    """Stream from ``address`` (``HOST:PORT`` for TCP, or a ``ws://`` URL) until ``stop``.
 
-    A link silent for 3 heartbeats is dropped and reconnected with jittered backoff.
+    Sends ``authentication`` (if given) and the subscription on every connect, with the last
+    clocks after a reconnect. Good updates go to ``on_updates``, bad data to ``on_bad``,
+    heartbeats and other signs of life to ``on_alive``, and each raw message to ``on_raw``
+    (for recording). Returns the number of connections made.
     """
-    backoff = 0.1
+    rng = rng or random.Random()
+    backoff = min_backoff_s
     connects = 0
-    while stop is None or not stop.is_set():
+    while not stop.is_set():
         try:
-            reader, writer = await asyncio.open_connection(host, port, limit=2**22)
-        except OSError as exc:
-            log.warning("stream connect failed", error=str(exc))
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, max_backoff_s)
-            continue
-        connects += 1
-        if on_connect:
-            on_connect(connects)
-        try:
-            writer.write(json.dumps(state.subscription(market_filter or {})).encode() + b"\n")
-            await writer.drain()
-            backoff = 0.1
-            while stop is None or not stop.is_set():
-                silent_s = 3 * state.heartbeat_ms / 1000
-                try:
-                    line = await asyncio.wait_for(reader.readline(), silent_s)
-                except TimeoutError:
-                    log.warning("stream silent: reconnecting", silent_s=silent_s)
-                    break
-                if not line:
-                    break  # closed by the provider
-                try:
-                    msg = json.loads(line)
-                    updates = state.on_message(msg)
-                except ValueError:
-                    on_bad(ProviderDataError("malformed JSON line", provider=PROVIDER,
-                                             raw=line[:300]))
-                    continue
-                except ProviderDataError as exc:
-                    on_bad(exc)
-                    continue
-                if updates:
-                    await on_updates(updates)
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            log.warning("stream dropped", error=str(exc))
-        finally:
-            writer.close()
-        await asyncio.sleep(backoff * (0.5 + random.random()))
+            link = await _open(address)
+        except (OSError, WebSocketException, TimeoutError, ValueError) as exc:
+            log.warning("stream connect failed", address=address, error=str(exc))
+        else:
+            connects += 1
+            log.info("stream connected", address=address, connects=connects,
+                     resume=state.clk is not None)
+            try:
+                if authentication:
+                    await link.send(json.dumps(authentication).encode())
+                await link.send(json.dumps(state.subscription(market_filter or {},
+                                                              request_id=connects)).encode())
+                if await _read(link, state, on_updates, on_bad, on_alive, on_raw, stop):
+                    backoff = min_backoff_s  # the link carried data: start backoff afresh
+            except (OSError, asyncio.IncompleteReadError, WebSocketException) as exc:
+                log.warning("stream dropped", address=address, error=str(exc))
+            finally:
+                with contextlib.suppress(OSError, WebSocketException):
+                    await link.close()
+        if stop.is_set():
+            break
+        wait = backoff * (0.5 + rng.random())  # jitter: reconnects do not arrive in step
         backoff = min(backoff * 2, max_backoff_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), wait)
+    return connects
+
+
+async def _read(link: _Link, state: StreamState,
+                on_updates: Callable[[list[MarketUpdate]], Awaitable[None]],
+                on_bad: Callable[[ProviderDataError], None],
+                on_alive: Callable[[], Awaitable[None]] | None,
+                on_raw: Callable[[Any], None] | None, stop: asyncio.Event) -> bool:
+    """Read one connection until it ends, goes silent or ``stop``; True if it carried data."""
+    got = False
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        while not stop.is_set():
+            silent_s = 3 * state.heartbeat_ms / 1000
+            reader = asyncio.ensure_future(link.readline())
+            done, _ = await asyncio.wait([reader, stopper], timeout=silent_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if reader not in done:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+                if not stop.is_set():
+                    log.warning("stream silent past 3 heartbeats: reconnecting",
+                                silent_s=silent_s)
+                return got
+            line = reader.result()
+            if not line:
+                return got  # closed by the provider
+            got = True
+            try:
+                msg = json.loads(line)
+            except (ValueError, UnicodeDecodeError):
+                on_bad(_bad("malformed or truncated JSON line",
+                            line[:300].decode("utf-8", "replace")))
+                continue
+            if on_raw:
+                on_raw(msg)
+            try:
+                out = state.on_message(msg)
+            except ProviderDataError as exc:
+                on_bad(exc)
+                continue
+            for err in out.errors:
+                on_bad(err)
+            if out.updates:
+                await on_updates(out.updates)
+            if on_alive is not None:
+                # Any good message proves the link live; a busy link sends no heartbeats,
+                # so quiet markets on it are still current.
+                await on_alive()
+            if out.closed:
+                return got
+    finally:
+        stopper.cancel()
+    return got

@@ -1,18 +1,23 @@
 """Running one adapter against the store: the wiring behind `oddsfeed ingest ADAPTER` and
-`oddsfeed record ADAPTER` (the CLI calls :func:`run_adapter`)."""
+`oddsfeed record ADAPTER` (the CLI calls :func:`run_adapter`). It owns no provider format.
+
+Each adapter feeds one :class:`~ingest.runner.FeedRunner` whose source is
+``<adapter>:<feed id>``; the runner's watcher suspends markets whose source went silent.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from oddsfeed.auth import Authenticator
 from oddsfeed.errors import ProviderDataError
@@ -20,15 +25,18 @@ from oddsfeed.model import MarketUpdate
 from oddsfeed.settings import Settings
 
 from .betfair import StreamState, run_stream
-from .normalised import Mapping
+from .normalised import Mapping, to_message
 from .oddsapi import Poller, normalize_event
 from .push import build_push_app
 from .replay import Normalizer, replay
 from .runner import Applier, FeedRunner
-from .simulator import Simulator, SimulatorConfig
+from .simulator import SimulatorConfig, run_simulator
 
 ADAPTERS = ("simulator", "replay", "http-poll", "stream", "push")
+PROVIDERS = {"http-poll": "oddsapi", "stream": "betfair", "push": "push",
+             "simulator": "simulator"}
 log = structlog.get_logger("oddsfeed.ingest")
+Recorder = Callable[[str, Any], None]
 
 
 class _Recording:
@@ -38,108 +46,155 @@ class _Recording:
         return None
 
 
+def load_mappings(path: Path) -> dict[str, Mapping]:
+    """Every provider's mapping from a mappings file (empty when there is no file); raises
+    ValueError for a bad one."""
+    if not path.is_file():
+        return {}
+    text = path.read_text(encoding="utf-8")
+    try:
+        names = list(tomllib.loads(text).get("providers", {}))
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return {name: Mapping.from_toml(text, name) for name in names}
+
+
+async def _serve_metrics(host: str, port: int) -> web.AppRunner:
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info("ingest metrics ready", url=f"http://{host}:{port}/metrics")
+    return runner
+
+
 async def run_adapter(adapter: str, opts: dict[str, Any], store: Applier, settings: Settings,
-                      *, stop: asyncio.Event,
-                      recorder: Callable[[str, Any], None] | None = None) -> FeedRunner:
-    """Run one adapter until ``stop`` (or its input ends); returns its runner (counts)."""
-    feed_id = opts.get("feed_id") or "1"
-    runner = FeedRunner(store if recorder is None else _Recording(),
-                        f"{adapter}:{feed_id}", staleness_s=settings.ingest.staleness_s)
-    mapping = Mapping()
-    mapping_path = Path(settings.ingest.mapping_file)
-    provider = {"http-poll": "oddsapi", "stream": "betfair"}.get(adapter, adapter)
-    if mapping_path.is_file():  # noqa: ASYNC240 - read once at start-up
-        text = mapping_path.read_text(encoding="utf-8")  # noqa: ASYNC240 - as above
-        mapping = Mapping.from_toml(text, provider)
-    watcher = asyncio.create_task(runner.watch()) if adapter != "replay" else None
+                      *, stop: asyncio.Event, recorder: Recorder | None = None,
+                      mappings: dict[str, Mapping] | None = None) -> FeedRunner:
+    """Run one adapter until ``stop`` is set (or its input ends); returns its runner, whose
+    ``counts`` say what happened. With ``recorder`` nothing is applied: every raw provider
+    message is handed to it instead (`oddsfeed record`).
 
-    async def submit_all(updates: list[MarketUpdate]) -> None:
-        for u in updates:
-            await runner.submit(u)
-
+    ``opts`` are the CLI options: ``feed_id``, ``file``/``speed`` (replay), ``url``/
+    ``bookmaker``/``odds_format``/``interval``/``timeout`` (http-poll), ``address``/
+    ``filter`` (stream), ``port`` (push), ``events``/``seed``/``rate`` (simulator),
+    ``metrics_port`` (0: no metrics endpoint).
+    """
+    if adapter not in ADAPTERS:
+        raise ValueError(f"unknown adapter {adapter!r}; use one of {', '.join(ADAPTERS)}")
+    feed_id = str(opts.get("feed_id") or "1")
+    source = f"{adapter}:{feed_id}"
+    runner = FeedRunner(store if recorder is None else _Recording(), source,
+                        staleness_s=settings.ingest.staleness_s)
+    if mappings is None:
+        mappings = load_mappings(Path(settings.ingest.mapping_file))
+    mapping = mappings.get(PROVIDERS.get(adapter, adapter), Mapping())
+    metrics_runner = None
+    if opts.get("metrics_port"):
+        metrics_runner = await _serve_metrics(settings.server.host, int(opts["metrics_port"]))
+    watcher = None
+    if adapter != "replay" and recorder is None:
+        watcher = asyncio.create_task(runner.watch(stop=stop), name=f"health {source}")
+    log.info("ingest starting", adapter=adapter, source=source,
+             staleness_s=settings.ingest.staleness_s)
     try:
         if adapter == "simulator":
-            cfg = SimulatorConfig(events=int(opts.get("events") or settings.demo.events),
-                                  seed=int(opts.get("seed") or settings.demo.seed),
-                                  rate_per_s=float(opts.get("rate") or settings.demo.rate_per_s),
-                                  source=f"sim:{feed_id}")
-            sim = Simulator(cfg, start_ms=int(time.time() * 1000))
-            interval = 1 / cfg.rate_per_s
-            batch = sim.initial()
-            while not stop.is_set():
-                if recorder:
-                    for u in batch:
-                        recorder("push", _as_message(u))
-                await submit_all(batch)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), interval)
-                batch = sim.step()
+            await _simulator(runner, opts, settings, stop, recorder)
         elif adapter == "replay":
-            path = Path(opts["file"])
-            with path.open(encoding="utf-8") as fh:  # noqa: ASYNC230 - a local file, read lazily
+            normalizer = Normalizer(mappings, bookmaker=opts.get("bookmaker") or "",
+                                    odds_format=opts.get("odds_format") or "decimal")
+            with Path(opts["file"]).open(encoding="utf-8") as fh:  # noqa: ASYNC230 - read lazily, line by line
                 await replay(fh, runner.submit, runner.bad, speed=float(opts.get("speed", 1.0)),
-                             normalizer=Normalizer(mapping, bookmaker=opts.get("bookmaker", ""),
-                                                   odds_format=opts.get("odds_format",
-                                                                        "decimal")))
+                             normalizer=normalizer, stop=stop)
         elif adapter == "http-poll":
-            bookmaker, fmt = opts.get("bookmaker", ""), opts.get("odds_format", "decimal")
-
-            async def on_events(events: list[Any]) -> None:
-                now = int(time.time() * 1000)
-                for ev in events:
-                    if recorder:
-                        recorder("oddsapi", ev)
-                    try:
-                        await submit_all(normalize_event(ev, bookmaker=bookmaker,
-                                                         odds_format=fmt, now_ms=now,
-                                                         mapping=mapping))
-                    except ProviderDataError as exc:
-                        runner.bad(exc, ev)
-
-            await Poller(opts["url"], on_events, interval_s=float(opts.get("interval", 5.0)),
-                         timeout_s=float(opts.get("timeout", 10.0))).run(stop)
+            await _http_poll(runner, opts, mapping, stop, recorder)
         elif adapter == "stream":
             state = StreamState(mapping=mapping)
 
             async def on_updates(updates: list[MarketUpdate]) -> None:
-                await submit_all(updates)
+                for u in updates:
+                    await runner.submit(u)
 
-            def on_bad(exc: ProviderDataError) -> None:
-                runner.bad(exc)
-
-            host, _, port = str(opts["address"]).rpartition(":")
-            await run_stream(host or "127.0.0.1", int(port), state, on_updates, on_bad,
-                             market_filter=json.loads(opts.get("filter") or "{}"), stop=stop)
+            await run_stream(str(opts["address"]), state, on_updates, runner.bad, stop=stop,
+                             market_filter=json.loads(opts.get("filter") or "{}"),
+                             on_alive=runner.alive,
+                             on_raw=(lambda m: recorder("betfair", m)) if recorder else None)
         elif adapter == "push":
+            port = int(opts.get("port") or 8090)
             app = build_push_app(runner, Authenticator(settings.auth),
-                                 max_body_bytes=settings.api.max_body_bytes)
+                                 max_body_bytes=settings.api.max_body_bytes, mapping=mapping,
+                                 recorder=recorder)
             app_runner = web.AppRunner(app, access_log=None)
             await app_runner.setup()
-            site = web.TCPSite(app_runner, settings.server.host, int(opts.get("port") or 8090))
-            await site.start()
-            log.info("push endpoint ready", port=int(opts.get("port") or 8090))
+            await web.TCPSite(app_runner, settings.server.host, port).start()
+            log.info("push endpoint ready", url=f"http://{settings.server.host}:{port}/v1/push")
             try:
                 await stop.wait()
             finally:
                 await app_runner.cleanup()
-        else:
-            raise ValueError(f"unknown adapter {adapter!r}; use one of {', '.join(ADAPTERS)}")
     finally:
         if watcher is not None:
             watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
+        log.info("ingest stopped", **runner.health())
     return runner
 
 
-def _as_message(u: MarketUpdate) -> dict[str, Any]:
-    msg: dict[str, Any] = {"market": u.market, **u.fields,
-                           "selections": {k: dict(v) for k, v in u.selections.items()}}
-    if u.ts is not None:
-        msg["ts"] = u.ts
-    if u.seq is not None:
-        msg["seq"] = u.seq
-    if u.replace:
-        msg["replace"] = True
-    for sel in msg["selections"].values():
-        if "price" in sel:
-            sel["price"] = {"decimal": str(sel["price"] / 10_000)}
-    return msg
+class _SubmitAll:
+    """The simulator's store: records each update (when recording) and submits it."""
+
+    def __init__(self, runner: FeedRunner, recorder: Recorder | None) -> None:
+        self.runner, self.recorder = runner, recorder
+
+    async def apply(self, update: MarketUpdate) -> Any:
+        if self.recorder is not None:
+            self.recorder("simulator", to_message(update))
+        return await self.runner.submit(update)
+
+
+async def _simulator(runner: FeedRunner, opts: dict[str, Any], settings: Settings,
+                     stop: asyncio.Event, recorder: Recorder | None) -> None:
+    events = opts.get("events")
+    seed = opts.get("seed")
+    cfg = SimulatorConfig(events=int(events if events is not None else settings.demo.events),
+                          seed=int(seed if seed is not None else settings.demo.seed),
+                          rate_per_s=float(opts.get("rate") or settings.demo.rate_per_s))
+    await run_simulator(_SubmitAll(runner, recorder), cfg, stop=stop,
+                        start_ms=int(time.time() * 1000))
+
+
+async def _http_poll(runner: FeedRunner, opts: dict[str, Any], mapping: Mapping,
+                     stop: asyncio.Event, recorder: Recorder | None) -> None:
+    bookmaker = opts.get("bookmaker") or ""
+    fmt = opts.get("odds_format") or "decimal"
+    markets: set[str] = set()
+
+    async def on_events(events: list[Any]) -> None:
+        now = int(time.time() * 1000)
+        for ev in events:
+            if recorder:
+                recorder("oddsapi", ev)
+            try:
+                updates = normalize_event(ev, bookmaker=bookmaker, odds_format=fmt,
+                                          now_ms=now, mapping=mapping)
+            except ProviderDataError as exc:
+                runner.bad(exc, ev)
+                continue
+            for u in updates:
+                markets.add(u.market)
+                await runner.submit(u)
+
+    async def on_not_modified() -> None:
+        await runner.alive(markets)
+
+    poller = Poller(str(opts["url"]), on_events, interval_s=float(opts.get("interval") or 5.0),
+                    timeout_s=float(opts.get("timeout") or 10.0),
+                    on_not_modified=on_not_modified, on_bad=runner.bad)
+    await poller.run(stop)

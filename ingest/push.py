@@ -1,23 +1,39 @@
-"""The push adapter: providers POST batches of normalised JSON (scope odds:write)."""
+"""The push adapter: an authenticated endpoint where providers POST batches of our normalised
+JSON (bearer JWT with scope ``odds:write``). Must not write to the store except through the
+runner.
+
+``POST /v1/push`` with ``{"messages": [<message>, ...]}`` (see :mod:`ingest.normalised`)
+answers ``200 {"results": [{"ok": bool, "outcome"?: str, "error"?: str}, ...]}``, one result
+per message in order; a bad message is skipped and the rest of the batch still applies.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
 from oddsfeed.auth import WRITE, Authenticator, AuthError
 from oddsfeed.errors import ProviderDataError
 
-from .normalised import normalize_message
+from .normalised import Mapping, normalize_message
 from .runner import FeedRunner
 
 MAX_BATCH = 1000
+_ACCEPTED = ("created", "changed", "noop", "outoforder")
+
+
+def _problem(status: int, title: str, detail: str) -> web.Response:
+    return web.json_response({"title": title, "status": status, "detail": detail},
+                             status=status, content_type="application/problem+json")
 
 
 def build_push_app(runner: FeedRunner, auth: Authenticator, *,
-                   max_body_bytes: int = 1 << 20) -> web.Application:
-    """``POST /v1/push`` with ``{"messages": [...]}`` -> ``{"results": [{ok, error?}]}``."""
+                   max_body_bytes: int = 1 << 20, mapping: Mapping | None = None,
+                   recorder: Callable[[str, Any], None] | None = None) -> web.Application:
+    """The aiohttp app of the push endpoint, writing through ``runner``."""
 
     async def push(request: web.Request) -> web.Response:
         header = request.headers.get("Authorization", "")
@@ -26,37 +42,40 @@ def build_push_app(runner: FeedRunner, auth: Authenticator, *,
                 raise AuthError("a bearer token is required")
             principal = auth.verify(header[7:].strip())
         except AuthError as exc:
-            return web.json_response({"title": "unauthorized", "status": 401,
-                                      "detail": str(exc)}, status=401,
-                                     content_type="application/problem+json")
+            resp = _problem(401, "unauthorized", str(exc))
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="oddsfeed"'
+            return resp
         if not principal.can(WRITE):
-            return web.json_response({"title": "forbidden", "status": 403,
-                                      "detail": "the token lacks scope odds:write"},
-                                     status=403, content_type="application/problem+json")
+            return _problem(403, "forbidden", "the token lacks scope odds:write")
         if request.content_type != "application/json":
-            return web.json_response({"title": "unsupported media type", "status": 415},
-                                     status=415, content_type="application/problem+json")
+            return _problem(415, "unsupported media type", "send application/json")
         try:
             body = json.loads(await request.read())
             messages = body["messages"]
             if not isinstance(messages, list) or len(messages) > MAX_BATCH:
                 raise ValueError
         except (ValueError, KeyError, TypeError):
-            return web.json_response({"title": "invalid request body", "status": 400,
-                                      "detail": f"send {{messages: [...]}} (at most {MAX_BATCH})"},
-                                     status=400, content_type="application/problem+json")
-        results = []
+            return _problem(400, "invalid request body",
+                            f"send {{\"messages\": [...]}} with at most {MAX_BATCH} messages")
+        except web.HTTPRequestEntityTooLarge:
+            return _problem(413, "payload too large", f"at most {max_body_bytes} bytes")
+        results: list[dict[str, Any]] = []
         for msg in messages:
+            if recorder is not None:
+                recorder("push", msg)
             try:
-                update = normalize_message(msg, provider=runner.source)
+                update = normalize_message(msg, provider=runner.source, mapping=mapping)
             except ProviderDataError as exc:
                 runner.bad(exc, msg)
                 results.append({"ok": False, "error": str(exc)})
                 continue
             outcome = await runner.submit(update)
-            name = type(outcome).__name__.lower() if outcome is not None else "bad"
-            ok = name in ("created", "changed", "noop", "outoforder")
-            results.append({"ok": ok, "outcome": name})
+            name = type(outcome).__name__.lower() if outcome is not None else "recorded"
+            result: dict[str, Any] = {"ok": name in _ACCEPTED or outcome is None,
+                                      "outcome": name}
+            if hasattr(outcome, "reason"):
+                result["error"] = f"{outcome.reason}: {outcome.message}"
+            results.append(result)
         return web.json_response({"results": results})
 
     app = web.Application(client_max_size=max_body_bytes)

@@ -1,13 +1,19 @@
 """The feed runner: every adapter's updates go through here into the store's one atomic
-apply path, with bad provider data counted and skipped, and feed health: a market whose
-source went silent past the staleness limit is suspended, and reopened by the next good
-update from that source. No dead price is ever shown as live."""
+apply path, with bad provider data logged, counted and skipped, and feed health. It must not
+parse provider formats (the provider modules do) nor write anything but MarketUpdates.
+
+Feed health: a market whose source has been silent longer than the staleness limit is
+suspended (through ``store.apply``, source ``<source>:health``), and reopened by the next
+good update or sign of life from that source, so no client is shown a dead price as live.
+Only markets the source itself left open are suspended and reopened: a market the provider
+suspended stays suspended.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,108 +26,215 @@ from oddsfeed.model import MarketUpdate
 
 log = structlog.get_logger("oddsfeed.ingest")
 
-MESSAGES = Counter("oddsfeed_ingest_messages_total", "provider messages by outcome",
+MESSAGES = Counter("oddsfeed_ingest_messages_total",
+                   "normalised updates by outcome (applied, noop, out_of_order, rejected, bad)",
                    ["source", "outcome"])
-BAD = Counter("oddsfeed_ingest_bad_messages_total", "provider messages skipped as bad",
+BAD = Counter("oddsfeed_ingest_bad_messages_total", "provider messages skipped as bad data",
               ["source"])
-LAG = Gauge("oddsfeed_ingest_lag_seconds", "receive time minus provider time of the last "
-            "update", ["source"], multiprocess_mode="max")
-STALE = Gauge("oddsfeed_ingest_stale_markets", "markets suspended for a silent feed",
-              ["source"], multiprocess_mode="max")
+LAG = Gauge("oddsfeed_ingest_lag_seconds",
+            "receive time minus provider time of the last applied update", ["source"],
+            multiprocess_mode="max")
+LAST = Gauge("oddsfeed_ingest_last_message_timestamp_seconds",
+             "unix time of the last good message or heartbeat from the source", ["source"],
+             multiprocess_mode="max")
+STALE = Gauge("oddsfeed_ingest_stale_markets",
+              "markets currently suspended because their source went silent", ["source"],
+              multiprocess_mode="max")
+HEALTHY = Gauge("oddsfeed_ingest_healthy",
+                "1 while the source is live (no market stale-suspended), else 0", ["source"],
+                multiprocess_mode="min")
+
+HEALTH_SOURCE_SUFFIX = ":health"
+_STORE_RETRIES = 6
 
 
 class Applier(Protocol):
+    """What the runner needs of the store (``oddsfeed.store.Store`` has it)."""
+
     async def apply(self, update: MarketUpdate) -> Any: ...
+
+
+def _sleep_default(s: float) -> Awaitable[None]:
+    return asyncio.sleep(s)
 
 
 @dataclass
 class FeedRunner:
-    """Applies one source's updates; call :meth:`submit` per update, :meth:`bad` per bad
-    message, and run :meth:`watch` as a task for staleness. ``clock`` returns seconds."""
+    """Applies one source's updates to the store and watches the source's health.
+
+    Call :meth:`submit` per normalised update, :meth:`bad` per bad provider message,
+    :meth:`alive` when the source shows it is live without new data (a heartbeat, a 304),
+    and run :meth:`watch` as a task (or call :meth:`check_staleness`) for staleness.
+    ``clock`` returns unix seconds; inject one in tests.
+    """
 
     store: Applier
     source: str
     staleness_s: float = 30.0
     clock: Callable[[], float] = time.time
+    sleep: Callable[[float], Awaitable[Any]] = _sleep_default
     last_seen: dict[str, float] = field(default_factory=dict)
+    status: dict[str, str] = field(default_factory=dict)  # market -> status in the store
     auto_suspended: set[str] = field(default_factory=set)
     counts: dict[str, int] = field(default_factory=dict)
+    last_message_s: float = 0.0
+    source_alive_s: float = 0.0  # the whole source showed life (a stream's heartbeat)
+    lag_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        HEALTHY.labels(self.source).set(1)
+        STALE.labels(self.source).set(0)
 
     def _count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
         MESSAGES.labels(self.source, outcome).inc()
 
     def bad(self, exc: ProviderDataError | InvalidInput, raw: object = None) -> None:
-        """Log and count a bad provider message; it is skipped."""
+        """Log (with the raw excerpt) and count one bad provider message; it is skipped."""
         self._count("bad")
         BAD.labels(self.source).inc()
-        excerpt = getattr(exc, "raw", None) or (repr(raw)[:300] if raw is not None else "")
-        log.warning("bad provider message skipped", source=self.source, error=str(exc),
-                    raw=excerpt)
+        excerpt = getattr(exc, "raw", "") or (repr(raw)[:500] if raw is not None else "")
+        log.warning("bad provider data skipped", source=self.source,
+                    provider=getattr(exc, "provider", ""), error=str(exc), raw=excerpt)
+
+    def _heard(self, now: float) -> None:
+        self.last_message_s = now
+        LAST.labels(self.source).set(now)
 
     async def submit(self, update: MarketUpdate) -> Any:
-        """Apply one normalised update (adding this runner's source); returns the outcome."""
+        """Apply one normalised update under this runner's source (whatever source the
+        update named); returns the store's outcome (None when the update was invalid and
+        skipped as bad data).
+
+        A market this runner suspended for staleness is reopened by the update unless the
+        update sets a status itself. Raises StoreError when the store stays unreachable.
+        """
         now = self.clock()
-        fields = dict(update.fields)
         mid = update.market
+        fields = dict(update.fields)
         if mid in self.auto_suspended and "status" not in fields:
             fields["status"] = "open"  # the feed spoke again: reopen what we suspended
         try:
             upd = MarketUpdate(market=mid, fields=fields, selections=update.selections,
                                replace=update.replace, create=update.create, ts=update.ts,
-                               source=update.source or self.source, seq=update.seq)
+                               source=self.source, seq=update.seq)
         except InvalidInput as exc:
             self.bad(exc, update)
             return None
-        try:
-            outcome = await self.store.apply(upd)
-        except StoreError as exc:
-            self._count("store_error")
-            log.error("store write failed", source=self.source, market=mid, error=str(exc))
-            raise
+        outcome = await self._apply(upd)
+        self._heard(now)
         if isinstance(outcome, Rejected):
             self._count("rejected")
             log.warning("update rejected", source=self.source, market=mid,
-                        reason=outcome.reason, detail=outcome.message)
+                        reason=outcome.reason, detail=outcome.message, path=outcome.path)
         elif isinstance(outcome, (Created, Changed, NoOp)):
-            self._count("applied" if not isinstance(outcome, NoOp) else "noop")
+            self._count("noop" if isinstance(outcome, NoOp) else "applied")
             self.last_seen[mid] = now
-            self.auto_suspended.discard(mid)
+            self.status[mid] = outcome.market.status
+            if mid in self.auto_suspended:
+                self.auto_suspended.discard(mid)
+                log.info("feed live again: market reopened", source=self.source, market=mid)
+                self._publish_health()
             if upd.ts is not None:
-                LAG.labels(self.source).set(max(0.0, now - upd.ts / 1000))
+                self.lag_s = max(0.0, now - upd.ts / 1000)
+                LAG.labels(self.source).set(self.lag_s)
         elif outcome is None:
             self._count("recorded")
-        else:
+        else:  # OutOfOrder: a duplicate or replay, harmless; the source is still alive
             self._count("out_of_order")
+            if mid in self.last_seen:
+                self.last_seen[mid] = now
+            if mid in self.auto_suspended:
+                await self._reopen([mid])
         return outcome
 
-    def touch(self, markets: Iterable[str]) -> None:
-        """The source is alive for these markets (a heartbeat) though nothing changed."""
+    async def _apply(self, update: MarketUpdate) -> Any:
+        # A store outage blocks the adapter (backpressure, no queue) for a bounded time.
+        delay = 0.1
+        for attempt in range(_STORE_RETRIES):
+            try:
+                return await self.store.apply(update)
+            except StoreError as exc:
+                if attempt == _STORE_RETRIES - 1:
+                    self._count("store_error")
+                    log.error("store write failed: giving up", source=self.source,
+                              market=update.market, error=str(exc))
+                    raise
+                log.warning("store write failed: retrying", source=self.source,
+                            market=update.market, error=str(exc), retry_in_s=delay)
+                await self.sleep(delay)
+                delay = min(delay * 3, 5.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def alive(self, markets: Iterable[str] | None = None) -> None:
+        """The source is live (heartbeat, 304, unchanged data) though nothing changed:
+        refresh ``markets`` (None: every market of this source, in O(1)) and reopen those
+        that were suspended for staleness."""
         now = self.clock()
-        for m in markets:
-            if m in self.last_seen:
+        self._heard(now)
+        if markets is None:
+            self.source_alive_s = now
+            wanted = list(self.auto_suspended)
+        else:
+            wanted = [m for m in markets if m in self.last_seen]
+            for m in wanted:
                 self.last_seen[m] = now
+        await self._reopen([m for m in wanted if m in self.auto_suspended])
+
+    async def _reopen(self, markets: list[str]) -> None:
+        for m in markets:
+            out = await self._apply(MarketUpdate(market=m, fields={"status": "open"},
+                                                 source=self.source + HEALTH_SOURCE_SUFFIX))
+            self.auto_suspended.discard(m)
+            if isinstance(out, (Created, Changed, NoOp)):
+                self.status[m] = out.market.status
+            log.info("feed live again: market reopened", source=self.source, market=m)
+        if markets:
+            self._publish_health()
+
+    def _publish_health(self) -> None:
+        STALE.labels(self.source).set(len(self.auto_suspended))
+        HEALTHY.labels(self.source).set(0 if self.auto_suspended else 1)
 
     async def check_staleness(self) -> list[str]:
-        """Suspend every market this source has been silent on past the limit."""
+        """Suspend every open market this source has been silent on past the limit;
+        returns the markets suspended by this call."""
         now = self.clock()
+        alive = self.source_alive_s
         stale = [m for m, t in self.last_seen.items()
-                 if now - t > self.staleness_s and m not in self.auto_suspended]
+                 if now - max(t, alive) > self.staleness_s and m not in self.auto_suspended
+                 and self.status.get(m) == "open"]
         for m in stale:
-            out = await self.store.apply(MarketUpdate(
-                market=m, fields={"status": "suspended"}, source=f"{self.source}:health"))
-            if not isinstance(out, Rejected):
+            out = await self._apply(MarketUpdate(market=m, fields={"status": "suspended"},
+                                                 source=self.source + HEALTH_SOURCE_SUFFIX))
+            if isinstance(out, (Created, Changed, NoOp)):
                 self.auto_suspended.add(m)
+                self.status[m] = out.market.status
                 log.warning("feed silent: market suspended", source=self.source, market=m,
-                            silent_s=round(now - self.last_seen[m], 1))
-        STALE.labels(self.source).set(len(self.auto_suspended))
+                            silent_s=round(now - max(self.last_seen[m], alive), 1),
+                            staleness_s=self.staleness_s)
+        self._publish_health()
         return stale
 
-    async def watch(self, interval_s: float = 1.0) -> None:
-        """Check staleness forever (run as a task)."""
-        while True:
-            await asyncio.sleep(interval_s)
+    def health(self) -> dict[str, Any]:
+        """A summary for logs: counts, lag, silence and stale markets."""
+        now = self.clock()
+        return {"source": self.source, "lag_s": round(self.lag_s, 3),
+                "silent_s": round(now - self.last_message_s, 1) if self.last_message_s else None,
+                "markets": len(self.last_seen), "stale_markets": len(self.auto_suspended),
+                "counts": dict(self.counts)}
+
+    async def watch(self, *, interval_s: float = 1.0, log_every_s: float = 60.0,
+                    stop: asyncio.Event | None = None) -> None:
+        """Check staleness every ``interval_s`` and log the source's health every
+        ``log_every_s`` until ``stop`` is set or the task is cancelled."""
+        logged = self.clock()
+        while stop is None or not stop.is_set():
+            await self.sleep(interval_s)
             try:
                 await self.check_staleness()
             except StoreError as exc:
                 log.error("staleness check failed", source=self.source, error=str(exc))
+            if self.clock() - logged >= log_every_s:
+                logged = self.clock()
+                log.info("feed health", **self.health())

@@ -3,43 +3,82 @@
 Pure part on top (a seeded model producing MarketUpdates tick by tick); the thin async
 driver at the bottom writes them through the store at a configured rate.
 
-Model: each event has home and away scoring rates; prices come from a Poisson model of the
-goals still to come, with a ~5% margin. Rates random-walk; goals suspend the event's
-markets for a tick and move prices sharply; events go in play with a bet delay, then close,
-settle, and are replaced by a new event so the demo never runs dry.
+Model: each event has home and away scoring rates; the prices of its markets (match result,
+total goals and handicap lines, see :data:`MARKETS`) come from a Poisson model of the goals
+still to come, with a ~5% margin. Rates random-walk; goals suspend the event's markets for
+1-3 ticks and move prices sharply; events go in play with a bet delay, then close, settle,
+and are replaced by a new event so the demo never runs dry. Must not read the clock or the
+environment in the pure part: start time and seed come in.
+
+Entry points: ``run_simulator(store, SimulatorConfig(events=, seed=, rate_per_s=), stop=,
+start_ms=)`` for `oddsfeed run`; ``updates_for(config, ticks)`` for tests and benchmarks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any, Protocol
 
 from oddsfeed.model import MarketUpdate
-from oddsfeed.prices import with_margin
+from oddsfeed.prices import MAX_PRICE, MIN_PRICE, SCALE
 
 TEAMS = ("Arsenal", "Barcelona", "Bayern", "Benfica", "Celtic", "Dortmund", "Inter", "Juventus",
          "Leipzig", "Liverpool", "Madrid", "Milan", "Napoli", "Porto", "PSG", "Roma", "Sevilla",
          "Sporting", "Ajax", "Chelsea", "Lyon", "Marseille", "Villarreal", "Feyenoord")
 MATCH_MINUTES = 90
-KINDS = ("1x2", "totals", "handicap")
+MAX_GOALS = 10  # goals still to come per team in the Poisson grid
+
+
+@dataclass(frozen=True)
+class MarketSpec:
+    """One market type of every simulated event: kind, line and market id suffix."""
+
+    kind: str
+    line: float
+    suffix: str
+
+
+# The first ``markets_per_event`` of these are offered on every event.
+MARKETS = (
+    MarketSpec("1x2", 0.0, "1x2"),
+    MarketSpec("totals", 2.5, "totals"),
+    MarketSpec("handicap", 1.5, "handicap"),  # home -1.5 / away +1.5
+    MarketSpec("totals", 1.5, "totals_1.5"),
+    MarketSpec("totals", 3.5, "totals_3.5"),
+    MarketSpec("handicap", 0.5, "handicap_0.5"),
+    MarketSpec("handicap", 2.5, "handicap_2.5"),
+)
+KINDS = tuple(dict.fromkeys(m.kind for m in MARKETS))
 
 
 @dataclass(frozen=True)
 class SimulatorConfig:
+    """The simulated feed: ``events`` live at a time, each with the first
+    ``markets_per_event`` of :data:`MARKETS`; ``rate_per_s`` ticks per second (a tick moves
+    one event and yields 0-7 updates); same ``seed``, same updates."""
+
     events: int = 4
     seed: int = 1
     rate_per_s: float = 20.0
+    markets_per_event: int = 3
     margin: float = 0.05
-    bet_delay_ms: int = 1000
+    bet_delay_ms: int = 5000
     pre_match_ticks: int = 60  # ticks (of this event) before kick-off
     minutes_per_tick: float = 0.3
+    suspension_chance: float = 0.01  # per live tick: a VAR check or a dangerous attack
     sport: str = "soccer"
     source: str = "sim"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.markets_per_event <= len(MARKETS):
+            raise ValueError(f"markets_per_event must be 1..{len(MARKETS)}")
+        if self.events < 0 or self.rate_per_s <= 0 or not 0 < self.margin < 1:
+            raise ValueError("events >= 0, rate_per_s > 0 and 0 < margin < 1 are required")
 
 
 @dataclass
@@ -54,48 +93,81 @@ class _Event:
     score: tuple[int, int] = (0, 0)
     phase: str = "pre"  # pre, live, suspended, closed, settled
     suspended_for: int = 0
-    markets: dict[str, str] = field(default_factory=dict)  # kind -> market id
+    markets: dict[str, MarketSpec] = field(default_factory=dict)  # market id -> spec
 
 
-def _poisson(lam: float, k: int) -> float:
-    return math.exp(-lam) * lam**k / math.factorial(k)
+def _poisson_pmf(lam: float) -> list[float]:
+    out = [math.exp(-lam)]
+    for k in range(1, MAX_GOALS + 1):
+        out.append(out[-1] * lam / k)
+    return out
 
 
-def outcome_probabilities(home_rate: float, away_rate: float, score: tuple[int, int],
-                          minutes_left: float) -> dict[str, float]:
-    """Probabilities of home/draw/away, over/under 2.5 goals, and home -1.5 / away +1.5,
-    from independent Poisson goals in the minutes left."""
+@dataclass(frozen=True)
+class Outlook:
+    """Distributions of the goals still to come: ``diff[k]`` is P(home - away goals to
+    come = k - MAX_GOALS), ``total[k]`` is P(goals to come = k); ``score`` is the score now."""
+
+    diff: list[float]
+    total: list[float]
+    score: tuple[int, int]
+
+
+def outlook(home_rate: float, away_rate: float, score: tuple[int, int],
+            minutes_left: float) -> Outlook:
+    """The outlook from independent Poisson goals (``*_rate`` per 90 minutes) in the minutes
+    left; each distribution sums to 1."""
     share = max(minutes_left, 0.0) / MATCH_MINUTES
-    lh, la = home_rate * share, away_rate * share
-    ph = [_poisson(lh, k) for k in range(11)]
-    pa = [_poisson(la, k) for k in range(11)]
-    home = draw = away = over = hcap = 0.0
+    ph = _poisson_pmf(home_rate * share)
+    pa = _poisson_pmf(away_rate * share)
+    norm = sum(ph) * sum(pa)
+    diff = [0.0] * (2 * MAX_GOALS + 1)
+    total = [0.0] * (2 * MAX_GOALS + 1)
     for i, p_i in enumerate(ph):
+        if p_i < 1e-15:
+            break  # the Poisson tail: nothing left to add
         for j, p_j in enumerate(pa):
             p = p_i * p_j
-            h, a = score[0] + i, score[1] + j
-            if h > a:
-                home += p
-            elif h == a:
-                draw += p
-            else:
-                away += p
-            if h + a > 2.5:
-                over += p
-            if h - a >= 2:
-                hcap += p
-    total = home + draw + away
-    return {"home": home / total, "draw": draw / total, "away": away / total,
-            "over": over / total, "under": 1 - over / total,
-            "hcap_home": hcap / total, "hcap_away": 1 - hcap / total}
+            if p < 1e-15:
+                break
+            diff[MAX_GOALS + i - j] += p
+            total[i + j] += p
+    return Outlook([x / norm for x in diff], [x / norm for x in total], score)
 
 
-def _clamp(p: float) -> Fraction:
-    return Fraction(min(max(p, 0.0005), 0.995)).limit_denominator(100_000)
+def market_probabilities(spec: MarketSpec, view: Outlook) -> dict[str, float]:
+    """True probabilities of a market's selections under the outlook."""
+    lead = view.score[0] - view.score[1]
+    goals = view.score[0] + view.score[1]
+    if spec.kind == "1x2":
+        # final difference lead + (k - MAX_GOALS) > 0  <=>  k > MAX_GOALS - lead
+        cut = MAX_GOALS - lead
+        return {"home": sum(view.diff[max(cut + 1, 0):]),
+                "draw": view.diff[cut] if 0 <= cut < len(view.diff) else 0.0,
+                "away": sum(view.diff[:max(cut, 0)])}
+    if spec.kind == "totals":
+        over = sum(p for k, p in enumerate(view.total) if goals + k > spec.line)
+        return {"over": over, "under": 1 - over}
+    home = sum(p for k, p in enumerate(view.diff) if lead + k - MAX_GOALS > spec.line)
+    return {"home": home, "away": 1 - home}
+
+
+def priced(probabilities: list[float], margin: float) -> list[int]:
+    """Canonical prices for true probabilities scaled up by ``1 + margin`` (the overround).
+
+    Our own float version of :func:`oddsfeed.prices.with_margin`, 20x faster: a model price
+    needs no exactness, only the resulting int ticks do. Clamped into 1.0001-10000.
+    """
+    out = []
+    for p in probabilities:
+        q = min(max(p, 0.0005), 0.995) * (1 + margin)
+        out.append(min(max(round(SCALE / q), MIN_PRICE), MAX_PRICE))
+    return out
 
 
 class Simulator:
-    """Produces the feed's updates; same seed -> the same sequence of updates."""
+    """Produces the feed's updates, pure and deterministic: same config and start time ->
+    the same sequence of updates. Call :meth:`initial` once, then :meth:`step` per tick."""
 
     def __init__(self, config: SimulatorConfig, *, start_ms: int = 1_700_000_000_000) -> None:
         self.cfg = config
@@ -115,7 +187,8 @@ class Simulator:
         ev = _Event(id=f"ev{self.cfg.seed}-{self._next_event}", home=home, away=away,
                     home_rate=self.rng.uniform(0.9, 2.1), away_rate=self.rng.uniform(0.7, 1.8))
         self._next_event += 1
-        ev.markets = {k: f"{ev.id}:{k}" for k in KINDS}
+        ev.markets = {f"{ev.id}:{spec.suffix}": spec
+                      for spec in MARKETS[: self.cfg.markets_per_event]}
         return ev
 
     def _update(self, market: str, **kw: Any) -> MarketUpdate:
@@ -123,35 +196,37 @@ class Simulator:
         return MarketUpdate(market=market, source=self.source, seq=self.seq, ts=self.clock_ms,
                             **kw)
 
-    def _prices(self, ev: _Event) -> dict[str, dict[str, int]]:
-        p = outcome_probabilities(ev.home_rate, ev.away_rate, ev.score,
-                                  MATCH_MINUTES - ev.minute)
-        m = self.cfg.margin
-        one, draw, two = with_margin([_clamp(p["home"]), _clamp(p["draw"]), _clamp(p["away"])], m)
-        over, under = with_margin([_clamp(p["over"]), _clamp(p["under"])], m)
-        hh, ha = with_margin([_clamp(p["hcap_home"]), _clamp(p["hcap_away"])], m)
-        return {"1x2": {"home": one, "draw": draw, "away": two},
-                "totals": {"over": over, "under": under},
-                "handicap": {"home": hh, "away": ha}}
+    def _prices(self, ev: _Event, only: list[str] | None = None) -> dict[str, dict[str, int]]:
+        """Prices of the event's markets (``only`` these), each with the configured margin."""
+        view = outlook(ev.home_rate, ev.away_rate, ev.score, MATCH_MINUTES - ev.minute)
+        out = {}
+        for mid in only if only is not None else ev.markets:
+            probs = market_probabilities(ev.markets[mid], view)
+            prices = priced(list(probs.values()), self.cfg.margin)
+            out[mid] = dict(zip(probs, prices, strict=True))
+        return out
 
     def _create(self, ev: _Event) -> list[MarketUpdate]:
         prices = self._prices(ev)
-        names = {"1x2": f"{ev.home} v {ev.away}: match result",
-                 "totals": f"{ev.home} v {ev.away}: total goals 2.5",
-                 "handicap": f"{ev.home} v {ev.away}: handicap 1.5"}
-        sel_names = {"home": ev.home, "draw": "Draw", "away": ev.away, "over": "Over 2.5",
-                     "under": "Under 2.5"}
-        points = {("totals", "over"): 2.5, ("totals", "under"): 2.5,
-                  ("handicap", "home"): -1.5, ("handicap", "away"): 1.5}
+        title = f"{ev.home} v {ev.away}"
         out = []
-        for kind, mid in ev.markets.items():
-            sels = {}
-            for sid, price in prices[kind].items():
-                sel: dict[str, Any] = {"name": sel_names[sid], "price": price}
-                if (kind, sid) in points:
-                    sel["point"] = points[(kind, sid)]
-                sels[sid] = sel
-            fields = {"event": ev.id, "sport": self.cfg.sport, "name": names[kind], "kind": kind,
+        for mid, spec in ev.markets.items():
+            if spec.kind == "1x2":
+                name = f"{title}: match result"
+                sels: dict[str, dict[str, Any]] = {
+                    "home": {"name": ev.home}, "draw": {"name": "Draw"},
+                    "away": {"name": ev.away}}
+            elif spec.kind == "totals":
+                name = f"{title}: total goals {spec.line}"
+                sels = {"over": {"name": f"Over {spec.line}", "point": spec.line},
+                        "under": {"name": f"Under {spec.line}", "point": spec.line}}
+            else:
+                name = f"{title}: handicap {spec.line}"
+                sels = {"home": {"name": ev.home, "point": -spec.line},
+                        "away": {"name": ev.away, "point": spec.line}}
+            for sid, sel in sels.items():
+                sel["price"] = prices[mid][sid]
+            fields = {"event": ev.id, "sport": self.cfg.sport, "name": name, "kind": spec.kind,
                       "status": "open", "in_play": False, "bet_delay_ms": 0}
             out.append(self._update(mid, fields=fields, selections=sels, create=True,
                                     replace=True))
@@ -161,8 +236,8 @@ class Simulator:
              ) -> list[MarketUpdate]:
         table = self._prices(ev) if prices else {}
         return [self._update(mid, fields=fields,
-                             selections={s: {"price": p} for s, p in table.get(kind, {}).items()})
-                for kind, mid in ev.markets.items()]
+                             selections={s: {"price": p} for s, p in table.get(mid, {}).items()})
+                for mid in ev.markets]
 
     def initial(self) -> list[MarketUpdate]:
         """The updates that create the first events' markets."""
@@ -174,7 +249,12 @@ class Simulator:
         return out
 
     def step(self) -> list[MarketUpdate]:
-        """One tick of one randomly chosen event: what changed in its markets."""
+        """One tick of one randomly chosen event: what changed in its markets.
+
+        Pre-match prices random-walk; at kick-off the markets go in play with the bet
+        delay; a goal suspends them for 1-3 ticks and reopens them at sharply moved prices;
+        at full time they close, then settle, and a new event takes the slot.
+        """
         if not self.events:
             return self.initial()
         self.clock_ms += self.rng.randint(200, 1500)
@@ -218,7 +298,7 @@ class Simulator:
             ev.phase = "suspended"
             ev.suspended_for = rng.randint(1, 3)
             return self._all(ev, {"status": "suspended"})
-        if r > 0.99:  # a VAR check or a dangerous attack
+        if r > 1 - self.cfg.suspension_chance:
             ev.phase = "suspended"
             ev.suspended_for = 1
             return self._all(ev, {"status": "suspended"})
@@ -226,11 +306,11 @@ class Simulator:
 
     def _wiggle(self, ev: _Event) -> list[MarketUpdate]:
         # Reprice one or two markets of the event (the model moved a little).
-        table = self._prices(ev)
-        kinds = self.rng.sample(KINDS, self.rng.randint(1, 2))
-        return [self._update(ev.markets[k], selections={s: {"price": p}
-                                                        for s, p in table[k].items()})
-                for k in kinds]
+        ids = list(ev.markets)
+        chosen = self.rng.sample(ids, min(len(ids), self.rng.randint(1, 2)))
+        table = self._prices(ev, chosen)
+        return [self._update(mid, selections={s: {"price": p} for s, p in table[mid].items()})
+                for mid in chosen]
 
 
 class _Applier(Protocol):
@@ -258,7 +338,11 @@ async def run_simulator(store: _Applier, config: SimulatorConfig, *,
         next_at += interval
         delay = next_at - loop.time()
         if delay > 0:
-            await asyncio.sleep(delay)
+            if stop is None:
+                await asyncio.sleep(delay)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
         else:
             next_at = loop.time()  # running behind: do not try to catch up in a burst
     return ticks

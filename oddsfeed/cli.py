@@ -307,11 +307,18 @@ def _ingest_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="replay: 10 = ten times faster, 0 = as fast as possible."),
         click.option("--url", help="http-poll: the odds API URL."),
         click.option("--bookmaker", default="", help="http-poll: which bookmaker's odds."),
-        click.option("--odds-format", type=click.Choice(["decimal", "american"]),
-                     default="decimal", show_default=True),
+        click.option("--odds-format", type=click.Choice(
+            ["decimal", "fractional", "american", "hk", "malay", "indo"]),
+                     default="decimal", show_default=True,
+                     help="http-poll/replay: the provider's odds format."),
         click.option("--interval", type=float, default=5.0, show_default=True,
                      help="http-poll: seconds between polls."),
-        click.option("--address", help="stream: HOST:PORT of the stream."),
+        click.option("--timeout", type=float, default=10.0, show_default=True,
+                     help="http-poll: per-request timeout in seconds."),
+        click.option("--address", help="stream: HOST:PORT (TCP) or a ws:// URL."),
+        click.option("--filter", help="stream: the marketFilter as JSON."),
+        click.option("--metrics-port", type=int, default=0, show_default=True,
+                     help="Serve /metrics on this port (0: off)."),
         click.option("--port", type=int, help="push: the port to listen on."),
         click.option("--events", type=int, help="simulator: events (demo.events)."),
         click.option("--seed", type=int, help="simulator: seed (demo.seed)."),
@@ -336,6 +343,12 @@ def _run_ingest(cli: _Cli, adapter: str, opts: dict[str, Any], out: Path | None)
         raise click.ClickException("stream needs --address HOST:PORT")
     if out is None and not settings.redis.url:
         raise click.ClickException("ingest needs redis.url (ODDSFEED_REDIS__URL or --redis-url)")
+    from ingest.main import load_mappings
+
+    try:
+        mappings = load_mappings(Path(settings.ingest.mapping_file))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
 
     async def main() -> int:
         log = get_logger("oddsfeed.ingest")
@@ -352,7 +365,7 @@ def _run_ingest(cli: _Cli, adapter: str, opts: dict[str, Any], out: Path | None)
                                         history_len=settings.redis.history_len)
         try:
             runner = await run_adapter(adapter, opts, store or _NoStore(), settings, stop=stop,
-                                       recorder=recorder)
+                                       recorder=recorder, mappings=mappings)
             log.info("ingest finished", adapter=adapter, counts=runner.counts)
         finally:
             if store is not None:

@@ -1,0 +1,119 @@
+"""The simulator: deterministic, realistic odds, every market life-cycle step, and the async
+driver `oddsfeed run` uses."""
+
+from __future__ import annotations
+
+import asyncio
+from fractions import Fraction
+from typing import Any
+
+import pytest
+
+from ingest.runner import FeedRunner
+from ingest.simulator import MARKETS, SimulatorConfig, run_simulator, updates_for
+from oddsfeed.book import Rejected
+from oddsfeed.model import MarketUpdate
+from oddsfeed.prices import overround
+from oddsfeed.store import Store
+
+from .conftest import until
+
+
+def test_same_seed_same_updates() -> None:
+    """The same seed gives the same updates; another seed gives others."""
+    a = updates_for(SimulatorConfig(seed=4), 800)
+    assert a == updates_for(SimulatorConfig(seed=4), 800)
+    assert a != updates_for(SimulatorConfig(seed=5), 800)
+
+
+@pytest.mark.parametrize("markets", [1, 3, len(MARKETS)])
+def test_every_price_has_about_five_percent_margin(markets: int) -> None:
+    """Every full set of prices the simulator sends has an overround near 1.05."""
+    ups = updates_for(SimulatorConfig(seed=7, markets_per_event=markets), 1500)
+    checked = 0
+    for u in ups:
+        prices = [s["price"] for s in u.selections.values() if "price" in s]
+        if len(prices) >= 2:
+            book = overround(prices)
+            # clamped long shots (price ceilings) may shave the book a little
+            assert Fraction(100, 100) < book < Fraction(107, 100), (u.market, prices)
+            checked += 1
+    assert checked > 100
+
+
+def test_life_cycle_has_every_step() -> None:
+    """Over a long run markets go in play with a bet delay, get suspended (goals), reopen,
+    close and settle, and new events replace settled ones."""
+    ups = updates_for(SimulatorConfig(seed=3, events=3), 4000)
+    statuses = [u.fields.get("status") for u in ups]
+    assert {"suspended", "open", "closed", "settled"} <= set(statuses)
+    assert any(u.fields.get("in_play") is True and u.fields.get("bet_delay_ms", 0) > 0
+               for u in ups)
+    created = {u.market for u in ups if u.create}
+    assert len(created) > 3 * 3  # replacement events were created
+    seqs = [u.seq for u in ups]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+def test_a_goal_moves_prices_sharply() -> None:
+    """The reopening after a goal moves the 1x2 prices by more than a usual tick does."""
+    ups = updates_for(SimulatorConfig(seed=11, events=1), 3000)
+    last: dict[str, dict[str, int]] = {}
+    biggest_wiggle = 0.0
+    jumps = []
+    suspended: set[str] = set()
+    for u in ups:
+        if not u.market.endswith(":1x2"):
+            continue
+        prices = {k: v["price"] for k, v in u.selections.items() if "price" in v}
+        if u.fields.get("status") == "suspended":
+            suspended.add(u.market)
+        if prices and u.market in last and u.fields.get("status") != "open":
+            moves = [abs(prices[k] - last[u.market][k]) / last[u.market][k] for k in prices]
+            biggest_wiggle = max(biggest_wiggle, *moves)
+        if prices and u.fields.get("status") == "open" and u.market in last:
+            jumps.append(max(abs(prices[k] - last[u.market][k]) / last[u.market][k]
+                             for k in prices))
+        if prices:
+            last[u.market] = {**last.get(u.market, {}), **prices}
+    assert jumps and max(jumps) > 0.2
+
+
+async def test_simulated_updates_apply_cleanly(store: Store) -> None:
+    """Simulated updates apply through the runner without a single rejection."""
+    runner = FeedRunner(store, "simulator:test")
+    for u in updates_for(SimulatorConfig(seed=2, events=2), 400):
+        await runner.submit(u)
+    assert runner.counts.get("rejected", 0) == 0
+    assert runner.counts.get("bad", 0) == 0
+    assert runner.counts["applied"] > 100
+    assert len(await store.list_markets()) >= 6
+
+
+async def test_run_simulator_stops_on_event(store: Store) -> None:
+    """run_simulator writes through store.apply at the given rate and returns on stop."""
+    stop = asyncio.Event()
+    seen: list[Any] = []
+
+    class Counting:
+        async def apply(self, update: MarketUpdate) -> Any:
+            seen.append(update)
+            out = await store.apply(update)
+            assert not isinstance(out, Rejected)
+            return out
+
+    task = asyncio.create_task(run_simulator(Counting(), SimulatorConfig(rate_per_s=500),
+                                             stop=stop))
+    await until(lambda: len(seen) > 40, what="simulated updates")
+    stop.set()
+    ticks = await asyncio.wait_for(task, 5)
+    assert ticks > 0
+    assert len(await store.list_markets()) == 4 * 3
+
+
+def test_bad_config_is_refused() -> None:
+    """A simulator config with impossible values is refused."""
+    with pytest.raises(ValueError):
+        SimulatorConfig(markets_per_event=0)
+    with pytest.raises(ValueError):
+        SimulatorConfig(rate_per_s=0)
