@@ -262,8 +262,8 @@ def _selections(raw: Mapping[str, BaseModel] | None) -> dict[str, dict[str, Any]
 
 def _update_from_patch(mid: str, body: schemas.MarketPatch, source: str, now_ms: int,
                        prefix: str = "") -> MarketUpdate:
-    fields = {k: v for k, v in schemas.given(body, ("selections", "ts", "market")).items()
-              if v is not None}
+    # An explicit null is passed on: the model refuses it with the field's path.
+    fields = schemas.given(body, ("selections", "ts", "market"))
     try:
         return MarketUpdate(market=mid, fields=fields, selections=_selections(body.selections),
                             ts=body.ts if body.ts is not None else now_ms, source=source)
@@ -383,7 +383,7 @@ async def put_market(request: web.Request) -> web.Response:
     mid = _market_id(request)
     data = await _json_body(request)
     body = _model(schemas.MarketPut, data)
-    fields = {k: v for k, v in schemas.given(body, ("selections", "ts")).items() if v is not None}
+    fields = schemas.given(body, ("selections", "ts"))
     now = int(time.time() * 1000)
     try:
         update = MarketUpdate(market=mid, fields=fields, selections=_selections(body.selections),

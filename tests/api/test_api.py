@@ -85,6 +85,8 @@ async def test_every_price_shape_is_accepted_and_returned_canonical(api: Api) ->
     ({**BODY, "event": "bad id"}, "event"),
     ({**BODY, "ts": -1}, "ts"),
     ({"sport": "soccer", "name": "x"}, "event"),
+    ({**BODY, "kind": None}, "kind"),
+    ({**BODY, "selections": {"h": {"name": "H", "price": None}}}, "selections.h.price"),
 ])
 async def test_bad_bodies_name_the_field(api: Api, body: dict[str, Any], path: str) -> None:
     """Invalid bodies are 400 problems naming the field, and nothing is written."""
@@ -94,6 +96,21 @@ async def test_bad_bodies_name_the_field(api: Api, body: dict[str, Any], path: s
     assert {"type", "title", "status", "detail"} <= set(prob)
     assert path in [e["path"] for e in prob["errors"]], prob
     assert await api.store.get("m1") is None
+
+
+async def test_nulls_and_lines(api: Api) -> None:
+    """An explicit null is a 400 naming the field, except a selection's point: null clears
+    the line."""
+    sels = {"o": {"name": "Over", "price": 1.9, "point": 2.5}}
+    st, m, _ = await api.call("PUT", "/v1/markets/m1", {**BODY, "kind": "totals",
+                                                       "selections": sels})
+    assert (st, m["selections"]["o"]["point"]) == (201, 2.5)
+    st, prob, _ = await api.call("PATCH", "/v1/markets/m1", {"status": None})
+    assert (st, prob["errors"][0]["path"]) == (400, "status")
+    st, m, _ = await api.call("PATCH", "/v1/markets/m1", {"selections": {"o": {"point": None}}})
+    assert st == 200
+    assert "point" not in m["selections"]["o"]
+    assert m["version"] == 2
 
 
 async def test_auth_errors(api: Api) -> None:
