@@ -1,11 +1,18 @@
 """Ingest benchmark: normalised updates per second from a replay file into the store, end to
-end (parse, normalise, order, atomic apply); baseline: the same updates as plain HSET.
+end (read line, parse, normalise, order, atomic apply), against an embedded Valkey.
 
-    python -m bench.ingest [--quick] [--json PATH]
+    python -m bench.ingest [--quick] [--messages N] [--json PATH]
+
+Rows: the normalising alone (no store), the full replay -> FeedRunner -> Store.apply path,
+and a baseline of one plain HSET per message (the floor a round trip per update costs).
+The file is a simulator recording (`oddsfeed record simulator` shape, 20 events x 3
+markets). Prints a table and writes JSON to bench/results/.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 import tempfile
 import time
@@ -14,34 +21,49 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from ingest.replay import Recorder, replay
+from ingest.normalised import to_message
+from ingest.replay import Normalizer, Recorder, parse_line, replay
 from ingest.runner import FeedRunner
-from ingest.simulator import SimulatorConfig, updates_for
+from ingest.simulator import Simulator, SimulatorConfig
 from oddsfeed.embedded import EmbeddedValkey
 from oddsfeed.store import Store
 
-from .common import cli, environment
+from .common import environment, table, write_json
+
+COLUMNS = ["impl", "updates", "seconds", "per_s", "ratio"]
 
 
-def make_file(path: Path, n: int) -> int:
-    from ingest.main import _as_message
-
-    ups = updates_for(SimulatorConfig(events=20, seed=3), n)
+def make_file(path: Path, messages: int) -> int:
+    """Write a simulator recording of ``messages`` normalised messages; returns the count."""
+    sim = Simulator(SimulatorConfig(events=20, seed=3))
+    n = 0
     with path.open("w") as fh:
-        rec = Recorder(fh, clock=lambda: 0.0)
-        for u in ups:
-            rec("push", _as_message(u))
-    return len(ups)
+        rec = Recorder(fh, clock=lambda: n / 1000)  # 1 ms apart (ignored at speed 0)
+        batch = sim.initial()
+        while n < messages:
+            for u in batch[: messages - n]:
+                rec("simulator", to_message(u))
+                n += 1
+            batch = sim.step()
+    return n
 
 
-async def run(quick: bool) -> dict[str, Any]:
-    ticks = 5_000 if quick else 50_000
+async def run(quick: bool, messages: int | None = None) -> dict[str, Any]:
+    """Run every row; returns the results document."""
+    n_msgs = messages or (5_000 if quick else 50_000)
     with tempfile.TemporaryDirectory() as tmp, EmbeddedValkey() as vk:
         path = Path(tmp) / "feed.jsonl"
-        n = make_file(path, ticks)
+        n = make_file(path, n_msgs)
         env = environment(vk.url)
-        r = Redis.from_url(vk.url)
         lines = path.read_text().splitlines()
+
+        normalize = Normalizer()
+        t0 = time.perf_counter()
+        for line in lines:
+            normalize(parse_line(line))
+        norm_s = time.perf_counter() - t0
+
+        r = Redis.from_url(vk.url)
         t0 = time.perf_counter()
         for line in lines:
             rec = json.loads(line)
@@ -49,23 +71,38 @@ async def run(quick: bool) -> dict[str, Any]:
         base_s = time.perf_counter() - t0
         await r.flushall()
         await r.aclose()
+
         store = await Store.connect(vk.url)
         runner = FeedRunner(store, "replay:bench")
         t0 = time.perf_counter()
         applied = await replay(lines, runner.submit, runner.bad, speed=0)
         ours_s = time.perf_counter() - t0
+        markets = len(await store.list_markets())
         await store.close()
-    rows = [{"impl": "baseline HSET per message", "updates": n, "per_s": round(n / base_s),
-             "ratio": 1.0},
-            {"impl": "oddsfeed replay -> apply", "updates": applied,
-             "per_s": round(applied / ours_s), "ratio": round(base_s / ours_s, 2),
-             "outcomes": runner.counts}]
-    return {"scenario": "ingest", "params": {"updates": n}, "env": env, "rows": rows,
-            "columns": ["impl", "updates", "per_s", "ratio"]}
+
+    def row(impl: str, count: int, secs: float, **extra: Any) -> dict[str, Any]:
+        return {"impl": impl, "updates": count, "seconds": round(secs, 3),
+                "per_s": round(count / secs), "ratio": round(base_s / secs, 2), **extra}
+
+    rows = [row("baseline: one HSET per message", n, base_s),
+            row("oddsfeed: parse + normalise only", n, norm_s),
+            row("oddsfeed: replay -> runner -> Store.apply", applied, ours_s,
+                outcomes=runner.counts, markets=markets)]
+    return {"scenario": "ingest", "params": {"messages": n, "events": 20, "speed": 0},
+            "env": env, "rows": rows, "columns": COLUMNS}
 
 
 def main() -> None:
-    cli("ingest", run, __doc__)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="5k messages instead of 50k")
+    ap.add_argument("--messages", type=int, help="messages in the generated file")
+    ap.add_argument("--json", help="where to write the JSON (default: bench/results/)")
+    args = ap.parse_args()
+    res = asyncio.run(run(args.quick, args.messages))
+    print(table(res["rows"], res["columns"]))
+    print(f"outcomes: {res['rows'][-1]['outcomes']}")
+    print(f"wrote {write_json('ingest', res, args.json)}")
 
 
 if __name__ == "__main__":

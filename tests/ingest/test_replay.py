@@ -97,7 +97,8 @@ async def test_replay_is_deterministic(store: Store, redis_client: Any) -> None:
 
     runner = FeedRunner(store, "replay:1")
     n = await replay(lines, runner.submit, runner.bad, speed=0)
-    assert n == len(lines) and runner.counts.get("bad", 0) == 0
+    assert n == len(lines)
+    assert runner.counts.get("bad", 0) == 0
     first = await state()
     again = FeedRunner(store, "replay:1")
     await replay(lines, again.submit, again.bad, speed=0)
@@ -121,7 +122,8 @@ async def test_fixture_recording_of_every_provider(store: Store) -> None:
     ids = {m.id for m in await store.list_markets()}
     assert ids == {"p1", "ev9:h2h", "1.23"}
     bf = await store.get("1.23")
-    assert bf is not None and bf.selections["101"].price == 31000
+    assert bf is not None
+    assert bf.selections["101"].price == 31000
 
 
 def test_unknown_provider_in_recording_is_bad_data() -> None:

@@ -52,31 +52,26 @@ def test_life_cycle_has_every_step() -> None:
     created = {u.market for u in ups if u.create}
     assert len(created) > 3 * 3  # replacement events were created
     seqs = [u.seq for u in ups]
-    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == len(seqs)
 
 
 def test_a_goal_moves_prices_sharply() -> None:
-    """The reopening after a goal moves the 1x2 prices by more than a usual tick does."""
+    """Reopening after a goal moves some 1x2 price by more than 20%."""
     ups = updates_for(SimulatorConfig(seed=11, events=1), 3000)
     last: dict[str, dict[str, int]] = {}
-    biggest_wiggle = 0.0
     jumps = []
-    suspended: set[str] = set()
     for u in ups:
         if not u.market.endswith(":1x2"):
             continue
         prices = {k: v["price"] for k, v in u.selections.items() if "price" in v}
-        if u.fields.get("status") == "suspended":
-            suspended.add(u.market)
-        if prices and u.market in last and u.fields.get("status") != "open":
-            moves = [abs(prices[k] - last[u.market][k]) / last[u.market][k] for k in prices]
-            biggest_wiggle = max(biggest_wiggle, *moves)
         if prices and u.fields.get("status") == "open" and u.market in last:
             jumps.append(max(abs(prices[k] - last[u.market][k]) / last[u.market][k]
                              for k in prices))
         if prices:
             last[u.market] = {**last.get(u.market, {}), **prices}
-    assert jumps and max(jumps) > 0.2
+    assert jumps
+    assert max(jumps) > 0.2
 
 
 async def test_simulated_updates_apply_cleanly(store: Store) -> None:
@@ -113,7 +108,7 @@ async def test_run_simulator_stops_on_event(store: Store) -> None:
 
 def test_bad_config_is_refused() -> None:
     """A simulator config with impossible values is refused."""
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="markets_per_event"):
         SimulatorConfig(markets_per_event=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="rate_per_s"):
         SimulatorConfig(rate_per_s=0)
