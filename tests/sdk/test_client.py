@@ -14,9 +14,9 @@ from oddsfeed.embedded import free_port
 from oddsfeed.worker import Worker
 from oddsfeed_client import OddsFeedClient
 
-from ..ws.conftest import make_settings
-from ..ws.helpers import wait_for
-from ..ws.test_fanout import create, price
+from ..fanout.builders import create, price
+from ..fanout.conftest import make_settings
+from ..fanout.helpers import wait_for
 
 
 async def test_sdk_converges_and_resumes(valkey_url: str, redis_client: Any) -> None:
