@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiohttp import web
@@ -27,6 +27,7 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prom_multiprocess
 from pydantic import BaseModel, ValidationError
+from redis.exceptions import RedisError
 
 from ..auth import ANONYMOUS, READ, VALIDATE, WRITE, Authenticator, AuthError, Principal
 from ..book import Changed, Created, Rejected
@@ -41,6 +42,7 @@ from .openapi import ROUTES, openapi_document
 STATIC_DIR = Path(__file__).parent / "static"
 _STATIC_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,100}$")  # no paths, no dot-files
 PROBLEM = "application/problem+json"
+IN_FLIGHT_WAIT_S = 10.0  # how long a retry waits for the same key's first run
 audit = structlog.get_logger("oddsfeed.audit")
 log = structlog.get_logger("oddsfeed.api")
 
@@ -312,9 +314,40 @@ def _if_match(request: web.Request) -> tuple[str, int] | None:
     return epoch, int(version)
 
 
+class _Records:
+    """Idempotency records in the store (``of:idem:<sha256>``, one key each, so any worker
+    sees them); redis failures become StoreError (503)."""
+
+    def __init__(self, store: Store, key: str, ttl_s: int) -> None:
+        self.client, self.key, self.ttl_s = store.client, key, ttl_s
+
+    async def _do(self, call: Awaitable[Any]) -> Any:
+        try:
+            return await call
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"idempotency record: {exc}") from None
+
+    async def claim(self, digest: str) -> bool:
+        """Claim the key for a run (SET NX with a placeholder); False if someone has it."""
+        rec = json.dumps({"state": "pending", "digest": digest})
+        return bool(await self._do(self.client.set(self.key, rec, nx=True, ex=self.ttl_s)))
+
+    async def get(self) -> dict[str, Any] | None:
+        raw = await self._do(self.client.get(self.key))
+        return None if raw is None else cast(dict[str, Any], json.loads(raw))
+
+    async def done(self, digest: str, status: int, body: Any) -> None:
+        rec = {"state": "done", "digest": digest, "status": status, "body": body}
+        await self._do(self.client.set(self.key, json.dumps(rec), ex=self.ttl_s))
+
+    async def release(self) -> None:
+        await self._do(self.client.delete(self.key))
+
+
 async def _idempotent(request: web.Request, principal: Principal, body: bytes,
                       run: Callable[[], Awaitable[tuple[int, Any]]]) -> web.Response:
-    """Run a write once per Idempotency-Key (5 minutes); a retry gets the first result."""
+    """Run a write once per Idempotency-Key (per principal, method and path, for
+    ``api.idempotency_ttl_s``); a retry, on any worker, gets the first answer."""
     key = request.headers.get("Idempotency-Key")
     if key is None:
         status, payload = await run()
@@ -322,48 +355,40 @@ async def _idempotent(request: web.Request, principal: Principal, body: bytes,
     if not 1 <= len(key) <= 200:
         raise Problem(400, "invalid Idempotency-Key", "1-200 characters",
                       errors=[{"path": "Idempotency-Key", "message": "1-200 characters"}])
-    store = request.app[K_STORE]
-    ttl = request.app[K_SETTINGS].api.idempotency_ttl_s
     scope = f"{principal.sub}\n{request.method}\n{request.path}\n{key}".encode()
-    rkey = f"of:idem:{hashlib.sha256(scope).hexdigest()}"
+    records = _Records(request.app[K_STORE], f"of:idem:{hashlib.sha256(scope).hexdigest()}",
+                       request.app[K_SETTINGS].api.idempotency_ttl_s)
     # The same key with another body or precondition is another request: 422.
     digest = hashlib.sha256(request.headers.get("If-Match", "").encode() + b"\n" + body
                             ).hexdigest()
-    claimed = await store.client.set(rkey, json.dumps({"state": "pending", "digest": digest}),
-                                     nx=True, ex=ttl)
-    if not claimed:
-        deadline = time.monotonic() + 10
-        while True:
-            raw = await store.client.get(rkey)
-            if raw is None:
-                break  # expired meanwhile: run it
-            rec = json.loads(raw)
-            if rec.get("digest") != digest:
-                raise Problem(422, "idempotency key reused",
-                              "this Idempotency-Key was used with another request body")
-            if rec["state"] == "done":
-                resp = _json_or_empty(rec["status"], rec["body"])
-                resp.headers["Idempotent-Replayed"] = "true"
-                return resp
-            if time.monotonic() > deadline:
-                raise Problem(409, "request in progress",
-                              "a request with this Idempotency-Key is still running")
-            await asyncio.sleep(0.05)
+    deadline = time.monotonic() + IN_FLIGHT_WAIT_S
+    while not await records.claim(digest):
+        rec = await records.get()
+        if rec is None:
+            continue  # released or expired meanwhile: try to claim it again
+        if rec.get("digest") != digest:
+            raise Problem(422, "idempotency key reused",
+                          "this Idempotency-Key was used with another request")
+        if rec["state"] == "done":
+            resp = _json_or_empty(rec["status"], rec["body"])
+            resp.headers["Idempotent-Replayed"] = "true"
+            return resp
+        if time.monotonic() > deadline:
+            raise Problem(409, "request in progress",
+                          "a request with this Idempotency-Key is still running")
+        await asyncio.sleep(0.02)  # bounded by the deadline above
     try:
         status, payload = await run()
     except Problem as p:
         if p.status >= 500 or p.status == 412:
-            await store.client.delete(rkey)
-            raise
-        status, payload = p.status, p.body
-        await store.client.set(rkey, json.dumps({"state": "done", "digest": digest,
-                                                 "status": status, "body": payload}), ex=ttl)
+            await records.release()  # a retry runs again (and a 412 changed nothing)
+        else:
+            await records.done(digest, p.status, p.body)
         raise
-    except Exception:
-        await store.client.delete(rkey)
+    except BaseException:
+        await records.release()
         raise
-    await store.client.set(rkey, json.dumps({"state": "done", "digest": digest,
-                                             "status": status, "body": payload}), ex=ttl)
+    await records.done(digest, status, payload)
     return _json_or_empty(status, payload)
 
 

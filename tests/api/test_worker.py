@@ -16,12 +16,17 @@ from .conftest import BODY, api_settings, mint
 
 
 async def _next(ws: Any, op: str) -> dict[str, Any]:
-    async with asyncio.timeout(5):
-        while True:
-            msg = json.loads(await ws.recv())
-            for m in msg["items"] if msg["op"] == "batch" else [msg]:
-                if m["op"] == op:
-                    return dict(m)
+    seen: list[str] = []
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                msg = json.loads(await ws.recv())
+                for m in msg["items"] if msg["op"] == "batch" else [msg]:
+                    if m["op"] == op:
+                        return dict(m)
+                    seen.append(m["op"])
+    except TimeoutError:
+        raise AssertionError(f"no {op} within 10 s; got {seen}") from None
 
 
 async def test_desk_writes_reach_subscribers_and_validate_matches_http(
