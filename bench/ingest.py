@@ -3,8 +3,10 @@ end (read line, parse, normalise, order, atomic apply), against an embedded Valk
 
     python -m bench.ingest [--quick] [--messages N] [--json PATH]
 
-Rows: the normalising alone (no store), the full replay -> FeedRunner -> Store.apply path,
-and a baseline of one plain HSET per message (the floor a round trip per update costs).
+Rows: the normalising alone (no store), the full replay -> FeedRunner -> Store.apply path
+one update at a time and with 8 lanes (markets applied concurrently, in order within each
+market, as `oddsfeed ingest replay` does by default), and a baseline of one plain HSET per
+message (the floor a round trip per update costs).
 The file is a simulator recording (`oddsfeed record simulator` shape, 20 events x 3
 markets). Prints a table and writes JSON to bench/results/.
 """
@@ -23,7 +25,7 @@ from redis.asyncio import Redis
 
 from ingest.normalised import to_message
 from ingest.replay import Normalizer, Recorder, parse_line, replay
-from ingest.runner import FeedRunner
+from ingest.runner import FeedRunner, Lanes
 from ingest.simulator import Simulator, SimulatorConfig
 from oddsfeed.embedded import EmbeddedValkey
 from oddsfeed.store import Store
@@ -31,6 +33,7 @@ from oddsfeed.store import Store
 from .common import environment, table, write_json
 
 COLUMNS = ["impl", "updates", "seconds", "per_s", "ratio"]
+LANES = 8
 
 
 def make_file(path: Path, messages: int) -> int:
@@ -78,6 +81,14 @@ async def run(quick: bool, messages: int | None = None) -> dict[str, Any]:
         applied = await replay(lines, runner.submit, runner.bad, speed=0)
         ours_s = time.perf_counter() - t0
         markets = len(await store.list_markets())
+        await store.client.flushall()
+        laned = FeedRunner(store, "replay:bench")
+        lanes = Lanes(laned.submit, lanes=LANES)
+        t0 = time.perf_counter()
+        applied_laned = await replay(lines, lanes.put, laned.bad, speed=0)
+        await lanes.close()
+        laned_s = time.perf_counter() - t0
+        same = await store.list_markets()
         await store.close()
 
     def row(impl: str, count: int, secs: float, **extra: Any) -> dict[str, Any]:
@@ -87,7 +98,9 @@ async def run(quick: bool, messages: int | None = None) -> dict[str, Any]:
     rows = [row("baseline: one HSET per message", n, base_s),
             row("oddsfeed: parse + normalise only", n, norm_s),
             row("oddsfeed: replay -> runner -> Store.apply", applied, ours_s,
-                outcomes=runner.counts, markets=markets)]
+                outcomes=runner.counts, markets=markets),
+            row(f"oddsfeed: same, {LANES} lanes (order kept per market)", applied_laned,
+                laned_s, outcomes=laned.counts, markets=len(same))]
     return {"scenario": "ingest", "params": {"messages": n, "events": 20, "speed": 0},
             "env": env, "rows": rows, "columns": COLUMNS}
 

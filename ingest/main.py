@@ -29,7 +29,7 @@ from .normalised import Mapping, to_message
 from .oddsapi import Poller, normalize_event
 from .push import build_push_app
 from .replay import Normalizer, replay
-from .runner import Applier, FeedRunner
+from .runner import Applier, FeedRunner, Lanes
 from .simulator import SimulatorConfig, run_simulator
 
 ADAPTERS = ("simulator", "replay", "http-poll", "stream", "push")
@@ -80,7 +80,7 @@ async def run_adapter(adapter: str, opts: dict[str, Any], store: Applier, settin
     ``counts`` say what happened. With ``recorder`` nothing is applied: every raw provider
     message is handed to it instead (`oddsfeed record`).
 
-    ``opts`` are the CLI options: ``feed_id``, ``file``/``speed`` (replay), ``url``/
+    ``opts`` are the CLI options: ``feed_id``, ``file``/``speed``/``lanes`` (replay), ``url``/
     ``bookmaker``/``odds_format``/``interval``/``timeout`` (http-poll), ``address``/
     ``filter`` (stream), ``port`` (push), ``events``/``seed``/``rate`` (simulator),
     ``metrics_port`` (0: no metrics endpoint).
@@ -108,9 +108,14 @@ async def run_adapter(adapter: str, opts: dict[str, Any], store: Applier, settin
         elif adapter == "replay":
             normalizer = Normalizer(mappings, bookmaker=opts.get("bookmaker") or "",
                                     odds_format=opts.get("odds_format") or "decimal")
-            with Path(opts["file"]).open(encoding="utf-8") as fh:  # noqa: ASYNC230 - read lazily, line by line
-                await replay(fh, runner.submit, runner.bad, speed=float(opts.get("speed", 1.0)),
-                             normalizer=normalizer, stop=stop)
+            lanes = Lanes(runner.submit, lanes=int(opts.get("lanes") or 8))
+            try:
+                with Path(opts["file"]).open(encoding="utf-8") as fh:  # noqa: ASYNC230 - read lazily, line by line
+                    await replay(fh, lanes.put, runner.bad,
+                                 speed=float(opts.get("speed", 1.0)), normalizer=normalizer,
+                                 stop=stop)
+            finally:
+                await lanes.close()
         elif adapter == "http-poll":
             await _http_poll(runner, opts, mapping, stop, recorder)
         elif adapter == "stream":

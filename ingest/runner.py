@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -238,3 +239,55 @@ class FeedRunner:
             if self.clock() - logged >= log_every_s:
                 logged = self.clock()
                 log.info("feed health", **self.health())
+
+
+class Lanes:
+    """Applies updates concurrently across markets and in order within each market.
+
+    An update goes to lane ``crc32(market) % lanes``; each lane applies its updates one at
+    a time, so per-market (and so per-source-and-market) order is kept while round trips to
+    the store overlap. Each lane holds at most ``depth`` waiting updates: :meth:`put` waits
+    when the lane is full (backpressure, no unbounded queue). Call :meth:`close` at the end;
+    it waits for every lane and re-raises the first error a lane hit.
+    """
+
+    def __init__(self, submit: Callable[[MarketUpdate], Awaitable[Any]], *, lanes: int = 8,
+                 depth: int = 64) -> None:
+        if lanes < 1 or depth < 1:
+            raise ValueError("lanes and depth must be at least 1")
+        self._submit = submit
+        self._queues: list[asyncio.Queue[MarketUpdate | None]] = [
+            asyncio.Queue(maxsize=depth) for _ in range(lanes)]
+        self._tasks = [asyncio.create_task(self._lane(q), name=f"ingest lane {i}")
+                       for i, q in enumerate(self._queues)]
+        self._error: BaseException | None = None
+
+    async def _lane(self, queue: asyncio.Queue[MarketUpdate | None]) -> None:
+        while True:
+            update = await queue.get()
+            if update is None:
+                return
+            if self._error is None:
+                try:
+                    await self._submit(update)
+                except Exception as exc:  # the top of a task: handed to the producer
+                    self._error = exc
+
+    async def put(self, update: MarketUpdate) -> None:
+        """Queue one update on its market's lane; raises the first error a lane hit."""
+        if self._error is not None:
+            raise self._error
+        lane = zlib.crc32(update.market.encode()) % len(self._queues)
+        await self._queues[lane].put(update)
+
+    async def close(self) -> None:
+        """Apply everything queued, stop the lanes, and re-raise a lane's error."""
+        try:
+            for q in self._queues:
+                await q.put(None)
+            await asyncio.gather(*self._tasks)
+        finally:
+            for t in self._tasks:
+                t.cancel()
+        if self._error is not None:
+            raise self._error

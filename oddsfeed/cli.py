@@ -305,6 +305,8 @@ def _ingest_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--file", type=click.Path(dir_okay=False), help="replay: a .jsonl file."),
         click.option("--speed", type=float, default=1.0, show_default=True,
                      help="replay: 10 = ten times faster, 0 = as fast as possible."),
+        click.option("--lanes", type=int, default=8, show_default=True,
+                     help="replay: markets applied concurrently (order kept per market)."),
         click.option("--url", help="http-poll: the odds API URL."),
         click.option("--bookmaker", default="", help="http-poll: which bookmaker's odds."),
         click.option("--odds-format", type=click.Choice(

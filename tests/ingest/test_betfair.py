@@ -94,12 +94,13 @@ def test_image_replaces_the_ladders() -> None:
 def test_messages_in_one_millisecond_keep_their_order() -> None:
     """Several messages with the same pt get increasing seqs, so none is dropped."""
     st = StreamState()
-    seqs = [_one(st, IMAGE).seq]
+    seqs: list[int | None] = [_one(st, IMAGE).seq]
     for price in (2.6, 2.7):
         seqs.append(_one(st, {"op": "mcm", "pt": 1000, "mc": [{"id": "1.1", "rc": [
             {"id": 11, "batb": [[0, price, 1]]}]}]}).seq)
     seqs.append(_one(st, {"op": "mcm", "pt": 1001, "mc": [{"id": "1.1"}]}).seq)
-    assert seqs == sorted(seqs)
+    assert None not in seqs
+    assert seqs == sorted(s or 0 for s in seqs)
     assert len(set(seqs)) == 4
 
 

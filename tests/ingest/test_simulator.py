@@ -51,7 +51,7 @@ def test_life_cycle_has_every_step() -> None:
                for u in ups)
     created = {u.market for u in ups if u.create}
     assert len(created) > 3 * 3  # replacement events were created
-    seqs = [u.seq for u in ups]
+    seqs = [u.seq or 0 for u in ups]
     assert seqs == sorted(seqs)
     assert len(set(seqs)) == len(seqs)
 
