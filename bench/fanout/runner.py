@@ -1,0 +1,291 @@
+"""Runs the fan-out scenarios: one oddsfeed worker (`serve --workers 1`) and the naive
+baseline under the same load in the same run, a saturation search, and idle memory."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import multiprocessing as mp
+import random
+import signal
+import sys
+import time
+from typing import Any
+
+import msgpack
+import psutil
+
+from ..common import environment, free_port, pct, spawn, wait_http
+from .loadgen import run_process
+
+SERVER_ENV = {"ODDSFEED_AUTH__ANONYMOUS_READ": "true",
+              "ODDSFEED_FANOUT__IP_CONNECT_PER_S": "1000000",
+              "ODDSFEED_FANOUT__MAX_CONNECTIONS": "200000",
+              "ODDSFEED_FANOUT__MAX_SUBSCRIPTIONS": "100000",
+              "ODDSFEED_LOG__LEVEL": "warning"}
+
+
+class Server:
+    """A server under test (``oddsfeed`` or ``naive``) and the pid whose CPU and RSS count."""
+
+    def __init__(self, kind: str, redis_url: str, extra_env: dict[str, str] | None = None):
+        self.kind = kind
+        self.port = free_port()
+        if kind == "oddsfeed":
+            http_port = free_port()
+            self.proc = spawn(["-m", "oddsfeed", "serve", "--workers", "1", "--redis-url",
+                               redis_url, "--ws-port", str(self.port), "--http-port",
+                               str(http_port)], env={**SERVER_ENV, **(extra_env or {})})
+            wait_http(f"http://127.0.0.1:{http_port}/readyz")
+            parent = psutil.Process(self.proc.pid)
+            kids = [c for c in parent.children()
+                    if "resource_tracker" not in " ".join(c.cmdline())]
+            self.target = max(kids, key=lambda c: c.memory_info().rss) if kids else parent
+        else:
+            self.proc = spawn(["-m", "bench.fanout.naive", str(self.port), redis_url])
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    import socket
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            self.target = psutil.Process(self.proc.pid)
+
+    def rss(self) -> int:
+        return int(self.target.memory_info().rss)
+
+    def cpu_s(self) -> float:
+        t = self.target.cpu_times()
+        return float(t.user + t.system)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except Exception:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def create_markets(redis_url: str, mids: list[str]) -> None:
+    async def main() -> None:
+        from oddsfeed.model import MarketUpdate
+        from oddsfeed.store import Store
+
+        s = await Store.connect(redis_url)
+        for m in mids:
+            await s.apply(MarketUpdate(market=m, fields={"event": "e", "sport": "s", "name": m},
+                                       selections={"h": {"name": "H", "price": 20000}},
+                                       create=True, replace=True))
+        await s.close()
+    asyncio.run(main())
+
+
+async def drive(kind: str, redis_url: str, markets: list[str], rate: float,
+                duration_s: float) -> int:
+    """Apply (oddsfeed) or publish (naive) ``rate`` updates/s for ``duration_s``; returns the
+    number sent. ``ts`` is stamped right before each apply/publish."""
+    import uvloop  # noqa: F401  (the caller runs us on uvloop)
+    from redis.asyncio import Redis
+
+    from oddsfeed.model import MarketUpdate
+    from oddsfeed.store import Store
+
+    store = await Store.connect(redis_url) if kind == "oddsfeed" else None
+    client = Redis.from_url(redis_url) if kind != "oddsfeed" else None
+    versions = dict.fromkeys(markets, 0)
+    rng = random.Random(5)
+    loop = asyncio.get_running_loop()
+    sem = asyncio.Semaphore(64)
+    pending: set[asyncio.Task[Any]] = set()
+
+    async def one(m: str, price: int) -> None:
+        async with sem:
+            now_ms = int(time.time() * 1000)
+            if store is not None:
+                await store.apply(MarketUpdate(market=m, selections={"h": {"price": price}},
+                                               ts=now_ms))
+            else:
+                assert client is not None
+                versions[m] += 1
+                await client.publish(f"naive:{m}", msgpack.packb(
+                    {"op": "delta", "m": m, "v": versions[m], "ts": now_ms,
+                     "sel": {"h": {"price": price / 10000}}}))
+
+    start = loop.time()
+    sent = 0
+    while loop.time() - start < duration_s:
+        target = int((loop.time() - start) * rate)
+        while sent < target:
+            t = asyncio.create_task(one(rng.choice(markets), 11000 + sent % 80000))
+            pending.add(t)
+            t.add_done_callback(pending.discard)
+            sent += 1
+        await asyncio.sleep(0.001)
+    await asyncio.gather(*pending)
+    if store:
+        await store.close()
+    if client:
+        await client.aclose()
+    return sent
+
+
+class Load:
+    """Load-generator processes holding ``len(subs)`` connections to one server."""
+
+    def __init__(self, kind: str, port: int, subs: list[list[str]], procs: int = 2) -> None:
+        ctx = mp.get_context("spawn")
+        self.out, self.ready = ctx.Queue(), ctx.Queue()
+        self.go, self.stop_ev = ctx.Event(), ctx.Event()
+        n = len(subs)
+        # beyond ~28k connections one source address runs out of ephemeral ports
+        ips = [f"127.0.0.{2 + i}" for i in range(max(1, n // 20000 + 1))]
+        per = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
+        self.procs = []
+        off = 0
+        for k in per:
+            p = ctx.Process(target=run_process, args=(
+                "127.0.0.1", port, kind, subs[off:off + k], self.out, self.ready, self.go,
+                self.stop_ev, ips), daemon=True)
+            p.start()
+            self.procs.append(p)
+            off += k
+        self.connected = sum(self.ready.get(timeout=600) for _ in self.procs)
+
+    def finish(self) -> list[dict[str, Any]]:
+        self.stop_ev.set()
+        res = [self.out.get(timeout=120) for _ in self.procs]
+        for p in self.procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+        return res
+
+
+def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_per_conn: int,
+                 rate: float, duration_s: float, procs: int = 2) -> dict[str, Any]:
+    """One measurement of one implementation at one offered rate; returns its figures."""
+    import uvloop
+
+    mids = [f"f{i}" for i in range(markets)]
+    if kind == "oddsfeed":
+        create_markets(redis_url, mids)
+    server = Server(kind, redis_url)
+    try:
+        rng = random.Random(9)
+        subs = [rng.sample(mids, subs_per_conn) for _ in range(conns)]
+        load = Load(kind, server.port, subs, procs)
+        time.sleep(1.0)  # let snapshots drain
+        rss = server.rss()
+        load.go.set()
+        cpu0, t0 = server.cpu_s(), time.monotonic()
+        sent = uvloop.run(drive(kind, redis_url, mids, rate, duration_s))
+        elapsed = time.monotonic() - t0
+        time.sleep(1.0)  # the tail
+        cpu_s = server.cpu_s() - cpu0
+        results = load.finish()
+    finally:
+        server.stop()
+    lat = [x for r in results for x in r["lat_ms"]]
+    received = sum(r["messages"] for r in results)
+    expected = sent * conns * subs_per_conn / markets
+    return {"impl": kind, "conns": load.connected, "markets": markets,
+            "subs_per_conn": subs_per_conn, "offered_updates_per_s": rate, "updates": sent,
+            "delivered_per_s": round(received / elapsed),
+            "expected_per_s": round(expected / elapsed),
+            "delivery_ratio": round(received / expected, 3) if expected else 0,
+            "p50_ms": round(pct(lat, 50), 2), "p99_ms": round(pct(lat, 99), 2),
+            "max_ms": round(max(lat, default=0), 2),
+            "server_cpu_s_per_s": round(cpu_s / elapsed, 3),
+            "deliveries_per_cpu_s": round(received / cpu_s) if cpu_s else 0,
+            "frames": sum(r["frames"] for r in results),
+            "rss_mb": round(rss / 2**20, 1), "kb_per_conn": round(rss / 1024 / conns, 1),
+            "gaps": sum(r["gaps"] for r in results)}
+
+
+def idle_memory(redis_url: str, steps: list[int], kind: str = "oddsfeed") -> list[dict[str, Any]]:
+    """RSS of one server holding 0, then each of ``steps`` idle subscribed connections."""
+    mids = [f"f{i}" for i in range(100)]
+    if kind == "oddsfeed":
+        create_markets(redis_url, mids)
+    server = Server(kind, redis_url)
+    rows = []
+    loads: list[Load] = []
+    try:
+        time.sleep(0.5)
+        base = server.rss()
+        rows.append({"impl": kind, "conns": 0, "rss_mb": round(base / 2**20, 1)})
+        have = 0
+        rng = random.Random(1)
+        for n in steps:
+            subs = [[rng.choice(mids)] for _ in range(n - have)]
+            loads.append(Load(kind, server.port, subs, procs=2))
+            have = n
+            time.sleep(1.5)
+            rss = server.rss()
+            rows.append({"impl": kind, "conns": n, "rss_mb": round(rss / 2**20, 1),
+                         "kb_per_conn": round((rss - base) / 1024 / n, 1)})
+        for prev, cur in itertools.pairwise(rows):
+            if prev["conns"]:
+                cur["marginal_kb_per_conn"] = round(
+                    (cur["rss_mb"] - prev["rss_mb"]) * 1024 / (cur["conns"] - prev["conns"]), 1)
+    finally:
+        for ld in loads:
+            ld.finish()
+        server.stop()
+    return rows
+
+
+def sustained(r: dict[str, Any]) -> bool:
+    return bool(r["p99_ms"] <= 100 and r["delivery_ratio"] >= 0.95 and r["gaps"] == 0)
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """The whole fan-out benchmark; returns rows for the report."""
+    from oddsfeed.embedded import EmbeddedValkey
+
+    conns = 1000
+    duration = 3.0 if quick else 8.0
+    rates = [200, 500, 1000, 1500] if quick else [200, 500, 1000, 1500, 2000, 3000]
+    saturation: list[dict[str, Any]] = []
+    with EmbeddedValkey(extra_args=("--maxclients", "100000")) as vk:
+        env = environment(vk.url)
+        for rate in rates:
+            row = {}
+            for kind in ("naive", "oddsfeed"):
+                if any(r["impl"] == kind and not sustained(r) for r in saturation):
+                    continue  # this one is past saturation already
+                r = run_scenario(kind, vk.url, conns=conns, markets=100, subs_per_conn=5,
+                                 rate=rate, duration_s=duration)
+                saturation.append(r)
+                row[kind] = r
+                print(f"  {kind} {rate}/s -> {r['delivered_per_s']} msg/s "
+                      f"p50 {r['p50_ms']} p99 {r['p99_ms']} ms cpu {r['server_cpu_s_per_s']} "
+                      f"({r['deliveries_per_cpu_s']}/cpu-s) gaps {r['gaps']}", file=sys.stderr)
+            if "naive" in row and "oddsfeed" in row and row["naive"]["deliveries_per_cpu_s"]:
+                row["oddsfeed"]["ratio_per_cpu_same_rate"] = round(
+                    row["oddsfeed"]["deliveries_per_cpu_s"]
+                    / row["naive"]["deliveries_per_cpu_s"], 2)
+            if not row:
+                break
+        rows = []
+        for kind in ("naive", "oddsfeed"):
+            ok = [r for r in saturation if r["impl"] == kind and sustained(r)]
+            best = max(ok or [r for r in saturation if r["impl"] == kind],
+                       key=lambda r: r["delivered_per_s"])
+            rows.append({**best, "sustained": bool(ok)})
+        base = rows[0]["deliveries_per_cpu_s"] or 1
+        for r in rows:
+            r["ratio_per_cpu"] = round(r["deliveries_per_cpu_s"] / base, 2)
+        memory = idle_memory(vk.url, [1000, 5000] if quick else [1000, 10000, 50000])
+    return {"scenario": "fanout",
+            "params": {"conns": conns, "markets": 100, "subs_per_conn": 5,
+                       "duration_s": duration, "rates": rates},
+            "env": env, "rows": rows, "saturation": saturation, "memory": memory,
+            "columns": ["impl", "offered_updates_per_s", "delivered_per_s", "p50_ms", "p99_ms",
+                        "max_ms", "server_cpu_s_per_s", "deliveries_per_cpu_s", "ratio_per_cpu",
+                        "ratio_per_cpu_same_rate", "kb_per_conn", "gaps", "delivery_ratio"]}
