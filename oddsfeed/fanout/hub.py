@@ -38,8 +38,9 @@ Held = Delta | Market | Gone
 class Client:
     """One WebSocket connection's protocol state; the I/O lives in the server module."""
 
-    __slots__ = ("id", "encoding", "outbox", "pos", "pending", "via_event", "explicit", "wake",
-                 "closed", "on_slow", "on_ready", "counted", "last_sent", "writing", "__weakref__")
+    __slots__ = ("id", "encoding", "outbox", "pos", "pending", "via_event", "explicit",
+                 "closed", "on_slow", "on_ready", "counted", "last_sent", "writer", "conn",
+                 "__weakref__")
 
     def __init__(self, cid: int, encoding: str, outbox: Outbox) -> None:
         self.id = cid
@@ -51,14 +52,16 @@ class Client:
         self.pending: dict[str, list[Held]] = {}
         self.via_event: dict[str, str] = {}  # market -> event it came in through
         self.explicit: set[str] = set()  # markets the client named itself
-        self.wake = asyncio.Event()
         self.closed = False
         self.on_slow: Any = None
         # called as on_ready(client, urgent) when the outbox stops being empty (or gets an
         # urgent message): the server decides when the writer wakes (batching window)
         self.on_ready: Any = None
         self.last_sent = 0.0  # monotonic time of the last frame written
-        self.writing = False  # the writer task is inside a (possibly blocked) send
+        # the writer task, only while the socket is backed up (memory: no idle task per
+        # connection); while it runs, nothing else writes to this connection
+        self.writer: asyncio.Task[None] | None = None
+        self.conn: Any = None  # the server's connection object
         self.counted = 0  # subscriptions this client holds in the metrics gauge
 
     def __hash__(self) -> int:
@@ -82,11 +85,8 @@ class Client:
             if self.on_slow is not None:
                 self.on_slow(self)
             return
-        if was_empty or out.urgent:
-            if self.on_ready is not None:
-                self.on_ready(self, out.urgent)
-            else:
-                self.wake.set()
+        if (was_empty or out.urgent) and self.on_ready is not None:
+            self.on_ready(self, out.urgent)
 
 
 class Hub:
@@ -96,7 +96,9 @@ class Hub:
         self.store = store
         self.index: SubscriptionIndex[Client] = SubscriptionIndex()
         self.max_subscriptions = max_subscriptions
-        # market -> (epoch, version) last forwarded by this node
+        # market -> (epoch, version) last forwarded by this node from the bus (or re-read
+        # for every client at once). A client's own catch-up read must not move it: that read
+        # can be ahead of the bus, and the versions in between are still owed to the others.
         self.markets: dict[str, tuple[str, int]] = {}
         self.clients: set[Client] = set()
         self.bus = store.bus(self.on_bus_message, self.on_bus_reconnect)
@@ -146,6 +148,8 @@ class Hub:
 
     async def _release_channels(self, markets: Iterable[str], events: Iterable[str]) -> None:
         for m in markets:
+            if any(True for _ in self.index.market_subscribers(m)):
+                continue  # wanted again meanwhile
             self.markets.pop(m, None)
             await self.bus.unsubscribe_market(m)
         for e in events:
@@ -186,7 +190,10 @@ class Hub:
         for m in markets:
             client.pending.setdefault(m, [])
             if self.index.add_market(client, m):
-                await self.bus.subscribe_market(m)
+                self.markets.pop(m, None)  # a (re)subscribed channel starts a new sequence
+            # Awaited even when another client already asked for the channel: it returns once
+            # the server confirmed the subscription, so the read below cannot overtake it.
+            await self.bus.subscribe_market(m)
         self._sync_count(client)
         histories: dict[str, tuple[Market, list[Delta]] | None] = {}
         for m in markets:
@@ -207,24 +214,17 @@ class Hub:
                 for d in deltas:
                     client.push(wire.delta(d), market=m, delta=d)
                 client.pos[m] = (market.epoch, market.version)
-                self._note(market.id, market.epoch, market.version)
             else:
                 snap = current.get(m)
                 if snap is not None:
                     client.push(wire.snapshot(snap), market=m)
                     client.pos[m] = (snap.epoch, snap.version)
-                    self._note(m, snap.epoch, snap.version)
                 else:
                     if m in client.pos and client.pos[m] is not None:
                         client.push(wire.gone(m), market=m)
                     client.pos[m] = None
             self._release(client, m)
         return found, missing
-
-    def _note(self, market: str, epoch: str, version: int) -> None:
-        known = self.markets.get(market)
-        if known is None or known[0] != epoch or known[1] < version:
-            self.markets[market] = (epoch, version)
 
     def _release(self, client: Client, market: str) -> None:
         held = client.pending.pop(market, None)
@@ -280,6 +280,9 @@ class Hub:
                     self._spawn(self._catch_up(client, [item.market], {}, reply=False))
             return
         market = ident
+        subscribers = self.index.market_subscribers(market)
+        if not subscribers:
+            return  # a late message of a channel being dropped: no continuity to keep
         if isinstance(item, Delta):
             known = self.markets.get(market)
             if known is not None and known[0] == item.epoch:
@@ -297,7 +300,7 @@ class Hub:
         else:
             self.markets.pop(market, None)
             out = wire.gone(market)
-        for client in self.index.market_subscribers(market):
+        for client in subscribers:
             held = client.pending.get(market)
             if held is not None:
                 held.append(item)

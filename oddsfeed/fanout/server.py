@@ -33,6 +33,24 @@ log = logging.getLogger("oddsfeed.fanout")
 # task (which awaits drain) instead of being written directly.
 TRANSPORT_HIGH_WATER = 64 * 1024
 
+# A ping frame with an empty payload, built once (server frames are not masked).
+PING_FRAME = b"\x89\x00"
+
+
+class Connection(ServerConnection):
+    """A websockets server connection that notes when its peer last sent anything, so one
+    ticker per worker (instead of a keepalive task per connection) can ping idle peers and
+    drop dead ones."""
+
+    last_rx = 0.0
+    pinged = False
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = self.loop.time()
+        self.pinged = False
+        super().data_received(data)
+
+
 ValidateFn = Callable[[Sequence[wire.Leg], str], Awaitable[dict[str, Any]]]
 MAX_VALIDATIONS_IN_FLIGHT = 8
 
@@ -73,7 +91,6 @@ class FanoutServer:
         self.reuse_port = reuse_port
         self._server: Server | None = None
         self._principals: dict[ServerConnection, Principal] = {}
-        self._conns: dict[Client, ServerConnection] = {}
         self._ids = itertools.count(1)
         self._ip_buckets: dict[str, TokenBucket] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -93,8 +110,10 @@ class FanoutServer:
             compression=None,  # per-connection deflate would defeat encode-once
             max_size=self.cfg.max_inbound_bytes,
             max_queue=16,
-            ping_interval=self.cfg.ping_interval_s,
-            ping_timeout=self.cfg.ping_timeout_s,
+            # keepalive runs from the shared ticker (see Connection), not a task per connection
+            ping_interval=None,
+            ping_timeout=None,
+            create_connection=Connection,
             close_timeout=2.0,
             process_request=self._process_request,
             select_subprotocol=self._select_subprotocol,
@@ -168,8 +187,8 @@ class FanoutServer:
         client.on_slow = lambda c: self._close_later(ws, 4008, "slow consumer", slow=True)
         client.on_ready = self._ready
         client.last_sent = time.monotonic()
+        client.conn = ws
         self.hub.add_client(client)
-        self._conns[client] = ws
         metrics.CONNECTIONS.inc()
         loop = asyncio.get_running_loop()
         expiry = None
@@ -179,7 +198,6 @@ class FanoutServer:
         client.push(wire.hello(server=f"oddsfeed/{__version__}",
                                session=f"{self.session_prefix}-{cid}",
                                heartbeat_ms=self.cfg.heartbeat_ms, encoding=encoding))
-        writer = loop.create_task(self._writer(ws, client))
         try:
             await self._reader(ws, client, principal)
         except ConnectionClosed:
@@ -191,9 +209,10 @@ class FanoutServer:
             if expiry is not None:
                 expiry.cancel()
             client.closed = True
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
-            self._conns.pop(client, None)
+            writer = client.writer
+            if writer is not None:
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
             self._dirty.discard(client)
             await self.hub.remove_client(client)
             metrics.CONNECTIONS.dec()
@@ -286,28 +305,35 @@ class FanoutServer:
             self._write_or_wake(client)
 
     def _write_or_wake(self, client: Client) -> None:
-        """Fast path: when the connection is open, its writer idle and its socket keeping up,
-        write the prebuilt frame straight to the transport (no task switch). Otherwise the
-        writer task sends with backpressure."""
-        ws = self._conns.get(client)
-        if (ws is None or client.writing or client.closed
-                or ws.protocol.state is not State.OPEN
-                or ws.transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER):
-            client.wake.set()
+        """Fast path: when the connection is open, no writer task running and its socket
+        keeping up, write the prebuilt frames straight to the transport (no task switch).
+        Otherwise a writer task sends with backpressure (awaiting drain)."""
+        ws = client.conn
+        if ws is None or client.writer is not None or client.closed:
+            return  # a running writer picks the new messages up
+        transport = ws.transport
+        if (ws.protocol.state is not State.OPEN
+                or transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER):
+            self._start_writer(ws, client)
             return
-        while client.outbox:
-            t_us = client.outbox.oldest_t_us()
-            framed = client.outbox.ws_frame()
+        outbox = client.outbox
+        while outbox:
+            t_us = outbox.oldest_t_us()
+            framed = outbox.ws_frame()
             if framed is None:
                 break
             frame, n = framed
-            ws.transport.write(frame)
+            transport.write(frame)
             self._count(frame, n, t_us)
-            if ws.transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER:
+            if transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER:
                 break
         client.last_sent = time.monotonic()
-        if client.outbox:
-            client.wake.set()
+        if outbox:
+            self._start_writer(ws, client)
+
+    def _start_writer(self, ws: ServerConnection, client: Client) -> None:
+        if client.writer is None and not client.closed:
+            client.writer = asyncio.get_running_loop().create_task(self._writer(ws, client))
 
     def _count(self, frame: bytes, n: int, t_us: int) -> None:
         self._frames += 1
@@ -319,14 +345,31 @@ class FanoutServer:
     async def _tick(self) -> None:
         """Once in a while: heartbeats for idle clients, slow-consumer age checks, metrics."""
         heartbeat_s = self.cfg.heartbeat_ms / 1000
-        period = min(1.0, heartbeat_s / 4)
+        ping_s, pong_s = self.cfg.ping_interval_s, self.cfg.ping_timeout_s
+        period = min(1.0, heartbeat_s / 4, ping_s / 2, pong_s / 2)
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
+            lnow = loop.time()
             wall_ms = int(time.time() * 1000)
             for client in list(self.hub.clients):
                 if client.closed:
                     continue
+                ws = client.conn
+                if isinstance(ws, Connection) and ws.protocol.state is State.OPEN:
+                    # keepalive: ping a peer silent for ping_interval_s; drop it if it stays
+                    # silent ping_timeout_s more (protocol.md section 2)
+                    silent = lnow - (ws.last_rx or lnow)
+                    if ws.last_rx == 0.0:
+                        ws.last_rx = lnow
+                    elif silent > ping_s + pong_s:
+                        client.closed = True
+                        self._close_later(ws, 1011, "keepalive ping timeout")
+                        continue
+                    elif silent > ping_s and not ws.pinged and client.writer is None:
+                        ws.pinged = True
+                        ws.transport.write(PING_FRAME)
                 if not client.outbox and now - client.last_sent >= heartbeat_s:
                     client.push(wire.heartbeat(wall_ms))
                 elif client.outbox and client.outbox.verdict(now) != "ok":
@@ -340,22 +383,21 @@ class FanoutServer:
                 self._frames = self._messages = self._bytes = 0
 
     async def _writer(self, ws: ServerConnection, client: Client) -> None:
-        """The slow path: send what the outbox holds with backpressure (awaiting drain)."""
+        """The slow path: send what the outbox holds with backpressure (awaiting drain);
+        ends when the outbox is empty. A slow client only ever blocks its own writer."""
         text = client.encoding == wire.JSON
         outbox = client.outbox
-        while not client.closed:
-            await client.wake.wait()
-            client.wake.clear()
+        try:
             while outbox and not client.closed:
                 n = min(len(outbox), 512)
                 t_us = outbox.oldest_t_us()
                 frame = outbox.frame(512)
                 if frame is None:
                     break
-                client.writing = True
-                try:
-                    await ws.send(frame, text=text)
-                finally:
-                    client.writing = False
+                await ws.send(frame, text=text)
                 client.last_sent = time.monotonic()
                 self._count(frame, n, t_us)
+        except ConnectionClosed:
+            pass
+        finally:
+            client.writer = None
