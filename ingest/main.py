@@ -172,7 +172,7 @@ async def _simulator(runner: FeedRunner, opts: dict[str, Any], settings: Setting
                           seed=int(seed if seed is not None else settings.demo.seed),
                           rate_per_s=float(opts.get("rate") or settings.demo.rate_per_s))
     await run_simulator(_SubmitAll(runner, recorder), cfg, stop=stop,
-                        start_ms=int(time.time() * 1000))
+                        start_ms=int(time.time() * 1000), count=False)
 
 
 async def _http_poll(runner: FeedRunner, opts: dict[str, Any], mapping: Mapping,

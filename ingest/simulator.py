@@ -27,6 +27,8 @@ from typing import Any, Protocol
 from oddsfeed.model import MarketUpdate
 from oddsfeed.prices import MAX_PRICE, MIN_PRICE, SCALE
 
+from .runner import FeedRunner
+
 TEAMS = ("Arsenal", "Barcelona", "Bayern", "Benfica", "Celtic", "Dortmund", "Inter", "Juventus",
          "Leipzig", "Liverpool", "Madrid", "Milan", "Napoli", "Porto", "PSG", "Roma", "Sevilla",
          "Sporting", "Ajax", "Chelsea", "Lyon", "Marseille", "Villarreal", "Feyenoord")
@@ -319,12 +321,22 @@ class _Applier(Protocol):
 
 async def run_simulator(store: _Applier, config: SimulatorConfig, *,
                         stop: asyncio.Event | None = None, max_ticks: int | None = None,
-                        start_ms: int = 1_700_000_000_000) -> int:
+                        start_ms: int = 1_700_000_000_000, count: bool = True) -> int:
     """Write the simulated feed through ``store.apply`` at ``config.rate_per_s`` ticks per
     second until ``stop`` is set or ``max_ticks`` ticks ran; returns the ticks run.
 
-    Pass the wall-clock ``start_ms`` so a restarted feed orders after the previous run."""
+    Pass the wall-clock ``start_ms`` so a restarted feed orders after the previous run.
+    With ``count`` the updates go through a :class:`~ingest.runner.FeedRunner` (source
+    ``sim:<seed>``): outcomes and lag in the ingest metrics, store errors retried."""
     sim = Simulator(config, start_ms=start_ms)
+    if count:
+        runner = FeedRunner(store, sim.source)
+
+        class _Counted:
+            async def apply(self, update: MarketUpdate) -> Any:
+                return await runner.submit(update)
+
+        store = _Counted()
     for update in sim.initial():
         await store.apply(update)
     loop = asyncio.get_running_loop()
