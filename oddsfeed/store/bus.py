@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("oddsfeed.store.bus")
 
 _ERRORS = (redis_errors.RedisError, OSError, asyncio.TimeoutError)
+CONFIRM_S = 5.0  # how long a subscribe waits for the server's confirmation
 
 
 class _Shard:
@@ -38,16 +39,40 @@ class _Shard:
                   "socket_connect_timeout": 2.0, "socket_timeout": None}
         self.client = Redis(connection_pool=ConnectionPool(
             connection_class=connection_class, max_connections=2, **kwargs))
-        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        # Subscribe confirmations are read (not ignored): subscribe() waits for them.
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=False)
         self.sharded = sharded
         self.channels: set[str] = set()
+        self._confirming: dict[str, asyncio.Future[None]] = {}
 
-    async def subscribe(self, channel: str) -> None:
+    async def subscribe(self, *channels: str) -> None:
+        """Subscribe and return once the server confirmed it, so that a read made after this
+        call is followed by every later publication on the channels (without the wait, a
+        catch-up read could overtake the SUBSCRIBE and the node would see a gap). Raises
+        TimeoutError when no confirmation comes within CONFIRM_S."""
+        loop = asyncio.get_running_loop()
+        waits = []
+        for channel in channels:
+            fut = self._confirming.get(channel)
+            if fut is None:
+                fut = self._confirming[channel] = loop.create_future()
+            waits.append(fut)
         if self.sharded:
-            await self.pubsub.ssubscribe(channel)
+            await self.pubsub.ssubscribe(*channels)
         else:
-            await self.pubsub.subscribe(channel)
-        self.channels.add(channel)
+            await self.pubsub.subscribe(*channels)
+        self.channels.update(channels)  # only now may the reader read the connection
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), CONFIRM_S)
+        finally:
+            for channel in channels:
+                self._confirming.pop(channel, None)
+
+    def confirmed(self, channel: str) -> None:
+        """The reader saw the server confirm ``channel``'s subscription."""
+        fut = self._confirming.pop(channel, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
     async def unsubscribe(self, channel: str) -> None:
         self.channels.discard(channel)
@@ -179,10 +204,15 @@ class Bus:
                 msg = await shard.pubsub.get_message(timeout=1.0)
                 if msg is None:
                     continue
-                if msg.get("type") not in ("message", "smessage"):
-                    continue
+                kind = msg.get("type")
                 channel = msg["channel"]
-                parsed = parse_channel(channel.decode() if isinstance(channel, bytes) else channel)
+                name = channel.decode() if isinstance(channel, bytes) else str(channel)
+                if kind in ("subscribe", "ssubscribe"):
+                    shard.confirmed(name)
+                    continue
+                if kind not in ("message", "smessage"):
+                    continue
+                parsed = parse_channel(name)
                 if parsed is None:
                     continue
                 try:
@@ -206,8 +236,13 @@ class Bus:
     async def _resubscribe(self) -> None:
         if self._store.cluster:
             await self._store.client.initialize()  # type: ignore[union-attr,unused-ignore]
+        by_shard: dict[int, tuple[_Shard, list[str]]] = {}
         for channel in sorted(self._channels):
-            await self._shard(channel).subscribe(channel)
+            shard = self._shard(channel)
+            by_shard.setdefault(id(shard), (shard, []))[1].append(channel)
+        for shard, channels in by_shard.values():
+            for i in range(0, len(channels), 1000):
+                await shard.subscribe(*channels[i:i + 1000])
 
     async def _supervise(self) -> None:
         while True:
