@@ -1,2 +1,14 @@
-"""Feed adapters: each provider module has pure normalize_* functions on top and thin async
-I/O at the bottom; every update goes through the store's one atomic apply path."""
+"""Feed adapters: each provider module has pure normalize_* functions (or a pure state
+machine) on top and thin async I/O at the bottom; every update goes through
+:class:`ingest.runner.FeedRunner` into the store's one atomic apply path. Nothing here writes
+market state any other way.
+
+- :mod:`ingest.simulator`: ``run_simulator(store, SimulatorConfig(...), stop=, start_ms=)``
+- :mod:`ingest.replay`: ``replay(lines, submit, on_bad, speed=)`` and ``Recorder``
+- :mod:`ingest.oddsapi`: ``normalize_event`` and ``Poller`` (http-poll)
+- :mod:`ingest.betfair`: ``StreamState`` and ``run_stream`` (stream)
+- :mod:`ingest.push`: ``build_push_app`` (push)
+- :mod:`ingest.normalised`: our JSON, ``Mapping`` (config/mappings.toml), ``parse_line``
+- :mod:`ingest.runner`: ``FeedRunner`` (ordering outcomes, bad data, feed health), ``Lanes``
+- :mod:`ingest.main`: ``run_adapter``, behind `oddsfeed ingest` and `oddsfeed record`
+"""

@@ -339,9 +339,10 @@ class _WsLink:
 async def _open(address: str) -> _Link:
     if address.startswith(("ws://", "wss://")):
         return _WsLink(await ws_connect(address, max_size=MAX_LINE_BYTES, open_timeout=10))
-    host, _, port = address.rpartition(":")
+    tls = address.startswith("tls://")  # Betfair's own stream is TLS on port 443
+    host, _, port = address.removeprefix("tls://").rpartition(":")
     reader, writer = await asyncio.open_connection(host or "127.0.0.1", int(port),
-                                                   limit=MAX_LINE_BYTES)
+                                                   limit=MAX_LINE_BYTES, ssl=tls or None)
     return _TcpLink(reader, writer)
 
 
@@ -355,7 +356,8 @@ async def run_stream(address: str, state: StreamState,
                      on_raw: Callable[[Any], None] | None = None,
                      min_backoff_s: float = 0.1, max_backoff_s: float = 30.0,
                      rng: random.Random | None = None) -> int:
-    """Stream from ``address`` (``HOST:PORT`` for TCP, or a ``ws://`` URL) until ``stop``.
+    """Stream from ``address`` (``HOST:PORT`` for TCP, ``tls://HOST:PORT``, or a ``ws://`` /
+    ``wss://`` URL) until ``stop``.
 
     Sends ``authentication`` (if given) and the subscription on every connect, with the last
     clocks after a reconnect. Good updates go to ``on_updates``, bad data to ``on_bad``,

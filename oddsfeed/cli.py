@@ -317,7 +317,7 @@ def _ingest_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="http-poll: seconds between polls."),
         click.option("--timeout", type=float, default=10.0, show_default=True,
                      help="http-poll: per-request timeout in seconds."),
-        click.option("--address", help="stream: HOST:PORT (TCP) or a ws:// URL."),
+        click.option("--address", help="stream: HOST:PORT (TCP), tls://HOST:PORT or a ws:// URL."),
         click.option("--filter", help="stream: the marketFilter as JSON."),
         click.option("--metrics-port", type=int, default=0, show_default=True,
                      help="Serve /metrics on this port (0: off)."),
