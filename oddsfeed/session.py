@@ -76,7 +76,9 @@ class Outbox:
 
     def _conflate(self) -> None:
         # Merge each market's run of pending deltas into one delta (base of the first,
-        # v of the last). A snapshot or gone of that market ends the run.
+        # v of the last). A snapshot or gone of that market ends the run (and supersedes
+        # it); so does a suspension, which merged with a later reopening would vanish: it
+        # is never conflated away (issue 4).
         merged: deque[_Entry] = deque()
         open_run: dict[str, tuple[_Entry, list[Delta]]] = {}
         for e in self._q:
@@ -85,26 +87,31 @@ class Outbox:
                 if run is not None:
                     run[1].append(e.delta)
                     run[0].at = min(run[0].at, e.at)
-                    continue
-                entry = _Entry(e.out, e.size, e.at, e.market, e.delta)
-                open_run[e.market] = (entry, [e.delta])
-                merged.append(entry)
+                else:
+                    run = open_run[e.market] = (_Entry(e.out, e.size, e.at, e.market, e.delta),
+                                                [e.delta])
+                    merged.append(run[0])
+                if e.out.urgent:
+                    self._merge(*open_run.pop(e.market))
             else:
                 if e.market is not None:
                     open_run.pop(e.market, None)
                 merged.append(e)
         total = 0
         for entry, deltas in open_run.values():
-            if len(deltas) > 1:
-                d = conflate(deltas)
-                entry.delta = d
-                entry.out = delta_message(d)
-                entry.size = len(entry.out.payload(self.encoding))
-                self.conflations += 1
+            self._merge(entry, deltas)
         for e in merged:
             total += e.size
         self._q = merged
         self.queued_bytes = total
+
+    def _merge(self, entry: _Entry, deltas: list[Delta]) -> None:
+        if len(deltas) > 1:
+            d = conflate(deltas)
+            entry.delta = d
+            entry.out = delta_message(d)
+            entry.size = len(entry.out.payload(self.encoding))
+            self.conflations += 1
 
     def oldest_t_us(self) -> int:
         """The store apply time of the oldest queued message (0 if unknown)."""
