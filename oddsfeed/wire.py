@@ -316,7 +316,9 @@ def decode_request(data: bytes | str, encoding: str) -> Request:
     events = _ids(msg, "events", rid)
     if op == "unsubscribe":
         return Unsubscribe(rid, markets, events)
-    raw_from = msg.get("from") or {}
+    raw_from = msg.get("from")
+    if raw_from is None:
+        raw_from = {}
     if not isinstance(raw_from, dict) or len(raw_from) > MAX_IDS_PER_REQUEST:
         raise _bad("from must be a map of market id -> {epoch, version}", rid)
     positions: dict[str, Position] = {}
