@@ -225,7 +225,8 @@ class Store:
         """(market, susp_v) of each market, each read atomically, all in one round trip.
 
         ``susp_v`` is the last version at which the market was not open (0: never), so "was
-        it suspended at any moment after version X" is exactly ``susp_v > X``.
+        it suspended at any moment after version X" is exactly ``susp_v >= X`` (a market suspended
+        at version X itself stayed suspended past X until it reopened).
         """
         wanted = list(dict.fromkeys(ids))
         raws = await self._get_raw(wanted)
