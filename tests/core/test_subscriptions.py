@@ -44,3 +44,23 @@ def test_events_signal_first_and_last() -> None:
     assert not idx.add_event("b", "e1")
     assert not idx.remove_event("a", "e1")
     assert idx.remove_event("b", "e1")
+
+
+def test_drop_reports_lost_markets_and_events() -> None:
+    """drop() forgets a connection and reports only the markets and events it was last on."""
+    idx: SubscriptionIndex[str] = SubscriptionIndex()
+    idx.add_market("a", "m1")
+    idx.add_market("a", "m2")
+    idx.add_market("b", "m2")
+    idx.add_event("a", "e1")
+    idx.add_event("a", "e2")
+    idx.add_event("b", "e2")
+    lost_markets, lost_events = idx.drop("a")
+    assert sorted(lost_markets) == ["m1"]
+    assert sorted(lost_events) == ["e1"]
+    assert idx.count("a") == 0
+    assert set(idx.market_subscribers("m2")) == {"b"}
+    assert set(idx.markets()) == {"m2"}
+    assert set(idx.events()) == {"e2"}
+    assert len(idx) == 1
+    assert idx.drop("a") == ([], [])
