@@ -15,7 +15,7 @@ from oddsfeed.auth import Authenticator
 from oddsfeed.settings import Settings, load_settings
 from oddsfeed.worker import Worker
 
-SECRET = "test-secret"
+SECRET = "test-secret-of-the-fanout-suite-0123456789"  # >= 32 bytes: no PyJWT warning
 
 # Limits that would only get in the way of tests opening many connections quickly; the
 # tests of those limits set their own values.
