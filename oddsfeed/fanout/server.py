@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
@@ -50,6 +51,8 @@ class Connection(ServerConnection):
         self.pinged = False
         super().data_received(data)
 
+
+_HANDSHAKE_DONE = Request("/ws", Headers())
 
 ValidateFn = Callable[[Sequence[wire.Leg], str], Awaitable[dict[str, Any]]]
 MAX_VALIDATIONS_IN_FLIGHT = 8
@@ -176,6 +179,10 @@ class FanoutServer:
 
     async def _handler(self, ws: ServerConnection) -> None:
         principal = self._principals.pop(ws, ANONYMOUS)
+        # the handshake's request and response (headers) are not used again: ~3 KB per
+        # connection. websockets only checks that ``request`` is set once the handshake is done.
+        ws.request = _HANDSHAKE_DONE
+        ws.response = None
         if len(self.hub.clients) >= self.cfg.max_connections:
             await ws.close(1013, "overloaded")
             return
