@@ -1,4 +1,5 @@
-"""A test client that follows the protocol's client rule, on a real WebSocket."""
+"""A test client that follows the protocol's client rule, on a real WebSocket (kept for tests/sdk;
+the fan-out suite itself uses tests/fanout/mirror.py)."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ async def test_tokens_at_the_handshake(start_worker: WorkerFactory) -> None:
         expired = jwt.encode({"sub": "x", "exp": now - 10, "scope": "odds:read"}, SECRET,
                              algorithm="HS256")
         foreign = jwt.encode({"sub": "x", "exp": now + 600, "scope": "odds:read"},
-                             "another-secret", algorithm="HS256")
+                             "another-secret-that-is-long-enough-0123456789", algorithm="HS256")
         unsigned = jwt.encode({"sub": "x", "exp": now + 600, "scope": "odds:read"}, None,
                               algorithm="none")
         assert await handshake_status(ws_url(w)) == 401

@@ -151,3 +151,29 @@ async def test_lagging_reader_gets_conflated_deltas_that_apply(
         assert not book.resyncs
         assert not book.anomalies
         conn.close()
+
+
+async def test_stopped_reader_of_one_market_is_cut_by_lag(start_worker: WorkerFactory) -> None:
+    """A stopped reader of one busy market stays small through conflation but is closed once
+    its oldest pending change is older than max_lag_s."""
+    async with start_worker(**{"fanout.high_water_bytes": HIGH_WATER,
+                               "fanout.max_lag_s": 1.0}) as w:
+        await w.store.apply(big_market("b0"))
+        conn = await RawClient.open(w.ws_port, "json")
+        await conn.send({"op": "subscribe", "id": 1, "markets": ["b0"]})
+        client = await only_client(w, 1)
+        await read_snapshots(conn, 1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        i = peak = 0
+        while not client.closed and loop.time() < deadline:  # type: ignore[attr-defined]
+            await w.store.apply(big_change("b0", i))
+            i += 1
+            peak = max(peak, client.outbox.queued_bytes)  # type: ignore[attr-defined]
+        assert client.closed  # type: ignore[attr-defined]
+        assert client.outbox.conflations > 0  # type: ignore[attr-defined]
+        assert peak <= HIGH_WATER + 8192  # one market conflates to about one delta
+        while await conn.read_some(2.0):
+            pass
+        assert conn.close_code in (4008, None)
+        conn.close()

@@ -3,6 +3,8 @@ and batching, against a real worker and real WebSocket clients (protocol.md sect
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from websockets.asyncio.client import connect
 from websockets.typing import Subprotocol
@@ -208,3 +210,19 @@ async def test_bursts_are_batched_in_order(start_worker: WorkerFactory) -> None:
         assert max(c.batch_sizes) > 1
         c.check_clean()
         await c.close()
+
+
+async def test_burst_of_concurrent_subscribes(worker: Worker) -> None:
+    """300 clients subscribing at the same moment all get their snapshots (reads wait for a
+    store connection instead of failing)."""
+    for i in range(20):
+        await worker.store.apply(create(f"b{i}"))
+    clients = await asyncio.gather(*(Mirror.open(ws_url(worker), "msgpack") for _ in range(300)))
+    replies = await asyncio.gather(*(
+        c.request({"op": "subscribe", "markets": [f"b{j}" for j in range(20)]}, timeout=30)
+        for c in clients))
+    assert {r["op"] for r in replies} == {"subscribed"}
+    await wait_until(lambda: all(len(c.markets) == 20 for c in clients), 30, "snapshots")
+    for c in clients:
+        c.check_clean()
+    await asyncio.gather(*(c.close() for c in clients))
