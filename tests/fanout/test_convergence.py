@@ -52,10 +52,14 @@ async def test_two_hundred_clients_converge(worker: Worker) -> None:
 
     await asyncio.gather(*(subscribe(i) for i in range(N_CLIENTS) if i not in late))
 
+    applied = 0
+
     async def writer(n: int) -> None:
+        nonlocal applied
         r = random.Random(n)
         for _ in range(UPDATES_PER_WRITER):
             await store.apply(random_update(r, r.choice(mids)))
+            applied += 1
 
     async def churn() -> None:
         r = random.Random(99)
@@ -66,8 +70,9 @@ async def test_two_hundred_clients_converge(worker: Worker) -> None:
             await store.apply(create(mid, event_of(mid)))
 
     async def late_joiners() -> None:
-        await asyncio.sleep(0.2)
+        await wait_until(lambda: applied >= 1000, 30, "writers under way")
         await asyncio.gather(*(subscribe(i) for i in late))
+        assert applied < N_WRITERS * UPDATES_PER_WRITER, "the late joiners came too late"
 
     await asyncio.gather(*(writer(n) for n in range(N_WRITERS)), churn(), late_joiners())
 

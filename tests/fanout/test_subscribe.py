@@ -226,3 +226,20 @@ async def test_burst_of_concurrent_subscribes(worker: Worker) -> None:
     for c in clients:
         c.check_clean()
     await asyncio.gather(*(c.close() for c in clients))
+
+
+async def test_suspension_skips_the_batching_window(start_worker: WorkerFactory) -> None:
+    """A suspension goes out at once, taking what was queued before it along, even with a
+    long batching window."""
+    async with start_worker(**{"fanout.batch_window_ms": 3000}) as w:
+        await w.store.apply(create("m1"))
+        c = await Mirror.open(ws_url(w))
+        await c.request({"op": "subscribe", "markets": ["m1"]})
+        await wait_until(lambda: "m1" in c.markets, 5)
+        await w.store.apply(price("m1", 33_000))
+        await w.store.apply(MarketUpdate(market="m1", fields={"status": "suspended"}))
+        # well inside the 3 s window
+        await wait_until(lambda: c.markets["m1"].status == "suspended", 1.5, "suspension")
+        assert c.book.delta_versions("m1") == [2, 3]
+        c.check_clean()
+        await c.close()
