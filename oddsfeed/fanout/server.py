@@ -383,6 +383,7 @@ class FanoutServer:
                     client.closed = True
                     if client.on_slow is not None:
                         client.on_slow(client)
+            self.hub.flush_metrics()
             if self._frames:
                 metrics.FRAMES_OUT.inc(self._frames)
                 metrics.MESSAGES_OUT.inc(self._messages)
