@@ -32,7 +32,7 @@ class Server:
         self.kind = kind
         self.port = free_port()
         if kind == "oddsfeed":
-            http_port = free_port()
+            http_port = self.http_port = free_port()
             self.proc = spawn(["-m", "oddsfeed", "serve", "--workers", "1", "--redis-url",
                                redis_url, "--ws-port", str(self.port), "--http-port",
                                str(http_port)], env={**SERVER_ENV, **(extra_env or {})})
@@ -86,9 +86,10 @@ def create_markets(redis_url: str, mids: list[str]) -> None:
 
 
 async def drive(kind: str, redis_url: str, markets: list[str], rate: float,
-                duration_s: float) -> int:
+                duration_s: float, apply_ms: list[float] | None = None) -> int:
     """Apply (oddsfeed) or publish (naive) ``rate`` updates/s for ``duration_s``; returns the
-    number sent. ``ts`` is stamped right before each apply/publish."""
+    number sent. ``ts`` is stamped right before each apply/publish; how long each took is
+    appended to ``apply_ms``."""
     import uvloop  # noqa: F401  (the caller runs us on uvloop)
     from redis.asyncio import Redis
 
@@ -100,12 +101,15 @@ async def drive(kind: str, redis_url: str, markets: list[str], rate: float,
     versions = dict.fromkeys(markets, 0)
     rng = random.Random(5)
     loop = asyncio.get_running_loop()
-    sem = asyncio.Semaphore(64)
+    # few in flight: ``ts`` is stamped before the apply, so a deep queue of applies waiting
+    # for a pooled connection would count as fan-out latency
+    sem = asyncio.Semaphore(16)
     pending: set[asyncio.Task[Any]] = set()
 
     async def one(m: str, price: int) -> None:
         async with sem:
-            now_ms = int(time.time() * 1000)
+            t0 = time.time()
+            now_ms = int(t0 * 1000)
             if store is not None:
                 await store.apply(MarketUpdate(market=m, selections={"h": {"price": price}},
                                                ts=now_ms))
@@ -115,6 +119,8 @@ async def drive(kind: str, redis_url: str, markets: list[str], rate: float,
                 await client.publish(f"naive:{m}", msgpack.packb(
                     {"op": "delta", "m": m, "v": versions[m], "ts": now_ms,
                      "sel": {"h": {"price": price / 10000}}}))
+            if apply_ms is not None:
+                apply_ms.append((time.time() - t0) * 1000)
 
     start = loop.time()
     sent = 0
@@ -183,7 +189,8 @@ def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_pe
         rss = server.rss()
         load.go.set()
         cpu0, t0 = server.cpu_s(), time.monotonic()
-        sent = uvloop.run(drive(kind, redis_url, mids, rate, duration_s))
+        apply_ms: list[float] = []
+        sent = uvloop.run(drive(kind, redis_url, mids, rate, duration_s, apply_ms))
         elapsed = time.monotonic() - t0
         time.sleep(1.0)  # the tail
         cpu_s = server.cpu_s() - cpu0
@@ -200,6 +207,9 @@ def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_pe
             "delivery_ratio": round(received / expected, 3) if expected else 0,
             "p50_ms": round(pct(lat, 50), 2), "p99_ms": round(pct(lat, 99), 2),
             "max_ms": round(max(lat, default=0), 2),
+            # how long the apply (or publish) itself took: part of every latency above
+            "apply_p50_ms": round(pct(apply_ms, 50), 2),
+            "apply_p99_ms": round(pct(apply_ms, 99), 2),
             "server_cpu_s_per_s": round(cpu_s / elapsed, 3),
             "deliveries_per_cpu_s": round(received / cpu_s) if cpu_s else 0,
             "frames": sum(r["frames"] for r in results),
