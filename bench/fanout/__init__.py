@@ -18,8 +18,13 @@ from .runner import idle_memory, run, run_scenario
 
 
 def main() -> None:
+    import signal
+    import sys
+
     from ..common import cli
 
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the servers under test are stopped
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     cli("fanout", run, __doc__)
 
 
