@@ -51,8 +51,11 @@ def plots(results: dict[str, Any], stem: Path) -> list[str]:
         fig.savefig(path, dpi=100)
         out.append(path.name)
         fig, ax = plt.subplots(figsize=(7, 4))
-        mem = fan["memory"]
-        ax.plot([m["conns"] for m in mem], [m["rss_mb"] for m in mem], "o-")
+        for impl in ("naive", "oddsfeed"):
+            mem = [m for m in fan["memory"] if m["impl"] == impl]
+            if mem:
+                ax.plot([m["conns"] for m in mem], [m["rss_mb"] for m in mem], "o-", label=impl)
+        ax.legend()
         ax.set_xlabel("idle subscribed connections")
         ax.set_ylabel("worker RSS (MiB)")
         ax.set_title("memory against connection count")
@@ -75,7 +78,7 @@ def report(results: dict[str, Any], images: list[str], mode: str) -> str:
         if name == "fanout":
             lines += ["Saturation search:", "", table(res["saturation"], res["columns"]), "",
                       "Idle memory:", "",
-                      table(res["memory"], ["conns", "rss_mb", "kb_per_conn",
+                      table(res["memory"], ["impl", "conns", "rss_mb", "kb_per_conn",
                                             "marginal_kb_per_conn"]), ""]
     for img in images:
         lines += [f"![{img}]({img})", ""]
@@ -92,7 +95,7 @@ def main() -> None:
     for name in args.only.split(","):
         t0 = time.monotonic()
         print(f"== {name}", file=sys.stderr)
-        fn = SCENARIOS[name]
+        fn = SCENARIOS[name]  # each one is bounded in time and stops its own processes
         res = fn(args.quick)
         if asyncio.iscoroutine(res):
             res = asyncio.run(res)

@@ -195,7 +195,7 @@ async def run_all(settings: Settings, *, stop: asyncio.Event | None = None) -> i
                 log.info("embedded valkey started", url=redis_url, pid=valkey.pid)
 
         from oddsfeed.auth import Authenticator, AuthError
-        from oddsfeed.worker import Worker
+        from oddsfeed.worker import Worker, tune_gc
 
         token = None
         try:
@@ -206,6 +206,7 @@ async def run_all(settings: Settings, *, stop: asyncio.Event | None = None) -> i
             log.warning("no hs256_secret configured: no trader token printed")
         worker = await stack.enter_async_context(
             Worker(settings, redis_url, demo_token=token, reuse_port=False))
+        tune_gc(settings.server.gc_threshold)
         if settings.demo.events > 0:
             from ingest.simulator import SimulatorConfig, run_simulator
 

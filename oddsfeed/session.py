@@ -70,7 +70,10 @@ class Outbox:
             self.urgent = True
         if self.queued_bytes > self.high_water_bytes:
             self._conflate()
-        return self.verdict(now)
+        # verdict(), inlined: this runs once per delivery
+        if self.queued_bytes > self.max_bytes or now - self._q[0].at > self.max_lag_s:
+            return SLOW
+        return OK
 
     def verdict(self, now: float) -> str:
         """``"slow"`` if the connection is past its hard limit in bytes or in age."""

@@ -143,13 +143,15 @@ async def drive(kind: str, redis_url: str, markets: list[str], rate: float,
 class Load:
     """Load-generator processes holding ``len(subs)`` connections to one server."""
 
-    def __init__(self, kind: str, port: int, subs: list[list[str]], procs: int = 2) -> None:
+    def __init__(self, kind: str, port: int, subs: list[list[str]], procs: int = 2,
+                 first_ip: int = 2) -> None:
         ctx = mp.get_context("spawn")
         self.out, self.ready = ctx.Queue(), ctx.Queue()
         self.go, self.stop_ev = ctx.Event(), ctx.Event()
         n = len(subs)
         # beyond ~28k connections one source address runs out of ephemeral ports
-        ips = [f"127.0.0.{2 + i}" for i in range(max(1, n // 20000 + 1))]
+        ips = [f"127.0.0.{first_ip + i}" for i in range(max(1, n // 20000 + 1))]
+        self.next_ip = first_ip + len(ips)
         per = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
         self.procs = []
         off = 0
@@ -162,6 +164,17 @@ class Load:
             off += k
         self.connected = sum(self.ready.get(timeout=600) for _ in self.procs)
 
+    def cpu_s(self) -> float:
+        """CPU seconds the load-generator processes used so far."""
+        total = 0.0
+        for p in self.procs:
+            try:
+                t = psutil.Process(p.pid).cpu_times()
+            except psutil.Error:
+                continue
+            total += t.user + t.system
+        return total
+
     def finish(self) -> list[dict[str, Any]]:
         self.stop_ev.set()
         res = [self.out.get(timeout=120) for _ in self.procs]
@@ -170,6 +183,31 @@ class Load:
             if p.is_alive():
                 p.kill()
         return res
+
+
+def _busy(a: Any, b: Any) -> float:
+    """CPU seconds all processes spent between two ``psutil.cpu_times()`` readings."""
+    idle = (b.idle - a.idle) + (getattr(b, "iowait", 0) - getattr(a, "iowait", 0))
+    total = sum(b) - sum(a)
+    return float(total - idle)
+
+
+def profile(server: Server, kind: str, rate: float, duration_s: float) -> Any:
+    """With BENCH_PROFILE=DIR, py-spy records the server under test while the load runs
+    (folded stacks in DIR/<impl>-<rate>.txt); returns the py-spy process or None."""
+    import os
+    import shutil
+    import subprocess
+
+    out = os.environ.get("BENCH_PROFILE")
+    spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    if not out or not os.path.exists(spy):
+        return None
+    os.makedirs(out, exist_ok=True)
+    return subprocess.Popen([spy, "record", "--nonblocking", "-r", "200", "-f", "raw",
+                             "-d", str(int(duration_s)), "-p", str(server.target.pid),
+                             "-o", os.path.join(out, f"{kind}-{int(rate)}.txt")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_per_conn: int,
@@ -189,12 +227,19 @@ def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_pe
         rss = server.rss()
         load.go.set()
         cpu0, t0 = server.cpu_s(), time.monotonic()
+        busy0 = psutil.cpu_times()
+        gen0 = load.cpu_s()
+        profiler = profile(server, kind, rate, duration_s)
         apply_ms: list[float] = []
         sent = uvloop.run(drive(kind, redis_url, mids, rate, duration_s, apply_ms))
         elapsed = time.monotonic() - t0
+        busy1 = psutil.cpu_times()
         time.sleep(1.0)  # the tail
         cpu_s = server.cpu_s() - cpu0
+        gen_s = load.cpu_s() - gen0
         results = load.finish()
+        if profiler is not None:
+            profiler.wait(30)
     finally:
         server.stop()
     lat = [x for r in results for x in r["lat_ms"]]
@@ -211,6 +256,10 @@ def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_pe
             "apply_p50_ms": round(pct(apply_ms, 50), 2),
             "apply_p99_ms": round(pct(apply_ms, 99), 2),
             "server_cpu_s_per_s": round(cpu_s / elapsed, 3),
+            # every process on the machine (server, load generators, driver, Valkey): near
+            # the core count, latency also measures the machine's run queue
+            "loadgen_cpu_s_per_s": round(gen_s / elapsed, 3),
+            "machine_busy_cores": round(_busy(busy0, busy1) / elapsed, 2),
             "deliveries_per_cpu_s": round(received / cpu_s) if cpu_s else 0,
             "frames": sum(r["frames"] for r in results),
             "rss_mb": round(rss / 2**20, 1), "kb_per_conn": round(rss / 1024 / conns, 1),
@@ -229,16 +278,21 @@ def idle_memory(redis_url: str, steps: list[int], kind: str = "oddsfeed") -> lis
         time.sleep(0.5)
         base = server.rss()
         rows.append({"impl": kind, "conns": 0, "rss_mb": round(base / 2**20, 1)})
+        print(f"  idle memory {kind}: base {rows[0]['rss_mb']} MiB", file=sys.stderr)
         have = 0
         rng = random.Random(1)
         for n in steps:
             subs = [[rng.choice(mids)] for _ in range(n - have)]
-            loads.append(Load(kind, server.port, subs, procs=2))
+            loads.append(Load(kind, server.port, subs, procs=2,
+                              first_ip=loads[-1].next_ip if loads else 2))
             have = n
             time.sleep(1.5)
             rss = server.rss()
-            rows.append({"impl": kind, "conns": n, "rss_mb": round(rss / 2**20, 1),
-                         "kb_per_conn": round((rss - base) / 1024 / n, 1)})
+            held = sum(ld.connected for ld in loads)  # what actually connected
+            rows.append({"impl": kind, "conns": held, "rss_mb": round(rss / 2**20, 1),
+                         "kb_per_conn": round((rss - base) / 1024 / max(1, held), 1)})
+            print(f"  idle memory {kind}: {n} conns {rows[-1]['rss_mb']} MiB "
+                  f"({rows[-1]['kb_per_conn']} KB/conn)", file=sys.stderr)
         for prev, cur in itertools.pairwise(rows):
             if prev["conns"]:
                 cur["marginal_kb_per_conn"] = round(
@@ -251,16 +305,27 @@ def idle_memory(redis_url: str, steps: list[int], kind: str = "oddsfeed") -> lis
 
 
 def sustained(r: dict[str, Any]) -> bool:
-    return bool(r["p99_ms"] <= 100 and r["delivery_ratio"] >= 0.95 and r["gaps"] == 0)
+    """p99 <= 100 ms and >= 95% delivered; for oddsfeed also no gap. The naive baseline is
+    at-most-once by design (Valkey drops a pub/sub reader that falls behind, broadcast skips
+    busy connections): its gaps are reported, not held against its throughput."""
+    ok = r["p99_ms"] <= 100 and r["delivery_ratio"] >= 0.95
+    return bool(ok and (r["gaps"] == 0 or r["impl"] == "naive"))
 
 
 def run(quick: bool) -> dict[str, Any]:
-    """The whole fan-out benchmark; returns rows for the report."""
+    """The whole fan-out benchmark; returns rows for the report.
+
+    1. Saturation at 1,000 connections (5 of 100 markets each): both implementations at
+       rising update rates until each stops being sustained (p99 > 100 ms, < 95% delivered,
+       or a gap); the headline compares each one's best sustained row.
+    2. 10,000 connections at 100 updates/s (50,000 deliveries/s), both implementations.
+    3. Idle memory against connection count (oddsfeed; the naive one too in full mode).
+    """
     from oddsfeed.embedded import EmbeddedValkey
 
     conns = 1000
     duration = 3.0 if quick else 8.0
-    rates = [200, 500, 1000, 1500] if quick else [200, 500, 1000, 1500, 2000, 3000]
+    rates = [1000, 2000, 3000] if quick else [500, 1000, 1500, 2000, 3000, 4000]
     saturation: list[dict[str, Any]] = []
     with EmbeddedValkey(extra_args=("--maxclients", "100000")) as vk:
         env = environment(vk.url)
@@ -271,11 +336,10 @@ def run(quick: bool) -> dict[str, Any]:
                     continue  # this one is past saturation already
                 r = run_scenario(kind, vk.url, conns=conns, markets=100, subs_per_conn=5,
                                  rate=rate, duration_s=duration)
+                r["scenario"] = "1k"
                 saturation.append(r)
                 row[kind] = r
-                print(f"  {kind} {rate}/s -> {r['delivered_per_s']} msg/s "
-                      f"p50 {r['p50_ms']} p99 {r['p99_ms']} ms cpu {r['server_cpu_s_per_s']} "
-                      f"({r['deliveries_per_cpu_s']}/cpu-s) gaps {r['gaps']}", file=sys.stderr)
+                _say(r)
             if "naive" in row and "oddsfeed" in row and row["naive"]["deliveries_per_cpu_s"]:
                 row["oddsfeed"]["ratio_per_cpu_same_rate"] = round(
                     row["oddsfeed"]["deliveries_per_cpu_s"]
@@ -291,11 +355,36 @@ def run(quick: bool) -> dict[str, Any]:
         base = rows[0]["deliveries_per_cpu_s"] or 1
         for r in rows:
             r["ratio_per_cpu"] = round(r["deliveries_per_cpu_s"] / base, 2)
-        memory = idle_memory(vk.url, [1000, 5000] if quick else [1000, 10000, 50000])
+        # 10,000 connections x 5 of 100 markets: each update reaches 500 of them
+        big = []
+        for kind in ("naive", "oddsfeed"):
+            r = run_scenario(kind, vk.url, conns=10_000, markets=100, subs_per_conn=5,
+                             rate=100, duration_s=duration)
+            r["scenario"] = "10k"
+            big.append(r)
+            _say(r)
+        if big[0]["deliveries_per_cpu_s"]:
+            for r in big:
+                r["ratio_per_cpu"] = round(r["deliveries_per_cpu_s"]
+                                           / big[0]["deliveries_per_cpu_s"], 2)
+        rows += big
+        steps = [1000, 5000] if quick else [1000, 10_000, 50_000]
+        memory = idle_memory(vk.url, steps)
+        if not quick:
+            memory += idle_memory(vk.url, steps, kind="naive")
     return {"scenario": "fanout",
             "params": {"conns": conns, "markets": 100, "subs_per_conn": 5,
-                       "duration_s": duration, "rates": rates},
+                       "duration_s": duration, "rates": rates,
+                       "c10k": {"conns": 10_000, "rate": 100}, "idle_steps": steps},
             "env": env, "rows": rows, "saturation": saturation, "memory": memory,
-            "columns": ["impl", "offered_updates_per_s", "delivered_per_s", "p50_ms", "p99_ms",
-                        "max_ms", "server_cpu_s_per_s", "deliveries_per_cpu_s", "ratio_per_cpu",
-                        "ratio_per_cpu_same_rate", "kb_per_conn", "gaps", "delivery_ratio"]}
+            "columns": ["impl", "scenario", "conns", "offered_updates_per_s", "delivered_per_s",
+                        "p50_ms", "p99_ms", "max_ms", "server_cpu_s_per_s",
+                        "deliveries_per_cpu_s", "ratio_per_cpu", "ratio_per_cpu_same_rate",
+                        "kb_per_conn", "gaps", "delivery_ratio", "machine_busy_cores"]}
+
+
+def _say(r: dict[str, Any]) -> None:
+    print(f"  {r['impl']} {r['conns']} conns {r['offered_updates_per_s']}/s -> "
+          f"{r['delivered_per_s']} msg/s p50 {r['p50_ms']} p99 {r['p99_ms']} ms "
+          f"cpu {r['server_cpu_s_per_s']} ({r['deliveries_per_cpu_s']}/cpu-s) "
+          f"gaps {r['gaps']} machine {r['machine_busy_cores']} cores", file=sys.stderr)

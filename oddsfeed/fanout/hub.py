@@ -71,15 +71,18 @@ class Client:
         return self is other
 
     def push(self, out: wire.Outgoing, *, market: str | None = None,
-             delta: Delta | None = None) -> None:
-        """Queue a message; a slow verdict hands the client to ``on_slow`` (close 4008)."""
+             delta: Delta | None = None, now: float | None = None) -> None:
+        """Queue a message; a slow verdict hands the client to ``on_slow`` (close 4008).
+        ``now`` (monotonic) may be passed by a caller pushing to many clients at once."""
         if self.closed:
             return
-        was_empty = not self.outbox
-        before = self.outbox.conflations
-        verdict = self.outbox.push(out, now=time.monotonic(), market=market, delta=delta)
-        if self.outbox.conflations != before:
-            metrics.CONFLATIONS.inc(self.outbox.conflations - before)
+        outbox = self.outbox
+        was_empty = not outbox.queued_bytes
+        before = outbox.conflations
+        verdict = outbox.push(out, now=time.monotonic() if now is None else now,
+                              market=market, delta=delta)
+        if outbox.conflations != before:
+            metrics.CONFLATIONS.inc(outbox.conflations - before)
         if verdict == SLOW:
             self.closed = True
             if self.on_slow is not None:
@@ -330,6 +333,7 @@ class Hub:
             # The common case inlined (profiled: this loop runs once per delivery): a client
             # holding the delta's base takes it; anything else goes through _deliver.
             epoch, base, pos_new = item.epoch, item.base, (item.epoch, item.version)
+            now = time.monotonic()
             for client in subscribers:
                 if client.pending:
                     held = client.pending.get(market)
@@ -339,7 +343,7 @@ class Hub:
                 pos = client.pos.get(market)
                 if pos is not None and pos[1] == base and pos[0] == epoch:
                     client.pos[market] = pos_new
-                    client.push(out, market=market, delta=item)
+                    client.push(out, market=market, delta=item, now=now)
                 else:
                     self._deliver(client, market, item, out)
             return
