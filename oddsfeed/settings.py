@@ -68,7 +68,7 @@ class ServerSettings(_Section):
     # Young-generation GC threshold of a worker; 0 leaves Python's defaults (see
     # docs/performance.md: the default 700 makes full collections of every connection's
     # objects frequent, 50-100 ms pauses at 1,000 connections)
-    gc_threshold: int = Field(50_000, ge=0)
+    gc_threshold: int = Field(10_000, ge=0)
 
     def worker_count(self, cpu_count: int | None) -> int:
         """Return how many worker processes to run given the machine's CPU count."""

@@ -39,7 +39,7 @@ class Client:
     """One WebSocket connection's protocol state; the I/O lives in the server module."""
 
     __slots__ = ("id", "encoding", "outbox", "pos", "pending", "via_event", "explicit",
-                 "closed", "on_slow", "on_ready", "counted", "last_sent", "writer", "conn",
+                 "closed", "on_slow", "on_ready", "direct", "counted", "last_sent", "writer", "conn",
                  "__weakref__")
 
     def __init__(self, cid: int, encoding: str, outbox: Outbox) -> None:
@@ -57,6 +57,9 @@ class Client:
         # called as on_ready(client, urgent) when the outbox stops being empty (or gets an
         # urgent message): the server decides when the writer wakes (batching window)
         self.on_ready: Any = None
+        # called as direct(client, out, now) while the outbox is empty: the server may write
+        # the message at once (returns True) instead of queueing it
+        self.direct: Any = None
         self.last_sent = 0.0  # monotonic time of the last frame written
         # the writer task, only while the socket is backed up (memory: no idle task per
         # connection); while it runs, nothing else writes to this connection
@@ -78,6 +81,11 @@ class Client:
             return
         outbox = self.outbox
         was_empty = not outbox.queued_bytes
+        if was_empty and self.direct is not None:
+            if now is None:
+                now = time.monotonic()
+            if self.direct(self, out, now):
+                return
         before = outbox.conflations
         verdict = outbox.push(out, now=time.monotonic() if now is None else now,
                               market=market, delta=delta)

@@ -34,6 +34,9 @@ log = logging.getLogger("oddsfeed.fanout")
 # task (which awaits drain) instead of being written directly.
 TRANSPORT_HIGH_WATER = 64 * 1024
 
+# A connection is quiet after this many batching windows without a frame.
+QUIET_WINDOWS = 10
+
 # The ticker wakes this often and visits a slice of the clients each time.
 TICK_S = 0.1
 
@@ -105,6 +108,9 @@ class FanoutServer:
         self._dirty: set[Client] = set()
         self._flush_handle: asyncio.TimerHandle | None = None
         self._window_s = fanout.batch_window_ms / 1000
+        # a connection that got no frame for this long is quiet: its next message is written
+        # at once (see _direct); one that did is busy and its messages share frames
+        self._quiet_s = QUIET_WINDOWS * self._window_s
         # metrics are summed here and handed to prometheus once a second (cheap hot path)
         self._frames = self._messages = self._bytes = 0
         self._ticker: asyncio.Task[None] | None = None
@@ -196,6 +202,7 @@ class FanoutServer:
             max_bytes=self.cfg.max_outbox_bytes, max_lag_s=self.cfg.max_lag_s))
         client.on_slow = lambda c: self._close_later(ws, 4008, "slow consumer", slow=True)
         client.on_ready = self._ready
+        client.direct = self._direct
         client.last_sent = time.monotonic()
         client.conn = ws
         self.hub.add_client(client)
@@ -296,6 +303,25 @@ class FanoutServer:
             client.push(wire.error("internal", "the store is unavailable; retry", req.id))
             return
         client.push(wire.reply("validation", req.id, **body))
+
+    def _direct(self, client: Client, out: wire.Outgoing, now: float) -> bool:
+        """Write-through for a quiet connection: nothing queued, no writer, its socket keeping
+        up, and nothing written to it within the batching window: the message's prebuilt
+        frame goes straight to the transport. A connection that got a frame within the
+        window queues instead, and its messages are coalesced at the window's end (like
+        Nagle: the first message of a burst goes at once, the rest share frames)."""
+        ws = client.conn
+        if ws is None or client.writer is not None or now - client.last_sent < self._quiet_s:
+            return False
+        transport = ws.transport
+        if (transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER
+                or ws.protocol.state is not State.OPEN):
+            return False
+        frame = out.ws_frame(client.encoding)
+        transport.write(frame)
+        client.last_sent = now
+        self._count(frame, 1, out.t_us)
+        return True
 
     def _ready(self, client: Client, urgent: bool) -> None:
         """A client has something to send: write it now (urgent, or no window) or at the end
