@@ -39,8 +39,8 @@ class Client:
     """One WebSocket connection's protocol state; the I/O lives in the server module."""
 
     __slots__ = ("id", "encoding", "outbox", "pos", "pending", "via_event", "explicit",
-                 "closed", "on_slow", "on_ready", "direct", "counted", "last_sent", "writer", "conn",
-                 "__weakref__")
+                 "closed", "on_slow", "on_ready", "direct", "counted", "last_sent", "writer",
+                 "conn", "__weakref__")
 
     def __init__(self, cid: int, encoding: str, outbox: Outbox) -> None:
         self.id = cid
@@ -117,6 +117,8 @@ class Hub:
         self._repairing: set[str] = set()
         # payloads received, handed to prometheus by flush_metrics() (cheap hot path)
         self.deltas_in = 0
+        # seconds between the store's apply and this node reading the last delta
+        self.lateness_s = 0.0
 
     def flush_metrics(self) -> None:
         """Add what was counted since the last call to the prometheus metrics."""
@@ -331,6 +333,9 @@ class Hub:
             self.markets[market] = (item.epoch, item.version)
             out = wire.delta(item)
             out.t_us = t_us
+            if t_us:
+                # how far behind the store this node is: the server batches harder when late
+                self.lateness_s = time.time() - t_us / 1e6
         elif isinstance(item, Market):
             self.markets[market] = (item.epoch, item.version)
             out = wire.snapshot(item)

@@ -243,3 +243,31 @@ async def test_suspension_skips_the_batching_window(start_worker: WorkerFactory)
         assert c.book.delta_versions("m1") == [2, 3]
         c.check_clean()
         await c.close()
+
+
+async def test_quiet_connection_is_written_through(start_worker: WorkerFactory,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message to a connection that has been quiet (no frame for QUIET_WINDOWS windows)
+    goes out at once instead of waiting for the batching window; a burst right after it is
+    still coalesced into batch frames."""
+    from oddsfeed.fanout import server as server_module
+
+    # quiet after 0.3 s with a 3 s window (the default is 10 windows)
+    monkeypatch.setattr(server_module, "QUIET_WINDOWS", 0.1)
+    async with start_worker(**{"fanout.batch_window_ms": 3000}) as w:
+        await w.store.apply(create("m1"))
+        c = await Mirror.open(ws_url(w), "msgpack")
+        await c.request({"op": "subscribe", "markets": ["m1"]})
+        await wait_until(lambda: "m1" in c.markets, 5)
+        await asyncio.sleep(0.6)  # become quiet
+        await w.store.apply(price("m1", 33_000))
+        # well inside the 3 s window
+        await wait_until(lambda: c.markets["m1"].version == 2, 1.5, "written through")
+        for i in range(10):
+            await w.store.apply(price("m1", 20_000 + i))
+        truth = await w.store.get("m1")
+        assert truth is not None
+        await wait_until(lambda: c.markets["m1"] == truth, 10, "burst delivered")
+        assert max(c.batch_sizes) > 1  # the burst after it shared a frame
+        c.check_clean()
+        await c.close()

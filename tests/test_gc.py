@@ -1,0 +1,35 @@
+"""The serving processes' garbage-collector tuning (oddsfeed.worker.tune_gc)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def _run(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                          text=True, timeout=60).stdout.strip()
+
+
+def test_tune_gc_freezes_startup_and_raises_the_young_threshold() -> None:
+    out = _run("import gc; from oddsfeed.worker import tune_gc; tune_gc(10000); "
+               "print(gc.get_threshold(), gc.get_freeze_count() > 0)")
+    assert out == "(10000, 20, 50) True"
+
+
+def test_tune_gc_zero_keeps_python_defaults() -> None:
+    out = _run("import gc; d = gc.get_threshold(); from oddsfeed.worker import tune_gc; "
+               "tune_gc(0); print(gc.get_threshold() == d, gc.get_freeze_count())")
+    assert out == "True 0"
+
+
+def test_cycles_are_still_collected_after_tuning() -> None:
+    out = _run("import gc, weakref\n"
+               "from oddsfeed.worker import tune_gc\n"
+               "tune_gc(1000)\n"
+               "class N: pass\n"
+               "a = N(); a.me = a; r = weakref.ref(a); del a\n"
+               "for _ in range(5000): [N() for _ in range(10)]\n"
+               "x = [[] for _ in range(3000)]\n"
+               "print(r() is None)")
+    assert out == "True"
