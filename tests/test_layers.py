@@ -53,11 +53,6 @@ def test_adapters_do_not_import_each_other(adapter: str) -> None:
         assert not _hits(imports(path, f"oddsfeed.{adapter}"), banned), path
 
 
-# Known wrong edge, owned by the fan-out (not fixable from here before the freeze):
-# hub.py imports Announced from oddsfeed.store.codec instead of the public package.
-_KNOWN_INTERNAL = {"oddsfeed/fanout/hub.py"}
-
-
 @pytest.mark.parametrize("adapter", ["fanout", "api"])
 def test_adapters_use_only_the_public_store_package(adapter: str) -> None:
     """Fan-out and API import the store only through the public oddsfeed.store package."""
@@ -69,13 +64,4 @@ def test_adapters_use_only_the_public_store_package(adapter: str) -> None:
         modules = {m for m in internals
                    if (ROOT / (m.replace(".", "/") + ".py")).is_file()
                    or (ROOT / m.replace(".", "/")).is_dir()}
-        if rel in _KNOWN_INTERNAL:
-            continue
         assert not modules, (rel, modules)
-
-
-def test_known_internal_store_import_is_still_there() -> None:
-    """The listed exception is still needed (drop it from _KNOWN_INTERNAL once hub.py is fixed)."""
-    for rel in _KNOWN_INTERNAL:
-        found = imports(ROOT / rel, "oddsfeed.fanout")
-        assert any(m.startswith("oddsfeed.store.codec") for m in found), rel

@@ -24,8 +24,7 @@ from ..book import Delta
 from ..errors import InvalidInput, StoreError
 from ..model import Market
 from ..session import SLOW, Outbox
-from ..store import Gone, Store, decode_payload
-from ..store.codec import Announced
+from ..store import Announced, Gone, Store, decode_payload
 from ..subscriptions import SubscriptionIndex
 from . import metrics
 

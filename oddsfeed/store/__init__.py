@@ -5,7 +5,8 @@ and against Redis Cluster (every key of a market shares the hash tag ``{m:<id>}`
 """
 
 from .bus import Bus
-from .codec import Gone, decode_payload
+from .codec import Announced, Gone, decode_payload
 from .redis_store import OutOfOrder, Precondition, Store, StoreOutcome
 
-__all__ = ["Bus", "Gone", "OutOfOrder", "Precondition", "Store", "StoreOutcome", "decode_payload"]
+__all__ = ["Announced", "Bus", "Gone", "OutOfOrder", "Precondition", "Store", "StoreOutcome",
+           "decode_payload"]
