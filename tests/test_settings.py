@@ -19,6 +19,7 @@ def test_defaults() -> None:
     assert settings.redis.history_len == 1000
     assert settings.server.ws_port == 8765
     assert settings.server.http_port == 8080
+    assert settings.server.gc_threshold == 10_000
     assert settings.fanout.heartbeat_ms == 15000
     assert settings.fanout.batch_window_ms == 2
     assert settings.fanout.max_outbox_bytes == 8388608
@@ -36,6 +37,7 @@ def test_toml_sets_values() -> None:
     assert settings.server.ws_port == 9001
     assert settings.api.cors_origins == ["https://a.example"]
     assert settings.server.http_port == 8080
+    assert settings.server.gc_threshold == 10_000
 
 
 def test_env_overrides_toml() -> None:
