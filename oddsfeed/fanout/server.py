@@ -320,10 +320,10 @@ class FanoutServer:
 
     def _direct(self, client: Client, out: wire.Outgoing, now: float) -> bool:
         """Write-through for a quiet connection: nothing queued, no writer, its socket keeping
-        up, and nothing written to it within the batching window: the message's prebuilt
-        frame goes straight to the transport. A connection that got a frame within the
-        window queues instead, and its messages are coalesced at the window's end (like
-        Nagle: the first message of a burst goes at once, the rest share frames)."""
+        up, no frame written to it for QUIET_WINDOWS batching windows, and the node not
+        behind the store: the message's prebuilt frame goes straight to the transport.
+        Otherwise it is queued and coalesced at the window's end (like Nagle: the first
+        message of a burst goes at once, the rest share frames). Returns True if written."""
         ws = client.conn
         if (ws is None or client.writer is not None or now - client.last_sent < self._quiet_s
                 or self.hub.lateness_s > self._behind_s):
