@@ -78,7 +78,7 @@ def report(results: dict[str, Any], images: list[str], mode: str) -> str:
         if name == "fanout":
             lines += ["Saturation search:", "", table(res["saturation"], res["columns"]), "",
                       "Idle memory:", "",
-                      table(res["memory"], ["impl", "conns", "rss_mb", "kb_per_conn",
+                      table(res["memory"], ["impl", "workers", "conns", "rss_mb", "kb_per_conn",
                                             "marginal_kb_per_conn"]), ""]
     for img in images:
         lines += [f"![{img}]({img})", ""]

@@ -195,7 +195,7 @@ async def run_all(settings: Settings, *, stop: asyncio.Event | None = None) -> i
                 log.info("embedded valkey started", url=redis_url, pid=valkey.pid)
 
         from oddsfeed.auth import Authenticator, AuthError
-        from oddsfeed.worker import Worker, tune_gc
+        from oddsfeed.worker import FD_RESERVE, Worker, raise_fd_limit, tune_gc
 
         token = None
         try:
@@ -204,6 +204,7 @@ async def run_all(settings: Settings, *, stop: asyncio.Event | None = None) -> i
                 now_s=int(time.time()))
         except AuthError:
             log.warning("no hs256_secret configured: no trader token printed")
+        raise_fd_limit(settings.fanout.max_connections + FD_RESERVE)
         worker = await stack.enter_async_context(
             Worker(settings, redis_url, demo_token=token, reuse_port=False))
         tune_gc(settings.server.gc_threshold)

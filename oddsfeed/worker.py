@@ -18,6 +18,9 @@ from typing import Any
 
 from .settings import Settings
 
+# file descriptors a worker needs besides its WebSocket connections (store, HTTP, files)
+FD_RESERVE = 256
+
 
 class Worker:
     """One fan-out + API process's services; ``async with Worker(...) as w`` runs them.
@@ -99,6 +102,24 @@ def tune_gc(threshold: int) -> None:
     gc.set_threshold(threshold, 20, 50)
 
 
+def raise_fd_limit(wanted: int) -> int:
+    """Raise this process's open-file soft limit towards ``wanted`` (at most the hard
+    limit: an unprivileged process cannot go further) and return the new soft limit. Each
+    WebSocket connection is a file descriptor; a soft limit of 1,024 would cap a worker far
+    below ``fanout.max_connections``."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return int(soft)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -115,6 +136,10 @@ def _worker_main(settings_json: str, redis_url: str, index: int) -> None:
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings.log.level, settings.log.format, sys.stderr.isatty())
     log = get_logger("oddsfeed.worker", worker=index)
+    fds = raise_fd_limit(settings.fanout.max_connections + FD_RESERVE)
+    if fds < settings.fanout.max_connections + FD_RESERVE:
+        log.warning("open-file limit below fanout.max_connections: connections past it fail",
+                    limit=fds, max_connections=settings.fanout.max_connections)
 
     async def main() -> None:
         stop = asyncio.Event()

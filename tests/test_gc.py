@@ -1,4 +1,4 @@
-"""The serving processes' garbage-collector tuning (oddsfeed.worker.tune_gc)."""
+"""Process tuning of serving processes: the GC and the open-file limit (oddsfeed.worker)."""
 
 from __future__ import annotations
 
@@ -33,3 +33,14 @@ def test_cycles_are_still_collected_after_tuning() -> None:
                "x = [[] for _ in range(3000)]\n"
                "print(r() is None)")
     assert out == "True"
+
+
+def test_raise_fd_limit_goes_up_to_the_hard_limit_only() -> None:
+    out = _run("import resource\n"
+               "from oddsfeed.worker import raise_fd_limit\n"
+               "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+               "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+               "got = raise_fd_limit(512)\n"
+               "big = raise_fd_limit(10**9)\n"
+               "print(got, big == (hard if hard != resource.RLIM_INFINITY else 10**9))")
+    assert out == "512 True"

@@ -31,6 +31,10 @@ def _client_frame(payload: bytes, opcode: int = 0x2) -> bytes:
     return head + b"\x00\x00\x00\x00" + payload
 
 
+# failed connection attempts after which a process stops opening more
+MAX_FAILURES = 20
+
+
 class Stats:
     """What one process saw."""
 
@@ -154,25 +158,34 @@ def run_process(url_host: str, port: int, kind: str, subs: list[list[str]], out:
                 ready: Any, go: Any, stop: Any, source_ips: list[str]) -> None:
     """Entry point of one load-generator process: open ``len(subs)`` connections (spread
     over ``source_ips``), report readiness, count until ``stop`` is set, then report."""
+    import resource
+
     import uvloop
 
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:  # each connection is a file descriptor
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     stats = Stats()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         conns = []
+        failures = 0  # bounded: a server that stops accepting ends the ramp, not the run
         for i, markets in enumerate(subs):
+            if failures >= MAX_FAILURES:
+                break
             fut: asyncio.Future[None] = loop.create_future()
             src = source_ips[i % len(source_ips)]
-            for attempt in range(20):
+            for attempt in range(5):
                 try:
                     tr, _ = await loop.create_connection(
                         lambda fut=fut, markets=markets: Conn(kind, markets, stats, fut),
                         url_host, port, local_addr=(src, 0))
-                    await asyncio.wait_for(fut, 30)
+                    await asyncio.wait_for(fut, 10)
                     conns.append(tr)
                     break
                 except (OSError, ConnectionError, TimeoutError):
+                    failures += 1
                     await asyncio.sleep(0.05 * (attempt + 1))
                     fut = loop.create_future()
         ready.put(len(conns))

@@ -28,19 +28,28 @@ SERVER_ENV = {"ODDSFEED_AUTH__ANONYMOUS_READ": "true",
 class Server:
     """A server under test (``oddsfeed`` or ``naive``) and the pid whose CPU and RSS count."""
 
-    def __init__(self, kind: str, redis_url: str, extra_env: dict[str, str] | None = None):
+    def __init__(self, kind: str, redis_url: str, extra_env: dict[str, str] | None = None,
+                 workers: int = 1):
         self.kind = kind
         self.port = free_port()
         if kind == "oddsfeed":
             http_port = self.http_port = free_port()
-            self.proc = spawn(["-m", "oddsfeed", "serve", "--workers", "1", "--redis-url",
-                               redis_url, "--ws-port", str(self.port), "--http-port",
-                               str(http_port)], env={**SERVER_ENV, **(extra_env or {})})
+            self.proc = spawn(["-m", "oddsfeed", "serve", "--workers", str(workers),
+                               "--redis-url", redis_url, "--ws-port", str(self.port),
+                               "--http-port", str(http_port)],
+                              env={**SERVER_ENV, **(extra_env or {})})
             wait_http(f"http://127.0.0.1:{http_port}/readyz")
             parent = psutil.Process(self.proc.pid)
-            kids = [c for c in parent.children()
-                    if "resource_tracker" not in " ".join(c.cmdline())]
-            self.target = max(kids, key=lambda c: c.memory_info().rss) if kids else parent
+            deadline = time.monotonic() + 30
+            while True:  # every worker up (readyz answers as soon as the first one is)
+                kids = sorted((c for c in parent.children()
+                               if "resource_tracker" not in " ".join(c.cmdline())),
+                              key=lambda c: -c.memory_info().rss)
+                if len(kids) >= workers or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            self.targets = kids[:workers] or [parent]
+            self.target = self.targets[0]
         else:
             self.proc = spawn(["-m", "bench.fanout.naive", str(self.port), redis_url])
             deadline = time.monotonic() + 20
@@ -54,13 +63,18 @@ class Server:
                         raise
                     time.sleep(0.05)
             self.target = psutil.Process(self.proc.pid)
+            self.targets = [self.target]
 
     def rss(self) -> int:
-        return int(self.target.memory_info().rss)
+        """RSS of the serving process(es), summed over workers."""
+        return sum(int(t.memory_info().rss) for t in self.targets)
 
     def cpu_s(self) -> float:
-        t = self.target.cpu_times()
-        return float(t.user + t.system)
+        total = 0.0
+        for t in self.targets:
+            c = t.cpu_times()
+            total += c.user + c.system
+        return total
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -149,6 +163,8 @@ class Load:
         self.out, self.ready = ctx.Queue(), ctx.Queue()
         self.go, self.stop_ev = ctx.Event(), ctx.Event()
         n = len(subs)
+        # each process holds its connections' file descriptors: stay well under the limit
+        procs = max(procs, -(-n // int(fd_limit() * 0.75)))
         # beyond ~28k connections one source address runs out of ephemeral ports
         ips = [f"127.0.0.{first_ip + i}" for i in range(max(1, n // 20000 + 1))]
         self.next_ip = first_ip + len(ips)
@@ -266,18 +282,35 @@ def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_pe
             "gaps": sum(r["gaps"] for r in results)}
 
 
+def fd_limit() -> int:
+    """The open-file limit a process can raise itself to (the hard limit)."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return 1 << 20 if hard == resource.RLIM_INFINITY else int(hard)
+
+
 def idle_memory(redis_url: str, steps: list[int], kind: str = "oddsfeed") -> list[dict[str, Any]]:
-    """RSS of one server holding 0, then each of ``steps`` idle subscribed connections."""
+    """RSS of one server holding 0, then each of ``steps`` idle subscribed connections.
+
+    One process cannot hold more connections than its open-file limit: oddsfeed then runs
+    as many workers as that takes (RSS summed over them, ``workers`` in each row); the
+    naive server (a single process) stops at the limit."""
+    per_process = int(fd_limit() * 0.8)
+    if kind != "oddsfeed":
+        steps = [n for n in steps if n <= per_process]
+    workers = max(1, -(-max(steps, default=1) // per_process)) if kind == "oddsfeed" else 1
     mids = [f"f{i}" for i in range(100)]
     if kind == "oddsfeed":
         create_markets(redis_url, mids)
-    server = Server(kind, redis_url)
+    server = Server(kind, redis_url, workers=workers)
     rows = []
     loads: list[Load] = []
     try:
         time.sleep(0.5)
         base = server.rss()
-        rows.append({"impl": kind, "conns": 0, "rss_mb": round(base / 2**20, 1)})
+        rows.append({"impl": kind, "conns": 0, "workers": workers,
+                     "rss_mb": round(base / 2**20, 1)})
         print(f"  idle memory {kind}: base {rows[0]['rss_mb']} MiB", file=sys.stderr)
         have = 0
         rng = random.Random(1)
@@ -289,7 +322,8 @@ def idle_memory(redis_url: str, steps: list[int], kind: str = "oddsfeed") -> lis
             time.sleep(1.5)
             rss = server.rss()
             held = sum(ld.connected for ld in loads)  # what actually connected
-            rows.append({"impl": kind, "conns": held, "rss_mb": round(rss / 2**20, 1),
+            rows.append({"impl": kind, "conns": held, "workers": workers,
+                         "rss_mb": round(rss / 2**20, 1),
                          "kb_per_conn": round((rss - base) / 1024 / max(1, held), 1)})
             print(f"  idle memory {kind}: {n} conns {rows[-1]['rss_mb']} MiB "
                   f"({rows[-1]['kb_per_conn']} KB/conn)", file=sys.stderr)
