@@ -54,10 +54,12 @@ def plots(results: dict[str, Any], stem: Path) -> list[str]:
         for impl in ("naive", "oddsfeed"):
             mem = [m for m in fan["memory"] if m["impl"] == impl]
             if mem:
-                ax.plot([m["conns"] for m in mem], [m["rss_mb"] for m in mem], "o-", label=impl)
+                base = mem[0]["rss_mb"]  # the empty server (all its workers)
+                ax.plot([m["conns"] for m in mem], [m["rss_mb"] - base for m in mem], "o-",
+                        label=impl)
         ax.legend()
         ax.set_xlabel("idle subscribed connections")
-        ax.set_ylabel("worker RSS (MiB)")
+        ax.set_ylabel("RSS above the empty server (MiB)")
         ax.set_title("memory against connection count")
         path = stem.with_name(stem.name + "-memory.png")
         fig.tight_layout()

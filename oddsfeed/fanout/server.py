@@ -265,6 +265,10 @@ class FanoutServer:
             if not bucket.take(loop.time()):
                 strikes += 1
                 if strikes >= self.cfg.rate_limit_strikes:
+                    # what is queued (the rate_limited errors among it) goes out before the
+                    # close frame instead of waiting for a batching window that never comes
+                    self._dirty.discard(client)
+                    self._write_or_wake(client)
                     await ws.close(1008, "message rate limit exceeded")
                     return
                 client.push(wire.error("rate_limited", "too many messages; slow down"))

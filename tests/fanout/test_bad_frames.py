@@ -144,13 +144,13 @@ async def test_oversized_frame_closes_1009_and_others_are_served(worker: Worker)
     await other.close()
 
 
-async def test_rate_limit_then_policy_close(start_worker: WorkerFactory) -> None:
+@pytest.mark.parametrize("window_ms", [0, 3000])
+async def test_rate_limit_then_policy_close(start_worker: WorkerFactory, window_ms: int) -> None:
     """Past the inbound message rate a client gets rate_limited errors, and if it keeps on,
-    close 1008 (no batching window here: what is still queued when the close goes out is
-    not sent)."""
+    close 1008; what was queued for it (a long batching window) goes out before the close."""
     async with start_worker(**{"fanout.rate_limit_per_s": 1.0, "fanout.rate_limit_burst": 3,
                                "fanout.rate_limit_strikes": 3,
-                               "fanout.batch_window_ms": 0}) as w:
+                               "fanout.batch_window_ms": window_ms}) as w:
         c = await Mirror.open(ws_url(w))
         for i in range(10):
             try:
