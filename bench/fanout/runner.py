@@ -245,11 +245,14 @@ def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_pe
         cpu0, t0 = server.cpu_s(), time.monotonic()
         busy0 = psutil.cpu_times()
         gen0 = load.cpu_s()
+        me = psutil.Process()
+        drv0 = sum(me.cpu_times()[:2])
         profiler = profile(server, kind, rate, duration_s)
         apply_ms: list[float] = []
         sent = uvloop.run(drive(kind, redis_url, mids, rate, duration_s, apply_ms))
         elapsed = time.monotonic() - t0
         busy1 = psutil.cpu_times()
+        drv_s = sum(me.cpu_times()[:2]) - drv0
         time.sleep(1.0)  # the tail
         cpu_s = server.cpu_s() - cpu0
         gen_s = load.cpu_s() - gen0
@@ -275,6 +278,8 @@ def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_pe
             # every process on the machine (server, load generators, driver, Valkey): near
             # the core count, latency also measures the machine's run queue
             "loadgen_cpu_s_per_s": round(gen_s / elapsed, 3),
+            # the process applying (or publishing) the updates
+            "driver_cpu_s_per_s": round(drv_s / elapsed, 3),
             "machine_busy_cores": round(_busy(busy0, busy1) / elapsed, 2),
             "deliveries_per_cpu_s": round(received / cpu_s) if cpu_s else 0,
             "frames": sum(r["frames"] for r in results),
