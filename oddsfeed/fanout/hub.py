@@ -118,6 +118,10 @@ class Hub:
         self.deltas_in = 0
         # seconds between the store's apply and this node reading the last delta
         self.lateness_s = 0.0
+        # set by the server: send_many(clients, out, market, delta, now) hands one delta to
+        # every client that holds its base (the hub already moved their positions); it must
+        # behave like client.push() for each of them, in order
+        self.send_many: Any = None
 
     def flush_metrics(self) -> None:
         """Add what was counted since the last call to the prometheus metrics."""
@@ -345,7 +349,7 @@ class Hub:
             # The common case inlined (profiled: this loop runs once per delivery): a client
             # holding the delta's base takes it; anything else goes through _deliver.
             epoch, base, pos_new = item.epoch, item.base, (item.epoch, item.version)
-            now = time.monotonic()
+            ready: list[Client] = []
             for client in subscribers:
                 if client.pending:
                     held = client.pending.get(market)
@@ -355,9 +359,16 @@ class Hub:
                 pos = client.pos.get(market)
                 if pos is not None and pos[1] == base and pos[0] == epoch:
                     client.pos[market] = pos_new
-                    client.push(out, market=market, delta=item, now=now)
+                    ready.append(client)
                 else:
                     self._deliver(client, market, item, out)
+            if ready:
+                now = time.monotonic()
+                if self.send_many is not None:
+                    self.send_many(ready, out, market, item, now)
+                else:
+                    for client in ready:
+                        client.push(out, market=market, delta=item, now=now)
             return
         for client in subscribers:
             held = client.pending.get(market)

@@ -22,6 +22,7 @@ from websockets.protocol import State
 
 from .. import __version__, wire
 from ..auth import ANONYMOUS, READ, VALIDATE, Authenticator, AuthError, Principal
+from ..book import Delta
 from ..errors import ProtocolViolation, StoreError
 from ..session import Outbox
 from ..settings import FanoutSettings
@@ -141,6 +142,7 @@ class FanoutServer:
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        self.hub.send_many = self._send_many
 
     async def close(self) -> None:
         """Stop accepting and close every client with 1001."""
@@ -346,6 +348,43 @@ class FanoutServer:
         if out.t_us and self._frames % 64 == 1:
             metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - out.t_us / 1e6))
         return True
+
+    def _send_many(self, clients: list[Client], out: wire.Outgoing, market: str,
+                   delta: Delta, now: float) -> None:
+        """One delta to many clients: _direct() for each quiet one, with its checks inlined
+        and the frame looked up once per encoding (profiled: this loop runs once per
+        delivery); the others go through client.push() (queue, batching window)."""
+        if self.hub.lateness_s > self._behind_s:  # behind: everything batches
+            for client in clients:
+                client.push(out, market=market, delta=delta, now=now)
+            return
+        quiet = self._quiet_s
+        frames: dict[str, bytes] = {}
+        sent = nbytes = 0
+        for client in clients:
+            ws = client.conn
+            if (client.closed or ws is None or client.outbox.queued_bytes
+                    or client.writer is not None or now - client.last_sent < quiet):
+                client.push(out, market=market, delta=delta, now=now)
+                continue
+            transport = ws.transport
+            if (transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER
+                    or ws.protocol.state is not State.OPEN):
+                client.push(out, market=market, delta=delta, now=now)
+                continue
+            frame = frames.get(client.encoding)
+            if frame is None:
+                frame = frames[client.encoding] = out.ws_frame(client.encoding)
+            transport.write(frame)
+            client.last_sent = now
+            sent += 1
+            nbytes += len(frame)
+        if sent:
+            self._frames += sent
+            self._messages += sent
+            self._bytes += nbytes
+            if out.t_us and self._frames % 64 < sent:  # a sample is enough
+                metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - out.t_us / 1e6))
 
     def _ready(self, client: Client, urgent: bool) -> None:
         """A client has something to send: write it now (urgent, or no window) or at the end
