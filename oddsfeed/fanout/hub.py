@@ -337,7 +337,9 @@ class Hub:
             out = wire.delta(item)
             out.t_us = t_us
             if t_us:
-                # how far behind the store this node is: the server batches harder when late
+                # how far behind the store this node is: the server batches harder when late.
+                # (t_us is the store server's clock: a skew between hosts only shifts how
+                # soon that happens, never what is delivered)
                 self.lateness_s = time.time() - t_us / 1e6
         elif isinstance(item, Market):
             self.markets[market] = (item.epoch, item.version)
