@@ -10,6 +10,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import msgpack
@@ -49,7 +50,6 @@ class Server:
                     break
                 time.sleep(0.2)
             self.targets = kids[:workers] or [parent]
-            self.target = self.targets[0]
         else:
             self.proc = spawn(["-m", "bench.fanout.naive", str(self.port), redis_url])
             deadline = time.monotonic() + 20
@@ -62,19 +62,15 @@ class Server:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.05)
-            self.target = psutil.Process(self.proc.pid)
-            self.targets = [self.target]
+            self.targets = [psutil.Process(self.proc.pid)]
 
     def rss(self) -> int:
         """RSS of the serving process(es), summed over workers."""
         return sum(int(t.memory_info().rss) for t in self.targets)
 
     def cpu_s(self) -> float:
-        total = 0.0
-        for t in self.targets:
-            c = t.cpu_times()
-            total += c.user + c.system
-        return total
+        """CPU seconds of the serving process(es) so far."""
+        return cpu_s(self.targets)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -182,14 +178,7 @@ class Load:
 
     def cpu_s(self) -> float:
         """CPU seconds the load-generator processes used so far."""
-        total = 0.0
-        for p in self.procs:
-            try:
-                t = psutil.Process(p.pid).cpu_times()
-            except psutil.Error:
-                continue
-            total += t.user + t.system
-        return total
+        return cpu_s(p.pid for p in self.procs if p.pid is not None)
 
     def finish(self) -> list[dict[str, Any]]:
         self.stop_ev.set()
@@ -199,6 +188,18 @@ class Load:
             if p.is_alive():
                 p.kill()
         return res
+
+
+def cpu_s(processes: Iterable[psutil.Process | int]) -> float:
+    """User + system CPU seconds of ``processes`` (or pids) so far; gone ones count 0."""
+    total = 0.0
+    for p in processes:
+        try:
+            t = (p if isinstance(p, psutil.Process) else psutil.Process(p)).cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
 
 
 def _busy(a: Any, b: Any) -> float:
@@ -221,7 +222,7 @@ def profile(server: Server, kind: str, rate: float, duration_s: float) -> Any:
         return None
     os.makedirs(out, exist_ok=True)
     return subprocess.Popen([spy, "record", "--nonblocking", "-r", "200", "-f", "raw",
-                             "-d", str(int(duration_s)), "-p", str(server.target.pid),
+                             "-d", str(int(duration_s)), "-p", str(server.targets[0].pid),
                              "-o", os.path.join(out, f"{kind}-{int(rate)}.txt")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -245,16 +246,16 @@ def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_pe
         cpu0, t0 = server.cpu_s(), time.monotonic()
         busy0 = psutil.cpu_times()
         gen0 = load.cpu_s()
-        me = psutil.Process()
-        drv0 = sum(me.cpu_times()[:2])
+        me = [psutil.Process()]  # the driver runs in this process
+        drv0 = cpu_s(me)
         profiler = profile(server, kind, rate, duration_s)
         apply_ms: list[float] = []
         sent = uvloop.run(drive(kind, redis_url, mids, rate, duration_s, apply_ms))
         elapsed = time.monotonic() - t0
         busy1 = psutil.cpu_times()
-        drv_s = sum(me.cpu_times()[:2]) - drv0
+        drv_s = cpu_s(me) - drv0
         time.sleep(1.0)  # the tail
-        cpu_s = server.cpu_s() - cpu0
+        server_s = server.cpu_s() - cpu0
         gen_s = load.cpu_s() - gen0
         results = load.finish()
         if profiler is not None:
@@ -274,14 +275,14 @@ def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_pe
             # how long the apply (or publish) itself took: part of every latency above
             "apply_p50_ms": round(pct(apply_ms, 50), 2),
             "apply_p99_ms": round(pct(apply_ms, 99), 2),
-            "server_cpu_s_per_s": round(cpu_s / elapsed, 3),
-            # every process on the machine (server, load generators, driver, Valkey): near
-            # the core count, latency also measures the machine's run queue
+            "server_cpu_s_per_s": round(server_s / elapsed, 3),
             "loadgen_cpu_s_per_s": round(gen_s / elapsed, 3),
             # the process applying (or publishing) the updates
             "driver_cpu_s_per_s": round(drv_s / elapsed, 3),
+            # every process on the machine (server, load generators, driver, Valkey): near
+            # the core count, latency also measures the machine's run queue
             "machine_busy_cores": round(_busy(busy0, busy1) / elapsed, 2),
-            "deliveries_per_cpu_s": round(received / cpu_s) if cpu_s else 0,
+            "deliveries_per_cpu_s": round(received / server_s) if server_s else 0,
             "frames": sum(r["frames"] for r in results),
             "rss_mb": round(rss / 2**20, 1), "kb_per_conn": round(rss / 1024 / conns, 1),
             "gaps": sum(r["gaps"] for r in results)}

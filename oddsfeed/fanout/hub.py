@@ -73,14 +73,16 @@ class Client:
         return self is other
 
     def push(self, out: wire.Outgoing, *, market: str | None = None,
-             delta: Delta | None = None, now: float | None = None) -> None:
+             delta: Delta | None = None, now: float | None = None,
+             write_through: bool = True) -> None:
         """Queue a message; a slow verdict hands the client to ``on_slow`` (close 4008).
-        ``now`` (monotonic) may be passed by a caller pushing to many clients at once."""
+        ``now`` (monotonic) may be passed by a caller pushing to many clients at once;
+        ``write_through=False`` skips the ``direct`` hook (the caller already asked it)."""
         if self.closed:
             return
         outbox = self.outbox
         was_empty = not outbox.queued_bytes
-        if was_empty and self.direct is not None:
+        if was_empty and write_through and self.direct is not None:
             if now is None:
                 now = time.monotonic()
             if self.direct(self, out, now):

@@ -324,53 +324,48 @@ class FanoutServer:
             return
         client.push(wire.reply("validation", req.id, **body))
 
-    def _direct(self, client: Client, out: wire.Outgoing, now: float) -> bool:
-        """Write-through for a quiet connection: nothing queued, no writer, its socket keeping
+    def _writable(self, client: Client, now: float) -> Any:
+        """The transport to write a message straight to, or None to queue it instead.
+
+        Write-through needs a quiet connection: nothing queued, no writer, its socket keeping
         up, no frame written to it for QUIET_WINDOWS batching windows, and the node not
-        behind the store: the message's prebuilt frame goes straight to the transport.
-        Otherwise it is queued and coalesced at the window's end (like Nagle: the first
-        message of a burst goes at once, the rest share frames). Returns True if written."""
+        behind the store. Otherwise the message is queued and coalesced at the window's end
+        (like Nagle: the first message of a burst goes at once, the rest share frames)."""
         ws = client.conn
-        if (ws is None or client.writer is not None or now - client.last_sent < self._quiet_s
+        if (client.closed or ws is None or client.outbox.queued_bytes
+                or client.writer is not None or now - client.last_sent < self._quiet_s
                 or self.hub.lateness_s > self._behind_s):
-            return False
+            return None
         transport = ws.transport
         if (transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER
                 or ws.protocol.state is not State.OPEN):
+            return None
+        return transport
+
+    def _direct(self, client: Client, out: wire.Outgoing, now: float) -> bool:
+        """Client.push's write-through hook: write ``out`` at once if the connection is quiet
+        (see _writable); returns True if written."""
+        transport = self._writable(client, now)
+        if transport is None:
             return False
         frame = out.ws_frame(client.encoding)
         transport.write(frame)
         client.last_sent = now
-        # _count(), inlined: this runs once per delivery
-        self._frames += 1
-        self._messages += 1
-        self._bytes += len(frame)
-        if out.t_us and self._frames % 64 == 1:
-            metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - out.t_us / 1e6))
+        self._count(len(frame), 1, out.t_us)
         return True
 
     def _send_many(self, clients: list[Client], out: wire.Outgoing, market: str,
                    delta: Delta, now: float) -> None:
-        """One delta to many clients: _direct() for each quiet one, with its checks inlined
-        and the frame looked up once per encoding (profiled: this loop runs once per
-        delivery); the others go through client.push() (queue, batching window)."""
-        if self.hub.lateness_s > self._behind_s:  # behind: everything batches
-            for client in clients:
-                client.push(out, market=market, delta=delta, now=now)
-            return
-        quiet = self._quiet_s
+        """One delta to many clients (the hub's send_many hook): written through to each
+        quiet one with the frame looked up once per encoding (profiled: this loop runs once
+        per delivery); the others queue it (client.push without a second write-through
+        check)."""
         frames: dict[str, bytes] = {}
         sent = nbytes = 0
         for client in clients:
-            ws = client.conn
-            if (client.closed or ws is None or client.outbox.queued_bytes
-                    or client.writer is not None or now - client.last_sent < quiet):
-                client.push(out, market=market, delta=delta, now=now)
-                continue
-            transport = ws.transport
-            if (transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER
-                    or ws.protocol.state is not State.OPEN):
-                client.push(out, market=market, delta=delta, now=now)
+            transport = self._writable(client, now)
+            if transport is None:
+                client.push(out, market=market, delta=delta, now=now, write_through=False)
                 continue
             frame = frames.get(client.encoding)
             if frame is None:
@@ -380,11 +375,7 @@ class FanoutServer:
             sent += 1
             nbytes += len(frame)
         if sent:
-            self._frames += sent
-            self._messages += sent
-            self._bytes += nbytes
-            if out.t_us and self._frames % 64 < sent:  # a sample is enough
-                metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - out.t_us / 1e6))
+            self._count(nbytes, sent, out.t_us, frames=sent)
 
     def _ready(self, client: Client, urgent: bool) -> None:
         """A client has something to send: write it now (urgent, or no window) or at the end
@@ -423,7 +414,7 @@ class FanoutServer:
                 break
             frame, n = framed
             transport.write(frame)
-            self._count(frame, n, t_us)
+            self._count(len(frame), n, t_us)
             if not outbox.queued_bytes:
                 break  # the common case: one frame took everything
             if transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER:
@@ -435,11 +426,11 @@ class FanoutServer:
         if client.writer is None and not client.closed:
             client.writer = asyncio.get_running_loop().create_task(self._writer(ws, client))
 
-    def _count(self, frame: bytes, n: int, t_us: int) -> None:
-        self._frames += 1
-        self._messages += n
-        self._bytes += len(frame)
-        if t_us and self._frames % 64 == 1:  # a sample is enough for the histogram
+    def _count(self, nbytes: int, messages: int, t_us: int, frames: int = 1) -> None:
+        self._frames += frames
+        self._messages += messages
+        self._bytes += nbytes
+        if t_us and self._frames % 64 < frames:  # a sample is enough for the histogram
             metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - t_us / 1e6))
 
     async def _tick(self) -> None:
@@ -519,7 +510,7 @@ class FanoutServer:
                     break
                 await ws.send(frame, text=text)
                 client.last_sent = time.monotonic()
-                self._count(frame, n, t_us)
+                self._count(len(frame), n, t_us)
         except ConnectionClosed:
             pass
         finally:
