@@ -30,6 +30,29 @@ _NO_QUEUE: deque[_Entry] = deque(maxlen=0)
 
 OK = "ok"
 SLOW = "slow"
+FULL = "full"
+
+# A batch this large is written at once instead of waiting for the batching window, so the
+# window alone never pushes a connection past its high-water mark into conflation.
+FLUSH_BYTES = 32 * 1024
+
+# The worker's busy share (CPU seconds per second) between which the batching window of hot
+# connections grows from its base to its maximum (see adaptive_window).
+BUSY_LOW = 0.4
+BUSY_HIGH = 0.8
+
+
+def adaptive_window(busy: float, base_s: float, max_s: float) -> float:
+    """The batching window for connections that receive many messages, given the worker's
+    busy share (0..1): ``base_s`` up to BUSY_LOW, ``max_s`` from BUSY_HIGH, linear between.
+
+    Frames, not messages, cost a fan-out worker most of its CPU (one send syscall each), so
+    a busy worker trades a few milliseconds of latency on its busiest connections for fewer
+    frames, instead of falling behind everyone. ``max_s <= base_s`` keeps ``base_s``."""
+    if max_s <= base_s:
+        return base_s
+    share = (busy - BUSY_LOW) / (BUSY_HIGH - BUSY_LOW)
+    return base_s + (max_s - base_s) * min(1.0, max(0.0, share))
 
 
 class Outbox:
@@ -37,12 +60,13 @@ class Outbox:
 
     Call :meth:`push` for every message; it returns ``"slow"`` when the connection must be
     closed with 4008 (queued bytes past ``max_bytes`` even after conflation, or the oldest
-    message older than ``max_lag_s``). Call :meth:`take` from the writer to get the next
-    frame's payloads. Past ``high_water_bytes`` pending deltas are conflated per market.
+    message older than ``max_lag_s``), ``"full"`` when a frame's worth is queued. Call
+    :meth:`take` from the writer to get the next frame's payloads. Past
+    ``high_water_bytes`` pending deltas are conflated per market.
     """
 
     __slots__ = ("encoding", "high_water_bytes", "max_bytes", "max_lag_s", "_q", "queued_bytes",
-                 "conflations", "urgent")
+                 "conflations", "urgent", "flush_bytes")
 
     def __init__(self, *, encoding: str, high_water_bytes: int, max_bytes: int,
                  max_lag_s: float) -> None:
@@ -54,13 +78,15 @@ class Outbox:
         self.queued_bytes = 0
         self.conflations = 0
         self.urgent = False
+        self.flush_bytes = min(FLUSH_BYTES, high_water_bytes // 2)
 
     def __len__(self) -> int:
         return len(self._q)
 
     def push(self, out: Outgoing, *, now: float, market: str | None = None,
              delta: Delta | None = None) -> str:
-        """Queue one message; returns ``"ok"`` or ``"slow"`` (close the connection, 4008)."""
+        """Queue one message; returns ``"ok"``, ``"full"`` (enough queued for one frame:
+        write now, do not wait for a batching window) or ``"slow"`` (close, 4008)."""
         size = len(out.payload(self.encoding))
         if self._q is _NO_QUEUE:
             self._q = deque()
@@ -73,7 +99,7 @@ class Outbox:
         # verdict(), inlined: this runs once per delivery
         if self.queued_bytes > self.max_bytes or now - self._q[0].at > self.max_lag_s:
             return SLOW
-        return OK
+        return FULL if self.queued_bytes >= self.flush_bytes else OK
 
     def verdict(self, now: float) -> str:
         """``"slow"`` if the connection is past its hard limit in bytes or in age."""

@@ -80,6 +80,9 @@ class FanoutSettings(_Section):
 
     heartbeat_ms: int = Field(15000, gt=0)
     batch_window_ms: int = Field(2, ge=0)  # 0: send each delta at once
+    # a busy worker widens the window of its busiest connections up to this (see
+    # docs/protocol.md "Batching"); at or below batch_window_ms: no widening
+    batch_window_max_ms: int = Field(20, ge=0)
     max_inbound_bytes: int = Field(65536, gt=0)
     high_water_bytes: int = Field(1048576, gt=0)
     max_outbox_bytes: int = Field(8388608, gt=0)

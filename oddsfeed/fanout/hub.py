@@ -23,7 +23,7 @@ from .. import wire
 from ..book import Delta
 from ..errors import InvalidInput, StoreError
 from ..model import Market
-from ..session import SLOW, Outbox
+from ..session import FULL, SLOW, Outbox
 from ..store import Announced, Gone, Store, decode_payload
 from ..subscriptions import SubscriptionIndex
 from . import metrics
@@ -39,7 +39,7 @@ class Client:
 
     __slots__ = ("id", "encoding", "outbox", "pos", "pending", "via_event", "explicit",
                  "closed", "on_slow", "on_ready", "direct", "counted", "last_sent", "writer",
-                 "conn", "__weakref__")
+                 "conn", "received", "hot", "__weakref__")
 
     def __init__(self, cid: int, encoding: str, outbox: Outbox) -> None:
         self.id = cid
@@ -65,6 +65,10 @@ class Client:
         self.writer: asyncio.Task[None] | None = None
         self.conn: Any = None  # the server's connection object
         self.counted = 0  # subscriptions this client holds in the metrics gauge
+        # messages handed to this client since the server's ticker last looked, and whether
+        # it then counted as hot (many messages a second: it shares frames when busy)
+        self.received = 0
+        self.hot = False
 
     def __hash__(self) -> int:
         return self.id
@@ -80,6 +84,7 @@ class Client:
         ``write_through=False`` skips the ``direct`` hook (the caller already asked it)."""
         if self.closed:
             return
+        self.received += 1
         outbox = self.outbox
         was_empty = not outbox.queued_bytes
         if was_empty and write_through and self.direct is not None:
@@ -97,8 +102,9 @@ class Client:
             if self.on_slow is not None:
                 self.on_slow(self)
             return
-        if (was_empty or out.urgent) and self.on_ready is not None:
-            self.on_ready(self, out.urgent)
+        if (was_empty or out.urgent or verdict == FULL) and self.on_ready is not None:
+            # urgent, or a frame's worth queued: written now, not at the window's end
+            self.on_ready(self, out.urgent or verdict == FULL)
 
 
 class Hub:

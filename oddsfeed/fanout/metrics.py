@@ -23,3 +23,9 @@ DELIVERY_LATENCY = Histogram(
     "oddsfeed_delivery_latency_seconds", "store apply -> frame written",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
 )
+WORKER_BUSY = Gauge("oddsfeed_worker_busy_ratio",
+                    "CPU seconds per second of a fan-out worker (smoothed)",
+                    multiprocess_mode="liveall")
+HOT_WINDOW = Gauge("oddsfeed_ws_hot_batch_window_seconds",
+                   "batching window of hot connections (widens with the worker's busy share)",
+                   multiprocess_mode="livemax")

@@ -24,7 +24,7 @@ from .. import __version__, wire
 from ..auth import ANONYMOUS, READ, VALIDATE, Authenticator, AuthError, Principal
 from ..book import Delta
 from ..errors import ProtocolViolation, StoreError
-from ..session import Outbox
+from ..session import Outbox, adaptive_window
 from ..settings import FanoutSettings
 from . import metrics
 from .hub import Client, Hub
@@ -43,6 +43,12 @@ BEHIND_S = 0.02
 
 # The ticker wakes this often and visits a slice of the clients each time.
 TICK_S = 0.1
+
+# Weight of the newest tick in the worker's smoothed busy share.
+BUSY_SMOOTHING = 0.3
+
+# CPU seconds of this process (user + system: the send syscalls are most of it).
+cpu_time = time.process_time
 
 # A ping frame with an empty payload, built once (server frames are not masked).
 PING_FRAME = b"\x89\x00"
@@ -113,6 +119,14 @@ class FanoutServer:
         self._dirty: set[Client] = set()
         self._flush_handle: asyncio.TimerHandle | None = None
         self._window_s = fanout.batch_window_ms / 1000
+        # hot clients (many messages a second) of a busy worker share a wider window, sized
+        # by adaptive_window() from the busy share the ticker measures; 0 = no batching
+        self._max_window_s = (max(self._window_s, fanout.batch_window_max_ms / 1000)
+                              if self._window_s else 0.0)
+        self._hot_window_s = self._window_s
+        self._hot_dirty: set[Client] = set()
+        self._hot_handle: asyncio.TimerHandle | None = None
+        self.busy = 0.0  # smoothed CPU seconds per second of this worker
         # a connection that got no frame for this long is quiet: its next message is written
         # at once (see _direct); one that did is busy and its messages share frames
         self._quiet_s = QUIET_WINDOWS * self._window_s
@@ -334,7 +348,8 @@ class FanoutServer:
         ws = client.conn
         if (client.closed or ws is None or client.outbox.queued_bytes
                 or client.writer is not None or now - client.last_sent < self._quiet_s
-                or self.hub.lateness_s > self._behind_s):
+                or self.hub.lateness_s > self._behind_s
+                or (client.hot and self._hot_window_s > self._window_s)):
             return None
         transport = ws.transport
         if (transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER
@@ -367,6 +382,7 @@ class FanoutServer:
             if transport is None:
                 client.push(out, market=market, delta=delta, now=now, write_through=False)
                 continue
+            client.received += 1
             frame = frames.get(client.encoding)
             if frame is None:
                 frame = frames[client.encoding] = out.ws_frame(client.encoding)
@@ -383,6 +399,12 @@ class FanoutServer:
         if urgent or not self._window_s:
             self._write_or_wake(client)
             return
+        if client.hot and self._hot_window_s > self._window_s:
+            self._hot_dirty.add(client)
+            if self._hot_handle is None:
+                self._hot_handle = asyncio.get_running_loop().call_later(
+                    self._hot_window_s, self._flush_hot)
+            return
         self._dirty.add(client)
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_later(self._window_s,
@@ -393,6 +415,19 @@ class FanoutServer:
         dirty, self._dirty = self._dirty, set()
         for client in dirty:
             self._write_or_wake(client)
+
+    def _flush_hot(self) -> None:
+        self._hot_handle = None
+        dirty, self._hot_dirty = self._hot_dirty, set()
+        for client in dirty:
+            self._write_or_wake(client)
+
+    def _adapt(self, cpu_s: float, wall_s: float) -> None:
+        """Fold one tick's CPU share into the busy share and size the hot window from it."""
+        if wall_s <= 0:
+            return
+        self.busy += BUSY_SMOOTHING * (min(1.0, cpu_s / wall_s) - self.busy)
+        self._hot_window_s = adaptive_window(self.busy, self._window_s, self._max_window_s)
 
     def _write_or_wake(self, client: Client) -> None:
         """Fast path: when the connection is open, no writer task running and its socket
@@ -442,29 +477,39 @@ class FanoutServer:
         ping_s, pong_s = self.cfg.ping_interval_s, self.cfg.ping_timeout_s
         period = min(1.0, heartbeat_s / 4, ping_s / 2, pong_s / 2)
         slices = max(1, round(period / TICK_S))
+        # a client is hot when it got at least one message per widest window on average
+        # since its last visit: widening its window would put several in one frame
+        hot_n = (period / self._max_window_s) if self._max_window_s else float("inf")
         sweep: list[Client] = []
         at = 0
         per_slice = 1
         n = 0
+        loop = asyncio.get_running_loop()
+        cpu0, wall0 = cpu_time(), loop.time()
         while True:
             await asyncio.sleep(period / slices)
+            cpu, wall = cpu_time(), loop.time()
+            self._adapt(cpu - cpu0, wall - wall0)
+            cpu0, wall0 = cpu, wall
             if at >= len(sweep):
                 sweep, at = list(self.hub.clients), 0
                 per_slice = -(-len(sweep) // slices)
-            self._visit(sweep[at:at + per_slice], heartbeat_s, ping_s, pong_s)
+            self._visit(sweep[at:at + per_slice], heartbeat_s, ping_s, pong_s, hot_n)
             at += per_slice
             n += 1
             if n % slices == 0:
                 self._flush_metrics()
 
     def _visit(self, clients: list[Client], heartbeat_s: float, ping_s: float,
-               pong_s: float) -> None:
+               pong_s: float, hot_n: float = float("inf")) -> None:
         now = time.monotonic()
         lnow = asyncio.get_running_loop().time()
         heartbeat: wire.Outgoing | None = None
         for client in clients:
             if client.closed:
                 continue
+            client.hot = client.received >= hot_n
+            client.received = 0
             ws = client.conn
             if isinstance(ws, Connection) and ws.protocol.state is State.OPEN:
                 # keepalive: ping a peer silent for ping_interval_s; drop it if it stays
@@ -490,6 +535,8 @@ class FanoutServer:
 
     def _flush_metrics(self) -> None:
         self.hub.flush_metrics()
+        metrics.WORKER_BUSY.set(round(self.busy, 3))
+        metrics.HOT_WINDOW.set(self._hot_window_s)
         if self._frames:
             metrics.FRAMES_OUT.inc(self._frames)
             metrics.MESSAGES_OUT.inc(self._messages)

@@ -13,7 +13,16 @@ from hypothesis import strategies as st
 from oddsfeed import wire
 from oddsfeed.book import Applied, Changed, Delta, apply_delta, apply_update
 from oddsfeed.model import Market, MarketUpdate, Selection
-from oddsfeed.session import OK, SLOW, Outbox
+from oddsfeed.session import (
+    BUSY_HIGH,
+    BUSY_LOW,
+    FLUSH_BYTES,
+    FULL,
+    OK,
+    SLOW,
+    Outbox,
+    adaptive_window,
+)
 
 from .builders import random_update
 from .mirror import ClientBook, delta_from_wire
@@ -189,7 +198,7 @@ def test_past_max_bytes_is_slow() -> None:
         if verdicts[-1] == SLOW:
             break
     assert verdicts[-1] == SLOW
-    assert set(verdicts[:-1]) == {OK}
+    assert set(verdicts[:-1]) <= {OK, FULL}  # FULL: a frame's worth queued, not slow
     assert 4000 < box.queued_bytes <= 4000 + size
 
 
@@ -200,7 +209,7 @@ def test_conflation_keeps_a_single_busy_market_under_max_bytes() -> None:
     box = outbox(high_water_bytes=1000, max_bytes=4000)
     peak = 0
     for d in deltas:
-        assert box.push(wire.delta(d), now=0.0, market="m1", delta=d) == OK
+        assert box.push(wire.delta(d), now=0.0, market="m1", delta=d) != SLOW
         peak = max(peak, box.queued_bytes)
     assert peak <= 4000
 
@@ -214,3 +223,41 @@ def test_past_max_lag_is_slow() -> None:
     assert box.push(wire.heartbeat(2), now=101.5) == SLOW
     drain(box)
     assert box.verdict(500.0) == OK
+
+
+def test_a_frames_worth_queued_is_full() -> None:
+    """Past flush_bytes (FLUSH_BYTES, or half the high-water mark when that is lower) push
+    says FULL: the connection is written now rather than at the end of a batching window,
+    so batching alone never drives a connection into conflation."""
+    for high_water in (4 * FLUSH_BYTES, 4000):
+        box = outbox(high_water_bytes=high_water, max_bytes=100 * FLUSH_BYTES)
+        limit = min(FLUSH_BYTES, high_water // 2)
+        verdict = OK
+        while box.queued_bytes < limit:
+            assert verdict == OK
+            verdict = box.push(wire.heartbeat(1), now=0.0)
+        assert verdict == FULL
+        assert box.conflations == 0
+        drain(box)
+        assert box.push(wire.heartbeat(2), now=0.0) == OK
+
+
+windows = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+shares = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+
+
+@given(shares, shares, windows, windows)
+def test_adaptive_window_is_bounded_and_grows_with_the_busy_share(
+        a: float, b: float, base: float, top: float) -> None:
+    """The hot connections' window stays within [base, max], never shrinks as the worker gets
+    busier, is the base up to BUSY_LOW and the max from BUSY_HIGH; a max at or below the base
+    keeps the base."""
+    lo, hi = sorted((a, b))
+    w_lo, w_hi = adaptive_window(lo, base, top), adaptive_window(hi, base, top)
+    assert min(base, max(base, top)) <= w_lo <= w_hi <= max(base, top)
+    if top <= base:
+        assert w_lo == w_hi == base
+    if lo <= BUSY_LOW:
+        assert w_lo == base
+    if hi >= BUSY_HIGH:
+        assert w_hi == max(base, top)

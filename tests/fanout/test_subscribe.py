@@ -4,6 +4,7 @@ and batching, against a real worker and real WebSocket clients (protocol.md sect
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from websockets.asyncio.client import connect
@@ -271,3 +272,45 @@ async def test_quiet_connection_is_written_through(start_worker: WorkerFactory,
         assert max(c.batch_sizes) > 1  # the burst after it shared a frame
         c.check_clean()
         await c.close()
+
+
+async def test_busy_worker_widens_the_window_of_hot_connections_only(
+        start_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that is busy (here its CPU clock is made to run as fast as the wall clock)
+    widens the batching window of hot connections (many messages a second) to
+    batch_window_max_ms: their messages share frames. A connection that gets few messages
+    is still written through at once."""
+    from oddsfeed.fanout import server as server_module
+
+    monkeypatch.setattr(server_module, "cpu_time", time.monotonic)  # 100% busy
+    async with start_worker(**{"fanout.batch_window_ms": 2,
+                               "fanout.batch_window_max_ms": 3000}) as w:
+        await w.store.apply(create("hot"))
+        await w.store.apply(create("cold"))
+        hot = await Mirror.open(ws_url(w), "msgpack")
+        cold = await Mirror.open(ws_url(w), "msgpack")
+        await hot.request({"op": "subscribe", "markets": ["hot"]})
+        await cold.request({"op": "subscribe", "markets": ["cold"]})
+        await wait_until(lambda: "hot" in hot.markets and "cold" in cold.markets, 5)
+        # ~2.5 s of a message every 100 ms for one, nothing for the other: every connection
+        # is visited at least twice meanwhile (once a second), the busy share passes BUSY_HIGH
+        for i in range(25):
+            await w.store.apply(price("hot", 20_000 + i))
+            await asyncio.sleep(0.1)
+        assert w.fanout.busy > 0.8
+        frames_before = hot.frames
+        for i in range(10):  # 50 ms apart: without the wider window, 10 frames
+            await w.store.apply(price("hot", 30_000 + i))
+            await asyncio.sleep(0.05)
+        await w.store.apply(price("cold", 33_000))
+        # the cold connection is written through, well inside the 3 s window
+        await wait_until(lambda: cold.markets["cold"].version == 2, 1.5, "written through")
+        truth = await w.store.get("hot")
+        assert truth is not None
+        await wait_until(lambda: hot.markets["hot"] == truth, 10, "hot connection's updates")
+        # the hot connection got its last 10 messages in at most 2 frames
+        assert hot.frames - frames_before <= 2
+        assert hot.book.delta_versions("hot") == list(range(2, truth.version + 1))
+        hot.check_clean()
+        cold.check_clean()
+        await asyncio.gather(hot.close(), cold.close())
