@@ -38,7 +38,7 @@ TRANSPORT_HIGH_WATER = 64 * 1024
 # A connection is quiet after this many batching windows without a frame.
 QUIET_WINDOWS = 10
 
-# Past this lateness (store apply -> node) write-through stops and everything batches.
+# Past this lateness (store apply -> node) hot connections stop being written through.
 BEHIND_S = 0.02
 
 # The ticker wakes this often and visits a slice of the clients each time.
@@ -130,8 +130,11 @@ class FanoutServer:
         # a connection that got no frame for this long is quiet: its next message is written
         # at once (see _direct); one that did is busy and its messages share frames
         self._quiet_s = QUIET_WINDOWS * self._window_s
-        # reading deltas later than this after their apply, the node is behind: every
-        # message is queued and shares frames (fewer syscalls when it matters most)
+        # reading deltas later than this after their apply, the node is behind: hot
+        # connections' messages are queued and share frames (fewer syscalls when it matters
+        # most). Not the others': one message per window gains nothing from a batch and
+        # costs more to queue than to write (at 10,000 connections batching everyone made
+        # the node fall further behind)
         self._behind_s = max(BEHIND_S, self._window_s) if self._window_s else float("inf")
         # metrics are summed here and handed to prometheus once a second (cheap hot path)
         self._frames = self._messages = self._bytes = 0
@@ -348,8 +351,8 @@ class FanoutServer:
         ws = client.conn
         if (client.closed or ws is None or client.outbox.queued_bytes
                 or client.writer is not None or now - client.last_sent < self._quiet_s
-                or self.hub.lateness_s > self._behind_s
-                or (client.hot and self._hot_window_s > self._window_s)):
+                or (client.hot and (self._hot_window_s > self._window_s
+                                    or self.hub.lateness_s > self._behind_s))):
             return None
         transport = ws.transport
         if (transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER
@@ -372,22 +375,35 @@ class FanoutServer:
     def _send_many(self, clients: list[Client], out: wire.Outgoing, market: str,
                    delta: Delta, now: float) -> None:
         """One delta to many clients (the hub's send_many hook): written through to each
-        quiet one with the frame looked up once per encoding (profiled: this loop runs once
-        per delivery); the others queue it (client.push without a second write-through
-        check)."""
+        quiet one, the others queue it (client.push without a second write-through check).
+
+        This loop runs once per delivery (profiled: at 10,000 connections it is most of the
+        worker's time, the send syscall most of that), so _writable's checks are inlined
+        here: the node-wide ones once per delta, the frame once per encoding."""
+        hot_batching = (self._hot_window_s > self._window_s
+                        or self.hub.lateness_s > self._behind_s)
+        quiet_before = now - self._quiet_s
         frames: dict[str, bytes] = {}
         sent = nbytes = 0
         for client in clients:
-            transport = self._writable(client, now)
-            if transport is None:
+            ws = client.conn
+            if (client.closed or ws is None or client.outbox.queued_bytes
+                    or client.writer is not None or client.last_sent > quiet_before
+                    or (hot_batching and client.hot)):
                 client.push(out, market=market, delta=delta, now=now, write_through=False)
                 continue
-            client.received += 1
-            frame = frames.get(client.encoding)
+            transport = ws.transport
+            if (transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER
+                    or ws.protocol.state is not State.OPEN):
+                client.push(out, market=market, delta=delta, now=now, write_through=False)
+                continue
+            enc = client.encoding
+            frame = frames.get(enc)
             if frame is None:
-                frame = frames[client.encoding] = out.ws_frame(client.encoding)
+                frame = frames[enc] = out.ws_frame(enc)
             transport.write(frame)
             client.last_sent = now
+            client.received += 1
             sent += 1
             nbytes += len(frame)
         if sent:
