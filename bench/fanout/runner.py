@@ -358,7 +358,8 @@ def run(quick: bool) -> dict[str, Any]:
     1. Saturation at 1,000 connections (5 of 100 markets each): both implementations at
        rising update rates until each stops being sustained (p99 > 100 ms, < 95% delivered,
        or a gap); the headline compares each one's best sustained row.
-    2. 10,000 connections at 100 updates/s (50,000 deliveries/s), both implementations.
+    2. 10,000 connections at 100 updates/s (50,000 deliveries/s), both implementations
+       (three runs each in full mode; the median-p99 run is reported).
     3. Idle memory against connection count (oddsfeed; the naive one too in full mode).
     """
     from oddsfeed.embedded import EmbeddedValkey
@@ -402,14 +403,24 @@ def run(quick: bool) -> dict[str, Any]:
         base = rows[0]["deliveries_per_cpu_s"] or 1
         for r in rows:
             r["ratio_per_cpu"] = round(r["deliveries_per_cpu_s"] / base, 2)
-        # 10,000 connections x 5 of 100 markets: each update reaches 500 of them
+        # 10,000 connections x 5 of 100 markets: each update reaches 500 of them. The tail
+        # here swings with the shared machine (p99 10-60 ms in runs of the same code), so
+        # full mode measures each implementation three times, interleaved, and reports the
+        # run with the median p99 along with every run's p99.
+        reps = 1 if quick else 3
+        runs: dict[str, list[dict[str, Any]]] = {"naive": [], "oddsfeed": []}
+        for _ in range(reps):
+            for kind in ("naive", "oddsfeed"):
+                r = run_scenario(kind, vk.url, conns=10_000, markets=100, subs_per_conn=5,
+                                 rate=100, duration_s=duration)
+                runs[kind].append(r)
+                _say(r)
         big = []
         for kind in ("naive", "oddsfeed"):
-            r = run_scenario(kind, vk.url, conns=10_000, markets=100, subs_per_conn=5,
-                             rate=100, duration_s=duration)
-            r["scenario"] = "10k"
+            ranked = sorted(runs[kind], key=lambda r: r["p99_ms"])
+            r = {**ranked[len(ranked) // 2], "scenario": "10k", "runs": reps,
+                 "p99_runs_ms": [x["p99_ms"] for x in runs[kind]]}
             big.append(r)
-            _say(r)
         if big[0]["deliveries_per_cpu_s"]:
             for r in big:
                 r["ratio_per_cpu"] = round(r["deliveries_per_cpu_s"]
@@ -427,7 +438,8 @@ def run(quick: bool) -> dict[str, Any]:
             "columns": ["impl", "scenario", "conns", "offered_updates_per_s", "delivered_per_s",
                         "p50_ms", "p99_ms", "max_ms", "server_cpu_s_per_s",
                         "deliveries_per_cpu_s", "ratio_per_cpu", "ratio_per_cpu_same_rate",
-                        "kb_per_conn", "gaps", "delivery_ratio", "machine_busy_cores"]}
+                        "kb_per_conn", "gaps", "delivery_ratio", "machine_busy_cores",
+                        "p99_runs_ms"]}
 
 
 def _say(r: dict[str, Any], note: str = "") -> None:
