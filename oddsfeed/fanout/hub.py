@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from .. import wire
 from ..book import Delta
@@ -34,12 +34,33 @@ log = logging.getLogger("oddsfeed.fanout")
 Held = Delta | Market | Gone
 
 
+class Sink(Protocol):
+    """What the hub and its clients need from the I/O side; the server implements it and
+    every client and the hub hold the one instance (no per-connection callbacks)."""
+
+    def ready(self, client: Client, urgent: bool) -> None:
+        """The client's outbox stopped being empty (or got an urgent message, or a frame's
+        worth): write it now or at the end of the batching window."""
+
+    def direct(self, client: Client, out: wire.Outgoing, now: float) -> bool:
+        """Called while the client's outbox is empty: write ``out`` at once and return True,
+        or return False to have it queued."""
+
+    def slow(self, client: Client) -> None:
+        """The client is past its slow-consumer limit: close it (4008)."""
+
+    def send_many(self, clients: list[Client], out: wire.Outgoing, market: str,
+                  delta: Delta, now: float) -> None:
+        """One delta to every client of ``clients`` (the hub already moved their positions);
+        must behave like ``client.push()`` for each of them, in order."""
+
+
 class Client:
     """One WebSocket connection's protocol state; the I/O lives in the server module."""
 
     __slots__ = ("id", "encoding", "outbox", "pos", "pending", "via_event", "explicit",
-                 "closed", "on_slow", "on_ready", "direct", "counted", "last_sent", "writer",
-                 "conn", "received", "hot", "__weakref__")
+                 "closed", "sink", "counted", "last_sent", "writer", "conn", "received", "hot",
+                 "__weakref__")
 
     def __init__(self, cid: int, encoding: str, outbox: Outbox) -> None:
         self.id = cid
@@ -52,13 +73,9 @@ class Client:
         self.via_event: dict[str, str] = {}  # market -> event it came in through
         self.explicit: set[str] = set()  # markets the client named itself
         self.closed = False
-        self.on_slow: Any = None
-        # called as on_ready(client, urgent) when the outbox stops being empty (or gets an
-        # urgent message): the server decides when the writer wakes (batching window)
-        self.on_ready: Any = None
-        # called as direct(client, out, now) while the outbox is empty: the server may write
-        # the message at once (returns True) instead of queueing it
-        self.direct: Any = None
+        # the server: decides when the writer wakes (batching window), may write a message
+        # at once, closes a slow client
+        self.sink: Sink | None = None
         self.last_sent = 0.0  # monotonic time of the last frame written
         # the writer task, only while the socket is backed up (memory: no idle task per
         # connection); while it runs, nothing else writes to this connection
@@ -79,18 +96,19 @@ class Client:
     def push(self, out: wire.Outgoing, *, market: str | None = None,
              delta: Delta | None = None, now: float | None = None,
              write_through: bool = True) -> None:
-        """Queue a message; a slow verdict hands the client to ``on_slow`` (close 4008).
+        """Queue a message; a slow verdict hands the client to ``sink.slow`` (close 4008).
         ``now`` (monotonic) may be passed by a caller pushing to many clients at once;
-        ``write_through=False`` skips the ``direct`` hook (the caller already asked it)."""
+        ``write_through=False`` skips ``sink.direct`` (the caller already asked it)."""
         if self.closed:
             return
         self.received += 1
         outbox = self.outbox
         was_empty = not outbox.queued_bytes
-        if was_empty and write_through and self.direct is not None:
+        sink = self.sink
+        if was_empty and write_through and sink is not None:
             if now is None:
                 now = time.monotonic()
-            if self.direct(self, out, now):
+            if sink.direct(self, out, now):
                 return
         before = outbox.conflations
         verdict = outbox.push(out, now=time.monotonic() if now is None else now,
@@ -99,12 +117,12 @@ class Client:
             metrics.CONFLATIONS.inc(outbox.conflations - before)
         if verdict == SLOW:
             self.closed = True
-            if self.on_slow is not None:
-                self.on_slow(self)
+            if sink is not None:
+                sink.slow(self)
             return
-        if (was_empty or out.urgent or verdict == FULL) and self.on_ready is not None:
+        if (was_empty or out.urgent or verdict == FULL) and sink is not None:
             # urgent, or a frame's worth queued: written now, not at the window's end
-            self.on_ready(self, out.urgent or verdict == FULL)
+            sink.ready(self, out.urgent or verdict == FULL)
 
 
 class Hub:
@@ -126,10 +144,9 @@ class Hub:
         self.deltas_in = 0
         # seconds between the store's apply and this node reading the last delta
         self.lateness_s = 0.0
-        # set by the server: send_many(clients, out, market, delta, now) hands one delta to
-        # every client that holds its base (the hub already moved their positions); it must
-        # behave like client.push() for each of them, in order
-        self.send_many: Any = None
+        # set by the server: its send_many() hands one delta to every client that holds its
+        # base in one call
+        self.sink: Sink | None = None
 
     def flush_metrics(self) -> None:
         """Add what was counted since the last call to the prometheus metrics."""
@@ -374,8 +391,8 @@ class Hub:
                     self._deliver(client, market, item, out)
             if ready:
                 now = time.monotonic()
-                if self.send_many is not None:
-                    self.send_many(ready, out, market, item, now)
+                if self.sink is not None:
+                    self.sink.send_many(ready, out, market, item, now)
                 else:
                     for client in ready:
                         client.push(out, market=market, delta=item, now=now)

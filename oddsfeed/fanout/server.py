@@ -128,7 +128,7 @@ class FanoutServer:
         self._hot_handle: asyncio.TimerHandle | None = None
         self.busy = 0.0  # smoothed CPU seconds per second of this worker
         # a connection that got no frame for this long is quiet: its next message is written
-        # at once (see _direct); one that did is busy and its messages share frames
+        # at once (see direct); one that did is busy and its messages share frames
         self._quiet_s = QUIET_WINDOWS * self._window_s
         # reading deltas later than this after their apply, the node is behind: hot
         # connections' messages are queued and share frames (fewer syscalls when it matters
@@ -159,7 +159,7 @@ class FanoutServer:
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
-        self.hub.send_many = self._send_many
+        self.hub.sink = self
 
     async def close(self) -> None:
         """Stop accepting and close every client with 1001."""
@@ -233,9 +233,7 @@ class FanoutServer:
         client = Client(cid, encoding, Outbox(
             encoding=encoding, high_water_bytes=self.cfg.high_water_bytes,
             max_bytes=self.cfg.max_outbox_bytes, max_lag_s=self.cfg.max_lag_s))
-        client.on_slow = lambda c: self._close_later(ws, 4008, "slow consumer", slow=True)
-        client.on_ready = self._ready
-        client.direct = self._direct
+        client.sink = self
         client.last_sent = time.monotonic()
         client.conn = ws
         self.hub.add_client(client)
@@ -360,8 +358,15 @@ class FanoutServer:
             return None
         return transport
 
-    def _direct(self, client: Client, out: wire.Outgoing, now: float) -> bool:
-        """Client.push's write-through hook: write ``out`` at once if the connection is quiet
+    # ---- the hub's Sink -------------------------------------------------------------------
+
+    def slow(self, client: Client) -> None:
+        """Past its slow-consumer limit: close with 4008 (the client resumes with ``from``)."""
+        if client.conn is not None:
+            self._close_later(client.conn, 4008, "slow consumer", slow=True)
+
+    def direct(self, client: Client, out: wire.Outgoing, now: float) -> bool:
+        """Client.push's write-through: write ``out`` at once if the connection is quiet
         (see _writable); returns True if written."""
         transport = self._writable(client, now)
         if transport is None:
@@ -372,9 +377,9 @@ class FanoutServer:
         self._count(len(frame), 1, out.t_us)
         return True
 
-    def _send_many(self, clients: list[Client], out: wire.Outgoing, market: str,
+    def send_many(self, clients: list[Client], out: wire.Outgoing, market: str,
                    delta: Delta, now: float) -> None:
-        """One delta to many clients (the hub's send_many hook): written through to each
+        """One delta to many clients: written through to each
         quiet one, the others queue it (client.push without a second write-through check).
 
         This loop runs once per delivery (profiled: at 10,000 connections it is most of the
@@ -409,7 +414,7 @@ class FanoutServer:
         if sent:
             self._count(nbytes, sent, out.t_us, frames=sent)
 
-    def _ready(self, client: Client, urgent: bool) -> None:
+    def ready(self, client: Client, urgent: bool) -> None:
         """A client has something to send: write it now (urgent, or no window) or at the end
         of the shared batching window."""
         if urgent or not self._window_s:
@@ -546,8 +551,7 @@ class FanoutServer:
                 client.push(heartbeat)
             elif client.outbox and client.outbox.verdict(now) != "ok":
                 client.closed = True
-                if client.on_slow is not None:
-                    client.on_slow(client)
+                self.slow(client)
 
     def _flush_metrics(self) -> None:
         self.hub.flush_metrics()

@@ -38,7 +38,7 @@ async def test_sdk_converges_and_resumes(valkey_url: str, redis_client: Any) -> 
             await wait_for(lambda: all(client.markets[m] == truth[m] for m in "abc"))
             # the server drops every connection: the client resumes from its positions
             for c in list(w.hub.clients):
-                c.on_slow(c)
+                w.fanout.slow(c)
             await wait_for(lambda: client.reconnects >= 1 and client.connected)
             for _ in range(50):
                 await w.store.apply(price("a", rng.randint(11000, 90000)))
