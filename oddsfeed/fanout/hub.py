@@ -59,7 +59,7 @@ class Client:
     """One WebSocket connection's protocol state; the I/O lives in the server module."""
 
     __slots__ = ("id", "encoding", "outbox", "pos", "pending", "via_event", "explicit",
-                 "closed", "sink", "counted", "last_sent", "writer", "conn", "received", "hot",
+                 "closed", "sink", "counted", "last_sent", "writer", "conn", "received", "rate",
                  "__weakref__")
 
     def __init__(self, cid: int, encoding: str, outbox: Outbox) -> None:
@@ -82,10 +82,10 @@ class Client:
         self.writer: asyncio.Task[None] | None = None
         self.conn: Any = None  # the server's connection object
         self.counted = 0  # subscriptions this client holds in the metrics gauge
-        # messages handed to this client since the server's ticker last looked, and whether
-        # it then counted as hot (many messages a second: it shares frames when busy)
+        # messages handed to this client since the server's ticker last visited it, and how
+        # many it got in the visit period before (hot connections share frames when busy)
         self.received = 0
-        self.hot = False
+        self.rate = 0
 
     def __hash__(self) -> int:
         return self.id

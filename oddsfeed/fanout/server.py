@@ -38,11 +38,15 @@ TRANSPORT_HIGH_WATER = 64 * 1024
 # A connection is quiet after this many batching windows without a frame.
 QUIET_WINDOWS = 10
 
-# Past this lateness (store apply -> node) hot connections stop being written through.
+# Past this lateness (store apply -> node) the node is behind: hot connections get the
+# widest window, as if the worker were fully busy.
 BEHIND_S = 0.02
 
 # The ticker wakes this often and visits a slice of the clients each time.
 TICK_S = 0.1
+
+# A connection is hot when it gets at least this many messages per hot window on average.
+HOT_MESSAGES = 1.0
 
 # Weight of the newest tick in the worker's smoothed busy share.
 BUSY_SMOOTHING = 0.3
@@ -124,6 +128,10 @@ class FanoutServer:
         self._max_window_s = (max(self._window_s, fanout.batch_window_max_ms / 1000)
                               if self._window_s else 0.0)
         self._hot_window_s = self._window_s
+        # messages per ticker period from which a connection is hot: at least one per hot
+        # window on average, so that waiting for the window shares frames (inf: nobody)
+        self._hot_min = float("inf")
+        self._period = 1.0  # the ticker's visit period, set by _tick
         self._hot_dirty: set[Client] = set()
         self._hot_handle: asyncio.TimerHandle | None = None
         self.busy = 0.0  # smoothed CPU seconds per second of this worker
@@ -131,10 +139,10 @@ class FanoutServer:
         # at once (see direct); one that did is busy and its messages share frames
         self._quiet_s = QUIET_WINDOWS * self._window_s
         # reading deltas later than this after their apply, the node is behind: hot
-        # connections' messages are queued and share frames (fewer syscalls when it matters
-        # most). Not the others': one message per window gains nothing from a batch and
-        # costs more to queue than to write (at 10,000 connections batching everyone made
-        # the node fall further behind)
+        # connections get the widest window (fewer syscalls when it matters most). Not the
+        # others: one message per window gains nothing from a batch and costs more to queue
+        # than to write (at 10,000 connections batching everyone made the node fall further
+        # behind)
         self._behind_s = max(BEHIND_S, self._window_s) if self._window_s else float("inf")
         # metrics are summed here and handed to prometheus once a second (cheap hot path)
         self._frames = self._messages = self._bytes = 0
@@ -343,14 +351,14 @@ class FanoutServer:
         """The transport to write a message straight to, or None to queue it instead.
 
         Write-through needs a quiet connection: nothing queued, no writer, its socket keeping
-        up, no frame written to it for QUIET_WINDOWS batching windows, and the node not
-        behind the store. Otherwise the message is queued and coalesced at the window's end
-        (like Nagle: the first message of a burst goes at once, the rest share frames)."""
+        up, no frame written to it for QUIET_WINDOWS batching windows, and not hot while
+        the hot window is widened. Otherwise the message is queued and coalesced at the
+        window's end (like Nagle: the first message of a burst goes at once, the rest share
+        frames)."""
         ws = client.conn
         if (client.closed or ws is None or client.outbox.queued_bytes
                 or client.writer is not None or now - client.last_sent < self._quiet_s
-                or (client.hot and (self._hot_window_s > self._window_s
-                                    or self.hub.lateness_s > self._behind_s))):
+                or client.rate >= self._hot_min):
             return None
         transport = ws.transport
         if (transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER
@@ -385,8 +393,7 @@ class FanoutServer:
         This loop runs once per delivery (profiled: at 10,000 connections it is most of the
         worker's time, the send syscall most of that), so _writable's checks are inlined
         here: the node-wide ones once per delta, the frame once per encoding."""
-        hot_batching = (self._hot_window_s > self._window_s
-                        or self.hub.lateness_s > self._behind_s)
+        hot_min = self._hot_min
         quiet_before = now - self._quiet_s
         frames: dict[str, bytes] = {}
         sent = nbytes = 0
@@ -394,7 +401,7 @@ class FanoutServer:
             ws = client.conn
             if (client.closed or ws is None or client.outbox.queued_bytes
                     or client.writer is not None or client.last_sent > quiet_before
-                    or (hot_batching and client.hot)):
+                    or client.rate >= hot_min):
                 client.push(out, market=market, delta=delta, now=now, write_through=False)
                 continue
             transport = ws.transport
@@ -420,7 +427,7 @@ class FanoutServer:
         if urgent or not self._window_s:
             self._write_or_wake(client)
             return
-        if client.hot and self._hot_window_s > self._window_s:
+        if client.rate >= self._hot_min:
             self._hot_dirty.add(client)
             if self._hot_handle is None:
                 self._hot_handle = asyncio.get_running_loop().call_later(
@@ -444,11 +451,17 @@ class FanoutServer:
             self._write_or_wake(client)
 
     def _adapt(self, cpu_s: float, wall_s: float) -> None:
-        """Fold one tick's CPU share into the busy share and size the hot window from it."""
+        """Fold one tick's CPU share into the busy share; size the hot window from it (the
+        widest while the node is behind the store) and the rate from which a connection is
+        hot from the window."""
         if wall_s <= 0:
             return
         self.busy += BUSY_SMOOTHING * (min(1.0, cpu_s / wall_s) - self.busy)
-        self._hot_window_s = adaptive_window(self.busy, self._window_s, self._max_window_s)
+        share = 1.0 if self.hub.lateness_s > self._behind_s else self.busy
+        window = self._hot_window_s = adaptive_window(share, self._window_s,
+                                                      self._max_window_s)
+        self._hot_min = (HOT_MESSAGES * self._period / window if window > self._window_s
+                         else float("inf"))
 
     def _write_or_wake(self, client: Client) -> None:
         """Fast path: when the connection is open, no writer task running and its socket
@@ -498,9 +511,7 @@ class FanoutServer:
         ping_s, pong_s = self.cfg.ping_interval_s, self.cfg.ping_timeout_s
         period = min(1.0, heartbeat_s / 4, ping_s / 2, pong_s / 2)
         slices = max(1, round(period / TICK_S))
-        # a client is hot when it got at least one message per widest window on average
-        # since its last visit: widening its window would put several in one frame
-        hot_n = (period / self._max_window_s) if self._max_window_s else float("inf")
+        self._period = period
         sweep: list[Client] = []
         at = 0
         per_slice = 1
@@ -515,22 +526,21 @@ class FanoutServer:
             if at >= len(sweep):
                 sweep, at = list(self.hub.clients), 0
                 per_slice = -(-len(sweep) // slices)
-            self._visit(sweep[at:at + per_slice], heartbeat_s, ping_s, pong_s, hot_n)
+            self._visit(sweep[at:at + per_slice], heartbeat_s, ping_s, pong_s)
             at += per_slice
             n += 1
             if n % slices == 0:
                 self._flush_metrics()
 
     def _visit(self, clients: list[Client], heartbeat_s: float, ping_s: float,
-               pong_s: float, hot_n: float = float("inf")) -> None:
+               pong_s: float) -> None:
         now = time.monotonic()
         lnow = asyncio.get_running_loop().time()
         heartbeat: wire.Outgoing | None = None
         for client in clients:
             if client.closed:
                 continue
-            client.hot = client.received >= hot_n
-            client.received = 0
+            client.rate, client.received = client.received, 0
             ws = client.conn
             if isinstance(ws, Connection) and ws.protocol.state is State.OPEN:
                 # keepalive: ping a peer silent for ping_interval_s; drop it if it stays
