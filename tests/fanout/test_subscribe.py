@@ -277,7 +277,7 @@ async def test_quiet_connection_is_written_through(start_worker: WorkerFactory,
 async def test_busy_worker_widens_the_window_of_hot_connections_only(
         start_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker that is busy (here its CPU clock is made to run as fast as the wall clock)
-    widens the batching window of hot connections (many messages a second) to
+    widens the batching window of hot connections (at least one message per hot window) to
     batch_window_max_ms: their messages share frames. A connection that gets few messages
     is still written through at once."""
     from oddsfeed.fanout import server as server_module
