@@ -36,6 +36,9 @@ def _client_frame(payload: bytes, opcode: int = 0x2) -> bytes:
 # failed connection attempts after which a process stops opening more
 MAX_FAILURES = 20
 
+# How long a process waits for its connections' snapshots before reporting ready anyway.
+SYNC_TIMEOUT_S = 120.0
+
 # SO_LINGER on, timeout 0: close() sends a reset and leaves no TIME_WAIT behind.
 LINGER_RESET = struct.pack("ii", 1, 0)
 
@@ -48,6 +51,7 @@ class Stats:
         self.gaps = 0
         self.frames = 0
         self.closed = 0
+        self.synced = 0  # connections holding every market they subscribed (snapshots in)
         self.lat_ms: list[float] = []
         self.measuring = False
 
@@ -64,6 +68,7 @@ class Conn(asyncio.Protocol):
         self.buf = bytearray()
         self.open = False
         self.last: dict[str, int] = {}
+        self.synced = False
         self.transport: Any = None
 
     def connection_made(self, transport: Any) -> None:
@@ -96,6 +101,9 @@ class Conn(asyncio.Protocol):
             else:
                 sub = {"markets": self.markets}
             self.transport.write(_client_frame(msgpack.packb(sub)))
+            if self.kind != "oddsfeed":  # the naive server sends no catch-up
+                self.synced = True
+                self.stats.synced += 1
             if not self.ready.done():
                 self.ready.set_result(None)
         pos = 0
@@ -142,6 +150,9 @@ class Conn(asyncio.Protocol):
                 if op != "delta":
                     if op == "snapshot":
                         last[it["market"]["id"]] = it["market"]["version"]
+                        if not self.synced and len(last) >= len(self.markets):
+                            self.synced = True
+                            st.synced += 1
                     continue
                 m, v, base = it["m"], it["v"], it["base"]
                 prev = last.get(m)
@@ -193,6 +204,11 @@ def run_process(url_host: str, port: int, kind: str, subs: list[list[str]], out:
                     failures += 1
                     await asyncio.sleep(0.05 * (attempt + 1))
                     fut = loop.create_future()
+        # the measurement starts once every connection holds its snapshots: a server still
+        # working through 10,000 subscriptions would otherwise be measured doing both
+        deadline = loop.time() + SYNC_TIMEOUT_S
+        while stats.synced < len(conns) and loop.time() < deadline:  # noqa: ASYNC110 (polls a counter, bounded)
+            await asyncio.sleep(0.05)
         ready.put(len(conns))
         while not stop.is_set():
             if not stats.measuring and go.is_set():

@@ -239,7 +239,9 @@ def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_pe
     try:
         rng = random.Random(9)
         subs = [rng.sample(mids, subs_per_conn) for _ in range(conns)]
+        t_ramp = time.monotonic()
         load = Load(kind, server.port, subs, procs)
+        ramp_s = time.monotonic() - t_ramp  # every connection open and holding its snapshots
         time.sleep(1.0)  # let snapshots drain
         rss = server.rss()
         load.go.set()
@@ -282,6 +284,7 @@ def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_pe
             # every process on the machine (server, load generators, driver, Valkey): near
             # the core count, latency also measures the machine's run queue
             "machine_busy_cores": round(_busy(busy0, busy1) / elapsed, 2),
+            "ramp_s": round(ramp_s, 1),
             "deliveries_per_cpu_s": round(received / server_s) if server_s else 0,
             "frames": sum(r["frames"] for r in results),
             "rss_mb": round(rss / 2**20, 1), "kb_per_conn": round(rss / 1024 / conns, 1),
