@@ -8,20 +8,14 @@ ready-to-send payloads out; it never buffers anything outside the outbox.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 
 from .book import Delta, conflate
 from .wire import Outgoing, batch_payload, ws_frame
 from .wire import delta as delta_message
 
-
-@dataclass(slots=True)
-class _Entry:
-    out: Outgoing
-    size: int
-    at: float
-    market: str | None = None
-    delta: Delta | None = None
+# A queued message: (out, size in bytes, time queued, market, delta). A plain tuple: push()
+# builds one per queued delivery, and a dataclass __init__ cost more than the rest of push.
+_Entry = tuple[Outgoing, int, float, str | None, Delta | None]
 
 
 # An idle connection holds no deque (about 0.6 KB each): the queue is created on demand and
@@ -52,7 +46,11 @@ def adaptive_window(busy: float, base_s: float, max_s: float) -> float:
     if max_s <= base_s:
         return base_s
     share = (busy - BUSY_LOW) / (BUSY_HIGH - BUSY_LOW)
-    return base_s + (max_s - base_s) * min(1.0, max(0.0, share))
+    if share <= 0.0:
+        return base_s
+    if share >= 1.0:
+        return max_s
+    return min(max_s, base_s + (max_s - base_s) * share)
 
 
 class Outbox:
@@ -90,14 +88,14 @@ class Outbox:
         size = len(out.payload(self.encoding))
         if self._q is _NO_QUEUE:
             self._q = deque()
-        self._q.append(_Entry(out, size, now, market, delta))
+        self._q.append((out, size, now, market, delta))
         self.queued_bytes += size
         if out.urgent:
             self.urgent = True
         if self.queued_bytes > self.high_water_bytes:
             self._conflate()
         # verdict(), inlined: this runs once per delivery
-        if self.queued_bytes > self.max_bytes or now - self._q[0].at > self.max_lag_s:
+        if self.queued_bytes > self.max_bytes or now - self._q[0][2] > self.max_lag_s:
             return SLOW
         return FULL if self.queued_bytes >= self.flush_bytes else OK
 
@@ -105,7 +103,7 @@ class Outbox:
         """``"slow"`` if the connection is past its hard limit in bytes or in age."""
         if self.queued_bytes > self.max_bytes:
             return SLOW
-        if self._q and now - self._q[0].at > self.max_lag_s:
+        if self._q and now - self._q[0][2] > self.max_lag_s:
             return SLOW
         return OK
 
@@ -114,43 +112,46 @@ class Outbox:
         # v of the last). A snapshot or gone of that market ends the run (and supersedes
         # it); so does a suspension, which merged with a later reopening would vanish: it
         # is never conflated away (issue 4).
-        merged: deque[_Entry] = deque()
-        open_run: dict[str, tuple[_Entry, list[Delta]]] = {}
+        merged: list[_Entry] = []
+        # market -> (where its run's entry sits in merged, the run's deltas, oldest time)
+        open_run: dict[str, tuple[int, list[Delta], list[float]]] = {}
         for e in self._q:
-            if e.delta is not None and e.market is not None:
-                run = open_run.get(e.market)
+            out, _, at, market, delta = e
+            if delta is not None and market is not None:
+                run = open_run.get(market)
                 if run is not None:
-                    run[1].append(e.delta)
-                    run[0].at = min(run[0].at, e.at)
+                    run[1].append(delta)
+                    run[2][0] = min(run[2][0], at)
                 else:
-                    run = open_run[e.market] = (_Entry(e.out, e.size, e.at, e.market, e.delta),
-                                                [e.delta])
-                    merged.append(run[0])
-                if e.out.urgent:
-                    self._merge(*open_run.pop(e.market))
+                    run = open_run[market] = (len(merged), [delta], [at])
+                    merged.append(e)
+                if out.urgent:
+                    self._merge(merged, *open_run.pop(market))
             else:
-                if e.market is not None:
-                    open_run.pop(e.market, None)
+                if market is not None:
+                    run = open_run.pop(market, None)
+                    if run is not None:  # superseded: the run's first entry stays as it is
+                        first = merged[run[0]]
+                        merged[run[0]] = (first[0], first[1], run[2][0], first[3], first[4])
                 merged.append(e)
-        total = 0
-        for entry, deltas in open_run.values():
-            self._merge(entry, deltas)
-        for e in merged:
-            total += e.size
-        self._q = merged if merged else _NO_QUEUE
-        self.queued_bytes = total
+        for run in open_run.values():
+            self._merge(merged, *run)
+        self._q = deque(merged) if merged else _NO_QUEUE
+        self.queued_bytes = sum(e[1] for e in merged)
 
-    def _merge(self, entry: _Entry, deltas: list[Delta]) -> None:
+    def _merge(self, merged: list[_Entry], at_index: int, deltas: list[Delta],
+               oldest: list[float]) -> None:
+        out, size, _, market, delta = merged[at_index]
         if len(deltas) > 1:
-            d = conflate(deltas)
-            entry.delta = d
-            entry.out = delta_message(d)
-            entry.size = len(entry.out.payload(self.encoding))
+            delta = conflate(deltas)
+            out = delta_message(delta)
+            size = len(out.payload(self.encoding))
             self.conflations += 1
+        merged[at_index] = (out, size, oldest[0], market, delta)
 
     def oldest_t_us(self) -> int:
         """The store apply time of the oldest queued message (0 if unknown)."""
-        return self._q[0].out.t_us if self._q else 0
+        return self._q[0][0].t_us if self._q else 0
 
     def take(self, max_items: int = 512) -> list[bytes]:
         """Remove and return up to ``max_items`` payloads, oldest first."""
@@ -158,8 +159,8 @@ class Outbox:
         q = self._q
         while q and len(out) < max_items:
             e = q.popleft()
-            self.queued_bytes -= e.size
-            out.append(e.out.payload(self.encoding))
+            self.queued_bytes -= e[1]
+            out.append(e[0].payload(self.encoding))
         if not q:
             self.urgent = False
             self._q = _NO_QUEUE
@@ -173,10 +174,10 @@ class Outbox:
             return None
         if len(q) == 1:
             e = q.popleft()
-            self.queued_bytes -= e.size
+            self.queued_bytes -= e[1]
             self.urgent = False
             self._q = _NO_QUEUE
-            return e.out.ws_frame(self.encoding), 1
+            return e[0].ws_frame(self.encoding), 1
         items = self.take(max_items)
         return ws_frame(batch_payload(items, self.encoding), self.encoding == "json"), len(items)
 
