@@ -120,9 +120,10 @@ class Client:
             if sink is not None:
                 sink.slow(self)
             return
-        if (was_empty or out.urgent or verdict == FULL) and sink is not None:
+        now_please = out.urgent or verdict == FULL
+        if (was_empty or now_please) and sink is not None:
             # urgent, or a frame's worth queued: written now, not at the window's end
-            sink.ready(self, out.urgent or verdict == FULL)
+            sink.ready(self, now_please)
 
 
 class Hub:

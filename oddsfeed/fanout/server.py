@@ -105,6 +105,16 @@ class TokenBucket:
         return False
 
 
+class _Batch:
+    """Clients waiting for one shared batching-window timer."""
+
+    __slots__ = ("clients", "handle")
+
+    def __init__(self) -> None:
+        self.clients: set[Client] = set()
+        self.handle: asyncio.TimerHandle | None = None
+
+
 class FanoutServer:
     """Serves ``ws://host:port/ws`` for one worker process; call :meth:`start`, then
     :meth:`close` on shutdown (clients get 1001)."""
@@ -126,8 +136,7 @@ class FanoutServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.session_prefix = f"{int(time.time() * 1000):x}"
         # batching: clients with something to send wait for one shared timer per window
-        self._dirty: set[Client] = set()
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._batch = _Batch()
         self._window_s = fanout.batch_window_ms / 1000
         # hot clients (many messages a second) of a busy worker share a wider window, sized
         # by adaptive_window() from the busy share the ticker measures; 0 = no batching
@@ -138,8 +147,7 @@ class FanoutServer:
         # window on average, so that waiting for the window shares frames (inf: nobody)
         self._hot_min = float("inf")
         self._period = 1.0  # the ticker's visit period, set by _tick
-        self._hot_dirty: set[Client] = set()
-        self._hot_handle: asyncio.TimerHandle | None = None
+        self._hot_batch = _Batch()
         self.busy = 0.0  # smoothed CPU seconds per second of this worker
         # a connection that got no frame for this long is quiet: its next message is written
         # at once (see direct); one that did is busy and its messages share frames
@@ -275,7 +283,8 @@ class FanoutServer:
             if writer is not None:
                 writer.cancel()
                 await asyncio.gather(writer, return_exceptions=True)
-            self._dirty.discard(client)
+            self._batch.clients.discard(client)
+            self._hot_batch.clients.discard(client)
             await self.hub.remove_client(client)
             metrics.CONNECTIONS.dec()
 
@@ -298,7 +307,7 @@ class FanoutServer:
                 if strikes >= self.cfg.rate_limit_strikes:
                     # what is queued (the rate_limited errors among it) goes out before the
                     # close frame instead of waiting for a batching window that never comes
-                    self._dirty.discard(client)
+                    self._batch.clients.discard(client)
                     self._write_or_wake(client)
                     await ws.close(1008, "message rate limit exceeded")
                     return
@@ -393,26 +402,17 @@ class FanoutServer:
 
     def send_many(self, clients: list[Client], out: wire.Outgoing, market: str,
                    delta: Delta, now: float) -> None:
-        """One delta to many clients: written through to each
-        quiet one, the others queue it (client.push without a second write-through check).
+        """One delta to many clients: written through to each quiet one (see _writable),
+        the others queue it (client.push without a second write-through check).
 
         This loop runs once per delivery (profiled: at 10,000 connections it is most of the
-        worker's time, the send syscall most of that), so _writable's checks are inlined
-        here: the node-wide ones once per delta, the frame once per encoding."""
-        hot_min = self._hot_min
-        quiet_before = now - self._quiet_s
+        worker's time, the send syscall most of that): the frame is looked up once per
+        encoding."""
         frames: dict[str, bytes] = {}
         sent = nbytes = 0
         for client in clients:
-            ws = client.conn
-            if (client.closed or ws is None or client.outbox.queued_bytes
-                    or client.writer is not None or client.last_sent > quiet_before
-                    or client.rate >= hot_min):
-                client.push(out, market=market, delta=delta, now=now, write_through=False)
-                continue
-            transport = ws.transport
-            if (transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER
-                    or ws.protocol.state is not State.OPEN):
+            transport = self._writable(client, now)
+            if transport is None:
                 client.push(out, market=market, delta=delta, now=now, write_through=False)
                 continue
             enc = client.encoding
@@ -433,27 +433,17 @@ class FanoutServer:
         if urgent or not self._window_s:
             self._write_or_wake(client)
             return
-        if client.rate >= self._hot_min:
-            self._hot_dirty.add(client)
-            if self._hot_handle is None:
-                self._hot_handle = asyncio.get_running_loop().call_later(
-                    self._hot_window_s, self._flush_hot)
-            return
-        self._dirty.add(client)
-        if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_later(self._window_s,
-                                                                       self._flush)
+        hot = client.rate >= self._hot_min
+        batch = self._hot_batch if hot else self._batch
+        batch.clients.add(client)
+        if batch.handle is None:
+            batch.handle = asyncio.get_running_loop().call_later(
+                self._hot_window_s if hot else self._window_s, self._flush, batch)
 
-    def _flush(self) -> None:
-        self._flush_handle = None
-        dirty, self._dirty = self._dirty, set()
-        for client in dirty:
-            self._write_or_wake(client)
-
-    def _flush_hot(self) -> None:
-        self._hot_handle = None
-        dirty, self._hot_dirty = self._hot_dirty, set()
-        for client in dirty:
+    def _flush(self, batch: _Batch) -> None:
+        batch.handle = None
+        clients, batch.clients = batch.clients, set()
+        for client in clients:
             self._write_or_wake(client)
 
     def _adapt(self, cpu_s: float, wall_s: float) -> None:
