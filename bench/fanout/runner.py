@@ -4,13 +4,19 @@ baseline under the same load in the same run, a saturation search, and idle memo
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
+import json
 import multiprocessing as mp
+import os
 import random
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -24,6 +30,13 @@ SERVER_ENV = {"ODDSFEED_AUTH__ANONYMOUS_READ": "true",
               "ODDSFEED_FANOUT__MAX_CONNECTIONS": "200000",
               "ODDSFEED_FANOUT__MAX_SUBSCRIPTIONS": "100000",
               "ODDSFEED_LOG__LEVEL": "warning"}
+
+
+# where the C load generator is built (ignored by git)
+BUILD = Path(__file__).resolve().parent.parent / "build"
+
+# pipelined batches the driver has out at once
+IN_FLIGHT = 4
 
 
 class Server:
@@ -98,8 +111,15 @@ def create_markets(redis_url: str, mids: list[str]) -> None:
 async def drive(kind: str, redis_url: str, markets: list[str], rate: float,
                 duration_s: float, apply_ms: list[float] | None = None) -> int:
     """Apply (oddsfeed) or publish (naive) ``rate`` updates/s for ``duration_s``; returns the
-    number sent. ``ts`` is stamped right before each apply/publish; how long each took is
-    appended to ``apply_ms``."""
+    number sent.
+
+    Every millisecond the updates due are sent as one pipelined batch (``Store.apply_many``,
+    or a pipeline of PUBLISH), as a feed adapter with a backlog would: one update per round
+    trip cost this process 0.3-0.4 cores at 2,000 updates/s, taken from the machine the
+    server under test shares. At most ``IN_FLIGHT`` batches are out at once; what falls due
+    meanwhile joins the next batch. ``ts`` is stamped right before each batch is sent (a
+    batch waiting for its turn is not counted as fan-out latency); how long each batch took
+    is appended to ``apply_ms``."""
     import uvloop  # noqa: F401  (the caller runs us on uvloop)
     from redis.asyncio import Redis
 
@@ -111,37 +131,42 @@ async def drive(kind: str, redis_url: str, markets: list[str], rate: float,
     versions = dict.fromkeys(markets, 0)
     rng = random.Random(5)
     loop = asyncio.get_running_loop()
-    # few in flight: ``ts`` is stamped before the apply, so a deep queue of applies waiting
-    # for a pooled connection would count as fan-out latency
-    sem = asyncio.Semaphore(16)
     pending: set[asyncio.Task[Any]] = set()
 
-    async def one(m: str, price: int) -> None:
-        async with sem:
-            t0 = time.time()
-            now_ms = int(t0 * 1000)
-            if store is not None:
-                await store.apply(MarketUpdate(market=m, selections={"h": {"price": price}},
-                                               ts=now_ms))
-            else:
-                assert client is not None
+    async def batch(items: list[tuple[str, int]]) -> None:
+        t0 = time.time()
+        now_ms = int(t0 * 1000)
+        if store is not None:
+            await store.apply_many([MarketUpdate(market=m, selections={"h": {"price": p}},
+                                                 ts=now_ms) for m, p in items])
+        else:
+            assert client is not None
+            pipe = client.pipeline(transaction=False)
+            for m, p in items:
                 versions[m] += 1
-                await client.publish(f"naive:{m}", msgpack.packb(
+                pipe.publish(f"naive:{m}", msgpack.packb(
                     {"op": "delta", "m": m, "v": versions[m], "ts": now_ms,
-                     "sel": {"h": {"price": price / 10000}}}))
-            if apply_ms is not None:
-                apply_ms.append((time.time() - t0) * 1000)
+                     "sel": {"h": {"price": p / 10000}}}))
+            await pipe.execute()
+        if apply_ms is not None:
+            apply_ms.append((time.time() - t0) * 1000)
 
     start = loop.time()
     sent = 0
+    due: list[tuple[str, int]] = []
     while loop.time() - start < duration_s:
         target = int((loop.time() - start) * rate)
         while sent < target:
-            t = asyncio.create_task(one(rng.choice(markets), 11000 + sent % 80000))
+            due.append((rng.choice(markets), 11000 + sent % 80000))
+            sent += 1
+        if due and len(pending) < IN_FLIGHT:
+            t = asyncio.create_task(batch(due))
             pending.add(t)
             t.add_done_callback(pending.discard)
-            sent += 1
+            due = []
         await asyncio.sleep(0.001)
+    if due:
+        pending.add(asyncio.create_task(batch(due)))
     await asyncio.gather(*pending)
     if store:
         await store.close()
@@ -150,14 +175,33 @@ async def drive(kind: str, redis_url: str, markets: list[str], rate: float,
     return sent
 
 
+def c_loadgen() -> str | None:
+    """The C load generator (loadgen.c), compiled once per source version into
+    ``bench/build``; None when BENCH_LOADGEN=python or no C compiler is found (the Python
+    one, loadgen.py, is then used: the same checks at several times the CPU)."""
+    if os.environ.get("BENCH_LOADGEN", "c") == "python":
+        return None
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        print("  no C compiler: the Python load generator is used", file=sys.stderr)
+        return None
+    src = Path(__file__).with_name("loadgen.c")
+    exe = BUILD / f"loadgen-{hashlib.sha256(src.read_bytes()).hexdigest()[:12]}"
+    if not exe.exists():
+        BUILD.mkdir(parents=True, exist_ok=True)
+        tmp = exe.with_suffix(f".{os.getpid()}.tmp")
+        subprocess.run([cc, "-O2", "-Wall", "-o", str(tmp), str(src)], check=True)
+        tmp.replace(exe)
+    return str(exe)
+
+
 class Load:
-    """Load-generator processes holding ``len(subs)`` connections to one server."""
+    """Load-generator processes holding ``len(subs)`` connections to one server: the C
+    load generator when it builds, else the Python one. :meth:`start` begins the
+    measurement, :meth:`finish` ends it and returns each process's figures."""
 
     def __init__(self, kind: str, port: int, subs: list[list[str]], procs: int = 2,
                  first_ip: int = 2) -> None:
-        ctx = mp.get_context("spawn")
-        self.out, self.ready = ctx.Queue(), ctx.Queue()
-        self.go, self.stop_ev = ctx.Event(), ctx.Event()
         n = len(subs)
         # each process holds its connections' file descriptors: stay well under the limit
         procs = max(procs, -(-n // int(fd_limit() * 0.75)))
@@ -165,22 +209,71 @@ class Load:
         ips = [f"127.0.0.{first_ip + i}" for i in range(max(1, n // 20000 + 1))]
         self.next_ip = first_ip + len(ips)
         per = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
-        self.procs = []
-        off = 0
+        parts, off = [], 0
         for k in per:
+            parts.append(subs[off:off + k])
+            off += k
+        self.exe = c_loadgen()
+        if self.exe is not None:
+            self.children = [subprocess.Popen(
+                [self.exe, kind, "127.0.0.1", str(port), ",".join(ips)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in parts]
+            for child, part in zip(self.children, parts):
+                assert child.stdin is not None
+                child.stdin.write(f"{len(part)}\n".encode()
+                                  + "".join(" ".join(ms) + "\n" for ms in part).encode())
+                child.stdin.flush()
+            self.connected = sum(self._ready(child) for child in self.children)
+            self.pids = [c.pid for c in self.children]
+            return
+        ctx = mp.get_context("spawn")
+        self.out, self.ready = ctx.Queue(), ctx.Queue()
+        self.go, self.stop_ev = ctx.Event(), ctx.Event()
+        self.procs = []
+        for part in parts:
             p = ctx.Process(target=run_process, args=(
-                "127.0.0.1", port, kind, subs[off:off + k], self.out, self.ready, self.go,
+                "127.0.0.1", port, kind, part, self.out, self.ready, self.go,
                 self.stop_ev, ips), daemon=True)
             p.start()
             self.procs.append(p)
-            off += k
         self.connected = sum(self.ready.get(timeout=600) for _ in self.procs)
+        self.pids = [p.pid for p in self.procs if p.pid is not None]
+
+    @staticmethod
+    def _ready(child: subprocess.Popen[bytes]) -> int:
+        assert child.stdout is not None
+        line = child.stdout.readline().split()  # bounded: the process's own sync timeout
+        if len(line) != 2 or line[0] != b"ready":
+            child.kill()
+            raise RuntimeError(f"load generator failed to start: {line!r}")
+        return int(line[1])
+
+    def start(self) -> None:
+        """The measurement starts: latencies are recorded from now on."""
+        if self.exe is not None:
+            for child in self.children:
+                assert child.stdin is not None
+                child.stdin.write(b"go\n")
+                child.stdin.flush()
+        else:
+            self.go.set()
 
     def cpu_s(self) -> float:
         """CPU seconds the load-generator processes used so far."""
-        return cpu_s(p.pid for p in self.procs if p.pid is not None)
+        return cpu_s(self.pids)
 
     def finish(self) -> list[dict[str, Any]]:
+        if self.exe is not None:
+            res = []
+            for child in self.children:
+                try:
+                    out, _ = child.communicate(b"stop\n", timeout=120)
+                    res.append(json.loads(out.splitlines()[-1]))
+                finally:
+                    if child.poll() is None:
+                        child.kill()
+                        child.wait()
+            return res
         self.stop_ev.set()
         res = [self.out.get(timeout=120) for _ in self.procs]
         for p in self.procs:
@@ -244,7 +337,7 @@ def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_pe
         ramp_s = time.monotonic() - t_ramp  # every connection open and holding its snapshots
         time.sleep(1.0)  # let snapshots drain
         rss = server.rss()
-        load.go.set()
+        load.start()
         cpu0, t0 = server.cpu_s(), time.monotonic()
         busy0 = psutil.cpu_times()
         gen0 = load.cpu_s()

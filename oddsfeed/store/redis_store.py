@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any, cast
@@ -126,13 +126,8 @@ class Store:
         except (redis_errors.RedisError, OSError):
             return False
 
-    async def apply(self, update: MarketUpdate, *, expect: tuple[str, int] | None = None,
-                    now_ms: int | None = None) -> StoreOutcome:
-        """Apply one update atomically in the store (creates, changes, or drops it).
-
-        ``expect`` = (epoch, version) makes it conditional (If-Match). Returns the outcome;
-        raises StoreError if the store fails.
-        """
+    def _apply_args(self, update: MarketUpdate, expect: tuple[str, int] | None,
+                    now_ms: int | None) -> tuple[list[str], list[Any]]:
         mid = update.market
         now = now_ms if now_ms is not None else int(time.time() * 1000)
         args: list[Any] = [
@@ -142,20 +137,78 @@ class Store:
             expect[0] if expect else "", expect[1] if expect else 0,
             str(update.seq) if update.seq is not None else "",
         ]
+        return [state_key(mid), meta_key(mid), history_key(mid)], args
+
+    async def apply(self, update: MarketUpdate, *, expect: tuple[str, int] | None = None,
+                    now_ms: int | None = None) -> StoreOutcome:
+        """Apply one update atomically in the store (creates, changes, or drops it).
+
+        ``expect`` = (epoch, version) makes it conditional (If-Match). Returns the outcome;
+        raises StoreError if the store fails.
+        """
+        keys, args = self._apply_args(update, expect, now_ms)
         try:
-            res = await self._apply(keys=[state_key(mid), meta_key(mid), history_key(mid)],
-                                    args=args)
+            res = await self._apply(keys=keys, args=args)
         except (redis_errors.RedisError, OSError) as exc:
-            raise StoreError(f"apply failed for market {mid}: {exc}") from None
+            raise StoreError(f"apply failed for market {update.market}: {exc}") from None
+        outcome = self._outcome(update.market, res)
+        if isinstance(outcome, Created):
+            await self._index(outcome.market)
+        return outcome
+
+    async def apply_many(self, updates: Sequence[MarketUpdate], *, now_ms: int | None = None
+                         ) -> list[StoreOutcome]:
+        """Apply many updates in one pipelined round trip; the outcomes, in order.
+
+        Each update is atomic on its own exactly as with :meth:`apply` (the same script);
+        there is no transaction across them. Updates to one market are applied in the order
+        given (one connection per node, commands in order). Raises StoreError if the store
+        fails; updates before the failing one may then have been applied, which is why
+        callers retry with the same ``(source, seq)`` or the same absolute prices.
+        """
+        if not updates:
+            return []
+        calls = [self._apply_args(u, None, now_ms) for u in updates]
+        results: list[Any] = [None] * len(updates)
+        todo = list(range(len(updates)))
+        for attempt in range(2):  # a second pass only after loading the script (NOSCRIPT)
+            pipe = self.client.pipeline(transaction=False)
+            for i in todo:
+                keys, args = calls[i]
+                pipe.execute_command("EVALSHA", self._apply.sha, len(keys), *keys, *args)
+            try:
+                replies = await pipe.execute(raise_on_error=False)
+            except (redis_errors.RedisError, OSError) as exc:
+                raise StoreError(f"apply failed: {exc}") from None
+            missing = []
+            for i, reply in zip(todo, replies):
+                if isinstance(reply, redis_errors.NoScriptError) and attempt == 0:
+                    missing.append(i)  # this market's later commands failed the same way
+                elif isinstance(reply, Exception):
+                    raise StoreError(f"apply failed for market {updates[i].market}: {reply}")
+                else:
+                    results[i] = reply
+            if not missing:
+                break
+            try:
+                await self.client.script_load(self._apply.script)
+            except (redis_errors.RedisError, OSError) as exc:
+                raise StoreError(f"apply failed: {exc}") from None
+            todo = missing
+        outcomes = [self._outcome(u.market, res) for u, res in zip(updates, results)]
+        for outcome in outcomes:
+            if isinstance(outcome, Created):
+                await self._index(outcome.market)
+        return outcomes
+
+    def _outcome(self, mid: str, res: Any) -> StoreOutcome:
         kind = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
         if kind == "changed":
             return Changed(_decode_market(res[1]), Delta.from_store(codec.unpack(res[2])))
         if kind == "noop":
             return NoOp(_decode_market(res[1]))
         if kind == "created":
-            market = _decode_market(res[1])
-            await self._index(market)
-            return Created(market)
+            return Created(_decode_market(res[1]))
         if kind == "out_of_order":
             return OutOfOrder(mid, int(res[1]))
         if kind == "precondition":

@@ -379,3 +379,59 @@ async def test_reads_take_one_round_trip(store: Store, monkeypatch: pytest.Monke
     rec = await store.get_for_validation(ids)
     assert len(sends) <= (3 if store.cluster else 1)
     assert all(r is not None and r[1] == 0 for r in rec.values())
+
+
+async def test_apply_many_is_apply_in_one_round_trip(store: Store,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """apply_many gives each update exactly apply's outcome, keeps order within a market,
+    sends one pipelined request per server involved, and reloads a flushed script."""
+    ids = [f"p{i}" for i in range(12)]
+    for mid in ids:
+        await create(store, mid)
+    rng = random.Random(3)
+    batch = []
+    expected_version = dict.fromkeys(ids, 1)
+    for i in range(60):
+        mid = rng.choice(ids)
+        batch.append(MarketUpdate(market=mid, selections={"h": {"price": 20000 + i}}))
+        expected_version[mid] += 1
+    batch.append(MarketUpdate(market="nope", selections={"h": {"price": 20000}}))
+    batch.append(MarketUpdate(market="p0", selections={"h": {"price": 20059}}))  # same again
+    sends: list[int] = []
+    real = AbstractConnection.send_packed_command
+
+    async def counting(self: AbstractConnection, *args: Any, **kw: Any) -> None:
+        sends.append(1)
+        await real(self, *args, **kw)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    out = await store.apply_many(batch)
+    assert len(sends) <= (3 if store.cluster else 1)
+    monkeypatch.undo()
+    assert len(out) == len(batch)
+    seen = dict.fromkeys(ids, 1)
+    for up, res in zip(batch[:60], out[:60]):
+        assert isinstance(res, Changed), res
+        assert res.delta.base == seen[up.market]  # in order within the market
+        seen[up.market] = res.market.version
+    assert isinstance(out[60], Rejected)
+    assert out[60].reason == "unknown_market"
+    last_p0 = max(i for i, up in enumerate(batch[:60]) if up.market == "p0")
+    assert isinstance(out[61], NoOp if last_p0 == 59 else Changed)
+    expected_version["p0"] += 0 if last_p0 == 59 else 1
+    for mid in ids:
+        m = await store.get(mid)
+        assert m is not None
+        assert m.version == expected_version[mid]
+    # the script cache flushed (a restarted server): loaded again, nothing lost or doubled
+    await store.client.script_flush()  # a cluster sends it to every primary
+    out = await store.apply_many([MarketUpdate(market="p1", selections={"h": {"price": 41234}}),
+                                  MarketUpdate(market="p2", selections={"h": {"price": 41234}})])
+    assert [type(o) for o in out] == [Changed, Changed]
+    m = await store.get("p1")
+    assert m is not None
+    assert m.version == expected_version["p1"] + 1
+    assert await store.apply_many([]) == []
+    created = await store.apply_many([MarketUpdate(market="n1", **CREATE)])
+    assert isinstance(created[0], Created)
+    assert "n1" in {x.decode() for x in await store.client.smembers(event_set_key("e1"))}
