@@ -34,7 +34,7 @@ from ..book import Changed, Created, Rejected
 from ..errors import InvalidInput, StoreError
 from ..model import ID_RE, Market, MarketUpdate
 from ..settings import Settings
-from ..store import OutOfOrder, Precondition, Store
+from ..store import OutOfOrder, Precondition, Store, StoreOutcome
 from ..validation import validate_slip
 from . import schemas
 from .openapi import ROUTES, openapi_document
@@ -277,6 +277,12 @@ async def _apply(request: web.Request, update: MarketUpdate, principal: Principa
                  expect: tuple[str, int] | None = None, created_status: int = 201
                  ) -> tuple[int, dict[str, Any]]:
     outcome = await request.app[K_STORE].apply(update, expect=expect)
+    return _result(update, outcome, principal, created_status)
+
+
+def _result(update: MarketUpdate, outcome: StoreOutcome, principal: Principal,
+            created_status: int = 201) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and market of a store outcome (audited), or a Problem."""
     if isinstance(outcome, Precondition):
         raise Problem(412, "precondition failed", "the market moved since If-Match",
                       current=outcome.current.to_wire() if outcome.current else None)
@@ -454,21 +460,28 @@ async def post_odds(request: web.Request) -> web.Response:
 
     async def run() -> tuple[int, Any]:
         results: list[dict[str, Any]] = []
+        valid: list[tuple[dict[str, Any], MarketUpdate]] = []
         for i, raw in enumerate(batch.updates):
             mid = raw.get("market") if isinstance(raw, dict) else None
             entry: dict[str, Any] = {"market": mid, "ok": False}
+            results.append(entry)
             try:
                 item = _model(schemas.OddsItem, raw, f"updates.{i}.")
                 if not ID_RE.match(item.market):
                     raise Problem(400, "invalid market id", "invalid market id",
                                   errors=[{"path": f"updates.{i}.market", "message": "invalid id"}])
-                update = _update_from_patch(item.market, item, f"desk:{principal.sub}", now,
-                                            f"updates.{i}.")
-                _, market = await _apply(request, update, principal)
+                valid.append((entry, _update_from_patch(
+                    item.market, item, f"desk:{principal.sub}", now, f"updates.{i}.")))
+            except Problem as p:
+                entry["error"] = p.body
+        # every valid item in one pipelined round trip, in the batch's order
+        outcomes = await request.app[K_STORE].apply_many([u for _, u in valid])
+        for (entry, update), outcome in zip(valid, outcomes):
+            try:
+                _, market = _result(update, outcome, principal)
                 entry.update(ok=True, version=market["version"])
             except Problem as p:
                 entry["error"] = p.body
-            results.append(entry)
         return 200, {"results": results}
 
     return await _idempotent(request, principal, await request.read(), run)
