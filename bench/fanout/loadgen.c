@@ -293,9 +293,9 @@ static void send_all(Conn *c, const uint8_t *p, size_t n) {
 }
 
 static void send_frame(Conn *c, int opcode, const uint8_t *payload, size_t n) {
-    uint8_t out[16 + 4096];
+    static uint8_t out[16 + 65536];  /* one thread: one buffer */
     size_t h = 0;
-    if (n > 4096) return;
+    if (n > 65535) return;
     out[h++] = 0x80 | opcode;
     if (n < 126) {
         out[h++] = 0x80 | n;
@@ -319,7 +319,7 @@ static size_t mp_str(uint8_t *o, const char *s) {
 }
 
 static void subscribe(Conn *c) {
-    uint8_t p[4096];
+    uint8_t p[MAX_MARKETS * 260 + 64];  /* ids are at most 255 bytes (read_spec checks) */
     size_t n = 0;
     if (naive) {
         p[n++] = 0x81;
@@ -329,8 +329,14 @@ static void subscribe(Conn *c) {
         n += mp_str(p + n, "subscribe");
     }
     n += mp_str(p + n, "markets");
-    p[n++] = 0x90 | (c->nmarkets & 0x0f);
-    for (int i = 0; i < c->nmarkets && n < sizeof p - 300; i++) n += mp_str(p + n, c->markets[i]);
+    if (c->nmarkets < 16) {
+        p[n++] = 0x90 | c->nmarkets;
+    } else {
+        p[n++] = 0xdc;
+        p[n++] = c->nmarkets >> 8;
+        p[n++] = c->nmarkets & 0xff;
+    }
+    for (int i = 0; i < c->nmarkets; i++) n += mp_str(p + n, c->markets[i]);
     send_frame(c, 0x2, p, n);
 }
 
@@ -488,8 +494,11 @@ int main(int argc, char **argv) {
         line = read_line(stdin);
         if (!line) return 2;
         c->markets = xrealloc(NULL, MAX_MARKETS * sizeof(char *));
-        for (char *s = strtok(line, " "); s && c->nmarkets < MAX_MARKETS; s = strtok(NULL, " "))
+        for (char *s = strtok(line, " "); s && c->nmarkets < MAX_MARKETS;
+             s = strtok(NULL, " ")) {
+            if (strlen(s) > 255) { fprintf(stderr, "loadgen: market id too long\n"); return 2; }
             c->markets[c->nmarkets++] = strdup(s);
+        }
         for (int j = 0; j < MAX_MARKETS; j++) c->last[j] = -1;
     }
     srand((unsigned)getpid());
