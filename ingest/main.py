@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,9 @@ class _Recording:
 
     async def apply(self, update: MarketUpdate) -> Any:
         return None
+
+    async def apply_many(self, updates: Sequence[MarketUpdate]) -> list[Any]:
+        return [None] * len(updates)
 
 
 def load_mappings(path: Path) -> dict[str, Mapping]:
@@ -108,7 +111,7 @@ async def run_adapter(adapter: str, opts: dict[str, Any], store: Applier, settin
         elif adapter == "replay":
             normalizer = Normalizer(mappings, bookmaker=opts.get("bookmaker") or "",
                                     odds_format=opts.get("odds_format") or "decimal")
-            lanes = Lanes(runner.submit, lanes=int(opts.get("lanes") or 8))
+            lanes = Lanes(runner.submit_many, lanes=int(opts.get("lanes") or 8))
             try:
                 with Path(opts["file"]).open(encoding="utf-8") as fh:  # noqa: ASYNC230 - read lazily, line by line
                     await replay(fh, lanes.put, runner.bad,
@@ -162,6 +165,12 @@ class _SubmitAll:
         if self.recorder is not None:
             self.recorder("simulator", to_message(update))
         return await self.runner.submit(update)
+
+    async def apply_many(self, updates: Sequence[MarketUpdate]) -> list[Any]:
+        if self.recorder is not None:
+            for u in updates:
+                self.recorder("simulator", to_message(u))
+        return await self.runner.submit_many(updates)
 
 
 async def _simulator(runner: FeedRunner, opts: dict[str, Any], settings: Settings,

@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from prometheus_client import Counter, Gauge
@@ -47,12 +47,25 @@ HEALTHY = Gauge("oddsfeed_ingest_healthy",
 
 HEALTH_SOURCE_SUFFIX = ":health"
 _STORE_RETRIES = 6
+_T = TypeVar("_T")
 
 
 class Applier(Protocol):
-    """What the runner needs of the store (``oddsfeed.store.Store`` has it)."""
+    """What the runner needs of the store (``oddsfeed.store.Store`` has it): ``apply`` one
+    update, and ``apply_many`` (the outcomes in order, each update atomic as with ``apply``;
+    on a StoreError any of them may have been applied)."""
 
     async def apply(self, update: MarketUpdate) -> Any: ...
+
+    async def apply_many(self, updates: Sequence[MarketUpdate]) -> Sequence[Any]: ...
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """An update as the runner sends it: under its source, reopening what it suspended."""
+
+    update: MarketUpdate
+    reopening: bool  # the market was stale-suspended by this runner when prepared
 
 
 def _sleep_default(s: float) -> Awaitable[None]:
@@ -111,9 +124,75 @@ class FeedRunner:
         update sets a status itself. Raises StoreError when the store stays unreachable.
         """
         now = self.clock()
+        item = self._prepare(update)
+        if item is None:
+            return None
+        outcome = await self._apply(item.update)
+        await self._record(item, outcome, now)
+        return outcome
+
+    async def submit_many(self, updates: Sequence[MarketUpdate]) -> list[Any]:
+        """:meth:`submit` each update in order, with the store writes pipelined: the
+        outcomes in order, and the same outcomes, counts and health bookkeeping as
+        submitting them one by one. Raises StoreError when the store stays unreachable;
+        the earlier round trips' updates are then applied and counted, and any of the
+        failing one's may have been applied (uncounted).
+
+        The updates go to ``store.apply_many`` in chunks (usually one): a chunk ends before
+        an update that could not be retried safely with the rest (below), or that needs
+        the outcome of an earlier one (a second update for a market waiting to be reopened).
+        """
+        # Retrying a chunk after a StoreError (as _apply retries) is safe because of what
+        # apply.lua does with a repeat. apply_many may have applied any part of the chunk:
+        # a prefix when the connection broke, all but the failing update when one script
+        # call erred (the pipeline runs to the end).
+        # - With a seq: created, changed and noop record the source's seq for the market,
+        #   and an update whose seq is not above it is dropped as out_of_order, so an
+        #   applied update is not applied twice (test_out_of_order_and_duplicates_never_bump
+        #   in tests/store). A rejected one records nothing (test_rejections_change_nothing),
+        #   so its repeat is judged again on the state the rest of the chunk left; with a
+        #   higher seq after it, that repeat is out_of_order too.
+        # - Without a seq nothing is recorded and a repeat is applied again. Prices are
+        #   absolute, so repeating a market's only update is a noop, but repeating the first
+        #   of two would publish its older prices again (a new version) before the second.
+        # So a market has one update in a chunk, or several all with rising seqs. After a
+        # retry the bookkeeping is what a lost reply to apply gives: an update the failed
+        # attempt applied counts as out_of_order (or noop), without refreshing the market's
+        # status or the lag.
+        results: list[Any] = [None] * len(updates)
+        i = 0
+        while i < len(updates):
+            now = self.clock()
+            chunk: list[tuple[int, _Prepared]] = []
+            last_seq: dict[str, int | None] = {}  # market -> seq of its last update here
+            while i < len(updates):
+                u = updates[i]
+                mid = u.market
+                if mid in last_seq:
+                    prev = last_seq[mid]
+                    if (prev is None or u.seq is None or u.seq <= prev
+                            or mid in self.auto_suspended):
+                        break
+                item = self._prepare(u)
+                if item is not None:
+                    chunk.append((i, item))
+                    last_seq[mid] = item.update.seq
+                i += 1
+            if not chunk:
+                continue
+            outcomes = await self._apply_many([item.update for _, item in chunk])
+            for (k, item), outcome in zip(chunk, outcomes):
+                await self._record(item, outcome, now)
+                results[k] = outcome
+        return results
+
+    def _prepare(self, update: MarketUpdate) -> _Prepared | None:
+        """The update under this runner's source, with ``status: open`` added when it
+        reopens a market the runner suspended; None (counted as bad) when invalid."""
         mid = update.market
+        reopening = mid in self.auto_suspended
         fields = dict(update.fields)
-        if mid in self.auto_suspended and "status" not in fields:
+        if reopening and "status" not in fields:
             fields["status"] = "open"  # the feed spoke again: reopen what we suspended
         try:
             upd = MarketUpdate(market=mid, fields=fields, selections=update.selections,
@@ -122,7 +201,12 @@ class FeedRunner:
         except InvalidInput as exc:
             self.bad(exc, update)
             return None
-        outcome = await self._apply(upd)
+        return _Prepared(upd, reopening)
+
+    async def _record(self, item: _Prepared, outcome: Any, now: float) -> None:
+        """Counts, logs, health and lag for one applied update's outcome."""
+        upd = item.update
+        mid = upd.market
         self._heard(now)
         if isinstance(outcome, Rejected):
             self._count("rejected")
@@ -132,7 +216,9 @@ class FeedRunner:
             self._count("noop" if isinstance(outcome, NoOp) else "applied")
             self.last_seen[mid] = now
             self.status[mid] = outcome.market.status
-            if mid in self.auto_suspended:
+            # Only when the update was prepared as a reopening: a market stale-suspended
+            # while the update was on its way stays marked, for the next update to reopen.
+            if item.reopening and mid in self.auto_suspended:
                 self.auto_suspended.discard(mid)
                 log.info("feed live again: market reopened", source=self.source, market=mid)
                 self._publish_health()
@@ -147,22 +233,29 @@ class FeedRunner:
                 self.last_seen[mid] = now
             if mid in self.auto_suspended:
                 await self._reopen([mid])
-        return outcome
 
     async def _apply(self, update: MarketUpdate) -> Any:
+        return await self._retrying(lambda: self.store.apply(update), market=update.market)
+
+    async def _apply_many(self, updates: list[MarketUpdate]) -> list[Any]:
+        outcomes = await self._retrying(lambda: self.store.apply_many(updates),
+                                        market=updates[0].market, updates=len(updates))
+        return list(outcomes)
+
+    async def _retrying(self, write: Callable[[], Awaitable[_T]], **what: Any) -> _T:
         # A store outage blocks the adapter (backpressure, no queue) for a bounded time.
         delay = 0.1
         for attempt in range(_STORE_RETRIES):
             try:
-                return await self.store.apply(update)
+                return await write()
             except StoreError as exc:
                 if attempt == _STORE_RETRIES - 1:
                     self._count("store_error")
                     log.error("store write failed: giving up", source=self.source,
-                              market=update.market, error=str(exc))
+                              error=str(exc), **what)
                     raise
                 log.warning("store write failed: retrying", source=self.source,
-                            market=update.market, error=str(exc), retry_in_s=delay)
+                            error=str(exc), retry_in_s=delay, **what)
                 await self.sleep(delay)
                 delay = min(delay * 3, 5.0)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -244,18 +337,22 @@ class FeedRunner:
 class Lanes:
     """Applies updates concurrently across markets and in order within each market.
 
-    An update goes to lane ``crc32(market) % lanes``; each lane applies its updates one at
-    a time, so per-market (and so per-source-and-market) order is kept while round trips to
-    the store overlap. Each lane holds at most ``depth`` waiting updates: :meth:`put` waits
-    when the lane is full (backpressure, no unbounded queue). Call :meth:`close` at the end;
-    it waits for every lane and re-raises the first error a lane hit.
+    An update goes to lane ``crc32(market) % lanes``; each lane hands what is waiting in
+    its queue (up to ``batch`` updates, in order) to ``submit_many`` (usually
+    :meth:`FeedRunner.submit_many`: one pipelined round trip) and waits for it before
+    taking more, so per-market (and so per-source-and-market) order is kept while round
+    trips to the store overlap across lanes. Each lane holds at most ``depth`` waiting
+    updates besides the batch in flight: :meth:`put` waits when the lane is full
+    (backpressure, no unbounded queue). Call :meth:`close` at the end; it waits for every
+    lane and re-raises the first error a lane hit.
     """
 
-    def __init__(self, submit: Callable[[MarketUpdate], Awaitable[Any]], *, lanes: int = 8,
-                 depth: int = 64) -> None:
-        if lanes < 1 or depth < 1:
-            raise ValueError("lanes and depth must be at least 1")
-        self._submit = submit
+    def __init__(self, submit_many: Callable[[list[MarketUpdate]], Awaitable[Any]], *,
+                 lanes: int = 8, depth: int = 64, batch: int = 64) -> None:
+        if lanes < 1 or depth < 1 or batch < 1:
+            raise ValueError("lanes, depth and batch must be at least 1")
+        self._submit_many = submit_many
+        self._batch = batch
         self._queues: list[asyncio.Queue[MarketUpdate | None]] = [
             asyncio.Queue(maxsize=depth) for _ in range(lanes)]
         self._tasks = [asyncio.create_task(self._lane(q), name=f"ingest lane {i}")
@@ -263,13 +360,20 @@ class Lanes:
         self._error: BaseException | None = None
 
     async def _lane(self, queue: asyncio.Queue[MarketUpdate | None]) -> None:
-        while True:
-            update = await queue.get()
-            if update is None:
-                return
-            if self._error is None:
+        closing = False
+        while not closing:
+            first = await queue.get()
+            batch = [] if first is None else [first]
+            closing = first is None
+            while not closing and len(batch) < self._batch and not queue.empty():
+                update = queue.get_nowait()
+                if update is None:
+                    closing = True
+                else:
+                    batch.append(update)
+            if batch and self._error is None:
                 try:
-                    await self._submit(update)
+                    await self._submit_many(batch)
                 except Exception as exc:  # the top of a task: handed to the producer
                     self._error = exc
 

@@ -22,12 +22,12 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from oddsfeed.model import MarketUpdate
 from oddsfeed.prices import MAX_PRICE, MIN_PRICE, SCALE
 
-from .runner import FeedRunner
+from .runner import Applier, FeedRunner
 
 TEAMS = ("Arsenal", "Barcelona", "Bayern", "Benfica", "Celtic", "Dortmund", "Inter", "Juventus",
          "Leipzig", "Liverpool", "Madrid", "Milan", "Napoli", "Porto", "PSG", "Roma", "Sevilla",
@@ -315,11 +315,7 @@ class Simulator:
                 for mid in chosen]
 
 
-class _Applier(Protocol):
-    async def apply(self, update: MarketUpdate) -> Any: ...
-
-
-async def run_simulator(store: _Applier, config: SimulatorConfig, *,
+async def run_simulator(store: Applier, config: SimulatorConfig, *,
                         stop: asyncio.Event | None = None, max_ticks: int | None = None,
                         start_ms: int = 1_700_000_000_000, count: bool = True) -> int:
     """Write the simulated feed through ``store.apply`` at ``config.rate_per_s`` ticks per
@@ -335,6 +331,9 @@ async def run_simulator(store: _Applier, config: SimulatorConfig, *,
         class _Counted:
             async def apply(self, update: MarketUpdate) -> Any:
                 return await runner.submit(update)
+
+            async def apply_many(self, updates: Sequence[MarketUpdate]) -> list[Any]:
+                return await runner.submit_many(updates)
 
         store = _Counted()
     for update in sim.initial():

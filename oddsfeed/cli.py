@@ -385,6 +385,9 @@ class _NoStore:
     async def apply(self, update: Any) -> Any:
         return None
 
+    async def apply_many(self, updates: Any) -> list[Any]:
+        return [None] * len(updates)
+
 
 @main.command()
 @_ingest_options

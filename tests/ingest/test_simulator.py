@@ -4,6 +4,7 @@ driver `oddsfeed run` uses."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -96,6 +97,9 @@ async def test_run_simulator_stops_on_event(store: Store) -> None:
             out = await store.apply(update)
             assert not isinstance(out, Rejected)
             return out
+
+        async def apply_many(self, updates: Sequence[MarketUpdate]) -> list[Any]:
+            return [await self.apply(u) for u in updates]
 
     task = asyncio.create_task(run_simulator(Counting(), SimulatorConfig(rate_per_s=500),
                                              stop=stop))
