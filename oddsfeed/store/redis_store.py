@@ -163,8 +163,11 @@ class Store:
         Each update is atomic on its own exactly as with :meth:`apply` (the same script);
         there is no transaction across them. Updates to one market are applied in the order
         given (one connection per node, commands in order). Raises StoreError if the store
-        fails; updates before the failing one may then have been applied, which is why
-        callers retry with the same ``(source, seq)`` or the same absolute prices.
+        fails or refuses one of them; any of the others may then have been applied (the
+        pipeline runs to its end). A caller that retries the batch gets ``OutOfOrder`` for
+        what was applied with a ``(source, seq)``; without a seq, an applied update is
+        applied again, so a market with two such updates in the batch briefly goes back to
+        the first one's prices (FeedRunner.submit_many splits its batches to avoid that).
         """
         if not updates:
             return []
