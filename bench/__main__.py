@@ -107,6 +107,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{date.today()}-{socket.gethostname()}"
+    n = 2
+    while stem.with_suffix(".json").exists():  # a second run the same day keeps the first
+        stem = out / f"{date.today()}-{socket.gethostname()}-{n}"
+        n += 1
     mode = "quick" if args.quick else "full"
     stem.with_suffix(".json").write_text(json.dumps({"mode": mode, "results": results},
                                                     indent=2))
