@@ -32,3 +32,35 @@ async def test_an_idle_worker_collects_the_middle_generation(
         while 1 not in calls and loop.time() < deadline:
             await asyncio.sleep(0.1)
         assert 1 in calls
+
+
+async def test_a_worker_that_just_got_busy_does_not_collect(
+        start_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The smoothed busy share lags behind a load that just started: a worker whose last
+    tick was busy does not run the (long, after a ramp) idle collection, even though the
+    smoothed share is still low; the next idle tick does, and not twice within a second."""
+    from oddsfeed.fanout import server as server_module
+
+    calls: list[int] = []
+    real_collect = gc.collect
+    monkeypatch.setattr(server_module.gc, "collect", lambda generation=2: calls.append(
+        generation) or 0)
+    async with start_worker() as w:
+        fan = w.fanout
+        real_collect(0)  # generation 1 has something to look at
+        # no await between setting the state and the decision: the ticker cannot interleave
+        fan.busy = 0.0
+        fan._idle_gc_at = -10.0
+        fan._adapt(0.06, 0.1)  # a tick 60% busy: smoothed 0.18, under the threshold
+        assert fan.busy < server_module.IDLE_GC_BUSY
+        fan._idle_collect(100.0)
+        assert calls == []
+        fan._adapt(0.001, 0.1)  # idle again
+        fan._idle_collect(100.1)
+        assert calls == [1]
+        real_collect(0)
+        fan._adapt(0.001, 0.1)
+        fan._idle_collect(100.5)  # within IDLE_GC_EVERY_S of the last one
+        assert calls == [1]
+        fan._idle_collect(101.2)
+        assert calls == [1, 1]
