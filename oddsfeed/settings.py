@@ -83,6 +83,9 @@ class FanoutSettings(_Section):
     # a busy worker widens the window of its busiest connections up to this (see
     # docs/protocol.md "Batching"); at or below batch_window_ms: no widening
     batch_window_max_ms: int = Field(20, ge=0)
+    # batching (both windows) runs only while the worker's busy share is at least this (or
+    # the node is behind the store); below it every message is written at once. 0: always
+    batch_min_busy: float = Field(0.4, ge=0, le=1)
     max_inbound_bytes: int = Field(65536, gt=0)
     high_water_bytes: int = Field(1048576, gt=0)
     max_outbox_bytes: int = Field(8388608, gt=0)

@@ -23,6 +23,7 @@ def test_defaults() -> None:
     assert settings.fanout.heartbeat_ms == 15000
     assert settings.fanout.batch_window_ms == 2
     assert settings.fanout.batch_window_max_ms == 20
+    assert settings.fanout.batch_min_busy == 0.4
     assert settings.fanout.max_outbox_bytes == 8388608
     assert settings.api.cors_origins == []
     assert settings.auth.anonymous_read is False

@@ -150,7 +150,8 @@ async def test_rate_limit_then_policy_close(start_worker: WorkerFactory, window_
     close 1008; what was queued for it (a long batching window) goes out before the close."""
     async with start_worker(**{"fanout.rate_limit_per_s": 1.0, "fanout.rate_limit_burst": 3,
                                "fanout.rate_limit_strikes": 3,
-                               "fanout.batch_window_ms": window_ms}) as w:
+                               "fanout.batch_window_ms": window_ms,
+                               "fanout.batch_min_busy": 0}) as w:
         c = await Mirror.open(ws_url(w))
         for i in range(10):
             try:

@@ -194,7 +194,8 @@ async def test_heartbeat_when_idle(start_worker: WorkerFactory) -> None:
 async def test_bursts_are_batched_in_order(start_worker: WorkerFactory) -> None:
     """With a batching window, a burst of deltas is packed into batch frames that keep every
     version in order; a suspension still arrives."""
-    async with start_worker(**{"fanout.batch_window_ms": 25}) as w:
+    async with start_worker(**{"fanout.batch_window_ms": 25,
+                                 "fanout.batch_min_busy": 0}) as w:
         await w.store.apply(create("m1"))
         c = await Mirror.open(ws_url(w), "msgpack")
         await c.request({"op": "subscribe", "markets": ["m1"]})
@@ -232,7 +233,8 @@ async def test_burst_of_concurrent_subscribes(worker: Worker) -> None:
 async def test_suspension_skips_the_batching_window(start_worker: WorkerFactory) -> None:
     """A suspension goes out at once, taking what was queued before it along, even with a
     long batching window."""
-    async with start_worker(**{"fanout.batch_window_ms": 3000}) as w:
+    async with start_worker(**{"fanout.batch_window_ms": 3000,
+                               "fanout.batch_min_busy": 0}) as w:
         await w.store.apply(create("m1"))
         c = await Mirror.open(ws_url(w))
         await c.request({"op": "subscribe", "markets": ["m1"]})
@@ -255,7 +257,8 @@ async def test_quiet_connection_is_written_through(start_worker: WorkerFactory,
 
     # quiet after 0.3 s with a 3 s window (the default is 10 windows)
     monkeypatch.setattr(server_module, "QUIET_WINDOWS", 0.1)
-    async with start_worker(**{"fanout.batch_window_ms": 3000}) as w:
+    async with start_worker(**{"fanout.batch_window_ms": 3000,
+                               "fanout.batch_min_busy": 0}) as w:
         await w.store.apply(create("m1"))
         c = await Mirror.open(ws_url(w), "msgpack")
         await c.request({"op": "subscribe", "markets": ["m1"]})
@@ -314,3 +317,25 @@ async def test_busy_worker_widens_the_window_of_hot_connections_only(
         hot.check_clean()
         cold.check_clean()
         await asyncio.gather(hot.close(), cold.close())
+
+
+async def test_an_idle_worker_does_not_batch(start_worker: WorkerFactory) -> None:
+    """Below fanout.batch_min_busy (default 40% of a core) every message is written at once,
+    however long the batching window: a burst arrives well inside a 3 s window, one frame
+    per message. (A busy worker batches: the tests above set batch_min_busy 0, and the
+    busy-worker test fakes a full CPU.)"""
+    async with start_worker(**{"fanout.batch_window_ms": 3000}) as w:
+        await w.store.apply(create("m1"))
+        c = await Mirror.open(ws_url(w), "msgpack")
+        await c.request({"op": "subscribe", "markets": ["m1"]})
+        await wait_until(lambda: "m1" in c.markets, 5)
+        await wait_until(lambda: not w.fanout._batching, 5, "an idle worker")
+        for i in range(10):
+            await w.store.apply(price("m1", 20_000 + i))
+        truth = await w.store.get("m1")
+        assert truth is not None
+        await wait_until(lambda: c.markets["m1"] == truth, 1.5, "burst written at once")
+        assert c.batch_sizes == []
+        assert c.book.delta_versions("m1") == list(range(2, truth.version + 1))
+        c.check_clean()
+        await c.close()
