@@ -463,7 +463,7 @@ def run(quick: bool) -> dict[str, Any]:
     conns = 1000
     duration = 3.0 if quick else 8.0
     rates = ([1000, 2000, 3000, 5000] if quick
-             else [500, 1000, 1500, 2000, 3000, 4000, 5000, 6000, 8000])
+             else [500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000])
     saturation: list[dict[str, Any]] = []
     with EmbeddedValkey(extra_args=("--maxclients", "100000")) as vk:
         env = environment(vk.url)
