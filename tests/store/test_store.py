@@ -358,11 +358,8 @@ async def test_cluster_spreads_markets_over_three_shards(valkey_cluster: Any) ->
         await store.close()
 
 
-async def test_reads_take_one_round_trip(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    """get_many and get_for_validation send one pipelined request per server involved."""
-    ids = [f"r{i}" for i in range(20)]
-    for mid in ids:
-        await create(store, mid)
+def count_sends(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, one entry per request written to any server (pipelines count once)."""
     sends: list[int] = []
     real = AbstractConnection.send_packed_command
 
@@ -371,6 +368,15 @@ async def test_reads_take_one_round_trip(store: Store, monkeypatch: pytest.Monke
         await real(self, *args, **kw)
 
     monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    return sends
+
+
+async def test_reads_take_one_round_trip(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """get_many and get_for_validation send one pipelined request per server involved."""
+    ids = [f"r{i}" for i in range(20)]
+    for mid in ids:
+        await create(store, mid)
+    sends = count_sends(monkeypatch)
     many = await store.get_many([*ids, "missing"])
     assert len(sends) <= (3 if store.cluster else 1)
     assert [m.id for m in many.values() if m] == ids
@@ -397,14 +403,7 @@ async def test_apply_many_is_apply_in_one_round_trip(store: Store,
         expected_version[mid] += 1
     batch.append(MarketUpdate(market="nope", selections={"h": {"price": 20000}}))
     batch.append(MarketUpdate(market="p0", selections={"h": {"price": 20059}}))  # same again
-    sends: list[int] = []
-    real = AbstractConnection.send_packed_command
-
-    async def counting(self: AbstractConnection, *args: Any, **kw: Any) -> None:
-        sends.append(1)
-        await real(self, *args, **kw)
-
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    sends = count_sends(monkeypatch)
     out = await store.apply_many(batch)
     assert len(sends) <= (3 if store.cluster else 1)
     monkeypatch.undo()
