@@ -166,8 +166,7 @@ class FanoutServer:
         # updates/s: 1.0-1.05 messages per frame) and added latency (1,000/s: p99 29.8 ->
         # 8.8 ms without it)
         self._min_busy = fanout.batch_min_busy
-        self._batching = bool(self._window_s) and self._min_busy <= 0
-        self._quiet_s = self._busy_quiet_s if self._batching else 0.0
+        self._set_batching(bool(self._window_s) and self._min_busy <= 0)
         # reading deltas later than this after their apply, the node is behind: hot
         # connections get the widest window (fewer syscalls when it matters most). Not the
         # others: one message per window gains nothing from a batch and costs more to queue
@@ -299,8 +298,7 @@ class FanoutServer:
             if writer is not None:
                 writer.cancel()
                 await asyncio.gather(writer, return_exceptions=True)
-            self._batch.clients.discard(client)
-            self._hot_batch.clients.discard(client)
+            self._leave_batches(client)
             await self.hub.remove_client(client)
             metrics.CONNECTIONS.dec()
 
@@ -323,7 +321,7 @@ class FanoutServer:
                 if strikes >= self.cfg.rate_limit_strikes:
                     # what is queued (the rate_limited errors among it) goes out before the
                     # close frame instead of waiting for a batching window that never comes
-                    self._batch.clients.discard(client)
+                    self._leave_batches(client)
                     self._write_or_wake(client)
                     await ws.close(1008, "message rate limit exceeded")
                     return
@@ -473,14 +471,22 @@ class FanoutServer:
         share = 1.0 if self.hub.lateness_s > self._behind_s else self.busy
         if self._window_s:
             if share >= self._min_busy:
-                self._batching = True
+                self._set_batching(True)
             elif share < self._min_busy - BATCH_HYSTERESIS:
-                self._batching = False
-            self._quiet_s = self._busy_quiet_s if self._batching else 0.0
+                self._set_batching(False)
         window = self._hot_window_s = adaptive_window(share, self._window_s,
                                                       self._max_window_s)
         self._hot_min = (HOT_MESSAGES * self._period / window
                          if self._batching and window > self._window_s else float("inf"))
+
+    def _set_batching(self, on: bool) -> None:
+        # _quiet_s is read once per delivery (_writable): kept here, never derived there
+        self._batching = on
+        self._quiet_s = self._busy_quiet_s if on else 0.0
+
+    def _leave_batches(self, client: Client) -> None:
+        self._batch.clients.discard(client)
+        self._hot_batch.clients.discard(client)
 
     def _write_or_wake(self, client: Client) -> None:
         """Fast path: when the connection is open, no writer task running and its socket

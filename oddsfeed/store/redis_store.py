@@ -153,7 +153,7 @@ class Store:
             raise StoreError(f"apply failed for market {update.market}: {exc}") from None
         outcome = self._outcome(update.market, res)
         if isinstance(outcome, Created):
-            await self._index(outcome.market)
+            await self._index([outcome.market])
         return outcome
 
     async def apply_many(self, updates: Sequence[MarketUpdate], *, now_ms: int | None = None
@@ -199,9 +199,9 @@ class Store:
                 raise StoreError(f"apply failed: {exc}") from None
             todo = missing
         outcomes = [self._outcome(u.market, res) for u, res in zip(updates, results)]
-        for outcome in outcomes:
-            if isinstance(outcome, Created):
-                await self._index(outcome.market)
+        created = [o.market for o in outcomes if isinstance(o, Created)]
+        if created:
+            await self._index(created)
         return outcomes
 
     def _outcome(self, mid: str, res: Any) -> StoreOutcome:
@@ -219,21 +219,24 @@ class Store:
         reason, path, message = (x.decode() if isinstance(x, bytes) else str(x) for x in res[1:4])
         return Rejected(reason, message, path)
 
-    async def _index(self, market: Market) -> None:
-        # Membership keys live in other slots than the market: a second, plain round trip.
+    async def _index(self, markets: list[Market]) -> None:
+        # Membership keys live in other slots than the markets: a second, plain round trip
+        # (one for all the markets an apply_many created).
         pipe = self.client.pipeline(transaction=False)
-        pipe.sadd(event_set_key(market.event), market.id)
-        pipe.sadd(sport_set_key(market.sport), market.id)
-        pipe.sadd(ALL_MARKETS_KEY, market.id)
-        payload = msgpack.packb({"op": "market", "m": market.id})
-        if self.sharded:
-            pipe.execute_command("SPUBLISH", event_channel(market.event), payload)
-        else:
-            pipe.publish(event_channel(market.event), payload)
+        for market in markets:
+            pipe.sadd(event_set_key(market.event), market.id)
+            pipe.sadd(sport_set_key(market.sport), market.id)
+            pipe.sadd(ALL_MARKETS_KEY, market.id)
+            payload = msgpack.packb({"op": "market", "m": market.id})
+            if self.sharded:
+                pipe.execute_command("SPUBLISH", event_channel(market.event), payload)
+            else:
+                pipe.publish(event_channel(market.event), payload)
         try:
             await pipe.execute()
         except (redis_errors.RedisError, OSError) as exc:
-            raise StoreError(f"indexing market {market.id} failed: {exc}") from None
+            ids = ", ".join(m.id for m in markets[:5])
+            raise StoreError(f"indexing market(s) {ids} failed: {exc}") from None
 
     async def delete(self, market_id: str) -> bool:
         """Delete a market (state, history, membership) and publish ``gone``; True if it existed."""
