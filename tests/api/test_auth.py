@@ -19,7 +19,10 @@ from oddsfeed.auth import Authenticator, AuthError
 from oddsfeed.settings import load_settings
 
 SECRET = "auth-test-secret-0123456789-0123456789"
-NOW = int(time.time())
+def now() -> int:
+    """The time now: read per test (a module-level constant went stale when these tests
+    ran a minute after import, and 30 s tokens minted from it had expired)."""
+    return int(time.time())
 
 
 def _pem(key: Any) -> str:
@@ -36,16 +39,17 @@ def auth(**overrides: Any) -> Authenticator:
 
 
 def token(key: Any = SECRET, alg: str = "HS256", **claims: Any) -> str:
-    base = {"sub": "alice", "scope": "odds:read bets:validate", "exp": NOW + 60}
+    base = {"sub": "alice", "scope": "odds:read bets:validate", "exp": now() + 60}
     base.update(claims)
     return jwt.encode({k: v for k, v in base.items() if v is not None}, key, algorithm=alg)
 
 
 def test_hs256_token_gives_the_principal() -> None:
     """A good HS256 token yields its sub, scopes and exp."""
-    p = auth().verify(token())
+    t = now()
+    p = auth().verify(token(exp=t + 60))
     assert (p.sub, p.scopes, p.exp) == ("alice", frozenset({"odds:read", "bets:validate"}),
-                                        NOW + 60)
+                                        t + 60)
     assert p.can("odds:read")
     assert not p.can("odds:write")
 
@@ -63,13 +67,13 @@ def test_rs256_and_es256_public_keys(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("make", "message"), [
-    (lambda: token(exp=NOW - 5), "expired"),
+    (lambda: token(exp=now() - 5), "expired"),
     (lambda: token(key="another-secret-0123456789-0123456789"), "signature"),
     (lambda: token(sub=None), "sub"),
     (lambda: token(exp=None), "exp"),
     (lambda: token(sub=""), "sub"),
     (lambda: token(scope=7), "scope"),
-    (lambda: jwt.encode({"sub": "a", "exp": NOW + 60}, None, algorithm="none"), "unsigned"),
+    (lambda: jwt.encode({"sub": "a", "exp": now() + 60}, None, algorithm="none"), "unsigned"),
     (lambda: token(RSA, "RS256"), "no key"),
     (lambda: "not.a.token", "malformed"),
     (lambda: "", "missing"),
@@ -86,13 +90,13 @@ def _b64(obj: Any) -> str:
 
 def test_alg_none_with_a_forged_signature_and_alg_confusion_are_refused() -> None:
     """alg "None" in any case is refused, and an RSA public key is never an HMAC secret."""
-    forged = _b64({"alg": "None", "typ": "JWT"}) + "." + _b64({"sub": "a", "exp": NOW + 60}) + "."
+    forged = _b64({"alg": "None", "typ": "JWT"}) + "." + _b64({"sub": "a", "exp": now() + 60}) + "."
     with pytest.raises(AuthError, match="unsigned"):
         auth().verify(forged)
     pem = _pem(RSA)
     a = Authenticator(load_settings(None, {}, {"auth.public_keys": [pem]}).auth)
     # the classic attack: HS256 "signed" with the server's public key as the secret
-    head = _b64({"alg": "HS256", "typ": "JWT"}) + "." + _b64({"sub": "a", "exp": NOW + 60})
+    head = _b64({"alg": "HS256", "typ": "JWT"}) + "." + _b64({"sub": "a", "exp": now() + 60})
     mac = hmac.new(pem.encode(), head.encode(), hashlib.sha256).digest()
     confused = head + "." + base64.urlsafe_b64encode(mac).decode().rstrip("=")
     with pytest.raises(AuthError, match="no key"):
@@ -102,7 +106,7 @@ def test_alg_none_with_a_forged_signature_and_alg_confusion_are_refused() -> Non
 def test_audience_and_issuer_when_configured() -> None:
     """With audience/issuer configured, tokens must carry them; minted tokens do."""
     a = auth(**{"auth.audience": "books", "auth.issuer": "desk"})
-    assert a.verify(a.mint("bob", ["odds:write"], 60, NOW)).scopes == {"odds:write"}
+    assert a.verify(a.mint("bob", ["odds:write"], 60, now())).scopes == {"odds:write"}
     with pytest.raises(AuthError):
         a.verify(token())
     with pytest.raises(AuthError):
@@ -113,15 +117,16 @@ def test_mint() -> None:
     """mint signs HS256 with the configured secret; unknown scopes, a ttl below 1 s or no
     secret are AuthErrors."""
     a = auth()
-    p = a.verify(a.mint("carol", ("odds:read", "odds:write"), ttl_s=30, now_s=NOW))
-    assert (p.sub, p.exp, p.scopes) == ("carol", NOW + 30, {"odds:read", "odds:write"})
-    assert jwt.get_unverified_header(a.mint("c", [], 1, NOW))["alg"] == "HS256"
+    t = now()
+    p = a.verify(a.mint("carol", ("odds:read", "odds:write"), ttl_s=30, now_s=t))
+    assert (p.sub, p.exp, p.scopes) == ("carol", t + 30, {"odds:read", "odds:write"})
+    assert jwt.get_unverified_header(a.mint("c", [], 1, now()))["alg"] == "HS256"
     with pytest.raises(AuthError, match="unknown scope"):
-        a.mint("c", ["root"], 60, NOW)
+        a.mint("c", ["root"], 60, now())
     with pytest.raises(AuthError, match="ttl"):
-        a.mint("c", ["odds:read"], 0, NOW)
+        a.mint("c", ["odds:read"], 0, now())
     with pytest.raises(AuthError, match="secret"):
-        Authenticator(load_settings(None, {}, {}).auth).mint("c", [], 60, NOW)
+        Authenticator(load_settings(None, {}, {}).auth).mint("c", [], 60, now())
 
 
 def test_unusable_public_keys_are_refused_at_start() -> None:
