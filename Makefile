@@ -13,8 +13,10 @@ LINT_PATHS := $(wildcard oddsfeed ingest)
 
 venv: $(STAMP)
 
-# Re-installs only when pyproject.toml (or the client's) changes; otherwise a no-op.
-$(STAMP): pyproject.toml $(CLIENT)
+# Re-installs only when pyproject.toml (or the client's), setup.py or the C extension
+# changes; otherwise a no-op. (gcc builds oddsfeed/fanout/_send.c, the fan-out's C send
+# loop; without a compiler the install still succeeds and the server does without it.)
+$(STAMP): pyproject.toml setup.py oddsfeed/fanout/_send.c $(CLIENT)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'

@@ -30,6 +30,21 @@ from ..settings import FanoutSettings
 from . import metrics
 from .hub import Client, Hub
 
+SendAll = Callable[[Sequence[int], bytes], list[tuple[int, int]]]
+
+
+def _load_send_all() -> SendAll | None:
+    """The C send loop (oddsfeed/fanout/_send.c), or None where it was not built (no C
+    compiler at install): then every frame goes through its transport."""
+    try:
+        from ._send import send_all
+    except ImportError:  # pragma: no cover - built by `pip install` where a compiler is
+        return None
+    return send_all
+
+
+send_all = _load_send_all()
+
 log = logging.getLogger("oddsfeed.fanout")
 
 # Past this many bytes buffered in a connection's transport, frames go through the writer
@@ -273,6 +288,7 @@ class FanoutServer:
         client.sink = self
         client.last_sent = time.monotonic()
         client.conn = ws
+        client.fd = _plain_fd(ws)
         self.hub.add_client(client)
         metrics.CONNECTIONS.inc()
         loop = asyncio.get_running_loop()
@@ -415,14 +431,17 @@ class FanoutServer:
         return True
 
     def send_many(self, clients: list[Client], out: wire.Outgoing, market: str,
-                   delta: Delta, now: float) -> None:
+                  delta: Delta, now: float) -> None:
         """One delta to many clients: written through to each quiet one (see _writable),
         the others queue it (client.push without a second write-through check).
 
         This loop runs once per delivery (profiled: at 10,000 connections it is most of the
         worker's time, the send syscall most of that): the frame is looked up once per
-        encoding."""
+        encoding. Sockets whose transport holds nothing are written by one C call per
+        encoding (``send_all``: no interpreter or event-loop work per socket); what a socket
+        did not take goes back through its transport, in order."""
         frames: dict[str, bytes] = {}
+        direct: dict[str, tuple[list[int], list[Any]]] = {}
         sent = nbytes = 0
         for client in clients:
             transport = self._writable(client, now)
@@ -433,11 +452,26 @@ class FanoutServer:
             frame = frames.get(enc)
             if frame is None:
                 frame = frames[enc] = out.ws_frame(enc)
-            transport.write(frame)
             client.last_sent = now
             client.received += 1
             sent += 1
             nbytes += len(frame)
+            fd = client.fd
+            if fd >= 0 and not transport.get_write_buffer_size() and not transport.is_closing():
+                group = direct.get(enc)
+                if group is None:
+                    group = direct[enc] = ([], [])
+                group[0].append(fd)
+                group[1].append(transport)
+            else:
+                transport.write(frame)
+        for enc, (fds, transports) in direct.items():
+            frame = frames[enc]
+            assert send_all is not None  # client.fd is -1 without it
+            for i, took in send_all(fds, frame):
+                # a short write's rest, or the whole frame after an error (EAGAIN: buffered;
+                # anything else: the transport's own write reports it and closes)
+                transports[i].write(frame[took:] if took > 0 else frame)
         if sent:
             self._count(nbytes, sent, out.t_us, frames=sent)
 
@@ -628,3 +662,18 @@ class FanoutServer:
             pass
         finally:
             client.writer = None
+
+
+def _plain_fd(ws: ServerConnection) -> int:
+    """The socket's file descriptor for send_many's C loop, or -1 (write through the
+    transport): without the C module, or where the transport is not a plain socket (TLS)."""
+    if send_all is None:
+        return -1
+    transport = ws.transport
+    sock = transport.get_extra_info("socket")
+    if sock is None or transport.get_extra_info("sslcontext") is not None:
+        return -1
+    try:
+        return int(sock.fileno())
+    except (OSError, ValueError):
+        return -1

@@ -1,0 +1,109 @@
+/* oddsfeed.fanout._send: write one prebuilt frame to many sockets in one call.
+
+   The fan-out hot path writes the same bytes (a complete server-to-client WebSocket frame:
+   unmasked, so identical for every subscriber) to hundreds of sockets per update. Done one
+   transport.write() at a time, each write pays the interpreter and the event loop's
+   bookkeeping on top of the send system call. send_all() loops over the file descriptors in
+   C, with the GIL released, so the loop costs the system calls alone and another thread can
+   run Python (or its own send_all) meanwhile.
+
+   The caller only passes sockets whose transport has nothing buffered (so no byte can be
+   reordered) and handles every socket that did not take the whole frame: a short write's
+   rest and a failed write both go back through the transport, which buffers the rest or
+   reports the error its usual way.
+
+   Optional: when this module cannot be built (no C compiler), the server writes through
+   the transports one by one, with the same result. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+static PyObject *
+send_all(PyObject *self, PyObject *args)
+{
+    PyObject *seq, *fast, *out = NULL;
+    Py_buffer frame;
+    Py_ssize_t n, i;
+    int *fds = NULL;
+    Py_ssize_t *sent = NULL;
+
+    if (!PyArg_ParseTuple(args, "Oy*:send_all", &seq, &frame))
+        return NULL;
+    fast = PySequence_Fast(seq, "send_all: fds must be a sequence of ints");
+    if (fast == NULL)
+        goto done;
+    n = PySequence_Fast_GET_SIZE(fast);
+    fds = PyMem_New(int, n > 0 ? n : 1);
+    sent = PyMem_New(Py_ssize_t, n > 0 ? n : 1);
+    if (fds == NULL || sent == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (i = 0; i < n; i++) {
+        long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (fd == -1 && PyErr_Occurred())
+            goto done;
+        if (fd < 0 || fd > INT_MAX) {
+            PyErr_SetString(PyExc_ValueError, "send_all: bad file descriptor");
+            goto done;
+        }
+        fds[i] = (int)fd;
+    }
+
+    Py_BEGIN_ALLOW_THREADS
+    for (i = 0; i < n; i++) {
+        ssize_t r;
+        do {
+            r = send(fds[i], frame.buf, (size_t)frame.len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        } while (r < 0 && errno == EINTR);
+        sent[i] = r < 0 ? -(Py_ssize_t)errno : (Py_ssize_t)r;
+    }
+    Py_END_ALLOW_THREADS
+
+    /* [(index, bytes sent or -errno), ...] for the sockets that did not take it all */
+    out = PyList_New(0);
+    if (out == NULL)
+        goto done;
+    for (i = 0; i < n; i++) {
+        if (sent[i] != frame.len) {
+            PyObject *item = Py_BuildValue("(nn)", i, sent[i]);
+            if (item == NULL || PyList_Append(out, item) < 0) {
+                Py_XDECREF(item);
+                Py_CLEAR(out);
+                goto done;
+            }
+            Py_DECREF(item);
+        }
+    }
+
+done:
+    PyMem_Free(fds);
+    PyMem_Free(sent);
+    Py_XDECREF(fast);
+    PyBuffer_Release(&frame);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"send_all", send_all, METH_VARARGS,
+     "send_all(fds, frame) -> [(index, sent_or_minus_errno), ...]\n\n"
+     "Send frame to every socket in fds (non-blocking, no SIGPIPE), with the GIL released.\n"
+     "Returns the sockets that did not take the whole frame: their index in fds and the\n"
+     "bytes they took (0 <= sent < len(frame)), or minus the errno of a failed send."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_send",
+    "Write one frame to many sockets in one call (the fan-out hot path).", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__send(void)
+{
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,3 @@
+from collections.abc import Sequence
+
+def send_all(fds: Sequence[int], frame: bytes, /) -> list[tuple[int, int]]: ...

@@ -1,0 +1,192 @@
+"""The C send loop (oddsfeed/fanout/_send.c) and send_many's use of it: one frame to many
+sockets in one call, a short write's rest and a failed write handed back to the transport in
+order, and the same deliveries with the module absent (the transport path)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from websockets.protocol import State
+
+from oddsfeed import wire
+from oddsfeed.fanout import server as server_module
+from oddsfeed.fanout.hub import Client, Hub
+from oddsfeed.session import Outbox
+from oddsfeed.settings import load_settings
+from oddsfeed.worker import Worker
+
+from .builders import create, price
+from .conftest import WorkerFactory, ws_url
+from .mirror import Mirror, wait_until
+
+send_all = server_module.send_all
+needs_c = pytest.mark.skipif(send_all is None, reason="oddsfeed.fanout._send was not built")
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        assert chunk, "peer closed early"
+        out += chunk
+    return bytes(out)
+
+
+@needs_c
+def test_send_all_reports_the_sockets_that_did_not_take_everything() -> None:
+    """Every socket gets the frame; the result lists only the exceptions: a peer that is
+    gone (-EPIPE), a full buffer (a short count or -EAGAIN), a closed descriptor (-EBADF)."""
+    assert send_all is not None
+    frame = b"\x82\x05hello"
+    ok1, peer1 = socket.socketpair()
+    ok2, peer2 = socket.socketpair()
+    gone, peer_gone = socket.socketpair()
+    peer_gone.close()
+    full, peer_full = socket.socketpair()
+    full.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        while True:  # fill its buffer: the next send cannot take a whole frame
+            full.send(b"x" * 4096)
+    dead = socket.socket()
+    bad_fd = dead.fileno()
+    dead.close()
+    try:
+        res = send_all([ok1.fileno(), gone.fileno(), full.fileno(), ok2.fileno(), bad_fd],
+                       frame)
+        assert peer1.recv(100) == frame
+        assert peer2.recv(100) == frame
+        got = dict(res)
+        assert sorted(got) == [1, 2, 4]
+        assert got[1] == -errno.EPIPE
+        assert got[2] == -errno.EAGAIN or 0 <= got[2] < len(frame)
+        assert got[4] == -errno.EBADF
+        assert send_all([], frame) == []
+        with pytest.raises(ValueError, match="bad file descriptor"):
+            send_all([-1], frame)
+        with pytest.raises(TypeError):
+            send_all(5, frame)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            send_all(["3"], frame)  # type: ignore[list-item]
+    finally:
+        for s in (ok1, peer1, ok2, peer2, gone, full, peer_full):
+            s.close()
+
+
+class _Sink(asyncio.Protocol):
+    pass
+
+
+@needs_c
+async def test_a_short_write_sends_its_rest_through_the_transport_in_order(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame bigger than what the socket takes: send_all writes the start, the transport
+    gets the rest, and the next frame (the transport now holding bytes) queues behind it:
+    the peer reads both frames whole and in order."""
+    seen: list[list[tuple[int, int]]] = []
+    real = send_all
+    assert real is not None
+
+    def spy(fds: list[int], frame: bytes) -> list[tuple[int, int]]:
+        res = real(fds, frame)
+        seen.append(res)
+        return res
+
+    monkeypatch.setattr(server_module, "send_all", spy)
+    listener = socket.create_server(("127.0.0.1", 0))
+    reader = socket.socket()
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    reader.connect(listener.getsockname())
+    conn, _ = listener.accept()
+    listener.close()
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    conn.setblocking(False)
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_accepted_socket(_Sink, conn)
+    try:
+        settings = load_settings(None, {}, {})
+        hub = Hub(store=SimpleNamespace(bus=lambda *a, **k: None))  # type: ignore[arg-type]
+        fan = server_module.FanoutServer(hub, fanout=settings.fanout, auth=None)  # type: ignore[arg-type]
+        client = Client(1, wire.MSGPACK, Outbox(encoding=wire.MSGPACK, high_water_bytes=1 << 20,
+                                                max_bytes=4 << 20, max_lag_s=30.0))
+        client.sink = fan
+        client.conn = SimpleNamespace(transport=transport,
+                                      protocol=SimpleNamespace(state=State.OPEN))
+        client.fd = conn.fileno()
+        big = wire.reply("pong", None, pad="x" * 40_000)
+        small = wire.reply("pong", None, pad="y")
+        fan.send_many([client], big, "m1", None, time.monotonic())  # type: ignore[arg-type]
+        ((index, took),) = seen[0]  # the socket took the start of the frame only
+        assert index == 0
+        assert 0 < took < len(big.ws_frame(wire.MSGPACK))
+        assert transport.get_write_buffer_size() > 0  # the rest waits in the transport
+        fan.send_many([client], small, "m1", None, time.monotonic())  # type: ignore[arg-type]
+        assert len(seen) == 1  # the second frame queued behind the rest, not sent directly
+        want = big.ws_frame(wire.MSGPACK) + small.ws_frame(wire.MSGPACK)
+        got = await loop.run_in_executor(None, recv_exactly, reader, len(want))
+        assert got == want
+        assert client.received == 2
+    finally:
+        transport.close()
+        reader.close()
+
+
+async def _deliveries(w: Worker, encoding: str) -> tuple[list[int], list[int], int]:
+    """Subscribe a client to m1 and apply 50 updates: the versions it got, the versions
+    the store wrote (the history) and the client's fd on the server."""
+    await w.store.apply(create("m1"))
+    c = await Mirror.open(ws_url(w), encoding)
+    try:
+        await c.request({"op": "subscribe", "markets": ["m1"]})
+        first = c.markets["m1"]
+        for i in range(50):
+            await w.store.apply(price("m1", 20000 + i))
+        final = await w.store.get("m1")
+        assert final is not None
+        await wait_until(lambda: c.markets["m1"].version == final.version, 10, "every delta")
+        assert c.markets["m1"] == final
+        hist = await w.store.history("m1", first.epoch, first.version)
+        assert hist is not None
+        written = [d.version for d in hist[1]]
+        (server_side,) = w.hub.clients
+        return c.book.delta_versions("m1"), written, server_side.fd
+    finally:
+        await c.close()
+
+
+@pytest.mark.parametrize("encoding", ["json", "msgpack"])
+async def test_deliveries_are_the_same_with_and_without_the_c_loop(
+        start_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch, encoding: str) -> None:
+    """Every version arrives once and in order, through the C loop (the client's socket is
+    known to the server) and, with the module absent, through the transport (fd -1)."""
+    async with start_worker() as w:
+        got, written, fd = await _deliveries(w, encoding)
+    assert len(written) == 50
+    assert got == written
+    assert (fd >= 0) == (send_all is not None)
+    monkeypatch.setattr(server_module, "send_all", None)
+    async with start_worker() as w:
+        got, written, fd = await _deliveries(w, encoding)
+    assert len(written) == 50
+    assert got == written
+    assert fd == -1
+
+
+def test_no_direct_writes_to_a_tls_transport() -> None:
+    """A TLS transport's socket carries ciphertext: its client never gets a raw fd."""
+    tls_sock, plain_sock = socket.socket(), socket.socket()
+    tls: Any = SimpleNamespace(transport=SimpleNamespace(get_extra_info={
+        "socket": tls_sock, "sslcontext": object()}.get))
+    plain: Any = SimpleNamespace(transport=SimpleNamespace(get_extra_info={
+        "socket": plain_sock}.get))
+    try:
+        assert server_module._plain_fd(tls) == -1
+        assert server_module._plain_fd(plain) == (plain_sock.fileno() if send_all else -1)
+    finally:
+        tls_sock.close()
+        plain_sock.close()
