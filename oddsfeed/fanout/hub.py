@@ -59,8 +59,8 @@ class Client:
     """One WebSocket connection's protocol state; the I/O lives in the server module."""
 
     __slots__ = ("id", "encoding", "outbox", "pos", "pending", "via_event", "explicit",
-                 "closed", "sink", "counted", "last_sent", "writer", "conn", "fd", "received",
-                 "rate",
+                 "closed", "sink", "counted", "last_sent", "writer", "conn", "transport", "proto",
+                 "fd", "received", "rate",
                  "__weakref__")
 
     def __init__(self, cid: int, encoding: str, outbox: Outbox) -> None:
@@ -82,6 +82,9 @@ class Client:
         # connection); while it runs, nothing else writes to this connection
         self.writer: asyncio.Task[None] | None = None
         self.conn: Any = None  # the server's connection object
+        # its transport and protocol state machine (the hot path reads them per delivery)
+        self.transport: Any = None
+        self.proto: Any = None
         self.fd = -1  # its socket, where the server may write to it directly (else -1)
         self.counted = 0  # subscriptions this client holds in the metrics gauge
         # messages handed to this client since the server's ticker last visited it, and how

@@ -5,9 +5,11 @@ order, and the same deliveries with the module absent (the transport path)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import socket
 import time
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -82,6 +84,39 @@ class _Sink(asyncio.Protocol):
     pass
 
 
+@contextlib.asynccontextmanager
+async def direct_client(small_buffers: bool = False) -> AsyncIterator[
+        tuple[server_module.FanoutServer, Client, socket.socket]]:
+    """A FanoutServer and one msgpack client on a real loopback TCP transport (no
+    WebSocket handshake: send_many only writes prebuilt frames), and the peer's socket.
+    ``small_buffers``: 4 KiB socket buffers, so that a 40 KB frame is a short write."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    reader = socket.socket()
+    if small_buffers:
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    reader.connect(listener.getsockname())
+    conn, _ = listener.accept()
+    listener.close()
+    if small_buffers:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    conn.setblocking(False)
+    transport, _ = await asyncio.get_running_loop().connect_accepted_socket(_Sink, conn)
+    try:
+        settings = load_settings(None, {}, {})
+        hub = Hub(store=SimpleNamespace(bus=lambda *a, **k: None))  # type: ignore[arg-type]
+        fan = server_module.FanoutServer(hub, fanout=settings.fanout, auth=None)  # type: ignore[arg-type]
+        client = Client(1, wire.MSGPACK, Outbox(encoding=wire.MSGPACK, high_water_bytes=1 << 20,
+                                                max_bytes=4 << 20, max_lag_s=30.0))
+        client.sink = fan
+        client.transport = transport
+        client.proto = SimpleNamespace(state=State.OPEN)
+        client.fd = conn.fileno()
+        yield fan, client, reader
+    finally:
+        transport.close()
+        reader.close()
+
+
 @needs_c
 async def test_a_short_write_sends_its_rest_through_the_transport_in_order(
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -98,42 +133,40 @@ async def test_a_short_write_sends_its_rest_through_the_transport_in_order(
         return res
 
     monkeypatch.setattr(server_module, "send_all", spy)
-    listener = socket.create_server(("127.0.0.1", 0))
-    reader = socket.socket()
-    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    reader.connect(listener.getsockname())
-    conn, _ = listener.accept()
-    listener.close()
-    conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    conn.setblocking(False)
-    loop = asyncio.get_running_loop()
-    transport, _ = await loop.connect_accepted_socket(_Sink, conn)
-    try:
-        settings = load_settings(None, {}, {})
-        hub = Hub(store=SimpleNamespace(bus=lambda *a, **k: None))  # type: ignore[arg-type]
-        fan = server_module.FanoutServer(hub, fanout=settings.fanout, auth=None)  # type: ignore[arg-type]
-        client = Client(1, wire.MSGPACK, Outbox(encoding=wire.MSGPACK, high_water_bytes=1 << 20,
-                                                max_bytes=4 << 20, max_lag_s=30.0))
-        client.sink = fan
-        client.conn = SimpleNamespace(transport=transport,
-                                      protocol=SimpleNamespace(state=State.OPEN))
-        client.fd = conn.fileno()
+    async with direct_client(small_buffers=True) as (fan, client, reader):
         big = wire.reply("pong", None, pad="x" * 40_000)
         small = wire.reply("pong", None, pad="y")
         fan.send_many([client], big, "m1", None, time.monotonic())  # type: ignore[arg-type]
         ((index, took),) = seen[0]  # the socket took the start of the frame only
         assert index == 0
         assert 0 < took < len(big.ws_frame(wire.MSGPACK))
-        assert transport.get_write_buffer_size() > 0  # the rest waits in the transport
+        assert client.transport.get_write_buffer_size() > 0  # the rest waits there
         fan.send_many([client], small, "m1", None, time.monotonic())  # type: ignore[arg-type]
         assert len(seen) == 1  # the second frame queued behind the rest, not sent directly
         want = big.ws_frame(wire.MSGPACK) + small.ws_frame(wire.MSGPACK)
-        got = await loop.run_in_executor(None, recv_exactly, reader, len(want))
+        got = await asyncio.get_running_loop().run_in_executor(
+            None, recv_exactly, reader, len(want))
         assert got == want
         assert client.received == 2
-    finally:
-        transport.close()
-        reader.close()
+
+
+@needs_c
+async def test_a_failing_send_all_falls_back_to_the_transport(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the C call itself fails (out of memory), every frame of that call goes through
+    its transport instead: the delivery is not lost."""
+
+    def broken(fds: list[int], frame: bytes) -> list[tuple[int, int]]:
+        raise MemoryError
+
+    monkeypatch.setattr(server_module, "send_all", broken)
+    async with direct_client() as (fan, client, reader):
+        out = wire.reply("pong", None, pad="z")
+        fan.send_many([client], out, "m1", None, time.monotonic())  # type: ignore[arg-type]
+        want = out.ws_frame(wire.MSGPACK)
+        got = await asyncio.get_running_loop().run_in_executor(
+            None, recv_exactly, reader, len(want))
+        assert got == want
 
 
 async def _deliveries(w: Worker, encoding: str) -> tuple[list[int], list[int], int]:
