@@ -58,8 +58,11 @@ QUIET_WINDOWS = 10
 # widest window, as if the worker were fully busy.
 BEHIND_S = 0.02
 
-# The ticker wakes this often and visits a slice of the clients each time.
+# The ticker wakes this often and visits a slice of the clients each time, VISIT_CHUNK
+# clients at a time with a turn of the event loop in between (~0.4 ms each at 10,000
+# connections).
 TICK_S = 0.1
+VISIT_CHUNK = 200
 
 # A connection is hot when it gets at least this many messages per hot window on average.
 HOT_MESSAGES = 1.0
@@ -598,8 +601,15 @@ class FanoutServer:
             if at >= len(sweep):
                 sweep, at = list(self.hub.clients), 0
                 per_slice = -(-len(sweep) // slices)
-            self._visit(sweep[at:at + per_slice], heartbeat_s, ping_s, pong_s)
-            at += per_slice
+            end = at + per_slice
+            while at < end:
+                # a slice of 1,000 clients took 1.6-2.9 ms; in chunks, a delta arriving
+                # meanwhile waits for one chunk at most, not for the whole slice
+                self._visit(sweep[at:min(end, at + VISIT_CHUNK)], heartbeat_s, ping_s, pong_s)
+                at += VISIT_CHUNK
+                if at < end:
+                    await asyncio.sleep(0)
+            at = end
             n += 1
             if n % slices == 0:
                 self._flush_metrics()
