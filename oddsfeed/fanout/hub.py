@@ -30,6 +30,9 @@ from . import metrics
 
 log = logging.getLogger("oddsfeed.fanout")
 
+# How many subscribers of one delta the hub hands to the sink's send_many at a time.
+SEND_CHUNK = 128
+
 # What a held (not yet released) live item can be.
 Held = Delta | Market | Gone
 
@@ -380,8 +383,11 @@ class Hub:
             out = wire.gone(market)
         if isinstance(item, Delta):
             # The common case inlined (profiled: this loop runs once per delivery): a client
-            # holding the delta's base takes it; anything else goes through _deliver.
+            # holding the delta's base takes it; anything else goes through _deliver. The
+            # takers go to the sink SEND_CHUNK at a time, so that the first of 500
+            # subscribers are written to before the last ones are looked at.
             epoch, base, pos_new = item.epoch, item.base, (item.epoch, item.version)
+            now = time.monotonic()
             ready: list[Client] = []
             for client in subscribers:
                 if client.pending:
@@ -393,15 +399,13 @@ class Hub:
                 if pos is not None and pos[1] == base and pos[0] == epoch:
                     client.pos[market] = pos_new
                     ready.append(client)
+                    if len(ready) == SEND_CHUNK:
+                        self._send_many(ready, out, market, item, now)
+                        ready = []
                 else:
                     self._deliver(client, market, item, out)
             if ready:
-                now = time.monotonic()
-                if self.sink is not None:
-                    self.sink.send_many(ready, out, market, item, now)
-                else:
-                    for client in ready:
-                        client.push(out, market=market, delta=item, now=now)
+                self._send_many(ready, out, market, item, now)
             return
         for client in subscribers:
             held = client.pending.get(market)
@@ -409,6 +413,14 @@ class Hub:
                 held.append(item)
             else:
                 self._deliver(client, market, item, out)
+
+    def _send_many(self, ready: list[Client], out: wire.Outgoing, market: str, item: Delta,
+                   now: float) -> None:
+        if self.sink is not None:
+            self.sink.send_many(ready, out, market, item, now)
+        else:
+            for client in ready:
+                client.push(out, market=market, delta=item, now=now)
 
     def _deliver(self, client: Client, market: str, item: Held,
                  out: wire.Outgoing | None = None) -> None:

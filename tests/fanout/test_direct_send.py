@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
+import msgpack
 import pytest
 from websockets.protocol import State
 
@@ -223,3 +224,34 @@ def test_no_direct_writes_to_a_tls_transport() -> None:
     finally:
         tls_sock.close()
         plain_sock.close()
+
+
+def test_the_hub_hands_a_delta_to_the_sink_in_chunks() -> None:
+    """300 subscribers holding a delta's base: the sink gets them SEND_CHUNK at a time
+    (the first written before the last are looked at), each exactly once, all moved."""
+    from oddsfeed.fanout import hub as hub_module
+
+    calls: list[list[Client]] = []
+
+    class Recorder:
+        def send_many(self, clients: list[Client], out: wire.Outgoing, market: str,
+                      delta: Any, now: float) -> None:
+            calls.append(list(clients))
+
+    hub = Hub(store=SimpleNamespace(bus=lambda *a, **k: None))  # type: ignore[arg-type]
+    hub.sink = Recorder()  # type: ignore[assignment]
+    clients = [Client(i + 1, wire.JSON, Outbox(encoding=wire.JSON, high_water_bytes=1 << 20,
+                                               max_bytes=4 << 20, max_lag_s=30.0))
+               for i in range(300)]
+    for c in clients:
+        hub.add_client(c)
+        hub.index.add_market(c, "m1")
+        c.pos["m1"] = ("ep", 4)
+    hub.markets["m1"] = ("ep", 4)
+    hub.on_bus_message("m", "m1", msgpack.packb(
+        {"op": "delta", "m": "m1", "e": "ep", "v": 5, "base": 4, "ts": 1,
+         "sel": {"h": {"price": 20000}}}))
+    chunk = hub_module.SEND_CHUNK
+    assert [len(c) for c in calls] == [chunk, chunk, 300 - 2 * chunk]
+    assert sorted(c.id for part in calls for c in part) == list(range(1, 301))
+    assert all(c.pos["m1"] == ("ep", 5) for c in clients)
