@@ -148,7 +148,12 @@ def _worker_main(settings_json: str, redis_url: str, index: int) -> None:
             loop.add_signal_handler(sig, stop.set)
         async with Worker(settings, redis_url) as w:
             tune_gc(settings.server.gc_threshold)
-            log.info("worker ready", ws_port=w.ws_port, http_port=w.http_port, pid=os.getpid())
+            from .fanout import server as fanout_server
+
+            # c_send_loop: whether oddsfeed/fanout/_send.c was built (without it every frame
+            # goes through its transport: ~10% more CPU per send at 10,000 connections)
+            log.info("worker ready", ws_port=w.ws_port, http_port=w.http_port, pid=os.getpid(),
+                     c_send_loop=fanout_server.send_all is not None)
             await stop.wait()
             log.info("worker stopping")
 

@@ -4,6 +4,7 @@ SO_REUSEPORT converge, and SIGTERM closes them with 1001 and exits in time (issu
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -15,6 +16,7 @@ import aiohttp
 import psutil
 
 from oddsfeed.embedded import free_port
+from oddsfeed.fanout import server as server_module
 from oddsfeed.store import Store
 
 from .builders import create, random_update
@@ -92,6 +94,11 @@ async def test_two_workers_converge_and_stop_on_sigterm(flushed: str, tmp_path: 
         await wait_until(lambda: all(c.done.is_set() for c in clients), 10, "clients closed")
         assert {c.close_code for c in clients} == {1001}
         assert await asyncio.to_thread(proc.wait, 10) == 0
+        # each worker says whether the C send loop is in use (operations.md)
+        ready = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines()
+                 if '"worker ready"' in line]
+        assert len(ready) == 2
+        assert {r["c_send_loop"] for r in ready} == {server_module.send_all is not None}
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -191,6 +191,21 @@ async def test_heartbeat_when_idle(start_worker: WorkerFactory) -> None:
         await c.close()
 
 
+async def test_the_ticker_reaches_every_client_in_chunks(
+        start_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ticker visits its slice a few clients at a time with loop turns in between
+    (VISIT_CHUNK): with chunks of 2, every one of 7 idle clients still gets heartbeats."""
+    from oddsfeed.fanout import server as server_module
+
+    monkeypatch.setattr(server_module, "VISIT_CHUNK", 2)
+    async with start_worker(**{"fanout.heartbeat_ms": 200}) as w:
+        clients = [await Mirror.open(ws_url(w)) for _ in range(7)]
+        await wait_until(lambda: all(len(c.ops("heartbeat")) >= 2 for c in clients), 5,
+                         "heartbeats for every client")
+        for c in clients:
+            await c.close()
+
+
 async def test_bursts_are_batched_in_order(start_worker: WorkerFactory) -> None:
     """With a batching window, a burst of deltas is packed into batch frames that keep every
     version in order; a suspension still arrives."""
