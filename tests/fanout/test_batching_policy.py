@@ -5,6 +5,7 @@ it is cold (too few messages a second to ever share a frame)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 from oddsfeed import wire
 
@@ -30,5 +31,31 @@ async def test_a_cold_connection_is_written_at_once_and_a_warm_one_waits() -> No
         client.push(wire.reply("pong", None, n=3))
         assert fan._batch.clients == {client}  # written to just now: waits for the window
         handle = fan._batch.handle
+        assert handle is not None
+        handle.cancel()
+
+
+async def test_a_connection_is_hot_as_soon_as_this_period_says_so() -> None:
+    """A connection whose messages in the current visit period already reach the hot
+    threshold waits for the hot window, though its last period's rate (0) says otherwise:
+    after a jump in traffic it shares frames at once, not a period later."""
+    async with direct_client() as (fan, client, reader):
+        fan._set_batching(True)
+        fan._hot_min = 3.0  # as _adapt sets it while the hot window is widened
+        client.rate = 0
+        client.last_sent = time.monotonic()  # written to just now: not quiet
+        client.push(wire.reply("pong", None, n=0))  # its 1st message this period
+        assert fan._batch.clients == {client}
+        assert not fan._hot_batch.clients
+        handle = fan._batch.handle
+        assert handle is not None
+        handle.cancel()
+        fan._flush(fan._batch)
+        client.last_sent = time.monotonic()
+        client.received = 2
+        client.push(wire.reply("pong", None, n=1))  # its 3rd: hot
+        assert fan._hot_batch.clients == {client}
+        assert not fan._batch.clients
+        handle = fan._hot_batch.handle
         assert handle is not None
         handle.cancel()
