@@ -63,7 +63,7 @@ class Client:
 
     __slots__ = ("id", "encoding", "outbox", "pos", "pending", "via_event", "explicit",
                  "closed", "sink", "counted", "last_sent", "writer", "conn", "transport", "proto",
-                 "fd", "received", "rate",
+                 "fd", "received", "rate", "streak",
                  "__weakref__")
 
     def __init__(self, cid: int, encoding: str, outbox: Outbox) -> None:
@@ -94,6 +94,9 @@ class Client:
         # many it got in the visit period before (hot connections share frames when busy)
         self.received = 0
         self.rate = 0
+        # deliveries in a row that came within the server's quiet period of its last frame
+        # (a connection whose traffic jumps is known to be hot within a few messages)
+        self.streak = 0
 
     def __hash__(self) -> int:
         return self.id

@@ -67,6 +67,15 @@ VISIT_CHUNK = 200
 # A connection is hot when it gets at least this many messages per hot window on average.
 HOT_MESSAGES = 1.0
 
+# ...or when this many deliveries in a row each came within the quiet period (QUIET_WINDOWS
+# windows) of its last frame: the per-period counts lag a jump in traffic. When the load of
+# the saturation benchmark switched on (1,000 connections from 0 to 200 messages/s each),
+# a connection reached the counts' hot threshold only after 50 messages (~250 ms), nearly
+# every message went out in its own frame until then, and the worker fell 100-180 ms
+# behind the store. At 5 messages/s, three gaps under 20 ms in a row happen to ~0.1% of
+# the messages.
+HOT_STREAK = 3
+
 # A connection is cold when it gets at most this many messages per batching window on
 # average (25 a second with 2 ms windows), over the ticker's last visit period and so far in
 # this one: its messages are written at once even when it got a frame within the last
@@ -94,6 +103,9 @@ BATCH_HYSTERESIS = 0.1
 
 # Weight of the newest tick in the worker's smoothed busy share.
 BUSY_SMOOTHING = 0.3
+
+# A streak no connection reaches (HOT_STREAK applies only while the hot window is widened).
+NEVER = 1 << 62
 
 # CPU seconds of this process (user + system: the send syscalls are most of it).
 cpu_time = time.process_time
@@ -184,6 +196,7 @@ class FanoutServer:
         # messages per ticker period from which a connection is hot: at least one per hot
         # window on average, so that waiting for the window shares frames (inf: nobody)
         self._hot_min = float("inf")
+        self._hot_streak = NEVER  # HOT_STREAK while the hot window is widened
         # messages per ticker period up to which a connection is cold (see COLD_MESSAGES)
         self._cold_max = 0.0
         self._period = 1.0  # the ticker's visit period, set by _tick
@@ -425,13 +438,24 @@ class FanoutServer:
         Runs once per delivery: it reads the transport and the protocol state through the
         client's own references (set when the connection opens), not through the
         connection object, which would be two more objects to fetch from memory per
-        delivery at 10,000 connections."""
+        delivery at 10,000 connections.
+
+        It also counts the connection's streak (see HOT_STREAK): every delivery passes here
+        before it is written or queued."""
+        gap = now - client.last_sent
+        # the streak counts whether the worker batches or not: when it starts to (_widen),
+        # the connections whose traffic jumped are hot at once
+        if gap < self._busy_quiet_s:
+            client.streak += 1
+        else:
+            client.streak = 0
+        recent = gap < self._quiet_s
         transport = client.transport
         if (transport is None or client.closed or client.outbox.queued_bytes
                 or client.writer is not None
-                or ((client.rate > self._cold_max or client.received > self._cold_max)
-                    and now - client.last_sent < self._quiet_s)
-                or client.rate >= self._hot_min or client.received >= self._hot_min):
+                or (recent and (client.rate > self._cold_max or client.received > self._cold_max
+                                or client.streak >= HOT_STREAK))
+                or self._hot(client)):
             return None
         if (transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER
                 or client.proto.state is not State.OPEN or transport.is_closing()):
@@ -467,6 +491,8 @@ class FanoutServer:
         encoding. Sockets whose transport holds nothing are written by one C call per
         encoding (``send_all``: no interpreter or event-loop work per socket); what a socket
         did not take goes back through its transport, in order."""
+        if self.hub.lateness_s > self._behind_s and self._hot_window_s < self._max_window_s:
+            self._widen()  # fell behind within a tick: do not wait for the ticker
         frames: dict[str, bytes] = {}
         direct: dict[str, tuple[list[int], list[Any]]] = {}
         sent = nbytes = 0
@@ -514,16 +540,21 @@ class FanoutServer:
         if urgent or not self._batching:
             self._write_or_wake(client)
             return
-        # hot over the last visit period, or already in this one: after a jump in traffic
-        # the last period's rate lags by up to a period, and meanwhile every message went
-        # out in its own frame (1,000 connections jumping to 200 messages/s: the worker
-        # fell 100-180 ms behind the store for the first second)
-        hot = client.rate >= self._hot_min or client.received >= self._hot_min
+        hot = self._hot(client)
         batch = self._hot_batch if hot else self._batch
         batch.clients.add(client)
         if batch.handle is None:
             batch.handle = asyncio.get_running_loop().call_later(
                 self._hot_window_s if hot else self._window_s, self._flush, batch)
+
+    def _hot(self, client: Client) -> bool:
+        """Whether ``client`` waits for the (widened) hot window: hot over the last visit
+        period, already in this one, or by its streak. After a jump in traffic the last
+        period's rate lags by up to a period, and meanwhile every message went out in its
+        own frame (1,000 connections jumping to 200 messages/s: the worker fell 100-180 ms
+        behind the store for the first second)."""
+        return (client.rate >= self._hot_min or client.received >= self._hot_min
+                or client.streak >= self._hot_streak)
 
     def _flush(self, batch: _Batch) -> None:
         batch.handle = None
@@ -545,12 +576,22 @@ class FanoutServer:
                 self._set_batching(True)
             elif share < self._min_busy - BATCH_HYSTERESIS:
                 self._set_batching(False)
-        window = self._hot_window_s = adaptive_window(share, self._window_s,
-                                                      self._max_window_s)
-        self._hot_min = (HOT_MESSAGES * self._period / window
-                         if self._batching and window > self._window_s else float("inf"))
+        self._set_hot_window(adaptive_window(share, self._window_s, self._max_window_s))
         self._cold_max = (COLD_MESSAGES * self._period / self._window_s
                           if self._window_s else 0.0)
+
+    def _set_hot_window(self, window: float) -> None:
+        self._hot_window_s = window
+        widened = self._batching and window > self._window_s
+        self._hot_min = HOT_MESSAGES * self._period / window if widened else float("inf")
+        self._hot_streak = HOT_STREAK if widened else NEVER
+
+    def _widen(self) -> None:
+        """The node read a delta later than _behind_s after its apply: batch with the widest
+        hot window now. The ticker's next _adapt sees the same lateness and keeps it; the
+        busy share alone takes two ticks or more to get there after a jump in load."""
+        self._set_batching(True)
+        self._set_hot_window(self._max_window_s)
 
     def _set_batching(self, on: bool) -> None:
         # _quiet_s is read once per delivery (_writable): kept here, never derived there

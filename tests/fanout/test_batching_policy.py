@@ -8,6 +8,8 @@ import asyncio
 import time
 
 from oddsfeed import wire
+from oddsfeed.book import Delta
+from oddsfeed.fanout import server as server_module
 
 from .direct import direct_client, recv_exactly
 
@@ -59,3 +61,58 @@ async def test_a_connection_is_hot_as_soon_as_this_period_says_so() -> None:
         handle = fan._hot_batch.handle
         assert handle is not None
         handle.cancel()
+
+
+async def test_a_streak_of_close_messages_makes_a_connection_hot() -> None:
+    """A connection whose counts say nothing yet (rate 0, few messages this period) is hot
+    after HOT_STREAK deliveries in a row, each within the quiet period of its last frame:
+    the counts would take ~50 messages. The streak counts while the worker is not batching
+    yet, so a worker that starts to has its hot connections at once; a pause ends it."""
+    async with direct_client() as (fan, client, reader):
+        assert not fan._batching
+        client.rate = 0
+        n = server_module.HOT_STREAK
+        for i in range(n):  # not batching: each written at once, each after the last
+            client.push(wire.reply("pong", None, n=i))
+        assert client.streak == n - 1
+        assert not fan._batch.clients
+        assert not fan._hot_batch.clients
+        fan._widen()  # the worker fell behind: batching, widest hot window
+        assert fan._batching
+        assert fan._hot_window_s == fan._max_window_s
+        client.push(wire.reply("pong", None, n=n))
+        assert client.streak == n
+        assert fan._hot_batch.clients == {client}
+        handle = fan._hot_batch.handle
+        assert handle is not None
+        handle.cancel()
+        fan._flush(fan._hot_batch)
+        want = sum(len(wire.reply("pong", None, n=i).ws_frame(wire.MSGPACK))
+                   for i in range(n + 1))
+        await asyncio.get_running_loop().run_in_executor(None, recv_exactly, reader, want)
+        client.last_sent -= fan._busy_quiet_s  # a pause: the streak ends
+        client.push(wire.reply("pong", None, n=n + 1))
+        assert client.streak == 0
+        assert not fan._hot_batch.clients
+
+
+async def test_a_worker_behind_the_store_widens_within_a_tick() -> None:
+    """send_many reading a delta applied longer than _behind_s ago switches batching on
+    with the widest hot window at once, without waiting for the ticker; a worker keeping up
+    leaves the policy to the ticker."""
+    async with direct_client() as (fan, client, reader):
+        fan._adapt(0.0, 0.1)  # idle: not batching; a cold connection is written at once
+        delta = Delta(market="m1", epoch="e", version=2, base=1, ts=0)
+        out = wire.delta(delta)
+        fan.hub.lateness_s = fan._behind_s / 2
+        fan.send_many([client], out, "m1", delta, time.monotonic())
+        assert not fan._batching
+        assert fan._hot_window_s == fan._window_s
+        fan.hub.lateness_s = fan._behind_s * 2
+        fan.send_many([client], out, "m1", delta, time.monotonic())
+        assert fan._batching
+        assert fan._hot_window_s == fan._max_window_s
+        assert fan._hot_min < float("inf")
+        frame = out.ws_frame(wire.MSGPACK)
+        await asyncio.get_running_loop().run_in_executor(  # both written at once
+            None, recv_exactly, reader, 2 * len(frame))
