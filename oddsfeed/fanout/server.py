@@ -565,12 +565,19 @@ class FanoutServer:
     def _adapt(self, cpu_s: float, wall_s: float) -> None:
         """Fold one tick's CPU share into the busy share; size the hot window from it (the
         widest while the node is behind the store) and the rate from which a connection is
-        hot from the window."""
+        hot from the window.
+
+        The share that sizes the window rises with the last tick alone and falls with the
+        smoothed one: a load that jumps gets batching 100 ms after it starts, not after the
+        two or three ticks the smoothed share needs to reach batch_min_busy (interleaved
+        A/B at 1,000 connections, 3,000 updates/s: p99 43-69 ms against 53-93 ms; 4,000/s:
+        65 and 77 ms against 93-117 ms, and one run of each side slowed by the VM)."""
         if wall_s <= 0:
             return
         self.tick_busy = min(1.0, cpu_s / wall_s)
         self.busy += BUSY_SMOOTHING * (self.tick_busy - self.busy)
-        share = 1.0 if self.hub.lateness_s > self._behind_s else self.busy
+        share = (1.0 if self.hub.lateness_s > self._behind_s
+                 else max(self.busy, self.tick_busy))
         if self._window_s:
             if share >= self._min_busy:
                 self._set_batching(True)

@@ -116,3 +116,20 @@ async def test_a_worker_behind_the_store_widens_within_a_tick() -> None:
         frame = out.ws_frame(wire.MSGPACK)
         await asyncio.get_running_loop().run_in_executor(  # both written at once
             None, recv_exactly, reader, 2 * len(frame))
+
+
+async def test_the_share_rises_with_the_last_tick_and_falls_with_the_smoothed_one() -> None:
+    """One busy tick after idle starts batching with a widened hot window; one idle tick
+    after a busy stretch does not stop it (the smoothed share is still high)."""
+    async with direct_client() as (fan, _client, _reader):
+        fan._adapt(0.0, 0.1)
+        assert not fan._batching
+        fan._adapt(0.09, 0.1)  # 90% of the last tick; smoothed 27%
+        assert fan.busy < fan._min_busy
+        assert fan._batching
+        assert fan._hot_window_s == fan._max_window_s
+        for _ in range(10):
+            fan._adapt(0.09, 0.1)
+        fan._adapt(0.0, 0.1)  # an idle tick: smoothed ~0.63
+        assert fan._batching
+        assert fan._window_s < fan._hot_window_s < fan._max_window_s
