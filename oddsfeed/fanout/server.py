@@ -78,8 +78,9 @@ HOT_STREAK = 3
 
 # A connection is cold when it gets at most this many messages per batching window on
 # average (25 a second with 2 ms windows), over the ticker's last visit period and so far in
-# this one: its messages are written at once even when it got a frame within the last
-# QUIET_WINDOWS windows, since they would hardly ever share a frame. (So far in this period
+# this one, and is not on a streak (HOT_STREAK): its messages are written at once even when
+# it got a frame within the last QUIET_WINDOWS windows, since they would hardly ever share a
+# frame. (So far in this period
 # too: a connection whose traffic jumps is warm again after that many messages, not up to a
 # period later; judged on the last period alone, 1,000 connections jumping from 0 to 150
 # messages/s were written one frame per message for a second and the worker fell behind.)
@@ -549,10 +550,8 @@ class FanoutServer:
 
     def _hot(self, client: Client) -> bool:
         """Whether ``client`` waits for the (widened) hot window: hot over the last visit
-        period, already in this one, or by its streak. After a jump in traffic the last
-        period's rate lags by up to a period, and meanwhile every message went out in its
-        own frame (1,000 connections jumping to 200 messages/s: the worker fell 100-180 ms
-        behind the store for the first second)."""
+        period, already in this one, or by its streak (see HOT_STREAK: the counts lag a
+        jump in traffic by up to a period)."""
         return (client.rate >= self._hot_min or client.received >= self._hot_min
                 or client.streak >= self._hot_streak)
 
@@ -595,8 +594,8 @@ class FanoutServer:
 
     def _widen(self) -> None:
         """The node read a delta later than _behind_s after its apply: batch with the widest
-        hot window now. The ticker's next _adapt sees the same lateness and keeps it; the
-        busy share alone takes two ticks or more to get there after a jump in load."""
+        hot window now, not at the next tick (up to 100 ms later, more on an overloaded
+        loop); the ticker's next _adapt sizes it again from lateness and busy share."""
         self._set_batching(True)
         self._set_hot_window(self._max_window_s)
 
