@@ -80,10 +80,10 @@ HOT_STREAK = 3
 # average (25 a second with 2 ms windows), over the ticker's last visit period and so far in
 # this one, and is not on a streak (HOT_STREAK): its messages are written at once even when
 # it got a frame within the last QUIET_WINDOWS windows, since they would hardly ever share a
-# frame. (So far in this period
-# too: a connection whose traffic jumps is warm again after that many messages, not up to a
-# period later; judged on the last period alone, 1,000 connections jumping from 0 to 150
-# messages/s were written one frame per message for a second and the worker fell behind.)
+# frame. (So far in this period too: a connection whose traffic jumps is warm again after
+# that many messages, not up to a period later; judged on the last period alone, 1,000
+# connections jumping from 0 to 150 messages/s were written one frame per message for a
+# second and the worker fell behind.)
 # At 10,000 connections getting 5 messages/s each, the ~10% of messages that met a
 # connection written to in the last 20 ms were queued and went out one per frame after the
 # update's other writes; writing them at once took ~5% less CPU and ~0.4 ms off p99 (the
