@@ -7,8 +7,9 @@ Rows: the normalising alone (no store), the full replay -> FeedRunner path one u
 time (FeedRunner.submit -> Store.apply, a round trip each), through one lane and through 8
 lanes (markets applied concurrently, in order within each market, as `oddsfeed ingest
 replay` does by default; each lane sends what waits in it, up to 64 updates, as one
-FeedRunner.submit_many -> Store.apply_many round trip), and a baseline of one plain HSET
-per message (the floor a round trip per update costs).
+FeedRunner.submit_many -> Store.apply_many round trip), the push endpoint (HTTP POSTs of
+100 messages on loopback, each one submit_many), and a baseline of one plain HSET per
+message (the floor a round trip per update costs).
 The file is a simulator recording (`oddsfeed record simulator` shape, 20 events x 3
 markets). Prints a table and writes JSON to bench/results/.
 """
@@ -23,19 +24,25 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+from aiohttp import web
 from redis.asyncio import Redis
 
 from ingest.normalised import to_message
+from ingest.push import build_push_app
 from ingest.replay import Normalizer, Recorder, parse_line, replay
 from ingest.runner import FeedRunner, Lanes
 from ingest.simulator import Simulator, SimulatorConfig
+from oddsfeed.auth import Authenticator
 from oddsfeed.embedded import EmbeddedValkey
+from oddsfeed.settings import load_settings
 from oddsfeed.store import Store
 
 from .common import environment, table, write_json
 
 COLUMNS = ["impl", "updates", "seconds", "per_s", "ratio"]
 LANES = 8
+PUSH_BATCH = 100
 
 
 def make_file(path: Path, messages: int) -> int:
@@ -93,6 +100,10 @@ async def run(quick: bool, messages: int | None = None) -> dict[str, Any]:
             await lanes.close()
             laned[n_lanes] = (feed, count, time.perf_counter() - t0,
                               len(await store.list_markets()))
+        await store.client.flushall()
+        push_feed = FeedRunner(store, "push:bench")
+        pushed, push_s = await _push(lines, push_feed)
+        push_markets = len(await store.list_markets())
         await store.close()
 
     def row(impl: str, count: int, secs: float, **extra: Any) -> dict[str, Any]:
@@ -108,8 +119,36 @@ async def run(quick: bool, messages: int | None = None) -> dict[str, Any]:
         rows.append(row(f"oddsfeed: replay -> {what} -> submit_many -> Store.apply_many "
                         "(batches <= 64)", count, secs, outcomes=feed.counts,
                         markets=n_markets))
+    rows.append(row(f"oddsfeed: HTTP POST /v1/push, {PUSH_BATCH} messages per request "
+                    "-> submit_many -> Store.apply_many", pushed, push_s,
+                    outcomes=push_feed.counts, markets=push_markets))
     return {"scenario": "ingest", "params": {"messages": n, "events": 20, "speed": 0},
             "env": env, "rows": rows, "columns": COLUMNS}
+
+
+async def _push(lines: list[str], feed: FeedRunner) -> tuple[int, float]:
+    """POST the recording's messages to the push endpoint (a JWT with odds:write, one
+    request at a time, PUSH_BATCH messages each) on loopback; returns (messages, seconds)."""
+    auth = Authenticator(load_settings(None, {}, {"auth.hs256_secret": "b" * 32}).auth)
+    app = web.AppRunner(build_push_app(feed, auth, max_body_bytes=16 << 20), access_log=None)
+    await app.setup()
+    site = web.TCPSite(app, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = app.addresses[0][1]
+        token = auth.mint("bench", ["odds:write"], ttl_s=3600, now_s=int(time.time()))
+        messages = [json.loads(line)["msg"] for line in lines]
+        headers = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession() as http:
+            t0 = time.perf_counter()
+            for i in range(0, len(messages), PUSH_BATCH):
+                async with http.post(f"http://127.0.0.1:{port}/v1/push", headers=headers,
+                                     json={"messages": messages[i:i + PUSH_BATCH]}) as r:
+                    r.raise_for_status()
+                    await r.read()
+            return len(messages), time.perf_counter() - t0
+    finally:
+        await app.cleanup()
 
 
 def main() -> None:

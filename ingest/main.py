@@ -125,8 +125,7 @@ async def run_adapter(adapter: str, opts: dict[str, Any], store: Applier, settin
             state = StreamState(mapping=mapping)
 
             async def on_updates(updates: list[MarketUpdate]) -> None:
-                for u in updates:
-                    await runner.submit(u)
+                await runner.submit_many(updates)  # pipelined, same outcomes as one by one
 
             await run_stream(str(opts["address"]), state, on_updates, runner.bad, stop=stop,
                              market_filter=json.loads(opts.get("filter") or "{}"),
@@ -192,18 +191,17 @@ async def _http_poll(runner: FeedRunner, opts: dict[str, Any], mapping: Mapping,
 
     async def on_events(events: list[Any]) -> None:
         now = int(time.time() * 1000)
+        updates: list[MarketUpdate] = []
         for ev in events:
             if recorder:
                 recorder("oddsapi", ev)
             try:
-                updates = normalize_event(ev, bookmaker=bookmaker, odds_format=fmt,
-                                          now_ms=now, mapping=mapping)
+                updates += normalize_event(ev, bookmaker=bookmaker, odds_format=fmt,
+                                           now_ms=now, mapping=mapping)
             except ProviderDataError as exc:
                 runner.bad(exc, ev)
-                continue
-            for u in updates:
-                markets.add(u.market)
-                await runner.submit(u)
+        markets.update(u.market for u in updates)
+        await runner.submit_many(updates)  # one poll: pipelined, same outcomes as one by one
 
     async def on_not_modified() -> None:
         await runner.alive(markets)
