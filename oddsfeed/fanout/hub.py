@@ -94,8 +94,9 @@ class Client:
         # many it got in the visit period before (hot connections share frames when busy)
         self.received = 0
         self.rate = 0
-        # deliveries in a row that came within the server's quiet period of its last frame
-        # (a connection whose traffic jumps is known to be hot within a few messages)
+        # deliveries in a row that came within the server's quiet period of its last frame,
+        # up to the server's HOT_STREAK (a connection whose traffic jumps is known to be hot
+        # within a few messages)
         self.streak = 0
 
     def __hash__(self) -> int:

@@ -445,9 +445,11 @@ class FanoutServer:
         before it is written or queued."""
         gap = now - client.last_sent
         # the streak counts whether the worker batches or not: when it starts to (_widen),
-        # the connections whose traffic jumped are hot at once
+        # the connections whose traffic jumped are hot at once. It stops at HOT_STREAK (all
+        # that is ever asked of it), so a hot connection's deliveries write nothing here
         if gap < self._busy_quiet_s:
-            client.streak += 1
+            if client.streak < HOT_STREAK:
+                client.streak += 1
         else:
             client.streak = 0
         recent = gap < self._quiet_s
