@@ -8,15 +8,18 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Dependencies first so code changes do not re-resolve them.
-COPY pyproject.toml ./
-RUN mkdir -p oddsfeed && touch oddsfeed/__init__.py \
-    && pip install . && pip uninstall -y oddsfeed && rm -rf oddsfeed build
+# uv itself from its hash-pinned requirement; then exactly uv.lock, nothing resolved.
+COPY requirements-uv.txt ./
+RUN pip install --require-hashes --no-deps --target /opt/uv -r requirements-uv.txt
+ENV UV_PROJECT_ENVIRONMENT=/opt/venv UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy
+# Dependencies first (a layer that changes only with the lock), then the project.
+COPY pyproject.toml uv.lock ./
+COPY clients/python/pyproject.toml clients/python/
+RUN /opt/uv/bin/uv sync --frozen --no-install-project --no-install-workspace --no-editable
 COPY . .
-RUN pip install --no-deps . && rm -rf build
+RUN /opt/uv/bin/uv sync --frozen --no-editable && rm -rf build
 
 # ---- final: slim runtime, non-root
 FROM python:3.11-slim

@@ -5,24 +5,56 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-CLIENT := $(wildcard clients/python/pyproject.toml)
 # Lint only the packages that exist yet (ingest/ arrives later).
 LINT_PATHS := $(wildcard oddsfeed ingest)
 
-.PHONY: venv test lint pytest run bench clean
+# uv installs the lock. It is bootstrapped from PyPI into .uv/ with the hashes in
+# requirements-uv.txt, so a fresh machine needs nothing but Python, pip, make and gcc.
+UV_VERSION := 0.13.9
+UV     := .uv/bin/uv
+# uv uses the interpreter make found, never downloads one, and installs into .venv.
+export UV_PYTHON := $(PYTHON)
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: venv test lint pytest run bench clean lock test-latest
 
 venv: $(STAMP)
 
-# Re-installs only when pyproject.toml (or the client's), setup.py or the C extension
-# changes; otherwise a no-op. (gcc builds oddsfeed/fanout/_send.c, the fan-out's C send
-# loop; without a compiler the install still succeeds and the server does without it.)
-$(STAMP): pyproject.toml setup.py oddsfeed/fanout/_send.c $(CLIENT)
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	@if [ -f clients/python/pyproject.toml ]; then \
-		$(BIN)/python -m pip install -q -e clients/python; fi
+$(UV): requirements-uv.txt
+	$(PYTHON) -m pip install -q --disable-pip-version-check --no-deps --require-hashes \
+		--upgrade --target .uv -r requirements-uv.txt
 	@touch $@
+
+# Installs exactly uv.lock (runtime, dev extras and the SDK; --frozen: nothing is resolved),
+# and again only when the lock, a pyproject or the C extension changes. (gcc builds
+# oddsfeed/fanout/_send.c, the fan-out's C send loop; without a compiler the install still
+# succeeds and the server does without it.)
+$(STAMP): $(UV) uv.lock pyproject.toml setup.py oddsfeed/fanout/_send.c clients/python/pyproject.toml
+	$(UV) sync -q --frozen --all-extras
+	@touch $@
+
+# Refreshes uv.lock to the newest versions pyproject allows (and requirements-uv.txt to
+# UV_VERSION's hashes); review the diff, run `make test`, commit both.
+lock: $(UV)
+	$(UV) lock --upgrade
+	echo "uv==$(UV_VERSION)" | $(UV) pip compile -q --generate-hashes --no-header \
+		--python-version 3.11 - -o requirements-uv.txt.new
+	{ sed -n '1,2p' requirements-uv.txt; cat requirements-uv.txt.new; } > requirements-uv.txt.tmp
+	rm requirements-uv.txt.new && mv requirements-uv.txt.tmp requirements-uv.txt
+
+# Lint and tests against the newest releases, in a throw-away venv, without touching the
+# lock or .venv: shows upstream drift before `make lock` takes it in.
+LATEST := .venv-latest
+test-latest: $(UV)
+	rm -rf $(LATEST)
+	$(UV) venv -q $(LATEST)
+	VIRTUAL_ENV=$(LATEST) $(UV) pip install -q --refresh -e '.[dev]' -e clients/python
+	@VIRTUAL_ENV=$(LATEST) $(UV) pip list --format freeze | grep -iE \
+		'^(websockets|redis|aiohttp|pydantic|mypy|ruff|uvloop|msgpack|pytest)==' | tr '\n' ' '; echo
+	$(LATEST)/bin/ruff check $(LINT_PATHS) tests
+	$(LATEST)/bin/mypy $(LINT_PATHS)
+	$(LATEST)/bin/pytest -q
 
 lint: venv
 	$(BIN)/ruff check $(LINT_PATHS) tests
@@ -41,6 +73,6 @@ bench: venv
 	$(BIN)/python -m bench --quick
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis \
+	rm -rf $(VENV) $(LATEST) .uv build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis \
 		tests/artifacts
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

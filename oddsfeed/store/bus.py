@@ -83,7 +83,10 @@ class _Shard:
 
     async def close(self) -> None:
         with contextlib.suppress(*_ERRORS):
-            await self.pubsub.aclose()  # type: ignore[no-untyped-call]
+            # Typed through a variable: redis-py < 8.2 leaves aclose unannotated, newer
+            # releases annotate it, and the call must type-check against both.
+            aclose: Callable[[], Awaitable[object]] = self.pubsub.aclose
+            await aclose()
         with contextlib.suppress(*_ERRORS):
             await self.client.aclose()
 
