@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from oddsfeed.embedded import free_port
+from tests.sysdeps import debian_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -23,15 +23,7 @@ CHROMIUM = "/usr/bin/chromium"
 
 def chromium() -> str:
     """The Chromium binary; installs Debian's package when missing and we are root."""
-    if os.path.exists(CHROMIUM):
-        return CHROMIUM
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False,
-                       capture_output=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian chromium is not installed and cannot be installed here")
-    return CHROMIUM
+    return debian_binary(CHROMIUM, "chromium")
 
 
 @pytest.fixture
