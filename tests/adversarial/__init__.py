@@ -1,0 +1,1 @@
+"""Adversarial tests: hostile clients, bad input and store faults against real servers."""
