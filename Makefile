@@ -49,8 +49,8 @@ LATEST := .venv-latest
 test-latest: $(UV)
 	rm -rf $(LATEST)
 	$(UV) venv -q $(LATEST)
-	VIRTUAL_ENV=$(LATEST) $(UV) pip install -q --refresh -e '.[dev]' -e clients/python
-	@VIRTUAL_ENV=$(LATEST) $(UV) pip list --format freeze | grep -iE \
+	$(UV) pip install -q --python $(LATEST)/bin/python --refresh -e '.[dev]' -e clients/python
+	@$(UV) pip list --python $(LATEST)/bin/python --format freeze | grep -iE \
 		'^(websockets|redis|aiohttp|pydantic|mypy|ruff|uvloop|msgpack|pytest)==' | tr '\n' ' '; echo
 	$(LATEST)/bin/ruff check $(LINT_PATHS) tests
 	$(LATEST)/bin/mypy $(LINT_PATHS)
