@@ -540,6 +540,9 @@ async def _read(link: _Link, state: StreamState,
             if isinstance(msg, dict) and msg.get("op") == "connection":
                 log.info("stream connection accepted", connection_id=str(
                     msg.get("connectionId", ""))[:80])
+            elif isinstance(msg, dict) and msg.get("op") == "status" and msg.get("id") == 0:
+                log.info("stream logged in",
+                         connections_available=msg.get("connectionsAvailable"))
             for err in out.errors:
                 on_bad(err)
             if out.updates:
