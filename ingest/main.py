@@ -2,7 +2,8 @@
 `oddsfeed record ADAPTER` (the CLI calls :func:`run_adapter`). It owns no provider format.
 
 Each adapter feeds one :class:`~ingest.runner.FeedRunner` whose source is
-``<adapter>:<feed id>``; the runner's watcher suspends markets whose source went silent.
+``<adapter>:<feed id>`` (``push:<feed id>@<token subject>`` per pusher); the runner's
+watcher suspends markets whose source went silent.
 """
 
 from __future__ import annotations
