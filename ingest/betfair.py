@@ -8,15 +8,20 @@ in_play, ``betDelay`` (s) -> bet_delay_ms, runner REMOVED -> removed selection, 
 available-to-back price (``batb`` level 0, else the best of ``atb``) -> selection price; a
 ladder entry of size 0 deletes that level; ``img`` replaces the market.
 
-Thin I/O at the bottom (:func:`run_stream`): connect, subscribe (re-subscribing with the last
-``initialClk``/``clk`` after a disconnect), read lines, treat a link silent for 3 heartbeat
-intervals as dead, and reconnect with jittered exponential backoff.
+Thin I/O at the bottom (:func:`run_stream`): connect, log in (``authentication`` with the
+application key and session token, sent before anything else), subscribe (re-subscribing
+with the last ``initialClk``/``clk`` after a disconnect), read lines, treat a link silent
+for 3 heartbeat intervals as dead, and reconnect with jittered exponential backoff. Only a
+connection that carried market data (an ``mcm``) resets the backoff: a refused login or
+subscription is a failure like any other. What a ``status`` FAILURE's ``errorCode`` means
+for the next connection is decided by the pure :func:`failure_action`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import random
 from collections.abc import Awaitable, Callable
@@ -27,7 +32,7 @@ import structlog
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import WebSocketException
 
-from oddsfeed.errors import InvalidInput, ProviderDataError
+from oddsfeed.errors import InvalidInput, OddsfeedError, ProviderDataError
 from oddsfeed.model import MAX_BET_DELAY_MS, MarketUpdate
 from oddsfeed.prices import from_decimal
 
@@ -38,6 +43,40 @@ STATUS = {"OPEN": "open", "SUSPENDED": "suspended", "CLOSED": "closed", "INACTIV
 KINDS = {"MATCH_ODDS": "1x2", "ASIAN_HANDICAP": "handicap", "HANDICAP": "handicap"}
 MAX_LINE_BYTES = 1 << 22
 log = structlog.get_logger("oddsfeed.ingest.betfair")
+
+# The Exchange Stream API's status error codes, by what the next connection should do.
+# Fatal: the same credentials or request can only be refused again.
+FATAL_CODES = frozenset({"NO_APP_KEY", "INVALID_APP_KEY", "NO_SESSION",
+                         "INVALID_SESSION_INFORMATION", "NOT_AUTHORIZED", "INVALID_INPUT",
+                         "INVALID_REQUEST"})
+# The provider counts our connections or subscriptions: wait the longest backoff.
+LIMIT_CODES = frozenset({"SUBSCRIPTION_LIMIT_EXCEEDED", "MAX_CONNECTION_LIMIT_EXCEEDED",
+                         "TOO_MANY_REQUESTS"})
+# The clocks we resumed from are unknown to the provider: subscribe afresh for an image.
+CLOCK_CODES = frozenset({"INVALID_CLOCK"})
+
+
+def failure_action(error_code: str) -> str:
+    """What a status FAILURE's ``errorCode`` asks of the client: ``fatal`` (stop: bad
+    credentials or a request the provider will never accept), ``fresh_image`` (subscribe
+    without clocks), ``limit`` (wait the longest backoff) or ``retry`` (TIMEOUT,
+    UNEXPECTED_ERROR, CONNECTION_FAILED and codes we do not know: back off and reconnect)."""
+    if error_code in FATAL_CODES:
+        return "fatal"
+    if error_code in CLOCK_CODES:
+        return "fresh_image"
+    if error_code in LIMIT_CODES:
+        return "limit"
+    return "retry"
+
+
+class StreamRefused(OddsfeedError):
+    """The provider refused the stream for good (bad app key, invalid session, ...):
+    ``error_code`` is its status errorCode."""
+
+    def __init__(self, error_code: str, message: str) -> None:
+        self.error_code = error_code
+        super().__init__(message)
 
 
 @dataclass
@@ -56,7 +95,9 @@ class StreamOutput:
     updates: list[MarketUpdate] = field(default_factory=list)
     errors: list[ProviderDataError] = field(default_factory=list)
     heartbeat: bool = False
-    lagging: bool = False
+    market_data: bool = False  # an mcm: the subscription is live
+    lagging: bool = False  # an mcm with status 503: the provider says its data is behind
+    error_code: str | None = None  # a status FAILURE's errorCode
     closed: bool = False  # the provider said it is closing the connection
 
 
@@ -144,21 +185,31 @@ class StreamState:
         out = StreamOutput()
         if op == "status":
             if msg.get("statusCode") == "FAILURE":
-                log.warning("stream status failure", error_code=msg.get("errorCode"),
-                            message=str(msg.get("errorMessage", ""))[:200])
+                out.error_code = str(msg.get("errorCode") or "UNEXPECTED_ERROR")[:60]
+                log.warning("stream status failure", error_code=out.error_code,
+                            message=str(msg.get("errorMessage", ""))[:200],
+                            connection_closed=msg.get("connectionClosed") is True)
             out.closed = msg.get("connectionClosed") is True
             return out
         if op != "mcm":
             if not isinstance(op, str):
                 raise _bad("a message needs op", msg)
             return out  # connection, authentication acks and others carry no odds
-        if msg.get("status") == 503:
-            out.lagging = True
-            self.lag_reports += 1
-            log.info("provider lag reported (status 503)", provider=PROVIDER, pt=msg.get("pt"))
+        out.market_data = True
         for key in ("initialClk", "clk"):
             if key in msg and not isinstance(msg[key], str):
                 raise _bad(f"{key} must be a string token", msg)
+        if msg.get("status") == 503:
+            # A documented lag notice, not bad data: it may come without pt or market
+            # changes, and its clocks still count.
+            out.lagging = True
+            self.lag_reports += 1
+            log.info("provider lag reported (status 503)", provider=PROVIDER, pt=msg.get("pt"))
+            if not msg.get("mc"):
+                self.clk = msg.get("clk", self.clk)
+                self.initial_clk = msg.get("initialClk", self.initial_clk)
+                out.heartbeat = True
+                return out
         hb = msg.get("heartbeatMs")
         if hb is not None and (isinstance(hb, bool) or not isinstance(hb, int) or hb <= 0):
             raise _bad("heartbeatMs must be a positive integer", msg)
@@ -271,6 +322,11 @@ class StreamState:
         """Our ids of every market this stream has produced."""
         return list(self.ours.values())
 
+    def forget_clocks(self) -> None:
+        """Drop the clocks, so the next :meth:`subscription` asks for a fresh image (after
+        INVALID_CLOCK); the markets' ladders are replaced by that image."""
+        self.clk = self.initial_clk = None
+
     def subscription(self, market_filter: dict[str, Any], *, request_id: int = 1
                      ) -> dict[str, Any]:
         """The marketSubscription to send on (re)connect: it resumes from the last clocks."""
@@ -346,6 +402,15 @@ async def _open(address: str) -> _Link:
     return _TcpLink(reader, writer)
 
 
+@dataclass
+class _LinkEnd:
+    """How one connection ended: whether it carried market data, and the status FAILURE
+    code that ended it (None: closed, silent or stopped)."""
+
+    market_data: bool = False
+    error_code: str | None = None
+
+
 async def run_stream(address: str, state: StreamState,
                      on_updates: Callable[[list[MarketUpdate]], Awaitable[None]],
                      on_bad: Callable[[ProviderDataError], None], *,
@@ -353,21 +418,31 @@ async def run_stream(address: str, state: StreamState,
                      market_filter: dict[str, Any] | None = None,
                      authentication: dict[str, Any] | None = None,
                      on_alive: Callable[[], Awaitable[None]] | None = None,
+                     on_lag: Callable[[bool], None] | None = None,
                      on_raw: Callable[[Any], None] | None = None,
+                     keep_trying: bool = False,
                      min_backoff_s: float = 0.1, max_backoff_s: float = 30.0,
                      rng: random.Random | None = None) -> int:
     """Stream from ``address`` (``HOST:PORT`` for TCP, ``tls://HOST:PORT``, or a ``ws://`` /
     ``wss://`` URL) until ``stop``.
 
-    Sends ``authentication`` (if given) and the subscription on every connect, with the last
-    clocks after a reconnect. Good updates go to ``on_updates``, bad data to ``on_bad``,
-    heartbeats and other signs of life to ``on_alive``, and each raw message to ``on_raw``
-    (for recording). Returns the number of connections made.
+    Sends ``authentication`` (if given: ``{"op": "authentication", "appKey", "session"}``,
+    never logged) first and then the subscription on every connect, with the last clocks
+    after a reconnect. Good updates go to ``on_updates``, bad data to ``on_bad``, heartbeats
+    and other signs of life to ``on_alive``, each mcm's lag state (True for a status 503
+    notice) to ``on_lag``, and each raw message to ``on_raw`` (for recording).
+
+    Every failed connection (refused, closed or silent before any mcm, or ended by a status
+    FAILURE) doubles the backoff, with jitter, up to ``max_backoff_s``; SUBSCRIPTION_LIMIT_
+    EXCEEDED and MAX_CONNECTION_LIMIT_EXCEEDED wait ``max_backoff_s``; INVALID_CLOCK drops
+    the clocks for a fresh image. Raises StreamRefused on a fatal code (bad app key, invalid
+    session, ...) unless ``keep_trying``. Returns the number of connections made.
     """
     rng = rng or random.Random()
     backoff = min_backoff_s
     connects = 0
     while not stop.is_set():
+        end = _LinkEnd()
         try:
             link = await _open(address)
         except (OSError, WebSocketException, TimeoutError, ValueError) as exc:
@@ -375,14 +450,17 @@ async def run_stream(address: str, state: StreamState,
         else:
             connects += 1
             log.info("stream connected", address=address, connects=connects,
-                     resume=state.clk is not None)
+                     resume=state.clk is not None, login=authentication is not None)
             try:
                 if authentication:
-                    await link.send(json.dumps(authentication).encode())
+                    await link.send(json.dumps({"op": "authentication", "id": 0,
+                                                **authentication}).encode())
                 await link.send(json.dumps(state.subscription(market_filter or {},
                                                               request_id=connects)).encode())
-                if await _read(link, state, on_updates, on_bad, on_alive, on_raw, stop):
-                    backoff = min_backoff_s  # the link carried data: start backoff afresh
+                end = await _read(link, state, on_updates, on_bad, on_alive, on_lag, on_raw,
+                                  stop, resubscribe=functools.partial(
+                                      state.subscription, market_filter or {},
+                                      request_id=connects))
             except (OSError, asyncio.IncompleteReadError, WebSocketException) as exc:
                 log.warning("stream dropped", address=address, error=str(exc))
             finally:
@@ -390,8 +468,22 @@ async def run_stream(address: str, state: StreamState,
                     await link.close()
         if stop.is_set():
             break
+        if end.market_data:
+            backoff = min_backoff_s  # the link carried market data: start backoff afresh
+        if end.error_code is not None:
+            action = failure_action(end.error_code)
+            if action == "fatal" and not keep_trying:
+                raise StreamRefused(end.error_code, (
+                    f"the provider refused the stream with {end.error_code}: check the "
+                    "application key and session token (or pass --keep-trying)"))
+            if action == "fresh_image":
+                state.forget_clocks()
+            elif action == "limit":
+                backoff = max_backoff_s
         wait = backoff * (0.5 + rng.random())  # jitter: reconnects do not arrive in step
         backoff = min(backoff * 2, max_backoff_s)
+        log.info("stream reconnecting", address=address, in_s=round(wait, 2),
+                 error_code=end.error_code)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), wait)
     return connects
@@ -401,9 +493,11 @@ async def _read(link: _Link, state: StreamState,
                 on_updates: Callable[[list[MarketUpdate]], Awaitable[None]],
                 on_bad: Callable[[ProviderDataError], None],
                 on_alive: Callable[[], Awaitable[None]] | None,
-                on_raw: Callable[[Any], None] | None, stop: asyncio.Event) -> bool:
-    """Read one connection until it ends, goes silent or ``stop``; True if it carried data."""
-    got = False
+                on_lag: Callable[[bool], None] | None,
+                on_raw: Callable[[Any], None] | None, stop: asyncio.Event, *,
+                resubscribe: Callable[[], dict[str, Any]]) -> _LinkEnd:
+    """Read one connection until it ends, goes silent, fails or ``stop``."""
+    end = _LinkEnd()
     stopper = asyncio.ensure_future(stop.wait())
     try:
         while not stop.is_set():
@@ -418,11 +512,10 @@ async def _read(link: _Link, state: StreamState,
                 if not stop.is_set():
                     log.warning("stream silent past 3 heartbeats: reconnecting",
                                 silent_s=silent_s)
-                return got
+                return end
             line = reader.result()
             if not line:
-                return got  # closed by the provider
-            got = True
+                return end  # closed by the provider
             try:
                 msg = json.loads(line)
             except (ValueError, UnicodeDecodeError):
@@ -436,16 +529,34 @@ async def _read(link: _Link, state: StreamState,
             except ProviderDataError as exc:
                 on_bad(exc)
                 continue
+            if out.error_code is not None:
+                if out.closed or failure_action(out.error_code) != "fresh_image":
+                    end.error_code = out.error_code
+                    return end
+                # The link stays open: ask again without clocks for a fresh image.
+                state.forget_clocks()
+                await link.send(json.dumps(resubscribe()).encode())
+                continue
+            if isinstance(msg, dict) and msg.get("op") == "connection":
+                log.info("stream connection accepted", connection_id=str(
+                    msg.get("connectionId", ""))[:80])
+            elif isinstance(msg, dict) and msg.get("op") == "status" and msg.get("id") == 0:
+                log.info("stream logged in",
+                         connections_available=msg.get("connectionsAvailable"))
             for err in out.errors:
                 on_bad(err)
             if out.updates:
                 await on_updates(out.updates)
-            if on_alive is not None:
-                # Any good message proves the link live; a busy link sends no heartbeats,
-                # so quiet markets on it are still current.
-                await on_alive()
+            if out.market_data:
+                end.market_data = True
+                if on_lag is not None:
+                    on_lag(out.lagging)
+                if on_alive is not None:
+                    # Any good mcm proves the link live; a busy link sends no heartbeats,
+                    # so quiet markets on it are still current.
+                    await on_alive()
             if out.closed:
-                return got
+                return end
     finally:
         stopper.cancel()
-    return got
+    return end

@@ -2,7 +2,8 @@
 `oddsfeed record ADAPTER` (the CLI calls :func:`run_adapter`). It owns no provider format.
 
 Each adapter feeds one :class:`~ingest.runner.FeedRunner` whose source is
-``<adapter>:<feed id>``; the runner's watcher suspends markets whose source went silent.
+``<adapter>:<feed id>`` (``push:<feed id>@<token subject>`` per pusher); the runner's
+watcher suspends markets whose source went silent.
 """
 
 from __future__ import annotations
@@ -85,15 +86,19 @@ async def run_adapter(adapter: str, opts: dict[str, Any], store: Applier, settin
 
     ``opts`` are the CLI options: ``feed_id``, ``file``/``speed``/``lanes`` (replay), ``url``/
     ``bookmaker``/``odds_format``/``interval``/``timeout`` (http-poll), ``address``/
-    ``filter`` (stream), ``port`` (push), ``events``/``seed``/``rate`` (simulator),
-    ``metrics_port`` (0: no metrics endpoint).
+    ``filter``/``keep_trying`` (stream), ``port`` (push), ``events``/``seed``/``rate``
+    (simulator), ``metrics_port`` (0: no metrics endpoint). The stream logs in with
+    ``settings.ingest.app_key`` and ``session`` when either is set. Raises StreamRefused
+    when the stream provider refuses the credentials (unless ``keep_trying``).
     """
     if adapter not in ADAPTERS:
         raise ValueError(f"unknown adapter {adapter!r}; use one of {', '.join(ADAPTERS)}")
     feed_id = str(opts.get("feed_id") or "1")
     source = f"{adapter}:{feed_id}"
+    # The push endpoint answers its pushers: a store outage is a 503 at once, not a wait.
     runner = FeedRunner(store if recorder is None else _Recording(), source,
-                        staleness_s=settings.ingest.staleness_s)
+                        staleness_s=settings.ingest.staleness_s,
+                        store_retries=1 if adapter == "push" else 6)
     if mappings is None:
         mappings = load_mappings(Path(settings.ingest.mapping_file))
     mapping = mappings.get(PROVIDERS.get(adapter, adapter), Mapping())
@@ -120,7 +125,9 @@ async def run_adapter(adapter: str, opts: dict[str, Any], store: Applier, settin
             finally:
                 await lanes.close()
         elif adapter == "http-poll":
-            await _http_poll(runner, opts, mapping, stop, recorder)
+            api_key = settings.ingest.api_key.get_secret_value()
+            await _http_poll(runner, opts, mapping, stop, recorder,
+                             {"apiKey": api_key} if api_key else {})
         elif adapter == "stream":
             state = StreamState(mapping=mapping)
 
@@ -129,7 +136,9 @@ async def run_adapter(adapter: str, opts: dict[str, Any], store: Applier, settin
 
             await run_stream(str(opts["address"]), state, on_updates, runner.bad, stop=stop,
                              market_filter=json.loads(opts.get("filter") or "{}"),
-                             on_alive=runner.alive,
+                             authentication=_stream_login(settings),
+                             keep_trying=bool(opts.get("keep_trying")),
+                             on_alive=runner.alive, on_lag=runner.lagging,
                              on_raw=(lambda m: recorder("betfair", m)) if recorder else None)
         elif adapter == "push":
             port = int(opts.get("port") or 8090)
@@ -152,6 +161,15 @@ async def run_adapter(adapter: str, opts: dict[str, Any], store: Applier, settin
             await metrics_runner.cleanup()
         log.info("ingest stopped", **runner.health())
     return runner
+
+
+def _stream_login(settings: Settings) -> dict[str, Any] | None:
+    """The stream's ``authentication`` fields (appKey, session), None when neither is set."""
+    app_key = settings.ingest.app_key.get_secret_value()
+    session = settings.ingest.session.get_secret_value()
+    if not app_key and not session:
+        return None
+    return {"appKey": app_key, "session": session}
 
 
 class _SubmitAll:
@@ -184,10 +202,13 @@ async def _simulator(runner: FeedRunner, opts: dict[str, Any], settings: Setting
 
 
 async def _http_poll(runner: FeedRunner, opts: dict[str, Any], mapping: Mapping,
-                     stop: asyncio.Event, recorder: Recorder | None) -> None:
+                     stop: asyncio.Event, recorder: Recorder | None,
+                     params: dict[str, str]) -> None:
     bookmaker = opts.get("bookmaker") or ""
     fmt = opts.get("odds_format") or "decimal"
-    markets: set[str] = set()
+    # A 304 means "the same body as the last 200": only that body's markets are alive, so
+    # an event that left the feed goes stale even while the provider answers 304.
+    last_body: set[str] = set()
 
     async def on_events(events: list[Any]) -> None:
         now = int(time.time() * 1000)
@@ -200,13 +221,14 @@ async def _http_poll(runner: FeedRunner, opts: dict[str, Any], mapping: Mapping,
                                            now_ms=now, mapping=mapping)
             except ProviderDataError as exc:
                 runner.bad(exc, ev)
-        markets.update(u.market for u in updates)
         await runner.submit_many(updates)  # one poll: pipelined, same outcomes as one by one
+        last_body.clear()
+        last_body.update(u.market for u in updates)
 
     async def on_not_modified() -> None:
-        await runner.alive(markets)
+        await runner.alive(last_body)
 
     poller = Poller(str(opts["url"]), on_events, interval_s=float(opts.get("interval") or 5.0),
-                    timeout_s=float(opts.get("timeout") or 10.0),
+                    timeout_s=float(opts.get("timeout") or 10.0), params=params,
                     on_not_modified=on_not_modified, on_bad=runner.bad)
     await poller.run(stop)

@@ -111,6 +111,22 @@ def normalize_event(event: object, *, bookmaker: str, odds_format: str, now_ms: 
                                 raw=event) from None
 
 
+_SECRET_PARAMS = frozenset({"apikey", "api_key", "key", "token", "access_token"})
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the values of credential query parameters (apiKey, key, token, ...)
+    replaced by ``***``, for logs."""
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url
+    parts = []
+    for pair in query.split("&"):
+        name, eq, _ = pair.partition("=")
+        parts.append(f"{name}=***" if eq and name.lower() in _SECRET_PARAMS else pair)
+    return f"{base}?{'&'.join(parts)}"
+
+
 def retry_after_s(value: str | None, now_s: float) -> float | None:
     """Seconds to wait from a Retry-After header (delta seconds or an HTTP date)."""
     if not value:
@@ -127,15 +143,19 @@ class Poller:
     """Polls ``url`` every ``interval_s``; hands each good response's events to
     ``on_events``, calls ``on_not_modified`` on a 304 and ``on_bad`` for a response that is
     not a JSON list. Errors and 429 back off exponentially with jitter (at least
-    Retry-After) up to ``max_backoff_s``."""
+    Retry-After) up to ``max_backoff_s``. ``params`` are extra query parameters (the API
+    key); logs show the URL with credentials masked."""
 
     def __init__(self, url: str, on_events: Callable[[list[Any]], Awaitable[None]], *,
                  interval_s: float = 5.0, timeout_s: float = 10.0, max_backoff_s: float = 120.0,
                  on_not_modified: Callable[[], Awaitable[None]] | None = None,
                  on_bad: Callable[[ProviderDataError], None] | None = None,
                  headers: dict[str, str] | None = None,
+                 params: dict[str, str] | None = None,
                  rng: random.Random | None = None) -> None:
         self.url = url
+        self.params = params or {}
+        self.shown_url = redact_url(url)
         self.on_events = on_events
         self.on_not_modified = on_not_modified
         self.on_bad = on_bad
@@ -158,7 +178,7 @@ class Poller:
             headers["If-None-Match"] = self.etag
         self.polls += 1
         try:
-            async with session.get(self.url, headers=headers,
+            async with session.get(self.url, headers=headers, params=self.params,
                                    timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as r:
                 if r.status == 304:
                     self.not_modified += 1
@@ -169,18 +189,18 @@ class Poller:
                 if r.status == 429:
                     self.errors += 1
                     wait = retry_after_s(r.headers.get("Retry-After"), time.time())
-                    log.warning("poll throttled (429)", url=self.url, retry_after_s=wait)
+                    log.warning("poll throttled (429)", url=self.shown_url, retry_after_s=wait)
                     return self._backoff(wait)
                 if r.status >= 400:
                     self.errors += 1
-                    log.warning("poll failed", url=self.url, status=r.status)
+                    log.warning("poll failed", url=self.shown_url, status=r.status)
                     return self._backoff(retry_after_s(r.headers.get("Retry-After"),
                                                        time.time()))
                 body = await r.read()
                 etag = r.headers.get("ETag")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self.errors += 1
-            log.warning("poll failed", url=self.url, error=f"{type(exc).__name__}: {exc}")
+            log.warning("poll failed", url=self.shown_url, error=f"{type(exc).__name__}: {exc}")
             return self._backoff()
         try:
             data = _json_list(body)

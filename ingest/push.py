@@ -3,8 +3,22 @@ JSON (bearer JWT with scope ``odds:write``). Must not write to the store except 
 runner.
 
 ``POST /v1/push`` with ``{"messages": [<message>, ...]}`` (see :mod:`ingest.normalised`)
-answers ``200 {"results": [{"ok": bool, "outcome"?: str, "error"?: str}, ...]}``, one result
-per message in order; a bad message is skipped and the rest of the batch still applies.
+answers ``200 {"results": [{"ok": bool, "outcome"?: str, "error"?: str, "last_seq"?: int},
+...]}``, one result per message in order; a bad message is skipped and the rest of the batch
+still applies. ``ok`` is true only when the store holds the message's state (created,
+changed, or noop: already so); an update out of order (its ``seq`` not above ``last_seq``)
+or rejected answers ``ok: false`` and is counted under its outcome in
+``oddsfeed_ingest_messages_total``.
+
+Isolation: each token subject (``sub``) writes under its own source ``push:<feed>@<sub>``, so
+the store orders each pusher's seqs apart: a pusher that sends a huge ``seq`` holds back only
+its own later updates of that market (and is told so), never another pusher's. Pushers
+sharing one token share one ordering. No bound is put on how far a seq may jump: a first
+seq has nothing to be compared with, and seqs are often timestamps of any unit.
+
+A body that is not JSON, or nested too deeply to parse, answers 400; while the store is
+unreachable the endpoint answers 503 with Retry-After at once (the runner does not retry),
+and any message of that batch may have been applied: sending it again is safe with seqs.
 """
 
 from __future__ import annotations
@@ -16,19 +30,35 @@ from typing import Any
 from aiohttp import web
 
 from oddsfeed.auth import WRITE, Authenticator, AuthError
-from oddsfeed.errors import ProviderDataError
+from oddsfeed.errors import ProviderDataError, StoreError
 from oddsfeed.model import MarketUpdate
 
-from .normalised import Mapping, normalize_message
+from .normalised import Mapping, normalize_message, safe_id
 from .runner import FeedRunner
 
 MAX_BATCH = 1000
-_ACCEPTED = ("created", "changed", "noop", "outoforder")
+RETRY_AFTER_S = 1
+_APPLIED = ("created", "changed", "noop")
 
 
 def _problem(status: int, title: str, detail: str) -> web.Response:
     return web.json_response({"title": title, "status": status, "detail": detail},
                              status=status, content_type="application/problem+json")
+
+
+def _result(update: MarketUpdate, outcome: Any) -> dict[str, Any]:
+    """One message's entry in the answer."""
+    if outcome is None:  # recording: nothing applied, nothing refused
+        return {"ok": True, "outcome": "recorded"}
+    name = type(outcome).__name__.lower()
+    result: dict[str, Any] = {"ok": name in _APPLIED, "outcome": name}
+    if hasattr(outcome, "reason"):
+        result["error"] = f"{outcome.reason}: {outcome.message}"
+    elif hasattr(outcome, "last_seq"):
+        result["last_seq"] = outcome.last_seq
+        result["error"] = (f"out of order: seq {update.seq} is not above {outcome.last_seq}, "
+                           f"the last seq this pusher had applied to market {update.market}")
+    return result
 
 
 def build_push_app(runner: FeedRunner, auth: Authenticator, *,
@@ -55,7 +85,7 @@ def build_push_app(runner: FeedRunner, auth: Authenticator, *,
             messages = body["messages"]
             if not isinstance(messages, list) or len(messages) > MAX_BATCH:
                 raise ValueError
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             return _problem(400, "invalid request body",
                             f"send {{\"messages\": [...]}} with at most {MAX_BATCH} messages")
         except web.HTTPRequestEntityTooLarge:
@@ -75,13 +105,15 @@ def build_push_app(runner: FeedRunner, auth: Authenticator, *,
                 results[i] = {"ok": False, "error": str(exc)}
         # one pipelined round trip for the batch (usually), with the same outcomes as
         # submitting the updates one by one
-        for i, outcome in zip(at, await runner.submit_many(updates), strict=True):
-            name = type(outcome).__name__.lower() if outcome is not None else "recorded"
-            result: dict[str, Any] = {"ok": name in _ACCEPTED or outcome is None,
-                                      "outcome": name}
-            if hasattr(outcome, "reason"):
-                result["error"] = f"{outcome.reason}: {outcome.message}"
-            results[i] = result
+        try:
+            outcomes = await runner.submit_many(updates, writer=safe_id(principal.sub)[:100])
+        except StoreError:
+            resp = _problem(503, "store unavailable",
+                            "the store cannot be reached; send the batch again later")
+            resp.headers["Retry-After"] = str(RETRY_AFTER_S)
+            return resp
+        for k, (i, outcome) in enumerate(zip(at, outcomes, strict=True)):
+            results[i] = _result(updates[k], outcome)
         return web.json_response({"results": results})
 
     app = web.Application(client_max_size=max_body_bytes)

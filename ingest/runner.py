@@ -41,6 +41,11 @@ LAST = Gauge("oddsfeed_ingest_last_message_timestamp_seconds",
 STALE = Gauge("oddsfeed_ingest_stale_markets",
               "markets currently suspended because their source went silent", ["source"],
               multiprocess_mode="max")
+LAGGING = Gauge("oddsfeed_ingest_provider_lagging",
+                "1 while the provider's last message said its data is behind (a stream's "
+                "status 503), else 0", ["source"], multiprocess_mode="max")
+LAG_NOTICES = Counter("oddsfeed_ingest_provider_lag_notices_total",
+                      "messages in which the provider said its data is behind", ["source"])
 HEALTHY = Gauge("oddsfeed_ingest_healthy",
                 "1 while the source is live (no market stale-suspended), else 0", ["source"],
                 multiprocess_mode="min")
@@ -79,7 +84,9 @@ class FeedRunner:
     Call :meth:`submit` per normalised update, :meth:`bad` per bad provider message,
     :meth:`alive` when the source shows it is live without new data (a heartbeat, a 304),
     and run :meth:`watch` as a task (or call :meth:`check_staleness`) for staleness.
-    ``clock`` returns unix seconds; inject one in tests.
+    Call :meth:`lagging` with each stream message's lag state. ``clock`` returns unix
+    seconds; inject one in tests. ``store_retries`` bounds how long a store outage blocks a
+    submit (6: about 9 s of retries; 1: fail at once, for callers that answer a client).
     """
 
     store: Applier
@@ -94,10 +101,28 @@ class FeedRunner:
     last_message_s: float = 0.0
     source_alive_s: float = 0.0  # the whole source showed life (a stream's heartbeat)
     lag_s: float = 0.0
+    store_retries: int = _STORE_RETRIES
+    provider_lagging: bool = False
+    lag_notices: int = 0
 
     def __post_init__(self) -> None:
+        if self.store_retries < 1:
+            raise ValueError(f"store_retries must be at least 1, got {self.store_retries}")
         HEALTHY.labels(self.source).set(1)
         STALE.labels(self.source).set(0)
+        LAGGING.labels(self.source).set(0)
+
+    def lagging(self, behind: bool) -> None:
+        """The provider said its data is behind (True) or sent a message without saying so
+        (False): kept as a health field and metric, never counted as bad data."""
+        if behind:
+            self.lag_notices += 1
+            LAG_NOTICES.labels(self.source).inc()
+        if behind != self.provider_lagging:
+            log.warning("provider lagging" if behind else "provider caught up",
+                        source=self.source)
+        self.provider_lagging = behind
+        LAGGING.labels(self.source).set(1 if behind else 0)
 
     def _count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
@@ -131,10 +156,14 @@ class FeedRunner:
         await self._record(item, outcome, now)
         return outcome
 
-    async def submit_many(self, updates: Sequence[MarketUpdate]) -> list[Any]:
+    async def submit_many(self, updates: Sequence[MarketUpdate], *, writer: str = ""
+                          ) -> list[Any]:
         """:meth:`submit` each update in order, with the store writes pipelined: the
         outcomes in order, and the same outcomes, counts and health bookkeeping as
-        submitting them one by one. Raises StoreError when the store stays unreachable;
+        submitting them one by one. With ``writer`` the updates go under the source
+        ``<source>@<writer>``: their seqs are ordered apart from every other writer's (one
+        pusher's seqs cannot hold back another's), while health and metrics stay the
+        runner's. Raises StoreError when the store stays unreachable;
         the earlier round trips' updates are then applied and counted, and any of the
         failing one's may have been applied (uncounted).
 
@@ -173,7 +202,7 @@ class FeedRunner:
                     if (prev is None or u.seq is None or u.seq <= prev
                             or mid in self.auto_suspended):
                         break
-                item = self._prepare(u)
+                item = self._prepare(u, writer)
                 if item is not None:
                     chunk.append((i, item))
                     last_seq[mid] = item.update.seq
@@ -186,7 +215,7 @@ class FeedRunner:
                 results[k] = outcome
         return results
 
-    def _prepare(self, update: MarketUpdate) -> _Prepared | None:
+    def _prepare(self, update: MarketUpdate, writer: str = "") -> _Prepared | None:
         """The update under this runner's source, with ``status: open`` added when it
         reopens a market the runner suspended; None (counted as bad) when invalid."""
         mid = update.market
@@ -197,7 +226,8 @@ class FeedRunner:
         try:
             upd = MarketUpdate(market=mid, fields=fields, selections=update.selections,
                                replace=update.replace, create=update.create, ts=update.ts,
-                               source=self.source, seq=update.seq)
+                               source=f"{self.source}@{writer}" if writer else self.source,
+                               seq=update.seq)
         except InvalidInput as exc:
             self.bad(exc, update)
             return None
@@ -245,11 +275,11 @@ class FeedRunner:
     async def _retrying(self, write: Callable[[], Awaitable[_T]], **what: Any) -> _T:
         # A store outage blocks the adapter (backpressure, no queue) for a bounded time.
         delay = 0.1
-        for attempt in range(_STORE_RETRIES):
+        for attempt in range(self.store_retries):
             try:
                 return await write()
             except StoreError as exc:
-                if attempt == _STORE_RETRIES - 1:
+                if attempt >= self.store_retries - 1:
                     self._count("store_error")
                     log.error("store write failed: giving up", source=self.source,
                               error=str(exc), **what)
@@ -316,6 +346,7 @@ class FeedRunner:
         return {"source": self.source, "lag_s": round(self.lag_s, 3),
                 "silent_s": round(now - self.last_message_s, 1) if self.last_message_s else None,
                 "markets": len(self.last_seen), "stale_markets": len(self.auto_suspended),
+                "provider_lagging": self.provider_lagging, "lag_notices": self.lag_notices,
                 "counts": dict(self.counts)}
 
     async def watch(self, *, interval_s: float = 1.0, log_every_s: float = 60.0,

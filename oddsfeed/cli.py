@@ -321,6 +321,16 @@ def _ingest_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="http-poll: per-request timeout in seconds."),
         click.option("--address", help="stream: HOST:PORT (TCP), tls://HOST:PORT or a ws:// URL."),
         click.option("--filter", help="stream: the marketFilter as JSON."),
+        click.option("--api-key", help="http-poll: the provider's API key, sent as the apiKey "
+                     "query parameter (ingest.api_key, env ODDSFEED_INGEST__API_KEY); "
+                     "never printed."),
+        click.option("--app-key", help="stream: the application key sent in the login "
+                     "(ingest.app_key, env ODDSFEED_INGEST__APP_KEY); never printed."),
+        click.option("--session", help="stream: the session token sent in the login "
+                     "(ingest.session, env ODDSFEED_INGEST__SESSION); never printed."),
+        click.option("--keep-trying", is_flag=True,
+                     help="stream: keep reconnecting (with backoff) after the provider "
+                     "refuses the credentials, instead of stopping with an error."),
         click.option("--metrics-port", type=int, default=0, show_default=True,
                      help="Serve /metrics on this port (0: off)."),
         click.option("--port", type=int, help="push: the port to listen on."),
@@ -338,7 +348,10 @@ def _run_ingest(cli: _Cli, adapter: str, opts: dict[str, Any], out: Path | None)
     from ingest.replay import Recorder
     from oddsfeed.store import Store
 
-    settings = _settings(cli, {"redis.url": opts.pop("redis_url", None)})
+    settings = _settings(cli, {"redis.url": opts.pop("redis_url", None),
+                               "ingest.api_key": opts.pop("api_key", None),
+                               "ingest.app_key": opts.pop("app_key", None),
+                               "ingest.session": opts.pop("session", None)})
     if adapter == "replay" and not opts.get("file"):
         raise click.ClickException("replay needs --file")
     if adapter == "http-poll" and not opts.get("url"):
@@ -353,6 +366,8 @@ def _run_ingest(cli: _Cli, adapter: str, opts: dict[str, Any], out: Path | None)
         mappings = load_mappings(Path(settings.ingest.mapping_file))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+
+    from ingest.betfair import StreamRefused
 
     async def main() -> int:
         log = get_logger("oddsfeed.ingest")
@@ -371,6 +386,8 @@ def _run_ingest(cli: _Cli, adapter: str, opts: dict[str, Any], out: Path | None)
             runner = await run_adapter(adapter, opts, store or _NoStore(), settings, stop=stop,
                                        recorder=recorder, mappings=mappings)
             log.info("ingest finished", adapter=adapter, counts=runner.counts)
+        except StreamRefused as exc:
+            raise click.ClickException(str(exc)) from None
         finally:
             if store is not None:
                 await store.close()
@@ -393,7 +410,26 @@ class _NoStore:
 @_ingest_options
 @click.pass_obj
 def ingest(cli: _Cli, /, adapter: str, **opts: Any) -> None:
-    """Run one feed adapter (simulator, replay, http-poll, stream, push) into the store."""
+    """Run one feed adapter (simulator, replay, http-poll, stream, push) into the store.
+
+    \b
+    simulator  generated markets: --events, --seed, --rate; no credentials.
+    replay     a recording: --file, --speed, --lanes; no credentials.
+    http-poll  an Odds-API-v4-style URL: --url, --bookmaker, --odds-format, --interval,
+               --timeout; the API key with --api-key (env ODDSFEED_INGEST__API_KEY),
+               sent as the apiKey query parameter and masked in logs. A 304 keeps alive
+               only the markets of the last 200 body.
+    stream     an Exchange-Stream-style feed: --address, --filter; logs in with --app-key
+               and --session (env ODDSFEED_INGEST__APP_KEY, ODDSFEED_INGEST__SESSION)
+               before subscribing. Failures back off exponentially with jitter up to 30 s;
+               a refused login (bad app key, invalid session) stops with an error unless
+               --keep-trying.
+    push       POST /v1/push on --port; pushers need a bearer JWT with odds:write
+               (auth.hs256_secret or auth.public_keys). Each token subject has its own
+               seq ordering; an update not applied answers ok: false.
+
+    Secrets are never printed: show-config masks them.
+    """
     _run_ingest(cli, adapter, opts, None)
 
 

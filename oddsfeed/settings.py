@@ -14,7 +14,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from oddsfeed.errors import OddsfeedError
 
@@ -123,6 +123,11 @@ class IngestSettings(_Section):
 
     staleness_s: float = Field(30.0, gt=0)
     mapping_file: str = "config/mappings.toml"
+    # Provider credentials; secrets: never shown. api_key: an HTTP poll's apiKey query
+    # parameter; app_key and session: a stream's login (``authentication``).
+    api_key: SecretStr = SecretStr("")
+    app_key: SecretStr = SecretStr("")
+    session: SecretStr = SecretStr("")
 
 
 class DemoSettings(_Section):

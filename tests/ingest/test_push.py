@@ -58,8 +58,8 @@ async def test_auth_needs_odds_write(store: Store, serve_app: ServeApp) -> None:
 
 async def test_batch_applies_each_message(store: Store, serve_app: ServeApp) -> None:
     """A batch answers one result per message in order: the bad price is skipped and
-    counted, the duplicate seq is harmless, an unknown market is rejected, and the valid
-    ones around them apply."""
+    counted, the duplicate seq is harmless but reported as not applied, an unknown market is
+    rejected, and the valid ones around them apply."""
     url, auth, feed, recorded = await _setup(store, serve_app)
     tok = auth.mint("provider-1", ["odds:write"], ttl_s=60, now_s=int(time.time()))
     async with aiohttp.ClientSession() as s:
@@ -71,7 +71,8 @@ async def test_batch_applies_each_message(store: Store, serve_app: ServeApp) -> 
             assert r.status == 400
         async with s.post(url, data=b"x", headers={"Authorization": f"Bearer {tok}"}) as r:
             assert r.status == 415
-    assert [x["ok"] for x in res] == [True, False, True, True, False]
+    assert [x["ok"] for x in res] == [True, False, True, False, False]
+    assert res[3]["last_seq"] == 3
     assert [x.get("outcome") for x in res] == ["created", None, "changed", "outoforder",
                                               "rejected"]
     assert "price" in res[1]["error"]
