@@ -32,7 +32,7 @@ from .replay import Normalizer, replay
 from .runner import Applier, FeedRunner, Lanes
 from .simulator import SimulatorConfig, run_simulator
 
-ADAPTERS = ("simulator", "replay", "http-poll", "stream", "push")
+ADAPTERS = ("simulator", "replay", "http-poll", "stream", "push", "uof")
 PROVIDERS = {"http-poll": "oddsapi", "stream": "betfair", "push": "push",
              "simulator": "simulator"}
 log = structlog.get_logger("oddsfeed.ingest")
@@ -86,6 +86,7 @@ async def run_adapter(adapter: str, opts: dict[str, Any], store: Applier, settin
     ``opts`` are the CLI options: ``feed_id``, ``file``/``speed``/``lanes`` (replay), ``url``/
     ``bookmaker``/``odds_format``/``interval``/``timeout`` (http-poll), ``address``/
     ``filter`` (stream), ``port`` (push), ``events``/``seed``/``rate`` (simulator),
+    ``amqp_url``/``exchange``/``routing_key``/``uof_mapping``/``producer_timeout`` (uof),
     ``metrics_port`` (0: no metrics endpoint).
     """
     if adapter not in ADAPTERS:
@@ -131,6 +132,12 @@ async def run_adapter(adapter: str, opts: dict[str, Any], store: Applier, settin
                              market_filter=json.loads(opts.get("filter") or "{}"),
                              on_alive=runner.alive,
                              on_raw=(lambda m: recorder("betfair", m)) if recorder else None)
+        elif adapter == "uof":
+            if recorder is not None:
+                raise ValueError("uof messages cannot be recorded for replay")
+            from .uof import run_uof_adapter
+
+            await run_uof_adapter(runner, opts, stop)
         elif adapter == "push":
             port = int(opts.get("port") or 8090)
             app = build_push_app(runner, Authenticator(settings.auth),

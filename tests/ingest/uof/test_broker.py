@@ -1,0 +1,228 @@
+"""The UOF adapter end to end on a real RabbitMQ broker: a fake provider publishes XML in
+the shape of the public UOF samples on a topic exchange, `run_adapter("uof", ...)` consumes
+it into the store, and the tests read the markets back from the store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+
+from ingest.main import run_adapter
+from ingest.runner import FeedRunner
+from oddsfeed.model import Market
+from oddsfeed.settings import load_settings
+from oddsfeed.store import Store
+
+from ..conftest import until
+from .broker import Broker
+
+HERE = Path(__file__).parent
+XML = HERE / "xml"
+MAPPING = HERE / "mapping.toml"
+EVENT = "m16807109"
+M1X2, TOTAL, AH, CORNERS = (f"{EVENT}:1x2", f"{EVENT}:total:2.5", f"{EVENT}:ah-0.5",
+                            f"{EVENT}:166:total_9.5")
+ODDS_KEY = "hi.-.live.odds_change.1.sr:match.16807109.-"
+STOP_KEY = "hi.-.live.bet_stop.1.sr:match.16807109.-"
+SETTLE_KEY = "lo.-.live.bet_settlement.1.sr:match.16807109.-"
+CANCEL_KEY = "lo.-.live.bet_cancel.1.sr:match.16807109.-"
+ALIVE_KEY = "-.-.-.alive.-.-.-.-"
+SNAPSHOT = b'<snapshot_complete request_id="1" timestamp="1700000000000" product="1"/>'
+
+
+def xml(name: str) -> bytes:
+    return (XML / f"{name}.xml").read_bytes()
+
+
+class Provider:
+    """A fake UOF provider: publishes on its own topic exchange of the real broker, with
+    publisher confirms and ``mandatory`` (an unroutable message raises)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.exchange_name = f"unifiedfeed-{uuid.uuid4().hex[:8]}"
+
+    async def open(self) -> None:
+        self.connection = await aio_pika.connect(self.url)
+        self.channel = await self.connection.channel(on_return_raises=True)
+        self.exchange = await self.channel.declare_exchange(
+            self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
+
+    async def close(self) -> None:
+        await self.exchange.delete()
+        await self.connection.close()
+
+    async def publish(self, routing_key: str, body: bytes) -> None:
+        await self.exchange.publish(aio_pika.Message(body, content_type="text/xml"),
+                                    routing_key=routing_key, mandatory=True)
+
+    async def wait_bound(self, timeout_s: float = 20.0) -> None:
+        """Wait until a consumer's queue is bound (a snapshot_complete is routed)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                await self.publish("-.-.-.snapshot_complete.-.-.-.-", SNAPSHOT)
+                return
+            except aio_pika.exceptions.DeliveryError:
+                assert time.monotonic() < deadline, "the adapter never bound its queue"
+                await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def provider(rabbitmq: Broker) -> AsyncIterator[Provider]:
+    """A fake provider with a fresh exchange on the session broker."""
+    p = Provider(rabbitmq.url)
+    await p.open()
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+class Adapter:
+    """`run_adapter("uof", ...)` as a task, stopped at the end of the test."""
+
+    def __init__(self, store: Store, tmp_path: Path, provider: Provider,
+                 **opts: Any) -> None:
+        settings = load_settings(None, {}, {"ingest.mapping_file": str(tmp_path / "none.toml"),
+                                            "ingest.staleness_s": 600})
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[FeedRunner] = asyncio.create_task(run_adapter(
+            "uof", {"amqp_url": provider.url, "exchange": provider.exchange_name,
+                    "uof_mapping": str(MAPPING), "producer_timeout": 30.0, **opts},
+            store, settings, stop=self.stop))
+
+    async def close(self) -> FeedRunner:
+        self.stop.set()
+        return await asyncio.wait_for(self.task, 15)
+
+
+async def market(store: Store, mid: str) -> Market | None:
+    return await store.get(mid)
+
+
+async def status_is(store: Store, mid: str, status: str) -> bool:
+    m = await store.get(mid)
+    return m is not None and m.status == status
+
+
+async def test_odds_change_bet_stop_settlement_and_cancel(
+        store: Store, provider: Provider, tmp_path: Path) -> None:
+    """odds_change creates and updates mapped markets (unmapped ones skipped), bet_stop
+    suspends a group or the whole event at once, the next odds_change reopens, and
+    bet_settlement / bet_cancel settle and close."""
+    adapter = Adapter(store, tmp_path, provider)
+    await provider.wait_bound()
+    await provider.publish(ODDS_KEY, xml("odds_change"))
+    await until(lambda: status_is(store, CORNERS, "open"), what="markets created")
+    m = await market(store, M1X2)
+    assert m is not None
+    assert (m.event, m.sport, m.name, m.kind, m.in_play) == (
+        EVENT, "soccer", "Match result", "1x2", True)
+    assert {k: (s.price, s.status) for k, s in m.selections.items()} == {
+        "home": (24500, "active"), "draw": (31000, "active"), "away": (29000, "active")}
+    total = await market(store, TOTAL)
+    assert total is not None
+    assert total.name == "Total goals 2.5"
+    assert {k: (s.price, s.point) for k, s in total.selections.items()} == {
+        "over": (18500, 2.5), "under": (19500, 2.5)}
+    ah = await market(store, AH)
+    assert ah is not None
+    assert {k: s.point for k, s in ah.selections.items()} == {
+        "home": -0.5, "away": 0.5}
+    assert len(await store.list_markets()) == 4  # market 999 is not in the mapping
+
+    await provider.publish(ODDS_KEY, xml("odds_change_2"))
+    await until(lambda: status_is(store, AH, "closed"), what="handicap deactivated")
+    m = await market(store, M1X2)
+    assert m is not None
+    assert m.status == "open"
+    assert {k: (s.price, s.status) for k, s in m.selections.items()} == {
+        "home": (26000, "active"), "draw": (30000, "active"), "away": (29000, "suspended")}
+    assert await status_is(store, TOTAL, "suspended")
+
+    await provider.publish(STOP_KEY, xml("bet_stop_corners"))
+    await until(lambda: status_is(store, CORNERS, "suspended"), what="corners stopped")
+    assert await status_is(store, M1X2, "open")  # not in the "corner" group
+
+    await provider.publish(ODDS_KEY, xml("odds_change_3"))
+    await until(lambda: status_is(store, CORNERS, "open"), what="corners reopened")
+    assert await status_is(store, TOTAL, "open")
+    await provider.publish(STOP_KEY, xml("bet_stop").replace(b"1700000006000",
+                                                             b"1700000009500"))
+    await until(lambda: status_is(store, CORNERS, "suspended"), what="event stopped")
+    for mid in (M1X2, TOTAL):
+        assert await status_is(store, mid, "suspended")
+    assert await status_is(store, AH, "closed")  # a deactivated market stays closed
+
+    await provider.publish(SETTLE_KEY, xml("bet_settlement"))
+    await provider.publish(CANCEL_KEY, xml("bet_cancel"))
+    await until(lambda: status_is(store, CORNERS, "closed"), what="corners cancelled")
+    assert await status_is(store, M1X2, "settled")
+    assert await status_is(store, TOTAL, "settled")
+    runner = await adapter.close()
+    assert runner.counts.get("bad", 0) == 0
+    assert runner.counts.get("rejected", 0) == 0
+
+
+async def test_producer_down_by_subscribed_zero_then_up(
+        store: Store, provider: Provider, tmp_path: Path) -> None:
+    """alive subscribed=0 suspends the producer's markets at once; its odds stay suspended
+    until an alive says it is up, and then each market reopens on its next odds_change."""
+    adapter = Adapter(store, tmp_path, provider)
+    await provider.wait_bound()
+    await provider.publish(ALIVE_KEY, xml("alive"))
+    await provider.publish(ODDS_KEY, xml("odds_change"))
+    await until(lambda: status_is(store, CORNERS, "open"), what="markets created")
+    await provider.publish(ALIVE_KEY, xml("alive_unsubscribed"))
+    for mid in (M1X2, TOTAL, AH, CORNERS):
+        await until(lambda mid=mid: status_is(store, mid, "suspended"), what=f"{mid} down")
+
+    await provider.publish(ODDS_KEY, xml("odds_change_2"))  # while down: priced, not open
+    await until(lambda: status_is(store, AH, "closed"), what="odds applied while down")
+    m = await market(store, M1X2)
+    assert m is not None
+    assert m.status == "suspended"
+    assert m.selections["home"].price == 26000
+
+    up = xml("alive").replace(b"1700000002000", b"1700000006500")
+    await provider.publish(ALIVE_KEY, up)
+    await provider.publish(ODDS_KEY, xml("odds_change_reopen"))
+    await until(lambda: status_is(store, M1X2, "open"), what="1x2 reopened")
+    assert await status_is(store, CORNERS, "suspended")  # no odds_change for it yet
+    assert await status_is(store, TOTAL, "suspended")
+    await provider.publish(ODDS_KEY, xml("odds_change_3"))
+    await until(lambda: status_is(store, CORNERS, "open"), what="corners reopened")
+    await adapter.close()
+
+
+async def test_producer_down_when_alives_stop(
+        store: Store, provider: Provider, tmp_path: Path) -> None:
+    """A producer whose alives stop for longer than the timeout is down: its open markets
+    are suspended (closed ones stay closed); a new alive and odds_change reopen them."""
+    adapter = Adapter(store, tmp_path, provider, producer_timeout=1.0)
+    await provider.wait_bound()
+    await provider.publish(ALIVE_KEY, xml("alive"))
+    await provider.publish(ODDS_KEY, xml("odds_change"))
+    await provider.publish(ODDS_KEY, xml("odds_change_2"))
+    await until(lambda: status_is(store, AH, "closed"), what="markets created")
+    assert await status_is(store, M1X2, "open")
+    started = time.monotonic()
+    await until(lambda: status_is(store, M1X2, "suspended"), what="alive timeout")
+    assert time.monotonic() - started < 5
+    assert await status_is(store, CORNERS, "suspended")
+    assert await status_is(store, AH, "closed")
+
+    await provider.publish(ALIVE_KEY, xml("alive").replace(b"1700000002000",
+                                                           b"1700000008000"))
+    await provider.publish(ODDS_KEY, xml("odds_change_3"))
+    await until(lambda: status_is(store, M1X2, "open"), what="reopened by odds_change")
+    assert await status_is(store, CORNERS, "open")
+    await adapter.close()
