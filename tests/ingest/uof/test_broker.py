@@ -13,6 +13,7 @@ from typing import Any
 
 import aio_pika
 import pytest
+from structlog.testing import capture_logs
 
 from ingest.main import run_adapter
 from ingest.runner import FeedRunner
@@ -45,9 +46,9 @@ class Provider:
     """A fake UOF provider: publishes on its own topic exchange of the real broker, with
     publisher confirms and ``mandatory`` (an unroutable message raises)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, exchange: str = "") -> None:
         self.url = url
-        self.exchange_name = f"unifiedfeed-{uuid.uuid4().hex[:8]}"
+        self.exchange_name = exchange or f"unifiedfeed-{uuid.uuid4().hex[:8]}"
 
     async def open(self) -> None:
         self.connection = await aio_pika.connect(self.url)
@@ -226,3 +227,68 @@ async def test_producer_down_when_alives_stop(
     await until(lambda: status_is(store, M1X2, "open"), what="reopened by odds_change")
     assert await status_is(store, CORNERS, "open")
     await adapter.close()
+
+
+async def test_broker_restart_suspends_then_recovers(
+        store: Store, rabbitmq: Broker, tmp_path: Path) -> None:
+    """When the broker goes away the producer's alives stop, so its markets are suspended;
+    the adapter retries with backoff (no reconnect storm), consumes again once the broker is
+    back, and the next alive and odds_change reopen the markets."""
+    provider = Provider(rabbitmq.url)
+    await provider.open()
+    adapter = Adapter(store, tmp_path, provider, producer_timeout=1.0)
+    await provider.wait_bound()
+    await provider.publish(ALIVE_KEY, xml("alive"))
+    await provider.publish(ODDS_KEY, xml("odds_change"))
+    await until(lambda: status_is(store, CORNERS, "open"), what="markets created")
+    with capture_logs() as logs:
+        await asyncio.to_thread(rabbitmq.stop)
+        await until(lambda: status_is(store, M1X2, "suspended"), what="suspended while down")
+        outage_started = time.monotonic()
+        await asyncio.sleep(3)  # the outage itself: attempts are counted over it
+        await asyncio.to_thread(rabbitmq.start)
+        outage_s = time.monotonic() - outage_started
+        # The exchange survives the restart (durable); the provider's connection does not.
+        provider = Provider(rabbitmq.url, provider.exchange_name)
+        await provider.open()
+        await provider.wait_bound(timeout_s=40)
+    failed = [e for e in logs if e["event"] == "uof connect failed"]
+    # Backoff 0.5 s doubling (jittered x0.5-1.5) up to 30 s: a handful of attempts, where
+    # a fixed 0.1 s retry would make dozens.
+    assert 1 <= len(failed) <= 3 + outage_s / 2, (len(failed), outage_s)
+    await provider.publish(ALIVE_KEY, xml("alive").replace(b"1700000002000",
+                                                           b"1700000008000"))
+    await provider.publish(ODDS_KEY, xml("odds_change_3"))
+    await until(lambda: status_is(store, M1X2, "open"), what="reopened after the outage")
+    assert await status_is(store, CORNERS, "open")
+    await adapter.close()
+    await provider.close()
+
+
+async def test_bad_xml_is_counted_and_skipped(
+        store: Store, provider: Provider, tmp_path: Path) -> None:
+    """Malformed XML, an entity-expansion bomb, a DTD, an unknown market status and a bad
+    price are counted as bad data and skipped; the good markets around them still apply."""
+    bomb = (b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
+            b'<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">'
+            b'<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>'
+            b'<odds_change product="1" event_id="sr:match:1" timestamp="1">&lol3;</odds_change>')
+    external = (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+                b'<alive product="1" timestamp="1700000000000">&e;</alive>')
+    mixed = (b'<odds_change product="1" event_id="sr:match:16807109" timestamp="1700000001000">'
+             b'<odds><market status="7" id="1"><outcome id="1" odds="2.0"/></market>'
+             b'<market status="1" id="18" specifiers="total=2.5">'
+             b'<outcome id="12" odds="0.5"/></market>'
+             b'<market status="1" id="166" specifiers="total=9.5">'
+             b'<outcome id="12" odds="1.8"/><outcome id="13" odds="2.0"/></market>'
+             b'</odds></odds_change>')
+    adapter = Adapter(store, tmp_path, provider)
+    await provider.wait_bound()
+    for body in (b"<odds_change", b"\xff\xfe not xml", bomb, external,
+                 b'<alive product="1"/>', mixed):
+        await provider.publish(ODDS_KEY, body)
+    await until(lambda: status_is(store, CORNERS, "open"), what="the good market")
+    assert await store.get(M1X2) is None
+    assert await store.get(TOTAL) is None
+    runner = await adapter.close()
+    assert runner.counts["bad"] == 7
