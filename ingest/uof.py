@@ -32,6 +32,7 @@ import random
 import re
 import time
 import tomllib
+import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,16 @@ class UofMapping(BaseModel):
             return cls.model_validate(tomllib.loads(text))
         except (tomllib.TOMLDecodeError, ValidationError) as exc:
             raise ValueError(f"bad uof mapping: {exc}") from None
+
+
+def derived_id(raw: str) -> str:
+    """``raw`` as one of our ids: unchanged when valid, else made safe with a hash of the raw
+    text appended, so that ids differing only in unsafe characters (``6`` and ``6+``) stay
+    distinct."""
+    safe = safe_id(raw)
+    if safe == raw:
+        return raw
+    return f"{safe[:119]}-{zlib.crc32(raw.encode()):08x}"
 
 
 def _fill(template: str, values: dict[str, str]) -> str:
@@ -321,7 +332,7 @@ class UofState:
                 return None
             mm = UofMarketMapping()
         ev = m.events.get(event_urn, UofEvent())
-        event = ev.id or safe_id(event_urn)
+        event = ev.id or derived_id(event_urn)
         values = {**spec, "event": event, "market": market_id,
                   "specifiers": f":{specifiers}" if specifiers else ""}
         exact = (m.ids.get(f"{event_urn}/{market_id}/{specifiers}") if specifiers
@@ -331,7 +342,7 @@ class UofState:
             if mm.point not in spec:
                 raise ValueError(f"market {market_id} needs specifier {mm.point!r}")
             point = float(spec[mm.point])
-        return _Target(market=exact or safe_id(_fill(mm.id, values)), event=event,
+        return _Target(market=exact or derived_id(_fill(mm.id, values)), event=event,
                        sport=ev.sport or m.default_sport, name=_fill(mm.name, values)[:256],
                        kind=mm.kind, groups=frozenset(mm.groups), point=point,
                        outcomes=mm.outcomes)
@@ -410,8 +421,8 @@ class UofState:
             if target.outcomes and self.mapping.unmapped == "skip":
                 self._count("skipped_unmapped_outcome")
                 return None, "", False
-            sid = safe_id(raw)
-            return sid, sid, False
+            sid = derived_id(raw)
+            return sid, raw[:256], False
         if isinstance(mapped, str):
             return mapped, mapped, False
         return mapped.id, mapped.name or mapped.id, mapped.negate_point

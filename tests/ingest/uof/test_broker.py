@@ -29,7 +29,7 @@ XML = HERE / "xml"
 MAPPING = HERE / "mapping.toml"
 EVENT = "m16807109"
 M1X2, TOTAL, AH, CORNERS = (f"{EVENT}:1x2", f"{EVENT}:total:2.5", f"{EVENT}:ah-0.5",
-                            f"{EVENT}:166:total_9.5")
+                            f"{EVENT}:corners:9.5")
 ODDS_KEY = "hi.-.live.odds_change.1.sr:match.16807109.-"
 STOP_KEY = "hi.-.live.bet_stop.1.sr:match.16807109.-"
 SETTLE_KEY = "lo.-.live.bet_settlement.1.sr:match.16807109.-"
