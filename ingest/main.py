@@ -135,7 +135,7 @@ async def run_adapter(adapter: str, opts: dict[str, Any], store: Applier, settin
         elif adapter == "uof":
             if recorder is not None:
                 raise ValueError("uof messages cannot be recorded for replay")
-            from .uof import run_uof_adapter
+            from .uof_amqp import run_uof_adapter
 
             await run_uof_adapter(runner, opts, stop)
         elif adapter == "push":

@@ -15,10 +15,10 @@ from ingest.uof import (
     UofMapping,
     UofState,
     load_uof_mapping,
-    masked_url,
     parse_specifiers,
     parse_xml,
 )
+from ingest.uof_amqp import masked_url
 from oddsfeed.cli import main as cli_main
 from oddsfeed.errors import ProviderDataError
 from oddsfeed.store import Store
