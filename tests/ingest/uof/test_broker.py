@@ -5,6 +5,10 @@ it into the store, and the tests read the markets back from the store."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -292,3 +296,47 @@ async def test_bad_xml_is_counted_and_skipped(
     assert await store.get(TOTAL) is None
     runner = await adapter.close()
     assert runner.counts["bad"] == 7
+
+
+async def test_routing_keys_select_what_is_consumed(
+        store: Store, provider: Provider, tmp_path: Path) -> None:
+    """With UOF binding keys for live odds and system messages only, a prematch odds_change
+    is not routed to the adapter's queue, and the live one is consumed."""
+    adapter = Adapter(store, tmp_path, provider,
+                      routing_key=("hi.-.live.#", "-.-.-.alive.#", "-.-.-.snapshot_complete.#"))
+    await provider.wait_bound()
+    prematch = xml("odds_change").replace(b'product="1"', b'product="3"')
+    with pytest.raises(aio_pika.exceptions.DeliveryError):
+        await provider.publish("lo.pre.-.odds_change.1.sr:match.16807109.-", prematch)
+    await provider.publish(ODDS_KEY, xml("odds_change"))
+    await until(lambda: status_is(store, CORNERS, "open"), what="live odds consumed")
+    m = await store.get(M1X2)
+    assert m is not None
+    assert m.in_play  # from the live producer, not the prematch one
+    await adapter.close()
+
+
+async def test_cli_ingest_uof_takes_the_url_from_the_environment(
+        valkey_url: str, redis_client: Any, provider: Provider, tmp_path: Path) -> None:
+    """`oddsfeed ingest uof` with ODDSFEED_UOF_AMQP_URL consumes into the store, never
+    prints the credentials, and stops on SIGTERM."""
+    env = {**os.environ, "ODDSFEED_UOF_AMQP_URL": provider.url,
+           "ODDSFEED_INGEST__MAPPING_FILE": str(tmp_path / "none.toml")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "oddsfeed", "ingest", "uof", "--redis-url", valkey_url,
+         "--exchange", provider.exchange_name, "--uof-mapping", str(MAPPING)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        await provider.wait_bound(timeout_s=60)
+        await provider.publish(ODDS_KEY, xml("odds_change"))
+        store = await Store.connect(valkey_url)
+        try:
+            await until(lambda: status_is(store, CORNERS, "open"), what="markets via the CLI")
+        finally:
+            await store.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.to_thread(proc.communicate, timeout=20)
+    assert proc.returncode == 0, output.decode()[-2000:]
+    assert b"guest:guest" not in output
+    assert b"uof connected" in output
