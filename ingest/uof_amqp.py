@@ -23,12 +23,14 @@ from prometheus_client import Counter
 from oddsfeed.errors import ProviderDataError
 from oddsfeed.model import MarketUpdate
 
+from .runner import FeedRunner
 from .uof import PROVIDER, UofState, load_uof_mapping
 
 log = structlog.get_logger("oddsfeed.ingest.uof")
 PRODUCER_DOWN = Counter("oddsfeed_ingest_uof_producer_down_total",
                         "times a UOF producer went down (alive missing or subscribed=0)",
                         ["source", "producer"])
+
 
 def masked_url(url: str) -> str:
     """``url`` without its credentials (the access token is the AMQP user name)."""
@@ -182,8 +184,9 @@ async def _handle(body: bytes, state: UofState,
         await on_alive(state.markets_of(out.alive))
 
 
-async def run_uof_adapter(runner: Any, opts: dict[str, Any], stop: asyncio.Event) -> UofState:
-    """`oddsfeed ingest uof`: :func:`run_uof` into ``runner`` (a FeedRunner) with the CLI
+async def run_uof_adapter(runner: FeedRunner, opts: dict[str, Any],
+                          stop: asyncio.Event) -> UofState:
+    """`oddsfeed ingest uof`: :func:`run_uof` into ``runner`` with the CLI
     options ``amqp_url``, ``exchange``, ``routing_key``, ``uof_mapping`` and
     ``producer_timeout``; returns the state (its ``counts`` say what was skipped)."""
     mapping = load_uof_mapping(Path(opts.get("uof_mapping") or "config/uof.toml"))

@@ -362,6 +362,13 @@ def _run_ingest(cli: _Cli, adapter: str, opts: dict[str, Any], out: Path | None)
         raise click.ClickException("uof needs --amqp-url (or ODDSFEED_UOF_AMQP_URL)")
     if adapter == "uof" and out is not None:
         raise click.ClickException("uof messages cannot be recorded for replay")
+    if adapter == "uof":
+        from ingest.uof import load_uof_mapping
+
+        try:
+            load_uof_mapping(Path(opts.get("uof_mapping") or "config/uof.toml"))
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
     if adapter == "stream" and not opts.get("address"):
         raise click.ClickException("stream needs --address HOST:PORT")
     if out is None and not settings.redis.url:

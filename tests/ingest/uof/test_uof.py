@@ -148,9 +148,9 @@ async def test_older_and_same_millisecond_messages_through_the_store(store: Stor
     assert runner.counts == {"applied": 2, "out_of_order": 1}
 
 
-def test_cli_uof_options_and_errors() -> None:
+def test_cli_uof_options_and_errors(tmp_path: Path) -> None:
     """`oddsfeed ingest --help` documents the uof options and their environment variable;
-    a missing broker URL and `record uof` are clear errors."""
+    a missing broker URL, `record uof` and a bad mapping file are clear errors."""
     runner = CliRunner()
     res = runner.invoke(cli_main, ["ingest", "--help"])
     assert "--amqp-url" in res.output
@@ -162,3 +162,9 @@ def test_cli_uof_options_and_errors() -> None:
     res = runner.invoke(cli_main, ["record", "uof", "--amqp-url", "amqp://x", "--out", "x.jsonl"])
     assert res.exit_code != 0
     assert "cannot be recorded" in res.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text('unmaped = "skip"\n')
+    res = runner.invoke(cli_main, ["ingest", "uof", "--amqp-url", "amqp://x", "--uof-mapping",
+                                   str(bad), "--redis-url", "redis://127.0.0.1:1"])
+    assert res.exit_code != 0
+    assert "unmaped" in res.output
