@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 from prometheus_client import Counter
 
-from oddsfeed.errors import ProviderDataError
+from oddsfeed.errors import OddsfeedError, ProviderDataError
 from oddsfeed.model import MarketUpdate
 
 from .runner import FeedRunner
@@ -30,6 +30,11 @@ log = structlog.get_logger("oddsfeed.ingest.uof")
 PRODUCER_DOWN = Counter("oddsfeed_ingest_uof_producer_down_total",
                         "times a UOF producer went down (alive missing or subscribed=0)",
                         ["source", "producer"])
+
+
+class BrokerRefused(OddsfeedError):
+    """The broker refused the credentials (a wrong or revoked access token): retrying would
+    not help, and a provider may block an account that keeps trying."""
 
 
 def masked_url(url: str) -> str:
@@ -57,7 +62,8 @@ async def run_uof(url: str, state: UofState,
     and the markets of a producer that said it is alive to ``on_alive``; producers are
     checked for missing alives every ``check_every_s``, connected or not. A failed or lost
     connection is retried with jittered exponential backoff, reset only by a connection that
-    delivered a message. Returns the number of connections made.
+    delivered a message. Returns the number of connections made; raises BrokerRefused when
+    the broker refuses the credentials.
     """
     import aio_pika  # the one library of this adapter, loaded only when it runs
 
@@ -79,6 +85,10 @@ async def run_uof(url: str, state: UofState,
             got = False
             try:
                 connection = await aio_pika.connect(url, timeout=10)
+            except aio_pika.exceptions.ProbableAuthenticationError as exc:
+                log.error("uof broker refused the credentials", url=masked_url(url))
+                raise BrokerRefused(f"the broker at {masked_url(url)} refused the credentials "
+                                    f"({str(exc)[:80]}); check the access token") from None
             except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as exc:
                 log.warning("uof connect failed", url=masked_url(url), error=str(exc)[:200])
             else:

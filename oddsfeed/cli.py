@@ -351,6 +351,7 @@ def _ingest_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def _run_ingest(cli: _Cli, adapter: str, opts: dict[str, Any], out: Path | None) -> None:
     from ingest.main import run_adapter
     from ingest.replay import Recorder
+    from ingest.uof_amqp import BrokerRefused
     from oddsfeed.store import Store
 
     settings = _settings(cli, {"redis.url": opts.pop("redis_url", None)})
@@ -397,6 +398,8 @@ def _run_ingest(cli: _Cli, adapter: str, opts: dict[str, Any], out: Path | None)
             runner = await run_adapter(adapter, opts, store or _NoStore(), settings, stop=stop,
                                        recorder=recorder, mappings=mappings)
             log.info("ingest finished", adapter=adapter, counts=runner.counts)
+        except BrokerRefused as exc:
+            raise click.ClickException(str(exc)) from None
         finally:
             if store is not None:
                 await store.close()

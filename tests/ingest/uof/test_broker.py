@@ -340,3 +340,23 @@ async def test_cli_ingest_uof_takes_the_url_from_the_environment(
     assert proc.returncode == 0, output.decode()[-2000:]
     assert b"guest:guest" not in output
     assert b"uof connected" in output
+
+
+def test_cli_refused_credentials_stop_with_a_clear_error(
+        valkey_url: str, rabbitmq: Broker, tmp_path: Path) -> None:
+    """Credentials the real broker refuses stop `oddsfeed ingest uof` at once with a clear
+    error (no retry loop that could get an account blocked), without printing them."""
+    url = rabbitmq.url.replace("guest:guest", "guest:wr0ng-t0ken")
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "oddsfeed", "ingest", "uof", "--redis-url", valkey_url,
+         "--uof-mapping", str(MAPPING)],
+        env={**os.environ, "ODDSFEED_UOF_AMQP_URL": url,
+             "ODDSFEED_INGEST__MAPPING_FILE": str(tmp_path / "none.toml")},
+        capture_output=True, timeout=60, check=False)
+    output = (done.stdout + done.stderr).decode()
+    assert done.returncode == 1, output[-2000:]
+    assert "refused the credentials" in output
+    assert "wr0ng-t0ken" not in output
+    assert output.count("uof connect failed") == 0
+    assert time.monotonic() - started < 30
