@@ -33,7 +33,7 @@ from .replay import Normalizer, replay
 from .runner import Applier, FeedRunner, Lanes
 from .simulator import SimulatorConfig, run_simulator
 
-ADAPTERS = ("simulator", "replay", "http-poll", "stream", "push")
+ADAPTERS = ("simulator", "replay", "http-poll", "stream", "push", "uof")
 PROVIDERS = {"http-poll": "oddsapi", "stream": "betfair", "push": "push",
              "simulator": "simulator"}
 log = structlog.get_logger("oddsfeed.ingest")
@@ -87,7 +87,8 @@ async def run_adapter(adapter: str, opts: dict[str, Any], store: Applier, settin
     ``opts`` are the CLI options: ``feed_id``, ``file``/``speed``/``lanes`` (replay), ``url``/
     ``bookmaker``/``odds_format``/``interval``/``timeout`` (http-poll), ``address``/
     ``filter``/``keep_trying`` (stream), ``port`` (push), ``events``/``seed``/``rate``
-    (simulator), ``metrics_port`` (0: no metrics endpoint). The stream logs in with
+    (simulator), ``amqp_url``/``exchange``/``routing_key``/``uof_mapping``/
+    ``producer_timeout`` (uof), ``metrics_port`` (0: no metrics endpoint). The stream logs in with
     ``settings.ingest.app_key`` and ``session`` when either is set. Raises StreamRefused
     when the stream provider refuses the credentials (unless ``keep_trying``).
     """
@@ -140,6 +141,12 @@ async def run_adapter(adapter: str, opts: dict[str, Any], store: Applier, settin
                              keep_trying=bool(opts.get("keep_trying")),
                              on_alive=runner.alive, on_lag=runner.lagging,
                              on_raw=(lambda m: recorder("betfair", m)) if recorder else None)
+        elif adapter == "uof":
+            if recorder is not None:
+                raise ValueError("uof messages cannot be recorded for replay")
+            from .uof_amqp import run_uof_adapter
+
+            await run_uof_adapter(runner, opts, stop)
         elif adapter == "push":
             port = int(opts.get("port") or 8090)
             app = build_push_app(runner, Authenticator(settings.auth),

@@ -301,7 +301,7 @@ def serve(cli: _Cli, /, **flags: Any) -> None:
 def _ingest_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.argument("adapter", type=click.Choice(
-            ["simulator", "replay", "http-poll", "stream", "push"])),
+            ["simulator", "replay", "http-poll", "stream", "push", "uof"])),
         click.option("--feed-id", default="1", show_default=True, help="Names the source."),
         click.option("--redis-url", help="Overrides redis.url."),
         click.option("--file", type=click.Path(dir_okay=False), help="replay: a .jsonl file."),
@@ -334,6 +334,21 @@ def _ingest_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--metrics-port", type=int, default=0, show_default=True,
                      help="Serve /metrics on this port (0: off)."),
         click.option("--port", type=int, help="push: the port to listen on."),
+        click.option("--amqp-url", envvar="ODDSFEED_UOF_AMQP_URL", show_envvar=True,
+                     help="uof: the broker URL, e.g. amqps://ACCESS_TOKEN:@HOST:5671/"
+                          "%2Funifiedfeed%2FBOOKMAKER_ID (the access token is the user name,"
+                          " /unifiedfeed/BOOKMAKER_ID the virtual host); never logged."),
+        click.option("--exchange", default="unifiedfeed", show_default=True,
+                     help="uof: the topic exchange."),
+        click.option("--routing-key", multiple=True,
+                     help="uof: a binding key, repeatable (default '#': every message), "
+                          "e.g. 'hi.-.live.#' and '-.-.-.alive.#'."),
+        click.option("--uof-mapping", default="config/uof.toml", show_default=True,
+                     type=click.Path(dir_okay=False),
+                     help="uof: the mapping file (market id + specifiers -> our ids)."),
+        click.option("--producer-timeout", type=float, default=20.0, show_default=True,
+                     help="uof: seconds without an alive before a producer is down and its "
+                          "markets are suspended."),
         click.option("--events", type=int, help="simulator: events (demo.events)."),
         click.option("--seed", type=int, help="simulator: seed (demo.seed)."),
         click.option("--rate", type=float, help="simulator: ticks per second."),
@@ -346,6 +361,7 @@ def _ingest_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def _run_ingest(cli: _Cli, adapter: str, opts: dict[str, Any], out: Path | None) -> None:
     from ingest.main import run_adapter
     from ingest.replay import Recorder
+    from ingest.uof_amqp import BrokerRefused
     from oddsfeed.store import Store
 
     settings = _settings(cli, {"redis.url": opts.pop("redis_url", None),
@@ -356,6 +372,17 @@ def _run_ingest(cli: _Cli, adapter: str, opts: dict[str, Any], out: Path | None)
         raise click.ClickException("replay needs --file")
     if adapter == "http-poll" and not opts.get("url"):
         raise click.ClickException("http-poll needs --url")
+    if adapter == "uof" and not opts.get("amqp_url"):
+        raise click.ClickException("uof needs --amqp-url (or ODDSFEED_UOF_AMQP_URL)")
+    if adapter == "uof" and out is not None:
+        raise click.ClickException("uof messages cannot be recorded for replay")
+    if adapter == "uof":
+        from ingest.uof import load_uof_mapping
+
+        try:
+            load_uof_mapping(Path(opts.get("uof_mapping") or "config/uof.toml"))
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
     if adapter == "stream" and not opts.get("address"):
         raise click.ClickException("stream needs --address HOST:PORT")
     if out is None and not settings.redis.url:
@@ -386,7 +413,7 @@ def _run_ingest(cli: _Cli, adapter: str, opts: dict[str, Any], out: Path | None)
             runner = await run_adapter(adapter, opts, store or _NoStore(), settings, stop=stop,
                                        recorder=recorder, mappings=mappings)
             log.info("ingest finished", adapter=adapter, counts=runner.counts)
-        except StreamRefused as exc:
+        except (StreamRefused, BrokerRefused) as exc:
             raise click.ClickException(str(exc)) from None
         finally:
             if store is not None:
@@ -410,7 +437,7 @@ class _NoStore:
 @_ingest_options
 @click.pass_obj
 def ingest(cli: _Cli, /, adapter: str, **opts: Any) -> None:
-    """Run one feed adapter (simulator, replay, http-poll, stream, push) into the store.
+    """Run one feed adapter (simulator, replay, http-poll, stream, push, uof) into the store.
 
     \b
     simulator  generated markets: --events, --seed, --rate; no credentials.
@@ -427,6 +454,9 @@ def ingest(cli: _Cli, /, adapter: str, **opts: Any) -> None:
     push       POST /v1/push on --port; pushers need a bearer JWT with odds:write
                (auth.hs256_secret or auth.public_keys). Each token subject has its own
                seq ordering; an update not applied answers ok: false.
+    uof        Sportradar-UOF-style XML over AMQP: --amqp-url (env ODDSFEED_UOF_AMQP_URL,
+               credentials masked in logs), --exchange, --routing-key, --uof-mapping,
+               --producer-timeout; see docs/uof.md.
 
     Secrets are never printed: show-config masks them.
     """
