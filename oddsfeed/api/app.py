@@ -37,6 +37,7 @@ from ..settings import Settings
 from ..store import OutOfOrder, Precondition, Store, StoreOutcome
 from ..validation import validate_slip
 from . import schemas
+from .body import parse_json
 from .openapi import ROUTES, openapi_document
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -195,16 +196,11 @@ def principal_of(request: web.Request, scope: str | None) -> Principal:
 async def _json_body(request: web.Request) -> Any:
     if request.content_type != "application/json":
         raise Problem(415, "unsupported media type", "send Content-Type: application/json")
-    raw = await request.read()
     try:
-        return json.loads(raw, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError):
-        raise Problem(400, "invalid json", "the request body is not valid JSON") from None
-
-
-def _no_constant(name: str) -> Any:
-    # NaN and Infinity are not JSON (RFC 8259) though Python's parser takes them.
-    raise ValueError(f"{name} is not valid JSON")
+        return parse_json(await request.read())
+    except InvalidInput as exc:
+        raise Problem(400, "invalid json", f"the request body is not valid json: {exc}",
+                      errors=[{"path": exc.path, "message": exc.message}]) from None
 
 
 def _model(model: type[BaseModel], data: Any, prefix: str = "") -> Any:
@@ -308,16 +304,20 @@ def _result(update: MarketUpdate, outcome: StoreOutcome, principal: Principal,
     return status, market.to_wire()
 
 
+_IF_MATCH = re.compile(r'^(?:W/)?"?([^"]+):([0-9]{1,16})"?$', re.ASCII)
+
+
 def _if_match(request: web.Request) -> tuple[str, int] | None:
+    """The (epoch, version) of an ``If-Match`` header, None without one; a 400 problem when
+    it is not ``"<epoch>:<version>"`` with an ASCII version of at most 2^53."""
     raw = request.headers.get("If-Match")
     if raw is None:
         return None
-    text = raw.strip().removeprefix("W/").strip('"')
-    epoch, _, version = text.rpartition(":")
-    if not epoch or not version.isdigit():
+    found = _IF_MATCH.match(raw.strip())
+    if found is None or int(found[2]) > schemas.MAX_INT:
         raise Problem(400, "invalid If-Match", 'use If-Match: "<epoch>:<version>"',
                       errors=[{"path": "If-Match", "message": "malformed"}])
-    return epoch, int(version)
+    return found[1], int(found[2])
 
 
 class _Records:
@@ -441,10 +441,14 @@ async def patch_market(request: web.Request) -> web.Response:
 async def delete_market(request: web.Request) -> web.Response:
     principal = principal_of(request, WRITE)
     mid = _market_id(request)
+    expect = _if_match(request)
 
     async def run() -> tuple[int, Any]:
-        existed = await request.app[K_STORE].delete(mid)
-        if not existed:
+        outcome = await request.app[K_STORE].delete(mid, expect=expect)
+        if isinstance(outcome, Precondition):
+            raise Problem(412, "precondition failed", "the market moved since If-Match",
+                          current=outcome.current.to_wire() if outcome.current else None)
+        if not outcome:
             raise Problem(404, "market not found", f"market {mid} does not exist")
         audit.info("market.delete", who=principal.sub, market=mid)
         return 204, None

@@ -68,7 +68,7 @@ class MarketPut(_Body):
     status: MarketStatus | None = None
     in_play: bool | None = None
     bet_delay_ms: int | None = Field(None, ge=0, le=60_000)
-    selections: dict[str, SelectionPut] = Field(default_factory=dict)
+    selections: dict[str, SelectionPut]  # required (protocol.md section 3), may be empty
     ts: int | None = Field(None, ge=0, le=MAX_INT)
 
 

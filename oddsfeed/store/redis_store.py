@@ -238,15 +238,22 @@ class Store:
             ids = ", ".join(m.id for m in markets[:5])
             raise StoreError(f"indexing market(s) {ids} failed: {exc}") from None
 
-    async def delete(self, market_id: str) -> bool:
-        """Delete a market (state, history, membership) and publish ``gone``; True if it existed."""
+    async def delete(self, market_id: str, *, expect: tuple[str, int] | None = None
+                     ) -> bool | Precondition:
+        """Delete a market (state, history, membership) and publish ``gone``; True if it
+        existed. ``expect`` = (epoch, version) makes it conditional (If-Match): a market
+        elsewhere (or absent) is left as it is and a Precondition with it returned."""
         try:
-            raw = await self._delete(
+            res = await self._delete(
                 keys=[state_key(market_id), meta_key(market_id), history_key(market_id)],
-                args=[market_channel(market_id), self.publish_command, market_id])
-            if not raw:
+                args=[market_channel(market_id), self.publish_command, market_id,
+                      expect[0] if expect else "", expect[1] if expect else 0])
+            if not res:
                 return False
-            market = _decode_market(raw)
+            kind = _text(res[0])
+            if kind == "precondition":
+                return Precondition(_decode_market(res[1]) if res[1] else None)
+            market = _decode_market(res[1])
             pipe = self.client.pipeline(transaction=False)
             pipe.srem(event_set_key(market.event), market_id)
             pipe.srem(sport_set_key(market.sport), market_id)
