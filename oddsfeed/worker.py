@@ -25,23 +25,28 @@ FD_RESERVE = 256
 class Worker:
     """One fan-out + API process's services; ``async with Worker(...) as w`` runs them.
 
-    ``ws_port``/``http_port`` tell the bound ports after entry (useful with port 0).
+    ``ws_port``/``http_port``/``admin_port`` tell the bound ports after entry (useful with
+    port 0).
     """
 
     def __init__(self, settings: Settings, redis_url: str, *, demo_token: str | None = None,
-                 reuse_port: bool = True) -> None:
+                 demo: bool = False, reuse_port: bool = True) -> None:
         self.settings = settings
         self.redis_url = redis_url
         self.demo_token = demo_token
+        self.demo = demo  # the laptop demo: the published demo secret is accepted
         self.reuse_port = reuse_port
         self.ws_port = settings.server.ws_port
         self.http_port = settings.server.http_port
+        self.admin_port = settings.server.admin_port
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Worker:
         from aiohttp import web
 
+        from .api.admin import build_admin_app
         from .api.app import build_app
+        from .api.listener import HttpListener, runner_options
         from .auth import Authenticator
         from .fanout import FanoutServer, Hub
         from .store import Store
@@ -57,7 +62,7 @@ class Worker:
         await hub.start()
         stack.push_async_callback(hub.stop)
         self.hub = hub
-        auth = Authenticator(s.auth)
+        auth = Authenticator(s.auth, demo=self.demo)
 
         async def validate(legs: Any, accept: str) -> dict[str, Any]:
             return await validate_slip(store, legs, accept)
@@ -69,16 +74,26 @@ class Worker:
         self.ws_port = fan.port
         app = build_app(s, store, auth=auth, ready=lambda: hub.ready, demo_token=self.demo_token,
                         ws_port=fan.port)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               **runner_options(s.api.header_timeout_s))
         await runner.setup()
-        site = web.TCPSite(runner, s.server.host, s.server.http_port, reuse_port=self.reuse_port)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None)
-        if sockets:
-            self.http_port = int(sockets[0].getsockname()[1])
+        listener = HttpListener(max_connections=s.api.max_connections)
+        self.http_port = await listener.start(runner, s.server.host, s.server.http_port,
+                                              reuse_port=self.reuse_port)
+        self.listener = listener
+        admin = web.AppRunner(build_admin_app(), access_log=None, handle_signals=False,
+                              **runner_options(s.api.header_timeout_s))
+        await admin.setup()
+        stack.push_async_callback(admin.cleanup)
+        # Any free admin port when the API port is any free port (see server.admin_port).
+        admin_port = s.server.admin_port if s.server.http_port else 0
+        admin_site = web.TCPSite(admin, s.server.admin_host, admin_port,
+                                 reuse_port=self.reuse_port)
+        await admin_site.start()
+        self.admin_port = int(admin.addresses[0][1])
         # Shutdown order: stop accepting HTTP, close WebSocket clients (1001), then the rest.
         stack.push_async_callback(runner.cleanup)
+        stack.push_async_callback(listener.close)
         stack.push_async_callback(fan.close)
         return self
 
@@ -152,7 +167,8 @@ def _worker_main(settings_json: str, redis_url: str, index: int) -> None:
 
             # c_send_loop: whether oddsfeed/fanout/_send.c was built (without it every frame
             # goes through its transport: ~10% more CPU per send at 10,000 connections)
-            log.info("worker ready", ws_port=w.ws_port, http_port=w.http_port, pid=os.getpid(),
+            log.info("worker ready", ws_port=w.ws_port, http_port=w.http_port,
+                     admin_port=w.admin_port, pid=os.getpid(),
                      c_send_loop=fanout_server.send_all is not None)
             await stop.wait()
             log.info("worker stopping")
@@ -171,7 +187,9 @@ def serve_workers(settings: Settings, redis_url: str, workers: int) -> int:
         # Port 0 would give each worker its own port: pick shared ones first.
         server = server.model_copy(update={
             "ws_port": server.ws_port or free_port(server.host),
-            "http_port": server.http_port or free_port(server.host)})
+            "http_port": server.http_port or free_port(server.host),
+            "admin_port": (server.admin_port if server.http_port else 0)
+            or free_port(server.admin_host)})
         settings = settings.model_copy(update={"server": server})
     metrics_dir = tempfile.mkdtemp(prefix="oddsfeed-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir

@@ -145,6 +145,8 @@ class MarketOut(MarketSummary):
 
 class MarketList(BaseModel):
     markets: list[MarketSummary]
+    next_cursor: str | None = Field(None, description="present when more markets follow: "
+                                    "send it as `cursor` for the next page")
 
 
 class BatchItemResult(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -352,8 +353,10 @@ class Store:
         return sorted(_text(x) for x in ids)
 
     async def list_markets(self, *, event: str | None = None, sport: str | None = None,
-                           status: str | None = None) -> list[Market]:
-        """Markets filtered by event, sport and status, sorted by id."""
+                           status: str | None = None, after: str | None = None,
+                           limit: int | None = None) -> list[Market]:
+        """Markets filtered by event, sport and status, sorted by id: those with an id after
+        ``after`` (a page's last id), at most ``limit`` of them (None: all)."""
         try:
             sets = []
             if event:
@@ -365,9 +368,18 @@ class Store:
         except (redis_errors.RedisError, OSError) as exc:
             raise StoreError(f"read failed: {exc}") from None
         ids = sorted(set.intersection(*sets))
-        markets = await self.get_many(ids)
-        return [m for m in markets.values()
-                if m is not None and (status is None or m.status == status)]
+        if after is not None:
+            ids = ids[bisect.bisect_right(ids, after):]
+        out: list[Market] = []
+        step = max(limit or len(ids), 1)
+        # Read a page's worth at a time: a status filter may drop some, never read them all.
+        for start in range(0, len(ids), step):
+            chunk = await self.get_many(ids[start:start + step])
+            out.extend(m for m in chunk.values()
+                       if m is not None and (status is None or m.status == status))
+            if limit is not None and len(out) >= limit:
+                return out[:limit]
+        return out
 
     def bus(self, on_message: Callable[[str, str, bytes], None],
             on_reconnect: Callable[[], Awaitable[None]] | None = None) -> Bus:
