@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import time
 from types import TracebackType
 from typing import Any
 
@@ -42,6 +43,13 @@ class Worker:
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Worker:
+        try:
+            return await self._start()
+        except BaseException:
+            await self._stack.aclose()  # a half-started worker releases what it holds
+            raise
+
+    async def _start(self) -> Worker:
         from aiohttp import web
 
         from .api.admin import build_admin_app
@@ -141,11 +149,62 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+async def wait_for_store(settings: Settings, redis_url: str, stop: asyncio.Event,
+                         log: Any) -> bool:
+    """Return True once the store at ``redis_url`` answers, False if ``stop`` is set first.
+
+    Meanwhile the HTTP port answers /healthz 200, /readyz 503 and everything else 503 with
+    Retry-After, and the attempts back off from STORE_RETRY_S[0] to STORE_RETRY_S[1]
+    seconds. Call it before entering a Worker on a store that may be down.
+    """
+    from aiohttp import web
+
+    from .api.app import build_unready_app
+    from .errors import StoreError
+    from .store import Store
+
+    delay, runner = STORE_RETRY_S[0], None
+    try:
+        while not stop.is_set():
+            try:
+                store = await Store.connect(redis_url, cluster=settings.redis.cluster,
+                                            socket_timeout=2.0)
+            except StoreError as exc:
+                log.warning("store unreachable; retrying", error=str(exc), retry_in_s=delay)
+            else:
+                await store.close()
+                return True
+            if runner is None:
+                runner = web.AppRunner(build_unready_app(), access_log=None,
+                                       handle_signals=False)
+                await runner.setup()
+                await web.TCPSite(runner, settings.server.host, settings.server.http_port,
+                                  reuse_port=True).start()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, STORE_RETRY_S[1])
+        return False
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+
+
+# first and longest wait between attempts to reach the store at a worker's start (seconds)
+STORE_RETRY_S = (0.25, 5.0)
+# first and longest wait before the supervisor restarts a worker that died (seconds); a
+# worker that ran RESTART_RESET_S before dying is restarted after the first wait again
+RESTART_BACKOFF_S = (0.5, 30.0)
+RESTART_RESET_S = 60.0
+
+
 def _worker_main(settings_json: str, redis_url: str, index: int) -> None:
     """Entry point of one worker process (spawned)."""
     import sys
 
+    from redis.exceptions import RedisError
+
     from .cli import run_async
+    from .errors import StoreError
     from .log import configure_logging, get_logger
 
     settings = Settings.model_validate_json(settings_json)
@@ -161,27 +220,46 @@ def _worker_main(settings_json: str, redis_url: str, index: int) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        async with Worker(settings, redis_url) as w:
-            tune_gc(settings.server.gc_threshold)
-            from .fanout import server as fanout_server
+        # The store may be down at start, or go down between the check and the worker's
+        # own connect: wait for it again rather than exit.
+        while await wait_for_store(settings, redis_url, stop, log):
+            try:
+                worker = Worker(settings, redis_url)
+                await worker.__aenter__()
+            except (StoreError, RedisError, OSError) as exc:
+                log.warning("worker start failed; waiting for the store", error=str(exc))
+                continue
+            try:
+                tune_gc(settings.server.gc_threshold)
+                from .fanout import server as fanout_server
 
-            # c_send_loop: whether oddsfeed/fanout/_send.c was built (without it every frame
-            # goes through its transport: ~10% more CPU per send at 10,000 connections)
-            log.info("worker ready", ws_port=w.ws_port, http_port=w.http_port,
-                     admin_port=w.admin_port, pid=os.getpid(),
-                     c_send_loop=fanout_server.send_all is not None)
-            await stop.wait()
-            log.info("worker stopping")
+                # c_send_loop: whether oddsfeed/fanout/_send.c was built (without it every
+                # frame goes through its transport: ~10% more CPU per send at 10,000
+                # connections)
+                log.info("worker ready", ws_port=worker.ws_port, http_port=worker.http_port,
+                         admin_port=worker.admin_port, pid=os.getpid(),
+                         c_send_loop=fanout_server.send_all is not None)
+                await stop.wait()
+                log.info("worker stopping")
+            finally:
+                await worker.__aexit__(None, None, None)
+            return
 
     run_async(main())
 
 
 def serve_workers(settings: Settings, redis_url: str, workers: int) -> int:
-    """Run ``workers`` processes sharing the WebSocket and HTTP ports; returns the exit code.
+    """Run ``workers`` processes sharing the WebSocket and HTTP ports until SIGTERM/SIGINT
+    (forwarded to them); returns the exit code (0 after a requested stop).
 
-    SIGTERM/SIGINT are forwarded; metrics are aggregated across workers through a private
-    PROMETHEUS_MULTIPROC_DIR.
+    A worker that dies is logged and started again after a backoff (RESTART_BACKOFF_S);
+    metrics are aggregated across workers through a private PROMETHEUS_MULTIPROC_DIR.
     """
+    from prometheus_client import multiprocess as prom_multiprocess
+
+    from .log import get_logger
+
+    log = get_logger("oddsfeed.supervisor")
     server = settings.server
     if workers > 1 and (server.ws_port == 0 or server.http_port == 0):
         # Port 0 would give each worker its own port: pick shared ones first.
@@ -194,34 +272,70 @@ def serve_workers(settings: Settings, redis_url: str, workers: int) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="oddsfeed-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker_main, args=(settings.model_dump_json(), redis_url, i),
-                         name=f"oddsfeed-worker-{i}", daemon=False) for i in range(workers)]
+    settings_json = settings.model_dump_json()
+    slots = [_Slot(i) for i in range(workers)]
     stopping = False
+
+    def start(slot: _Slot) -> None:
+        slot.proc = ctx.Process(target=_worker_main, args=(settings_json, redis_url, slot.index),
+                                name=f"oddsfeed-worker-{slot.index}", daemon=False)
+        slot.proc.start()
+        slot.started = time.monotonic()
+        slot.restart_at = None
 
     def forward(signum: int, frame: object) -> None:
         nonlocal stopping
         stopping = True
-        for p in procs:
-            if p.pid is not None and p.is_alive():
+        for slot in slots:
+            p = slot.proc
+            if p is not None and p.pid is not None and p.is_alive():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(p.pid, signal.SIGTERM)
 
     old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        for p in procs:
-            p.start()
-        code = 0
-        while any(p.is_alive() for p in procs):
-            for p in procs:
-                p.join(timeout=0.2)
-                if not p.is_alive() and p.exitcode not in (0, None) and not stopping:
-                    code = 1
-                    forward(signal.SIGTERM, None)
-        for p in procs:
-            if p.exitcode not in (0, -signal.SIGTERM) and not stopping:
-                code = 1
-        return code
+        for slot in slots:
+            start(slot)
+        while True:
+            for slot in slots:
+                p = slot.proc
+                if p is None or slot.restart_at is not None:
+                    continue
+                p.join(timeout=0.2 / len(slots))
+                if p.is_alive():
+                    continue
+                with contextlib.suppress(Exception):
+                    prom_multiprocess.mark_process_dead(p.pid)  # type: ignore[no-untyped-call]
+                if stopping:
+                    slot.proc = None
+                    continue
+                ran_s = time.monotonic() - slot.started
+                slot.crashes = 1 if ran_s >= RESTART_RESET_S else slot.crashes + 1
+                delay = min(RESTART_BACKOFF_S[0] * 2 ** (slot.crashes - 1), RESTART_BACKOFF_S[1])
+                slot.restart_at = time.monotonic() + delay
+                log.error("worker exited; restarting it", worker=slot.index, pid=p.pid,
+                          exit_code=p.exitcode, ran_s=round(ran_s, 1), restart_in_s=delay)
+            if stopping and all(slot.proc is None or slot.restart_at is not None
+                                for slot in slots):
+                return 0
+            for slot in slots:
+                if (slot.restart_at is not None and not stopping
+                        and time.monotonic() >= slot.restart_at):
+                    start(slot)
+                    log.info("worker restarted", worker=slot.index, pid=slot.proc.pid)
+            time.sleep(0.05)
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+class _Slot:
+    """One worker position of the supervisor: its process and restart state."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.proc: Any = None  # multiprocessing.Process (spawn context)
+        self.started = 0.0
+        self.crashes = 0
+        self.restart_at: float | None = None

@@ -492,3 +492,21 @@ def build_app(settings: Settings, store: Store, *,
             continue  # admin routes: build_admin_app; no demo: 404 like any unknown path
         app.router.add_route(route.method, route.path, HANDLERS[route.handler])
     return app
+
+
+def build_unready_app() -> web.Application:
+    """The HTTP app of a worker still waiting for its store: /healthz 200, /readyz 503 and
+    every other path 503 with Retry-After, so load balancers and clients know to wait."""
+
+    async def unready(request: web.Request) -> web.Response:
+        if request.path == "/healthz":
+            return web.json_response({"status": "ok"})
+        if request.path == "/readyz":
+            return web.json_response({"status": "unavailable"}, status=503)
+        return Problem(503, "store unavailable", "the node is waiting for its store; retry",
+                       retry_after=1).response()
+
+    app = web.Application()
+    app.on_response_prepare.append(hide_server_banner)
+    app.router.add_route("*", "/{tail:.*}", unready)
+    return app
