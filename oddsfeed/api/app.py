@@ -27,6 +27,7 @@ from ..validation import validate_slip
 from . import schemas
 from .body import parse_json
 from .idempotency import idempotent
+from .listener import SERVER
 from .openapi import ROUTES
 from .problem import Problem
 
@@ -57,7 +58,6 @@ K_READY: web.AppKey[Callable[[], bool]] = web.AppKey("ready", Callable)  # type:
 K_DEMO: web.AppKey[str] = web.AppKey("demo_token", str)
 K_WS_PORT: web.AppKey[int] = web.AppKey("ws_port", int)
 K_VALIDATING: web.AppKey[list[int]] = web.AppKey("validating", list)  # [in progress]
-SERVER = "oddsfeed"  # the Server header: no library or version banner
 
 
 def _bad_body(exc: ValidationError, prefix: str = "") -> Problem:

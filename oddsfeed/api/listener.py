@@ -5,12 +5,20 @@ aiohttp's and the app's business."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_response
+from aiohttp.http_exceptions import HttpProcessingError
 
-__all__ = ["HttpListener", "runner_options"]
+__all__ = ["SERVER", "HttpListener", "runner_options"]
+
+SERVER = "oddsfeed"  # the Server header of every response: no library or version banner
+# aiohttp has no setting for the Server header of the responses it writes itself (the 400
+# to a malformed request line or header never reaches the app's hooks), and its default
+# names aiohttp's and Python's versions: replace that default once, process-wide.
+web_response.SERVER_SOFTWARE = SERVER  # type: ignore[attr-defined]
 
 # What a refused connection reads before the close: a complete response, so a client (or
 # load balancer) sees "busy, retry" rather than a reset.
@@ -20,12 +28,36 @@ _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/problem
          b'"detail":"too many open connections"}')
 
 
+class _PeerFaultLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server logger, except that a malformed request (the peer's fault, which
+    aiohttp answers 400) is a one-line warning rather than an error with a traceback:
+    any client could otherwise fill the log with tracebacks at will."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True,
+                  **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            text = str(exc_info.message)[:200].replace("\n", " ")
+            self.warning("bad request from a client: %s", text)
+            return
+        self.error(msg, *args, exc_info=exc_info, **kwargs)
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]
+                ) -> tuple[Any, MutableMapping[str, Any]]:
+        return msg, kwargs
+
+
+_SERVER_LOG = _PeerFaultLogger(logging.getLogger("aiohttp.server"), {})
+
+
 def runner_options(header_timeout_s: float) -> dict[str, Any]:
-    """``web.AppRunner`` keyword arguments that bound a connection's wait for a request:
-    aiohttp arms its keep-alive timer when a connection opens and after each response, and
-    closes a connection still without a complete request head when it fires, so one
-    timer is both the header-read deadline and the idle keep-alive timeout."""
-    return {"keepalive_timeout": header_timeout_s}
+    """``web.AppRunner`` keyword arguments of every oddsfeed HTTP port.
+
+    They bound a connection's wait for a request (aiohttp arms its keep-alive timer when a
+    connection opens and after each response, and closes a connection still without a
+    complete request head when it fires, so one timer is both the header-read deadline
+    and the idle keep-alive timeout), and log a malformed request as a warning.
+    """
+    return {"keepalive_timeout": header_timeout_s, "logger": _SERVER_LOG}
 
 
 class HttpListener:

@@ -4,6 +4,7 @@ connection flood, the admin surface and banners, held validations and large list
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -108,6 +109,26 @@ async def test_metrics_on_the_admin_port_only_and_no_banner(worker: Callable[...
         for path in ("/healthz", "/v1/markets", "/nope"):
             async with http.get(api + path) as r:
                 assert r.headers["Server"] == "oddsfeed", path
+
+
+@pytest.mark.parametrize("raw", [b"GARBAGE\r\n\r\n",
+                                 b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n",
+                                 b"GET / HTTP/1.1\r\nX: " + b"b" * 9000 + b"\r\n\r\n"])
+async def test_malformed_requests_get_400_without_banner_or_traceback(
+        worker: Callable[..., Any], raw: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """A malformed request line, an overlong one or an overlong header gets aiohttp's 400
+    with Server: oddsfeed, and is logged as a warning, never an error with a traceback."""
+    w = await worker()
+    caplog.set_level(logging.WARNING)
+    reader, writer = await asyncio.open_connection("127.0.0.1", w.http_port)
+    writer.write(raw)
+    async with asyncio.timeout(5):
+        answer = await reader.read()
+    writer.close()
+    assert answer.split(b" ", 2)[1] == b"400"
+    assert b"\r\nServer: oddsfeed\r\n" in answer
+    assert b"aiohttp" not in answer
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
 async def test_validation_cap_answers_503_with_retry_after(worker: Callable[..., Any]) -> None:
