@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 
 import click
 
-from oddsfeed.auth import DEMO_SECRET
 from oddsfeed.embedded import EmbeddedCluster, EmbeddedServerError, EmbeddedValkey
 from oddsfeed.log import configure_logging, get_logger
 from oddsfeed.redact import MASK, redact_url
@@ -151,6 +150,8 @@ def _overrides(flags: dict[str, Any]) -> dict[str, Any]:
 def demo_mode(settings: Settings) -> bool:
     """Whether ``oddsfeed run`` is the laptop demo: the published demo secret on a loopback
     host. Only then does it mint a demo token and serve ``GET /v1/demo/token``."""
+    from oddsfeed.auth import DEMO_SECRET
+
     return settings.auth.hs256_secret == DEMO_SECRET and _is_loopback(settings.server.host)
 
 
@@ -171,9 +172,7 @@ def _check_auth(settings: Settings, *, demo: bool) -> None:
     try:
         check_secret(settings.auth.hs256_secret, demo=demo)
     except AuthError as exc:
-        hint = "" if settings.auth.hs256_secret != DEMO_SECRET else (
-            " (`oddsfeed run` accepts it only with server.host on loopback)")
-        raise click.ClickException(f"{exc}{hint}") from None
+        raise click.ClickException(str(exc)) from None
 
 
 def _not_yet(command: str) -> None:

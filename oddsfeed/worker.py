@@ -21,6 +21,12 @@ from .settings import Settings
 
 # file descriptors a worker needs besides its WebSocket connections (store, HTTP, files)
 FD_RESERVE = 256
+# first and longest wait between attempts to reach the store at a worker's start (seconds)
+STORE_RETRY_S = (0.25, 5.0)
+# first and longest wait before the supervisor restarts a worker that died (seconds); a
+# worker that ran RESTART_RESET_S before dying is restarted after the first wait again
+RESTART_BACKOFF_S = (0.5, 30.0)
+RESTART_RESET_S = 60.0
 
 
 class Worker:
@@ -78,6 +84,14 @@ class Worker:
         fan = FanoutServer(hub, fanout=s.fanout, auth=auth, host=s.server.host,
                            port=s.server.ws_port, validate=validate, reuse_port=self.reuse_port)
         await fan.start()
+        fan_open = [True]
+
+        async def close_fanout() -> None:
+            if fan_open[0]:
+                fan_open[0] = False
+                await fan.close()
+
+        stack.push_async_callback(close_fanout)  # if the rest of the start-up fails
         self.fanout = fan
         self.ws_port = fan.port
         app = build_app(s, store, auth=auth, ready=lambda: hub.ready, demo_token=self.demo_token,
@@ -85,24 +99,26 @@ class Worker:
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                **runner_options(s.api.header_timeout_s))
         await runner.setup()
-        listener = HttpListener(max_connections=s.api.max_connections)
-        self.http_port = await listener.start(runner, s.server.host, s.server.http_port,
-                                              reuse_port=self.reuse_port)
-        self.listener = listener
+        stack.push_async_callback(runner.cleanup)
         admin = web.AppRunner(build_admin_app(), access_log=None, handle_signals=False,
                               **runner_options(s.api.header_timeout_s))
         await admin.setup()
         stack.push_async_callback(admin.cleanup)
+        listener = HttpListener(max_connections=s.api.max_connections)
+        self.http_port = await listener.start(runner, s.server.host, s.server.http_port,
+                                              reuse_port=self.reuse_port)
+        stack.push_async_callback(listener.close)  # if the rest of the start-up fails
+        self.listener = listener
         # Any free admin port when the API port is any free port (see server.admin_port).
         admin_port = s.server.admin_port if s.server.http_port else 0
         admin_site = web.TCPSite(admin, s.server.admin_host, admin_port,
                                  reuse_port=self.reuse_port)
         await admin_site.start()
         self.admin_port = int(admin.addresses[0][1])
-        # Shutdown order: stop accepting HTTP, close WebSocket clients (1001), then the rest.
-        stack.push_async_callback(runner.cleanup)
+        # Shutdown order (the stack unwinds in reverse): stop accepting HTTP, close WebSocket
+        # clients (1001), finish in-flight HTTP requests, then the hub and the store.
+        stack.push_async_callback(close_fanout)
         stack.push_async_callback(listener.close)
-        stack.push_async_callback(fan.close)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
@@ -160,10 +176,12 @@ async def wait_for_store(settings: Settings, redis_url: str, stop: asyncio.Event
     from aiohttp import web
 
     from .api.app import build_unready_app
+    from .api.listener import HttpListener, runner_options
     from .errors import StoreError
     from .store import Store
 
     delay, runner = STORE_RETRY_S[0], None
+    listener = HttpListener(max_connections=settings.api.max_connections)
     try:
         while not stop.is_set():
             try:
@@ -176,25 +194,20 @@ async def wait_for_store(settings: Settings, redis_url: str, stop: asyncio.Event
                 return True
             if runner is None:
                 runner = web.AppRunner(build_unready_app(), access_log=None,
-                                       handle_signals=False)
+                                       handle_signals=False,
+                                       **runner_options(settings.api.header_timeout_s))
                 await runner.setup()
-                await web.TCPSite(runner, settings.server.host, settings.server.http_port,
-                                  reuse_port=True).start()
+                await listener.start(runner, settings.server.host, settings.server.http_port,
+                                     reuse_port=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
             delay = min(delay * 2, STORE_RETRY_S[1])
         return False
     finally:
+        await listener.close()
         if runner is not None:
             await runner.cleanup()
 
-
-# first and longest wait between attempts to reach the store at a worker's start (seconds)
-STORE_RETRY_S = (0.25, 5.0)
-# first and longest wait before the supervisor restarts a worker that died (seconds); a
-# worker that ran RESTART_RESET_S before dying is restarted after the first wait again
-RESTART_BACKOFF_S = (0.5, 30.0)
-RESTART_RESET_S = 60.0
 
 
 def _worker_main(settings_json: str, redis_url: str, index: int) -> None:
@@ -261,13 +274,13 @@ def serve_workers(settings: Settings, redis_url: str, workers: int) -> int:
 
     log = get_logger("oddsfeed.supervisor")
     server = settings.server
-    if workers > 1 and (server.ws_port == 0 or server.http_port == 0):
+    admin_port = server.admin_port if server.http_port else 0  # see server.admin_port
+    if workers > 1 and 0 in (server.ws_port, server.http_port, admin_port):
         # Port 0 would give each worker its own port: pick shared ones first.
         server = server.model_copy(update={
             "ws_port": server.ws_port or free_port(server.host),
             "http_port": server.http_port or free_port(server.host),
-            "admin_port": (server.admin_port if server.http_port else 0)
-            or free_port(server.admin_host)})
+            "admin_port": admin_port or free_port(server.admin_host)})
         settings = settings.model_copy(update={"server": server})
     metrics_dir = tempfile.mkdtemp(prefix="oddsfeed-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir

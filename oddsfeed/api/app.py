@@ -187,8 +187,9 @@ async def _json_body(request: web.Request) -> Any:
     try:
         return parse_json(raw)
     except InvalidInput as exc:
+        errors = [{"path": exc.path, "message": exc.message}] if exc.path else None
         raise Problem(400, "invalid json", f"the request body is not valid json: {exc}",
-                      errors=[{"path": exc.path, "message": exc.message}]) from None
+                      errors=errors) from None
 
 
 def _model(model: type[BaseModel], data: Any, prefix: str = "") -> Any:
