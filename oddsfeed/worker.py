@@ -58,7 +58,7 @@ class Worker:
     async def _start(self) -> Worker:
         from aiohttp import web
 
-        from .api.admin import build_admin_app
+        from .api.admin import add_admin_routes, build_admin_app
         from .api.app import build_app
         from .api.listener import HttpListener, runner_options
         from .auth import Authenticator
@@ -96,25 +96,35 @@ class Worker:
         self.ws_port = fan.port
         app = build_app(s, store, auth=auth, ready=lambda: hub.ready, demo_token=self.demo_token,
                         ws_port=fan.port)
+        # admin_port == http_port (same host): /metrics on the API port, as an operator may
+        # choose; otherwise the admin routes get their own bind.
+        shared_admin = (s.server.http_port != 0 and s.server.admin_port == s.server.http_port
+                        and s.server.admin_host == s.server.host)
+        if shared_admin:
+            add_admin_routes(app)
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                **runner_options(s.api.header_timeout_s))
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
-        admin = web.AppRunner(build_admin_app(), access_log=None, handle_signals=False,
-                              **runner_options(s.api.header_timeout_s))
-        await admin.setup()
-        stack.push_async_callback(admin.cleanup)
+        admin: web.AppRunner | None = None
+        if not shared_admin:
+            admin = web.AppRunner(build_admin_app(), access_log=None, handle_signals=False,
+                                  **runner_options(s.api.header_timeout_s))
+            await admin.setup()
+            stack.push_async_callback(admin.cleanup)
         listener = HttpListener(max_connections=s.api.max_connections)
         self.http_port = await listener.start(runner, s.server.host, s.server.http_port,
                                               reuse_port=self.reuse_port)
         stack.push_async_callback(listener.close)  # if the rest of the start-up fails
         self.listener = listener
-        # Any free admin port when the API port is any free port (see server.admin_port).
-        admin_port = s.server.admin_port if s.server.http_port else 0
-        admin_site = web.TCPSite(admin, s.server.admin_host, admin_port,
-                                 reuse_port=self.reuse_port)
-        await admin_site.start()
-        self.admin_port = int(admin.addresses[0][1])
+        if admin is None:
+            self.admin_port = self.http_port
+        else:
+            # Any free admin port when the API port is any free port (server.admin_port).
+            admin_port = s.server.admin_port if s.server.http_port else 0
+            await web.TCPSite(admin, s.server.admin_host, admin_port,
+                              reuse_port=self.reuse_port).start()
+            self.admin_port = int(admin.addresses[0][1])
         # Shutdown order (the stack unwinds in reverse): stop accepting HTTP, close WebSocket
         # clients (1001), finish in-flight HTTP requests, then the hub and the store.
         stack.push_async_callback(close_fanout)

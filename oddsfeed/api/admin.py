@@ -12,7 +12,7 @@ from prometheus_client import multiprocess as prom_multiprocess
 from .app import errors_mw, hide_server_banner
 from .openapi import ROUTES, openapi_document
 
-__all__ = ["build_admin_app"]
+__all__ = ["add_admin_routes", "build_admin_app"]
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -32,12 +32,17 @@ async def openapi(request: web.Request) -> web.Response:
 HANDLERS = {"metrics": metrics, "openapi": openapi}
 
 
+def add_admin_routes(app: web.Application) -> None:
+    """Register /metrics and /openapi.json on ``app`` (before it runs)."""
+    for route in ROUTES:
+        if route.admin:
+            app.router.add_route(route.method, route.path, HANDLERS[route.handler])
+
+
 def build_admin_app() -> web.Application:
     """The aiohttp application of the admin port; the caller runs it (``web.AppRunner``) on
     ``server.admin_host``:``server.admin_port``."""
     app = web.Application(middlewares=[errors_mw])
     app.on_response_prepare.append(hide_server_banner)
-    for route in ROUTES:
-        if route.admin:
-            app.router.add_route(route.method, route.path, HANDLERS[route.handler])
+    add_admin_routes(app)
     return app

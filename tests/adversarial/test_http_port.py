@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from oddsfeed.embedded import free_port
 from oddsfeed.worker import Worker
 from tests.api.conftest import BODY, api_settings, mint
 
@@ -109,6 +110,19 @@ async def test_metrics_on_the_admin_port_only_and_no_banner(worker: Callable[...
         for path in ("/healthz", "/v1/markets", "/nope"):
             async with http.get(api + path) as r:
                 assert r.headers["Server"] == "oddsfeed", path
+
+
+async def test_admin_port_equal_to_http_port_serves_metrics_there(
+        worker: Callable[..., Any]) -> None:
+    """An operator who sets server.admin_port to server.http_port gets /metrics on the API
+    port (as protocol.md's contract table lists it) and no second listener."""
+    port = free_port()
+    w = await worker(**{"server.http_port": port, "server.admin_port": port})
+    assert w.admin_port == w.http_port == port
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"http://127.0.0.1:{port}/metrics") as r:
+        assert r.status == 200
+        assert "oddsfeed_http_requests_total" in await r.text()
 
 
 @pytest.mark.parametrize("raw", [b"GARBAGE\r\n\r\n",
