@@ -374,6 +374,8 @@ def _run_ingest(cli: _Cli, adapter: str, opts: dict[str, Any], out: Path | None)
     from oddsfeed.store import Store
 
     settings = _settings(cli, {"redis.url": opts.pop("redis_url", None)})
+    if adapter == "push":
+        _check_auth(settings, demo=False)  # its endpoint verifies tokens like the API
     if adapter == "replay" and not opts.get("file"):
         raise click.ClickException("replay needs --file")
     if adapter == "http-poll" and not opts.get("url"):

@@ -64,14 +64,16 @@ async def test_max_token_lifetime_is_configurable(make_api: Any) -> None:
 ])
 def test_weak_or_published_secrets_refused_at_start(secret: str, message: str,
                                                     valkey_url: str) -> None:
-    """`oddsfeed serve` refuses an HS256 secret under 32 bytes and the published demo
-    secret with a clear error before starting anything; so does the Authenticator."""
+    """`oddsfeed serve` and `oddsfeed ingest push` refuse an HS256 secret under 32 bytes
+    and the published demo secret with a clear error before starting anything; so does
+    the Authenticator."""
     with pytest.raises(AuthError, match=re.escape(message)):
         Authenticator(load_settings(None, {}, {"auth.hs256_secret": secret}).auth)
-    result = CliRunner().invoke(main, ["serve", "--redis-url", valkey_url],
-                                env={"ODDSFEED_AUTH__HS256_SECRET": secret})
-    assert result.exit_code == 1
-    assert message in result.output
+    for args in (["serve", "--redis-url", valkey_url],
+                 ["ingest", "push", "--redis-url", valkey_url, "--port", "0"]):
+        result = CliRunner().invoke(main, args, env={"ODDSFEED_AUTH__HS256_SECRET": secret})
+        assert result.exit_code == 1, (args, result.output)
+        assert message in result.output, args
 
 
 def test_run_refuses_the_demo_secret_off_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
