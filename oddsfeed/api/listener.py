@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web, web_response
 from aiohttp.http_exceptions import HttpProcessingError
+from prometheus_client import Counter
 
 __all__ = ["SERVER", "HttpListener", "runner_options"]
 
@@ -45,6 +46,9 @@ class _PeerFaultLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
                 ) -> tuple[Any, MutableMapping[str, Any]]:
         return msg, kwargs
 
+
+REFUSED = Counter("oddsfeed_http_connections_refused_total",
+                  "HTTP connections answered 503 and closed: api.max_connections were open")
 
 _SERVER_LOG = _PeerFaultLogger(logging.getLogger("aiohttp.server"), {})
 
@@ -107,6 +111,7 @@ class _Counted(asyncio.Protocol):
         listener = self._listener
         if listener.open >= listener.max_connections:
             listener.refused += 1
+            REFUSED.inc()
             assert isinstance(transport, asyncio.Transport)
             transport.write(_BUSY)
             transport.close()
