@@ -18,6 +18,10 @@ from .errors import OddsfeedError
 from .settings import AuthSettings
 
 SCOPES = ("odds:read", "odds:write", "bets:validate")
+# The secret config/oddsfeed.toml publishes for the laptop demo: anyone can sign with it, so
+# only `oddsfeed run` on a loopback host accepts it.
+DEMO_SECRET = "demo-only-not-a-secret-change-me"  # noqa: S105 - published on purpose
+MIN_HS256_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
 VERIFIED_CACHE_SIZE = 4096  # tokens kept after a successful verification
 READ, WRITE, VALIDATE = SCOPES
 
@@ -62,11 +66,14 @@ def _load_key(text: str) -> tuple[Any, list[str]]:
 class Authenticator:
     """Verifies bearer tokens against the configured HS256 secret and public keys."""
 
-    def __init__(self, settings: AuthSettings) -> None:
-        """Load the keys of ``settings``; raises AuthError for an unreadable public key."""
+    def __init__(self, settings: AuthSettings, *, demo: bool = False) -> None:
+        """Load the keys of ``settings``; raises AuthError for an unreadable public key, an
+        HS256 secret under 32 bytes, or the published demo secret unless ``demo`` (only the
+        all-in-one ``oddsfeed run`` on a loopback host passes it)."""
         self.settings = settings
         self._keys: list[tuple[Any, list[str]]] = []
         self._verified: dict[str, Principal] = {}
+        check_secret(settings.hs256_secret, demo=demo)
         if settings.hs256_secret:
             self._keys.append((settings.hs256_secret, ["HS256"]))
         for key in settings.public_keys:
@@ -128,7 +135,7 @@ class Authenticator:
                 continue
             except jwt.PyJWTError as exc:
                 raise AuthError(f"invalid token: {exc}".lower()) from None
-            return _principal(claims)
+            return _principal(claims, time.time(), self.settings.max_token_lifetime_s)
         if last is not None:
             raise AuthError("bad token signature")
         raise AuthError(f"no key configured for alg {alg}")
@@ -140,6 +147,9 @@ class Authenticator:
         unknown scope or a ttl below 1 s."""
         if ttl_s < 1:
             raise AuthError(f"ttl must be at least 1 s, got {ttl_s}")
+        if ttl_s > self.settings.max_token_lifetime_s:
+            raise AuthError(f"ttl {ttl_s} s is over auth.max_token_lifetime_s "
+                            f"({self.settings.max_token_lifetime_s} s)")
         if not self.settings.hs256_secret:
             raise AuthError("no hs256_secret configured")
         bad = [s for s in scopes if s not in SCOPES]
@@ -154,10 +164,43 @@ class Authenticator:
         return jwt.encode(claims, self.settings.hs256_secret, algorithm="HS256")
 
 
-def _principal(claims: dict[str, Any]) -> Principal:
+def check_secret(secret: str, *, demo: bool = False) -> None:
+    """Raise AuthError if ``secret`` (empty: no HS256) is under 32 bytes, or is the
+    published demo secret and ``demo`` is false. Call it at start-up, before serving."""
+    if not secret:
+        return
+    if secret == DEMO_SECRET and not demo:
+        raise AuthError("auth.hs256_secret is the published demo secret; it is accepted only "
+                        "by `oddsfeed run` on a loopback host: set a secret of your own")
+    size = len(secret.encode())
+    if size < MIN_HS256_SECRET_BYTES:
+        raise AuthError(f"auth.hs256_secret is {size} bytes; an hs256 secret needs at least "
+                        f"{MIN_HS256_SECRET_BYTES}")
+
+
+def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
+    # RFC 7519 NumericDate is a JSON number. PyJWT also takes numeric strings ("1700000000")
+    # while this cache compared them as 0: refuse anything but a number, every time.
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AuthError(f"token {name} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _principal(claims: dict[str, Any], now_s: float, max_lifetime_s: int) -> Principal:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise AuthError("token sub must be a non-empty string")
+    for name in ("iat", "nbf"):
+        _numeric_date(claims, name)
+    exp = _numeric_date(claims, "exp")
+    if exp is None:
+        raise AuthError("token exp is required")
+    if exp - now_s > max_lifetime_s:
+        raise AuthError(f"token exp is more than auth.max_token_lifetime_s ({max_lifetime_s} s) "
+                        "ahead")
     scope = claims.get("scope", "")
     if isinstance(scope, list):
         scopes = frozenset(str(s) for s in scope)
@@ -165,5 +208,4 @@ def _principal(claims: dict[str, Any]) -> Principal:
         scopes = frozenset(scope.split())
     else:
         raise AuthError("token scope must be a space-separated string")
-    exp = claims.get("exp", 0)
-    return Principal(sub=sub, scopes=scopes, exp=int(exp) if isinstance(exp, (int, float)) else 0)
+    return Principal(sub=sub, scopes=scopes, exp=int(exp))

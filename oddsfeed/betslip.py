@@ -29,8 +29,9 @@ def check_leg(leg: Leg, record: Record | None, accept: str) -> dict[str, Any]:
     market, susp_v = record
     sel = market.selections.get(leg.selection)
     if sel is None:
+        # protocol.md section 4: price and version are null for an unknown selection
         return {**out, "ok": False, "reason": "unknown_selection", "price": None,
-                "version": market.version}
+                "version": None}
     out["price"] = to_float(sel.price)
     out["version"] = market.version
     reason = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ import click
 
 from oddsfeed.embedded import EmbeddedCluster, EmbeddedServerError, EmbeddedValkey
 from oddsfeed.log import configure_logging, get_logger
+from oddsfeed.redact import MASK, redact_url
 from oddsfeed.settings import Settings, SettingsError, load_settings
 
 __all__ = ["load_cli_settings", "main", "run_all", "run_async"]
@@ -145,6 +147,34 @@ def _overrides(flags: dict[str, Any]) -> dict[str, Any]:
     return {_SERVER_FLAGS[name]: value for name, value in flags.items() if name in _SERVER_FLAGS}
 
 
+def demo_mode(settings: Settings) -> bool:
+    """Whether ``oddsfeed run`` is the laptop demo: the published demo secret on a loopback
+    host. Only then does it mint a demo token and serve ``GET /v1/demo/token``."""
+    from oddsfeed.auth import DEMO_SECRET
+
+    return settings.auth.hs256_secret == DEMO_SECRET and _is_loopback(settings.server.host)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_auth(settings: Settings, *, demo: bool) -> None:
+    """Refuse to start with an HS256 secret under 32 bytes, or with the published demo
+    secret unless ``demo``."""
+    from oddsfeed.auth import AuthError, check_secret
+
+    try:
+        check_secret(settings.auth.hs256_secret, demo=demo)
+    except AuthError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _not_yet(command: str) -> None:
     click.echo(f"oddsfeed {command}: not yet implemented", err=True)
     sys.exit(2)
@@ -159,6 +189,7 @@ def _not_yet(command: str) -> None:
 def run(cli: _Cli, /, **flags: Any) -> None:
     """All-in-one: embedded Valkey (unless redis.url is set), demo feed, fan-out and API."""
     settings = _settings(cli, _overrides(flags))
+    _check_auth(settings, demo=demo_mode(settings))
     try:
         code = run_async(run_all(settings))
     except EmbeddedServerError as exc:
@@ -194,19 +225,21 @@ async def run_all(settings: Settings, *, stop: asyncio.Event | None = None) -> i
                 redis_url = valkey.url
                 log.info("embedded valkey started", url=redis_url, pid=valkey.pid)
 
-        from oddsfeed.auth import Authenticator, AuthError
+        from oddsfeed.auth import Authenticator
         from oddsfeed.worker import FD_RESERVE, Worker, raise_fd_limit, tune_gc
 
+        demo = demo_mode(settings)
         token = None
-        try:
-            token = Authenticator(settings.auth).mint(
-                "demo-trader", ["odds:read", "odds:write", "bets:validate"], ttl_s=86_400,
-                now_s=int(time.time()))
-        except AuthError:
-            log.warning("no hs256_secret configured: no trader token printed")
+        if demo:
+            token = Authenticator(settings.auth, demo=True).mint(
+                "demo-trader", ["odds:read", "odds:write", "bets:validate"],
+                ttl_s=min(86_400, settings.auth.max_token_lifetime_s), now_s=int(time.time()))
+        else:
+            log.info("not the demo (no demo secret on a loopback host): GET /v1/demo/token "
+                     "is off; mint tokens with `oddsfeed token`")
         raise_fd_limit(settings.fanout.max_connections + FD_RESERVE)
         worker = await stack.enter_async_context(
-            Worker(settings, redis_url, demo_token=token, reuse_port=False))
+            Worker(settings, redis_url, demo_token=token, demo=demo, reuse_port=False))
         tune_gc(settings.server.gc_threshold)
         if settings.demo.events > 0:
             from ingest.simulator import SimulatorConfig, run_simulator
@@ -222,9 +255,10 @@ async def run_all(settings: Settings, *, stop: asyncio.Event | None = None) -> i
         host = settings.server.host
         log.info(
             "oddsfeed ready",
-            redis_url=redis_url,
+            redis_url=redact_url(redis_url),
             ws_url=f"ws://{host}:{worker.ws_port}/ws",
             http_url=f"http://{host}:{worker.http_port}/",
+            admin_url=f"http://{settings.server.admin_host}:{worker.admin_port}/metrics",
         )
         code = await _wait_for_stop(stop, tasks, log)
         log.info("oddsfeed stopping")
@@ -294,6 +328,7 @@ def serve(cli: _Cli, /, **flags: Any) -> None:
     settings = _settings(cli, _overrides(flags))
     if not settings.redis.url:
         raise click.ClickException("serve needs redis.url (ODDSFEED_REDIS__URL or --redis-url)")
+    _check_auth(settings, demo=False)
     workers = settings.server.worker_count(os.cpu_count())
     sys.exit(serve_workers(settings, settings.redis.url, workers))
 
@@ -368,6 +403,8 @@ def _run_ingest(cli: _Cli, adapter: str, opts: dict[str, Any], out: Path | None)
                                "ingest.api_key": opts.pop("api_key", None),
                                "ingest.app_key": opts.pop("app_key", None),
                                "ingest.session": opts.pop("session", None)})
+    if adapter == "push":
+        _check_auth(settings, demo=False)  # its endpoint verifies tokens like the API
     if adapter == "replay" and not opts.get("file"):
         raise click.ClickException("replay needs --file")
     if adapter == "http-poll" and not opts.get("url"):
@@ -565,5 +602,6 @@ def show_config(cli: _Cli) -> None:
     settings = _settings(cli, {})
     data = settings.model_dump(mode="json")
     if data["auth"]["hs256_secret"]:
-        data["auth"]["hs256_secret"] = "***"  # noqa: S105 - a mask, not a password
+        data["auth"]["hs256_secret"] = MASK
+    data["redis"]["url"] = redact_url(data["redis"]["url"])
     click.echo(json.dumps(data, indent=2))

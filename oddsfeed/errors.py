@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .redact import redact_text
+
 
 class OddsfeedError(Exception):
     """Base of every error oddsfeed raises on purpose."""
@@ -58,7 +60,11 @@ class ProviderDataError(OddsfeedError):
 
 
 class StoreError(OddsfeedError):
-    """The store refused or failed a call (unreachable, script error)."""
+    """The store refused or failed a call (unreachable, script error); its text never
+    carries the store URL's credentials, since it is logged and may reach a client."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact_text(message))
 
 
 class InternalError(OddsfeedError):

@@ -11,9 +11,11 @@ import sys
 from typing import IO, Any
 
 import structlog
-from structlog.typing import FilteringBoundLogger, Processor
+from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
-__all__ = ["configure_logging", "get_logger"]
+from oddsfeed.redact import redact_text
+
+__all__ = ["configure_logging", "get_logger", "redact_credentials"]
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -63,6 +65,7 @@ def configure_logging(
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
+        redact_credentials,
     ]
     final: list[Processor] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
     if fmt == "json":
@@ -94,6 +97,15 @@ def configure_logging(
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level_no)
+
+
+def redact_credentials(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
+    """A structlog processor: URL credentials in any string value (the event included)
+    become ``***``, whoever logged them (our code or a library through stdlib logging)."""
+    for key, value in event.items():
+        if isinstance(value, str) and "@" in value:
+            event[key] = redact_text(value)
+    return event
 
 
 def get_logger(name: str, **initial: Any) -> FilteringBoundLogger:

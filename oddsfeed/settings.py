@@ -64,6 +64,11 @@ class ServerSettings(_Section):
     host: str = "127.0.0.1"
     ws_port: int = Field(8765, ge=0, le=65535)  # 0: any free port
     http_port: int = Field(8080, ge=0, le=65535)
+    # /metrics and /openapi.json live on this bind only, never on the client-facing port.
+    # 0: any free port; with http_port 0 the admin port is any free port too, so several
+    # nodes on one host (tests, a laptop) never fight over it.
+    admin_host: str = "127.0.0.1"
+    admin_port: int = Field(9080, ge=0, le=65535)
     workers: int = Field(0, ge=0)  # 0: one per CPU
     # Young-generation GC threshold of a worker; 0 leaves Python's defaults (see
     # docs/performance.md: the default 700 makes full collections of every connection's
@@ -101,11 +106,20 @@ class FanoutSettings(_Section):
 
 
 class ApiSettings(_Section):
-    """HTTP API limits."""
+    """HTTP API limits (docs/operations.md lists them with their defaults)."""
 
     max_body_bytes: int = Field(1048576, gt=0)
     cors_origins: list[str] = Field(default_factory=list)
     idempotency_ttl_s: int = Field(300, gt=0)
+    # a connection must send a complete request head within this of connecting or of its
+    # previous response (also the idle keep-alive timeout), else it is closed
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)  # reading a whole request body, else 408
+    max_connections: int = Field(1000, gt=0)  # open HTTP connections per worker; past it 503
+    # bet-slip validations in progress per worker (an in-play one holds its request for the
+    # bet delay); past it 503 with Retry-After
+    max_validations: int = Field(256, gt=0)
+    max_page_size: int = Field(1000, gt=0)  # GET /v1/markets: the largest (and default) limit
 
 
 class AuthSettings(_Section):
@@ -116,6 +130,9 @@ class AuthSettings(_Section):
     public_keys: list[str] = Field(default_factory=list)  # PEM text or file paths
     audience: str = ""
     issuer: str = ""
+    # a token whose exp is further ahead than this is refused (401): a leaked token cannot
+    # outlive it, and `oddsfeed token --ttl` cannot mint past it
+    max_token_lifetime_s: int = Field(86_400, gt=0)
 
 
 class IngestSettings(_Section):

@@ -81,6 +81,7 @@ def child_env() -> dict[str, str]:
     env.update(
         ODDSFEED_SERVER__WS_PORT=str(free_port()),
         ODDSFEED_SERVER__HTTP_PORT=str(free_port()),
+        ODDSFEED_SERVER__ADMIN_PORT=str(free_port()),
         ODDSFEED_REDIS__URL="",
         ODDSFEED_LOG__FORMAT="json",
     )

@@ -6,28 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
-import json
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import structlog
 from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
-from prometheus_client import multiprocess as prom_multiprocess
+from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ValidationError
-from redis.exceptions import RedisError
 
 from ..auth import ANONYMOUS, READ, VALIDATE, WRITE, Authenticator, AuthError, Principal
 from ..book import Changed, Created, Rejected
@@ -37,12 +25,14 @@ from ..settings import Settings
 from ..store import OutOfOrder, Precondition, Store, StoreOutcome
 from ..validation import validate_slip
 from . import schemas
-from .openapi import ROUTES, openapi_document
+from .body import parse_json
+from .idempotency import idempotent
+from .listener import SERVER
+from .openapi import ROUTES
+from .problem import Problem
 
 STATIC_DIR = Path(__file__).parent / "static"
 _STATIC_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,100}$")  # no paths, no dot-files
-PROBLEM = "application/problem+json"
-IN_FLIGHT_WAIT_S = 10.0  # how long a retry waits for the same key's first run
 audit = structlog.get_logger("oddsfeed.audit")
 log = structlog.get_logger("oddsfeed.api")
 
@@ -67,24 +57,7 @@ K_AUTH: web.AppKey[Authenticator] = web.AppKey("auth", Authenticator)
 K_READY: web.AppKey[Callable[[], bool]] = web.AppKey("ready", Callable)  # type: ignore[arg-type]
 K_DEMO: web.AppKey[str] = web.AppKey("demo_token", str)
 K_WS_PORT: web.AppKey[int] = web.AppKey("ws_port", int)
-
-
-class Problem(Exception):
-    """An RFC 9457 problem to answer with."""
-
-    def __init__(self, status: int, title: str, detail: str = "", *,
-                 errors: list[dict[str, str]] | None = None, **extra: Any) -> None:
-        self.status = status
-        self.body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status,
-                                     "detail": detail or title}
-        if errors:
-            self.body["errors"] = errors
-        self.body.update(extra)
-        super().__init__(detail or title)
-
-    def response(self) -> web.Response:
-        return web.Response(status=self.status, content_type=PROBLEM,
-                            text=json.dumps(self.body))
+K_VALIDATING: web.AppKey[list[int]] = web.AppKey("validating", list)  # [in progress]
 
 
 def _bad_body(exc: ValidationError, prefix: str = "") -> Problem:
@@ -106,6 +79,17 @@ def _invalid(exc: InvalidInput, prefix: str = "") -> Problem:
 
 # ---- middlewares ---------------------------------------------------------------------------
 
+async def hide_server_banner(request: web.Request, response: web.StreamResponse) -> None:
+    """An ``on_response_prepare`` hook: the Server header names no library or version."""
+    response.headers["Server"] = SERVER
+
+
+async def _idempotent(request: web.Request, principal: Principal, body: bytes,
+                      run: Callable[[], Awaitable[tuple[int, Any]]]) -> web.Response:
+    return await idempotent(request, principal, body, run, store=request.app[K_STORE],
+                            ttl_s=request.app[K_SETTINGS].api.idempotency_ttl_s)
+
+
 def _route_name(request: web.Request) -> str:
     info = request.match_info.route.resource
     return info.canonical if info is not None else "unmatched"
@@ -123,7 +107,7 @@ async def errors_mw(request: web.Request,
         resp = p.response()
     except web.HTTPRequestEntityTooLarge:
         resp = Problem(413, "request body too large",
-                       f"at most {request.app[K_SETTINGS].api.max_body_bytes} bytes").response()
+                       f"at most {request.client_max_size} bytes").response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -195,16 +179,17 @@ def principal_of(request: web.Request, scope: str | None) -> Principal:
 async def _json_body(request: web.Request) -> Any:
     if request.content_type != "application/json":
         raise Problem(415, "unsupported media type", "send Content-Type: application/json")
-    raw = await request.read()
     try:
-        return json.loads(raw, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError):
-        raise Problem(400, "invalid json", "the request body is not valid JSON") from None
-
-
-def _no_constant(name: str) -> Any:
-    # NaN and Infinity are not JSON (RFC 8259) though Python's parser takes them.
-    raise ValueError(f"{name} is not valid JSON")
+        async with asyncio.timeout(request.app[K_SETTINGS].api.body_timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        raise Problem(408, "request timeout", "the request body did not arrive in time") from None
+    try:
+        return parse_json(raw)
+    except InvalidInput as exc:
+        errors = [{"path": exc.path, "message": exc.message}] if exc.path else None
+        raise Problem(400, "invalid json", f"the request body is not valid json: {exc}",
+                      errors=errors) from None
 
 
 def _model(model: type[BaseModel], data: Any, prefix: str = "") -> Any:
@@ -235,7 +220,7 @@ def _market_response(market: Market, status: int = 200) -> web.Response:
 async def list_markets(request: web.Request) -> web.Response:
     principal_of(request, READ)
     q = request.query
-    unknown = set(q) - {"event", "sport", "status"}
+    unknown = set(q) - {"event", "sport", "status", "limit", "cursor"}
     if unknown:
         raise Problem(400, "invalid query", "unknown query parameter",
                       errors=[{"path": k, "message": "unknown query parameter"} for k in unknown])
@@ -243,9 +228,24 @@ async def list_markets(request: web.Request) -> web.Response:
     if status is not None and status not in ("open", "suspended", "closed", "settled"):
         raise Problem(400, "invalid query", "bad status",
                       errors=[{"path": "status", "message": "unknown status"}])
+    max_page = request.app[K_SETTINGS].api.max_page_size
+    raw_limit = q.get("limit", str(max_page))
+    if not re.fullmatch(r"[0-9]{1,9}", raw_limit, re.ASCII) or not 1 <= int(raw_limit) <= max_page:
+        raise Problem(400, "invalid query", f"limit must be 1-{max_page}",
+                      errors=[{"path": "limit", "message": f"an integer 1-{max_page}"}])
+    cursor = q.get("cursor") or None
+    if cursor is not None and not ID_RE.match(cursor):
+        raise Problem(400, "invalid query", "cursor is not a value next_cursor gave",
+                      errors=[{"path": "cursor", "message": "invalid cursor"}])
+    limit = int(raw_limit)
     markets = await request.app[K_STORE].list_markets(
-        event=q.get("event") or None, sport=q.get("sport") or None, status=status)
-    return web.json_response({"markets": [m.to_wire(with_selections=False) for m in markets]})
+        event=q.get("event") or None, sport=q.get("sport") or None, status=status,
+        after=cursor, limit=limit + 1)
+    body: dict[str, Any] = {"markets": [m.to_wire(with_selections=False)
+                                        for m in markets[:limit]]}
+    if len(markets) > limit:
+        body["next_cursor"] = markets[limit - 1].id  # the next page starts after it
+    return web.json_response(body)
 
 
 async def get_market(request: web.Request) -> web.Response:
@@ -308,105 +308,20 @@ def _result(update: MarketUpdate, outcome: StoreOutcome, principal: Principal,
     return status, market.to_wire()
 
 
+_IF_MATCH = re.compile(r'^(?:W/)?"?([^"]+):([0-9]{1,16})"?$', re.ASCII)
+
+
 def _if_match(request: web.Request) -> tuple[str, int] | None:
+    """The (epoch, version) of an ``If-Match`` header, None without one; a 400 problem when
+    it is not ``"<epoch>:<version>"`` with an ASCII version of at most 2^53."""
     raw = request.headers.get("If-Match")
     if raw is None:
         return None
-    text = raw.strip().removeprefix("W/").strip('"')
-    epoch, _, version = text.rpartition(":")
-    if not epoch or not version.isdigit():
+    found = _IF_MATCH.match(raw.strip())
+    if found is None or int(found[2]) > schemas.MAX_INT:
         raise Problem(400, "invalid If-Match", 'use If-Match: "<epoch>:<version>"',
                       errors=[{"path": "If-Match", "message": "malformed"}])
-    return epoch, int(version)
-
-
-class _Records:
-    """Idempotency records in the store (``of:idem:<sha256>``, one key each, so any worker
-    sees them); redis failures become StoreError (503)."""
-
-    def __init__(self, store: Store, key: str, ttl_s: int) -> None:
-        self.client, self.key, self.ttl_s = store.client, key, ttl_s
-
-    async def _do(self, call: Awaitable[Any]) -> Any:
-        try:
-            return await call
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"idempotency record: {exc}") from None
-
-    async def claim(self, digest: str) -> bool:
-        """Claim the key for a run (SET NX with a placeholder); False if someone has it."""
-        rec = json.dumps({"state": "pending", "digest": digest})
-        return bool(await self._do(self.client.set(self.key, rec, nx=True, ex=self.ttl_s)))
-
-    async def get(self) -> dict[str, Any] | None:
-        raw = await self._do(self.client.get(self.key))
-        return None if raw is None else cast(dict[str, Any], json.loads(raw))
-
-    async def done(self, digest: str, status: int, body: Any) -> None:
-        rec = {"state": "done", "digest": digest, "status": status, "body": body}
-        await self._do(self.client.set(self.key, json.dumps(rec), ex=self.ttl_s))
-
-    async def release(self) -> None:
-        await self._do(self.client.delete(self.key))
-
-
-async def _idempotent(request: web.Request, principal: Principal, body: bytes,
-                      run: Callable[[], Awaitable[tuple[int, Any]]]) -> web.Response:
-    """Run a write once per Idempotency-Key (per principal, method and path, for
-    ``api.idempotency_ttl_s``); a retry, on any worker, gets the first answer."""
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        status, payload = await run()
-        return _json_or_empty(status, payload)
-    if not 1 <= len(key) <= 200:
-        raise Problem(400, "invalid Idempotency-Key", "1-200 characters",
-                      errors=[{"path": "Idempotency-Key", "message": "1-200 characters"}])
-    scope = f"{principal.sub}\n{request.method}\n{request.path}\n{key}".encode()
-    records = _Records(request.app[K_STORE], f"of:idem:{hashlib.sha256(scope).hexdigest()}",
-                       request.app[K_SETTINGS].api.idempotency_ttl_s)
-    # The same key with another body or precondition is another request: 422.
-    digest = hashlib.sha256(request.headers.get("If-Match", "").encode() + b"\n" + body
-                            ).hexdigest()
-    deadline = time.monotonic() + IN_FLIGHT_WAIT_S
-    while not await records.claim(digest):
-        rec = await records.get()
-        if rec is None:
-            continue  # released or expired meanwhile: try to claim it again
-        if rec.get("digest") != digest:
-            raise Problem(422, "idempotency key reused",
-                          "this Idempotency-Key was used with another request")
-        if rec["state"] == "done":
-            resp = _json_or_empty(rec["status"], rec["body"])
-            resp.headers["Idempotent-Replayed"] = "true"
-            return resp
-        if time.monotonic() > deadline:
-            raise Problem(409, "request in progress",
-                          "a request with this Idempotency-Key is still running")
-        await asyncio.sleep(0.02)  # bounded by the deadline above
-    try:
-        status, payload = await run()
-    except Problem as p:
-        if p.status >= 500 or p.status == 412:
-            await records.release()  # a retry runs again (and a 412 changed nothing)
-        else:
-            await records.done(digest, p.status, p.body)
-        raise
-    except BaseException:
-        await records.release()
-        raise
-    await records.done(digest, status, payload)
-    return _json_or_empty(status, payload)
-
-
-def _json_or_empty(status: int, payload: Any) -> web.Response:
-    if status == 204:
-        return web.Response(status=204)
-    if status >= 400:
-        return web.Response(status=status, content_type=PROBLEM, text=json.dumps(payload))
-    headers = {}
-    if isinstance(payload, dict) and "epoch" in payload and "version" in payload:
-        headers["ETag"] = '"{}:{}"'.format(payload["epoch"], payload["version"])
-    return web.json_response(payload, status=status, headers=headers)
+    return found[1], int(found[2])
 
 
 async def put_market(request: web.Request) -> web.Response:
@@ -441,10 +356,14 @@ async def patch_market(request: web.Request) -> web.Response:
 async def delete_market(request: web.Request) -> web.Response:
     principal = principal_of(request, WRITE)
     mid = _market_id(request)
+    expect = _if_match(request)
 
     async def run() -> tuple[int, Any]:
-        existed = await request.app[K_STORE].delete(mid)
-        if not existed:
+        outcome = await request.app[K_STORE].delete(mid, expect=expect)
+        if isinstance(outcome, Precondition):
+            raise Problem(412, "precondition failed", "the market moved since If-Match",
+                          current=outcome.current.to_wire() if outcome.current else None)
+        if not outcome:
             raise Problem(404, "market not found", f"market {mid} does not exist")
         audit.info("market.delete", who=principal.sub, market=mid)
         return 204, None
@@ -493,7 +412,17 @@ async def validate_bets(request: web.Request) -> web.Response:
     principal_of(request, VALIDATE)
     slip = _model(schemas.SlipIn, await _json_body(request))
     legs = tuple(leg.leg() for leg in slip.legs)
-    return web.json_response(await validate_slip(request.app[K_STORE], legs, slip.accept))
+    # An in-play slip holds its request for the bet delay: bound how many run at once.
+    validating = request.app[K_VALIDATING]
+    limit = request.app[K_SETTINGS].api.max_validations
+    if validating[0] >= limit:
+        raise Problem(503, "too many validations",
+                      f"{limit} bet-slip validations are in progress; retry", retry_after=1)
+    validating[0] += 1
+    try:
+        return web.json_response(await validate_slip(request.app[K_STORE], legs, slip.accept))
+    finally:
+        validating[0] -= 1
 
 
 # ---- operations ---------------------------------------------------------------------------
@@ -508,25 +437,9 @@ async def readyz(request: web.Request) -> web.Response:
                              status=200 if ok else 503)
 
 
-async def metrics(request: web.Request) -> web.Response:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        prom_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        data = generate_latest(registry)
-    else:
-        data = generate_latest(REGISTRY)
-    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
-
-
 async def demo_token(request: web.Request) -> web.Response:
-    token = request.app.get(K_DEMO)
-    if not token:
-        raise Problem(404, "not found", "demo tokens exist only under `oddsfeed run`")
-    return web.json_response({"token": token, "ws_port": request.app.get(K_WS_PORT)})
+    # Registered only when build_app got a demo token (`oddsfeed run` in demo mode).
+    return web.json_response({"token": request.app[K_DEMO], "ws_port": request.app.get(K_WS_PORT)})
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -547,8 +460,8 @@ async def static(request: web.Request) -> web.StreamResponse:
 HANDLERS: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
     "list_markets": list_markets, "get_market": get_market, "put_market": put_market,
     "patch_market": patch_market, "delete_market": delete_market, "post_odds": post_odds,
-    "validate_bets": validate_bets, "healthz": healthz, "readyz": readyz, "metrics": metrics,
-    "openapi": openapi, "demo_token": demo_token, "index": index, "static": static,
+    "validate_bets": validate_bets, "healthz": healthz, "readyz": readyz,
+    "demo_token": demo_token, "index": index, "static": static,
 }
 
 
@@ -565,6 +478,8 @@ def build_app(settings: Settings, store: Store, *,
     """
     app = web.Application(client_max_size=settings.api.max_body_bytes,
                           middlewares=[cors_mw, errors_mw])
+    app.on_response_prepare.append(hide_server_banner)
+    app[K_VALIDATING] = [0]
     app[K_STORE] = store
     app[K_SETTINGS] = settings
     app[K_AUTH] = auth or Authenticator(settings.auth)
@@ -574,5 +489,25 @@ def build_app(settings: Settings, store: Store, *,
     if ws_port:
         app[K_WS_PORT] = ws_port
     for route in ROUTES:
+        if route.admin or (route.handler == "demo_token" and not demo_token):
+            continue  # admin routes: build_admin_app; no demo: 404 like any unknown path
         app.router.add_route(route.method, route.path, HANDLERS[route.handler])
+    return app
+
+
+def build_unready_app() -> web.Application:
+    """The HTTP app of a worker still waiting for its store: /healthz 200, /readyz 503 and
+    every other path 503 with Retry-After, so load balancers and clients know to wait."""
+
+    async def unready(request: web.Request) -> web.Response:
+        if request.path == "/healthz":
+            return web.json_response({"status": "ok"})
+        if request.path == "/readyz":
+            return web.json_response({"status": "unavailable"}, status=503)
+        return Problem(503, "store unavailable", "the node is waiting for its store; retry",
+                       retry_after=1).response()
+
+    app = web.Application()
+    app.on_response_prepare.append(hide_server_banner)
+    app.router.add_route("*", "/{tail:.*}", unready)
     return app

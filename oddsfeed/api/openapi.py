@@ -22,6 +22,7 @@ class Route:
     body: type[BaseModel] | None = None
     responses: dict[str, str] = field(default_factory=dict)
     reply: type[BaseModel] | None = None  # the JSON body of a 200/201
+    admin: bool = False  # served on the admin bind (server.admin_port), not the API port
 
 
 _W = {"400": "invalid body (problem+json with errors[])", "401": "missing or bad token",
@@ -30,7 +31,10 @@ _W = {"400": "invalid body (problem+json with errors[])", "401": "missing or bad
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/markets", "list_markets", "List market summaries (no selections), "
           "filtered by event, sport and status", "odds:read",
-          responses={"200": "{markets: [summary]}", "400": "unknown query parameter or status"},
+          responses={"200": "{markets: [summary], next_cursor?}: a page of at most `limit` "
+                            "(default and max api.max_page_size) markets; pass next_cursor "
+                            "back as `cursor` for the next page",
+                     "400": "unknown query parameter, status, limit or cursor"},
           reply=schemas.MarketList),
     Route("GET", "/v1/markets/{id}", "get_market", "One market", "odds:read",
           responses={"200": "the market (ETag: \"epoch:version\")", "400": "invalid id",
@@ -46,20 +50,25 @@ ROUTES: tuple[Route, ...] = (
            "412": "If-Match failed (current market in `current`)",
            "422": "Idempotency-Key reused with another request", **_W}, schemas.MarketOut),
     Route("DELETE", "/v1/markets/{id}", "delete_market", "Delete a market; subscribers get gone",
-          "odds:write", responses={"204": "deleted", "400": "invalid id",
-                                   "404": "unknown market"}),
+          "odds:write", responses={"204": "deleted", "400": "invalid id or If-Match",
+                                   "404": "unknown market",
+                                   "412": "If-Match failed (current market in `current`)"}),
     Route("POST", "/v1/odds", "post_odds", "Batch of PATCH-shaped updates, one result each",
           "odds:write", schemas.OddsBatch, {"200": "{results: [{market, ok, version?, error?}]}",
                                             "422": "Idempotency-Key reused", **_W},
           schemas.BatchResult),
     Route("POST", "/v1/bets/validate", "validate_bets", "Validate a bet slip (section 4)",
-          "bets:validate", schemas.SlipIn, {"200": "{ok, legs: [...]}", **_W},
+          "bets:validate", schemas.SlipIn, {"200": "{ok, legs: [...]}",
+                                            "503": "api.max_validations in progress "
+                                                   "(Retry-After) or store unavailable", **_W},
           schemas.Validation),
     Route("GET", "/healthz", "healthz", "Process alive", responses={"200": "ok"}),
     Route("GET", "/readyz", "readyz", "Ready while the store answers",
           responses={"200": "ready", "503": "store unreachable"}),
-    Route("GET", "/metrics", "metrics", "Prometheus metrics", responses={"200": "text format"}),
-    Route("GET", "/openapi.json", "openapi", "This document", responses={"200": "OpenAPI 3.1"}),
+    Route("GET", "/metrics", "metrics", "Prometheus metrics (admin port only)",
+          responses={"200": "text format"}, admin=True),
+    Route("GET", "/openapi.json", "openapi", "This document (admin port only)",
+          responses={"200": "OpenAPI 3.1"}, admin=True),
     Route("GET", "/v1/demo/token", "demo_token", "A demo token (only under `oddsfeed run`)",
           responses={"200": "{token}", "404": "not in demo mode"}),
     Route("GET", "/", "index", "The live demo page", responses={"200": "text/html"}),
@@ -103,12 +112,14 @@ def openapi_document() -> dict[str, Any]:
         if r.handler == "list_markets":
             op["parameters"] = [{"name": n, "in": "query", "required": False,
                                  "schema": {"type": "string"}}
-                                for n in ("event", "sport", "status")]
+                                for n in ("event", "sport", "status", "cursor")]
+            op["parameters"].append({"name": "limit", "in": "query", "required": False,
+                                     "schema": {"type": "integer", "minimum": 1}})
         if r.method in ("PUT", "PATCH", "DELETE", "POST") and r.scope == "odds:write":
             op.setdefault("parameters", []).append(
                 {"name": "Idempotency-Key", "in": "header", "required": False,
                  "schema": {"type": "string", "maxLength": 200}})
-            if r.method in ("PUT", "PATCH"):
+            if r.method in ("PUT", "PATCH", "DELETE"):
                 op["parameters"].append({"name": "If-Match", "in": "header", "required": False,
                                          "schema": {"type": "string"}})
         if r.body is not None:

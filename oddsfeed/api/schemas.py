@@ -68,7 +68,7 @@ class MarketPut(_Body):
     status: MarketStatus | None = None
     in_play: bool | None = None
     bet_delay_ms: int | None = Field(None, ge=0, le=60_000)
-    selections: dict[str, SelectionPut] = Field(default_factory=dict)
+    selections: dict[str, SelectionPut]  # required (protocol.md section 3), may be empty
     ts: int | None = Field(None, ge=0, le=MAX_INT)
 
 
@@ -145,6 +145,8 @@ class MarketOut(MarketSummary):
 
 class MarketList(BaseModel):
     markets: list[MarketSummary]
+    next_cursor: str | None = Field(None, description="present when more markets follow: "
+                                    "send it as `cursor` for the next page")
 
 
 class BatchItemResult(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -238,15 +239,22 @@ class Store:
             ids = ", ".join(m.id for m in markets[:5])
             raise StoreError(f"indexing market(s) {ids} failed: {exc}") from None
 
-    async def delete(self, market_id: str) -> bool:
-        """Delete a market (state, history, membership) and publish ``gone``; True if it existed."""
+    async def delete(self, market_id: str, *, expect: tuple[str, int] | None = None
+                     ) -> bool | Precondition:
+        """Delete a market (state, history, membership) and publish ``gone``; True if it
+        existed. ``expect`` = (epoch, version) makes it conditional (If-Match): a market
+        elsewhere (or absent) is left as it is and a Precondition with it returned."""
         try:
-            raw = await self._delete(
+            res = await self._delete(
                 keys=[state_key(market_id), meta_key(market_id), history_key(market_id)],
-                args=[market_channel(market_id), self.publish_command, market_id])
-            if not raw:
+                args=[market_channel(market_id), self.publish_command, market_id,
+                      expect[0] if expect else "", expect[1] if expect else 0])
+            if not res:
                 return False
-            market = _decode_market(raw)
+            kind = _text(res[0])
+            if kind == "precondition":
+                return Precondition(_decode_market(res[1]) if res[1] else None)
+            market = _decode_market(res[1])
             pipe = self.client.pipeline(transaction=False)
             pipe.srem(event_set_key(market.event), market_id)
             pipe.srem(sport_set_key(market.sport), market_id)
@@ -345,8 +353,10 @@ class Store:
         return sorted(_text(x) for x in ids)
 
     async def list_markets(self, *, event: str | None = None, sport: str | None = None,
-                           status: str | None = None) -> list[Market]:
-        """Markets filtered by event, sport and status, sorted by id."""
+                           status: str | None = None, after: str | None = None,
+                           limit: int | None = None) -> list[Market]:
+        """Markets filtered by event, sport and status, sorted by id: those with an id after
+        ``after`` (a page's last id), at most ``limit`` of them (None: all)."""
         try:
             sets = []
             if event:
@@ -358,9 +368,18 @@ class Store:
         except (redis_errors.RedisError, OSError) as exc:
             raise StoreError(f"read failed: {exc}") from None
         ids = sorted(set.intersection(*sets))
-        markets = await self.get_many(ids)
-        return [m for m in markets.values()
-                if m is not None and (status is None or m.status == status)]
+        if after is not None:
+            ids = ids[bisect.bisect_right(ids, after):]
+        out: list[Market] = []
+        step = max(limit or len(ids), 1)
+        # Read a page's worth at a time: a status filter may drop some, never read them all.
+        for start in range(0, len(ids), step):
+            chunk = await self.get_many(ids[start:start + step])
+            out.extend(m for m in chunk.values()
+                       if m is not None and (status is None or m.status == status))
+            if limit is not None and len(out) >= limit:
+                return out[:limit]
+        return out
 
     def bus(self, on_message: Callable[[str, str, bytes], None],
             on_reconnect: Callable[[], Awaitable[None]] | None = None) -> Bus:

@@ -65,6 +65,7 @@ async def test_validation_table(api: Api, leg: dict[str, Any], accept: str,
     assert (out["market"], out["selection"]) == (leg["market"], leg["selection"])
     if reason in ("unknown_market", "unknown_selection"):
         assert out["price"] is None
+        assert out["version"] is None
     else:
         assert isinstance(out["price"], float)
         assert out["version"] == (4 if leg["market"] == "m1" else 1)

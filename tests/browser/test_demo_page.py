@@ -31,6 +31,7 @@ def demo_server() -> Iterator[int]:
     """`oddsfeed run` on free ports with a brisk simulator; yields the HTTP port."""
     http_port, ws_port = free_port(), free_port()
     env = {**os.environ, "ODDSFEED_DEMO__RATE_PER_S": "40", "ODDSFEED_DEMO__EVENTS": "2",
+           "ODDSFEED_SERVER__ADMIN_PORT": str(free_port()),
            "ODDSFEED_LOG__FORMAT": "json"}
     proc = subprocess.Popen([sys.executable, "-m", "oddsfeed", "run", "--http-port",
                              str(http_port), "--ws-port", str(ws_port)], cwd=ROOT, env=env,

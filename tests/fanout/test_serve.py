@@ -49,7 +49,10 @@ async def test_two_workers_converge_and_stop_on_sigterm(flushed: str, tmp_path: 
     closes every client with 1001 and the process exits 0 within 10 s."""
     ws_port, http_port = free_port(), free_port()
     env = {**os.environ, "ODDSFEED_AUTH__ANONYMOUS_READ": "true",
-           "ODDSFEED_FANOUT__IP_CONNECT_PER_S": "10000", "ODDSFEED_LOG__FORMAT": "json"}
+           "ODDSFEED_FANOUT__IP_CONNECT_PER_S": "10000", "ODDSFEED_LOG__FORMAT": "json",
+           # serve refuses the demo config's published secret; any free admin port
+           "ODDSFEED_AUTH__HS256_SECRET": "serve-test-secret-0123456789abcdef",
+           "ODDSFEED_SERVER__ADMIN_PORT": "0"}
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "oddsfeed", "serve", "--workers", "2", "--redis-url", flushed,

@@ -1,0 +1,87 @@
+"""The one parser of JSON request bodies: bytes in, a JSON value or InvalidInput out.
+
+It knows nothing of aiohttp (any HTTP endpoint, the ingest push endpoint included, can call
+it) and never lets a hostile body reach the rest of the server as anything but a clean
+error: no RecursionError, no lone surrogate, no NaN, no integer too long to convert.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..errors import InvalidInput
+
+__all__ = ["MAX_JSON_DEPTH", "check_json", "parse_json"]
+
+# The deepest legitimate body (POST /v1/odds: updates[].selections.{id}.price{}) nests 6
+# containers; 32 leaves room and stays far below Python's recursion limit, which both the
+# parser and every later walk (pydantic, json.dumps of an echo) would otherwise hit.
+MAX_JSON_DEPTH = 32
+
+
+def parse_json(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """The JSON value of ``raw``; raises InvalidInput (nothing else) when it is not valid
+    UTF-8 JSON, nests containers deeper than ``max_depth``, carries NaN/Infinity, or holds
+    a string (or key) with a lone surrogate. Call it on every request body before use."""
+    try:
+        value = json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        raise InvalidInput(f"nested deeper than {max_depth} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        # ValueError covers bad syntax, bad UTF-8 and integers past int's digit limit.
+        raise InvalidInput(f"not valid json: {_reason(exc)}") from None
+    check_json(value, max_depth=max_depth)
+    return value
+
+
+def check_json(value: Any, *, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Raise InvalidInput if an already-decoded JSON ``value`` nests deeper than
+    ``max_depth`` or holds a string that is not valid Unicode (a lone surrogate). Walks
+    iteratively, so any depth is safe to check."""
+    stack: list[tuple[Any, int, str]] = [(value, 1, "")]
+    while stack:
+        node, depth, path = stack.pop()
+        if isinstance(node, str):
+            _check_text(node, path)
+            continue
+        if not isinstance(node, (dict, list)):
+            continue
+        if depth > max_depth:
+            raise InvalidInput(f"nested deeper than {max_depth} levels", path=path)
+        if isinstance(node, dict):
+            for key, child in node.items():
+                where = f"{path}.{key}" if path else str(key)
+                _check_text(key, path)
+                stack.append((child, depth + 1, where))
+        else:
+            for i, child in enumerate(node):
+                stack.append((child, depth + 1, f"{path}.{i}" if path else str(i)))
+
+
+def _check_text(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput("lone surrogate in a string", path=_printable(path)) from None
+
+
+def _printable(path: str) -> str:
+    # The path itself may carry the surrogate: it goes back to the client in the answer.
+    return path.encode("utf-8", "replace").decode("utf-8")
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg.lower()} at offset {exc.pos}"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"invalid utf-8 at offset {exc.start}"
+    text = str(exc)
+    if "digits" in text:
+        return "integer too long"
+    return text[:80].lower()
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259) though Python's parser takes them.
+    raise ValueError(f"{name} is not valid json")
