@@ -64,11 +64,13 @@ class ServerSettings(_Section):
     host: str = "127.0.0.1"
     ws_port: int = Field(8765, ge=0, le=65535)  # 0: any free port
     http_port: int = Field(8080, ge=0, le=65535)
-    # /metrics and /openapi.json live on this bind only, never on the client-facing port.
-    # 0: any free port; with http_port 0 the admin port is any free port too, so several
-    # nodes on one host (tests, a laptop) never fight over it.
+    # Where /metrics and /openapi.json are served. None (the default): on the API port, as
+    # the wire contract lists /metrics there. A port: on admin_host:admin_port only, never on
+    # the client-facing port (production: a loopback or private admin bind). 0: any free
+    # port; with http_port 0 the admin port is any free port too, so several nodes on one
+    # host (tests, a laptop) never fight over it.
     admin_host: str = "127.0.0.1"
-    admin_port: int = Field(9080, ge=0, le=65535)
+    admin_port: int | None = Field(None, ge=0, le=65535)
     workers: int = Field(0, ge=0)  # 0: one per CPU
     # Young-generation GC threshold of a worker; 0 leaves Python's defaults (see
     # docs/performance.md: the default 700 makes full collections of every connection's

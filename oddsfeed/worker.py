@@ -96,10 +96,11 @@ class Worker:
         self.ws_port = fan.port
         app = build_app(s, store, auth=auth, ready=lambda: hub.ready, demo_token=self.demo_token,
                         ws_port=fan.port)
-        # admin_port == http_port (same host): /metrics on the API port, as an operator may
-        # choose; otherwise the admin routes get their own bind.
-        shared_admin = (s.server.http_port != 0 and s.server.admin_port == s.server.http_port
-                        and s.server.admin_host == s.server.host)
+        # No admin port, or the API's own: /metrics on the API port (the contract's place);
+        # otherwise the admin routes get their own bind.
+        shared_admin = s.server.admin_port is None or (
+            s.server.http_port != 0 and s.server.admin_port == s.server.http_port
+            and s.server.admin_host == s.server.host)
         if shared_admin:
             add_admin_routes(app)
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
@@ -121,7 +122,7 @@ class Worker:
             self.admin_port = self.http_port
         else:
             # Any free admin port when the API port is any free port (server.admin_port).
-            admin_port = s.server.admin_port if s.server.http_port else 0
+            admin_port = (s.server.admin_port or 0) if s.server.http_port else 0
             await web.TCPSite(admin, s.server.admin_host, admin_port,
                               reuse_port=self.reuse_port).start()
             self.admin_port = int(admin.addresses[0][1])

@@ -93,9 +93,9 @@ async def test_slow_body_is_408(worker: Callable[..., Any]) -> None:
 
 
 async def test_metrics_on_the_admin_port_only_and_no_banner(worker: Callable[..., Any]) -> None:
-    """/metrics and /openapi.json answer on the admin port (loopback by default), 404 on the
-    API port, and no response names a library or version in Server."""
-    w = await worker()
+    """With an admin port, /metrics and /openapi.json answer there (loopback by default) and
+    404 on the API port, and no response names a library or version in Server."""
+    w = await worker(**{"server.admin_port": 0})
     assert w.settings.server.admin_host == "127.0.0.1"
     assert w.admin_port not in (0, w.http_port)
     api, admin = f"http://127.0.0.1:{w.http_port}", f"http://127.0.0.1:{w.admin_port}"
@@ -110,6 +110,16 @@ async def test_metrics_on_the_admin_port_only_and_no_banner(worker: Callable[...
         for path in ("/healthz", "/v1/markets", "/nope"):
             async with http.get(api + path) as r:
                 assert r.headers["Server"] == "oddsfeed", path
+
+
+async def test_metrics_on_the_api_port_by_default(worker: Callable[..., Any]) -> None:
+    """Without an admin port, /metrics answers on the API port, where the contract lists it."""
+    w = await worker()
+    assert w.settings.server.admin_port is None and w.admin_port == w.http_port
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"http://127.0.0.1:{w.http_port}/metrics") as r:
+        assert r.status == 200
+        assert r.headers["Server"] == "oddsfeed"
 
 
 async def test_admin_port_equal_to_http_port_serves_metrics_there(
