@@ -184,6 +184,10 @@ class FanoutServer:
         self._principals: dict[ServerConnection, Principal] = {}
         self._ids = itertools.count(1)
         self._ip_buckets: dict[str, TokenBucket] = {}
+        # open connections per peer address and per token subject (the caps of settings
+        # fanout.max_connections_per_ip / _per_subject); an entry goes when it reaches 0
+        self._per_ip: dict[str, int] = {}
+        self._per_subject: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.session_prefix = f"{int(time.time() * 1000):x}"
         # batching: clients with something to send wait for one shared timer per window
@@ -291,8 +295,36 @@ class FanoutServer:
             principal = ANONYMOUS
         else:
             return connection.respond(HTTPStatus.UNAUTHORIZED, "unauthorized: token required\n")
+        refused = self._over_cap(ip, principal)
+        if refused:
+            metrics.CONNECTIONS_REFUSED.labels(refused).inc()
+            what = "address" if refused == "ip" else "token subject"
+            return connection.respond(HTTPStatus.TOO_MANY_REQUESTS,
+                                      f"too many connections for this {what}\n")
         self._principals[connection] = principal
         return None
+
+    def _over_cap(self, ip: str, principal: Principal) -> str:
+        """Which per-peer cap one more connection would pass: ``"ip"``, ``"subject"``, or
+        ``""`` (none). Anonymous readers share no subject, so only the address cap applies."""
+        cap = self.cfg.max_connections_per_ip
+        if cap and self._per_ip.get(ip, 0) >= cap:
+            return "ip"
+        cap = self.cfg.max_connections_per_subject
+        if cap and principal is not ANONYMOUS and self._per_subject.get(principal.sub, 0) >= cap:
+            return "subject"
+        return ""
+
+    def _count_peer(self, ip: str, principal: Principal, n: int) -> None:
+        """Add ``n`` (1 or -1) to the open connections of ``ip`` and of the subject."""
+        for counts, key in ((self._per_ip, ip), (self._per_subject, principal.sub)):
+            if counts is self._per_subject and principal is ANONYMOUS:
+                continue
+            left = counts.get(key, 0) + n
+            if left > 0:
+                counts[key] = left
+            else:
+                counts.pop(key, None)
 
     # ---- connection ----------------------------------------------------------------------
 
@@ -312,6 +344,18 @@ class FanoutServer:
         if len(self.hub.clients) >= self.cfg.max_connections:
             await ws.close(1013, "overloaded")
             return
+        ip = str(ws.remote_address[0]) if ws.remote_address else "?"
+        if self._over_cap(ip, principal):
+            # handshakes that were in flight together all passed the check at the handshake
+            await ws.close(1013, "too many connections")
+            return
+        self._count_peer(ip, principal, 1)
+        try:
+            await self._serve(ws, principal)
+        finally:
+            self._count_peer(ip, principal, -1)
+
+    async def _serve(self, ws: ServerConnection, principal: Principal) -> None:
         encoding = wire.SUBPROTOCOLS.get(ws.subprotocol or "", wire.JSON)
         cid = next(self._ids)
         client = Client(cid, encoding, Outbox(
@@ -333,6 +377,8 @@ class FanoutServer:
         client.push(wire.hello(server=f"oddsfeed/{__version__}",
                                session=f"{self.session_prefix}-{cid}",
                                heartbeat_ms=self.cfg.heartbeat_ms, encoding=encoding))
+        if self.hub.feed_interrupted:
+            client.push(wire.status(wire.FEED_INTERRUPTED))
         try:
             await self._reader(ws, client, principal)
         except ConnectionClosed:

@@ -98,15 +98,17 @@ class Bus:
     Call :meth:`start` once. Pub/sub is at-most-once: when the connection to any server is
     lost, the bus reconnects with jittered backoff, resubscribes every channel, and then
     awaits ``on_reconnect()`` so the caller can re-read what it may have missed.
-    ``connected`` is False meanwhile.
+    ``connected`` is False meanwhile; ``on_lost()`` is called when it turns False.
     """
 
     def __init__(self, store: Store, on_message: Callable[[str, str, bytes], None],
-                 on_reconnect: Callable[[], Awaitable[None]] | None = None, *,
+                 on_reconnect: Callable[[], Awaitable[None]] | None = None,
+                 on_lost: Callable[[], None] | None = None, *,
                  max_backoff_s: float = 2.0) -> None:
         self._store = store
         self._on_message = on_message
         self._on_reconnect = on_reconnect
+        self._on_lost = on_lost
         self._channels: set[str] = set()
         self._shards: dict[str, _Shard] = {}
         self._readers: list[asyncio.Task[None]] = []
@@ -253,6 +255,11 @@ class Bus:
             async with self._lock:
                 self.connected = False
                 await self._teardown()
+            if self._on_lost is not None:
+                try:
+                    self._on_lost()
+                except Exception:  # the callback's bug must not stop the reconnects
+                    log.exception("bus on_lost failed")
             backoff = 0.05
             while True:
                 await asyncio.sleep(backoff * (0.5 + random.random()))
