@@ -31,6 +31,7 @@ from ..store import Announced, Gone, Store, decode_payload
 from ..subscriptions import SubscriptionIndex
 from . import metrics
 from .client import Client, Held, Sink
+from .owed import Owed
 
 __all__ = ["Client", "Held", "Hub", "Sink"]
 
@@ -39,11 +40,6 @@ log = logging.getLogger("oddsfeed.fanout")
 # How many subscribers of one delta the hub hands to the sink's send_many at a time.
 SEND_CHUNK = 128
 
-# Backoff between retries of the catch-ups a failed store read left owed.
-OWED_RETRY_S = 0.05
-OWED_RETRY_MAX_S = 2.0
-
-STORE_DOWN = "the store is unavailable; retry"
 KEPT = ("the store is unavailable: the subscription is kept and its markets follow when the "
         "store answers")
 
@@ -68,10 +64,9 @@ class Hub:
         self.bus = store.bus(self.on_bus_message, self.on_bus_reconnect, self.on_bus_lost)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._repairing: set[str] = set()
-        # client -> (markets, events) whose catch-up a failed store read left owed: retried
-        # with backoff (and covered by the re-read after a bus reconnect)
-        self._owed: dict[Client, tuple[set[str], set[str]]] = {}
-        self._owed_task: asyncio.Task[None] | None = None
+        # catch-ups a failed store read left undone: retried with backoff (and covered by
+        # the re-read after a bus reconnect)
+        self.owed = Owed(self)
         # True from the bus losing the store until everything was re-read after it came back
         self.feed_interrupted = False
         # payloads received, handed to prometheus by flush_metrics() (cheap hot path)
@@ -102,9 +97,17 @@ class Hub:
         return self.bus.connected
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        self.track(asyncio.get_running_loop().create_task(coro))
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """Keep ``task`` until it ends (cancelled by :meth:`stop`); log its failure."""
         self._tasks.add(task)
         task.add_done_callback(self._done)
+
+    async def catch_up(self, client: Client, markets: list[str]) -> None:
+        """Send ``client`` a snapshot (or ``gone``) of each of ``markets`` it is subscribed
+        to, then their live deltas; a failed read owes them again."""
+        await self._catch_up(client, markets, {}, reply=False)
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -125,7 +128,7 @@ class Hub:
     async def remove_client(self, client: Client) -> None:
         client.closed = True
         self.clients.discard(client)
-        self._owed.pop(client, None)
+        self.owed.drop(client)
         markets, events = self.index.drop(client)
         self._sync_count(client)
         await self._release_channels(markets, events)
@@ -156,18 +159,22 @@ class Hub:
         """Handle ``subscribe``: reply ``subscribed`` then each market's catch-up, then live.
 
         The limits are checked on what the request would add, event-expanded markets
-        included, before anything changes: a refused request (``limit_exceeded``) or one
-        whose first reads fail (``internal``) subscribes nothing."""
+        included, before anything changes: a refused request (``limit_exceeded``)
+        subscribes nothing. While the store does not answer, every new market and event
+        counts as missing (nothing is known to exist), and what is subscribed is owed: a
+        snapshot of each market follows when the store answers."""
         mine = self.index.markets_of(client)
         new_events = [e for e in req.events if e not in self.index.events_of(client)]
         new_named = [m for m in req.markets if m not in mine]
+        expanded: dict[str, list[str]] = {}
+        existing: set[str] = set()
         try:
-            expanded = {e: await self.store.event_market_ids(e) for e in new_events}
+            for e in new_events:
+                expanded[e] = await self.store.event_market_ids(e)
             existing = await self.store.existing(new_named) if new_named else set()
         except StoreError as exc:
-            log.warning("subscribe refused, store read failed: %s", exc)
-            client.push(wire.error("internal", STORE_DOWN, req.id))
-            return
+            log.warning("store read failed before a subscribe, counted as missing: %s", exc)
+            expanded.clear()
         named = set(req.markets)
         new_via = {m for ids in expanded.values() for m in ids if m not in mine and m not in named}
         adding = len(new_named) + len(new_via) + len(new_events)
@@ -179,12 +186,12 @@ class Hub:
                 f"to {self.index.count(client)}", req.id))
             return
         empty = (len(new_named) - len(existing)
-                 + sum(1 for e in new_events if not expanded[e]))
+                 + sum(1 for e in new_events if not expanded.get(e)))
         if empty and self.missing(client) + empty > self.max_missing:
             client.push(wire.error(
                 "limit_exceeded",
                 f"at most {self.max_missing} subscriptions per connection to markets or "
-                f"events that do not exist; this request adds {empty}", req.id))
+                f"events not known to exist; this request adds {empty}", req.id))
             return
         for e in req.events:
             if self.index.add_event(client, e):
@@ -197,7 +204,7 @@ class Hub:
                 ids = await self.store.event_market_ids(e)
             except StoreError:
                 ids = expanded.get(e, [])
-                self._owe(client, (), (e,))
+                self.owed.add(client, (), (e,))
             for m in ids:
                 if m not in named:
                     via.setdefault(m, e)
@@ -215,9 +222,9 @@ class Hub:
                         reply: bool = True) -> tuple[list[str], list[str]]:
         """Subscribe the channels, read catch-up, reply, send catch-up, release held items.
 
-        If a read fails the markets stay subscribed and owed (see :meth:`_owe`), their held
-        items are dropped (the snapshot that repays them supersedes them), and a request
-        gets ``error`` ``internal``: nothing waits on a read that will not come."""
+        If a read fails the markets stay subscribed and owed (see :class:`.owed.Owed`),
+        their held items are dropped (the snapshot that repays them supersedes them), and a
+        request gets ``error`` ``internal``: nothing waits on a read that will not come."""
         for m in markets:
             client.pending.setdefault(m, [])
             if self.index.add_market(client, m):
@@ -244,7 +251,7 @@ class Hub:
                 # the client keeps what it holds; None: it holds nothing the node knows of
                 client.pos.setdefault(m, None)
             self._settle_held(client)
-            self._owe(client, kept, ())
+            self.owed.add(client, kept, ())
             if reply:
                 client.push(wire.error("internal", KEPT, reply_id))
             return [], []
@@ -317,57 +324,7 @@ class Hub:
 
     # ---- owed catch-ups and the store's status -------------------------------------------
 
-    def _owe(self, client: Client, markets: Iterable[str], events: Iterable[str]) -> None:
-        """Remember catch-ups a failed store read left undone; :meth:`_repay` retries them."""
-        if client.closed:
-            return
-        entry = self._owed.get(client)
-        if entry is None:
-            entry = self._owed[client] = (set(), set())
-        entry[0].update(markets)
-        entry[1].update(events)
-        if self._owed_task is None:
-            task = asyncio.get_running_loop().create_task(self._repay())
-            self._owed_task = task
-            self._tasks.add(task)
-            task.add_done_callback(self._done)
-
-    async def _repay(self) -> None:
-        """Retry the owed catch-ups with backoff while the bus is connected, until none is
-        left; a client gets a snapshot (or ``gone``) of each owed market."""
-        delay = OWED_RETRY_S
-        try:
-            while self._owed:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, OWED_RETRY_MAX_S)
-                if not self.bus.connected:
-                    continue  # the re-read after the reconnect repays everyone
-                owed, self._owed = self._owed, {}
-                for client, (markets, events) in owed.items():
-                    await self._resend(client, markets, events)
-            self._restored()
-        finally:
-            self._owed_task = None
-
-    async def _resend(self, client: Client, markets: Iterable[str],
-                      events: Iterable[str]) -> None:
-        """One owed catch-up: the markets still subscribed and not in a catch-up already,
-        and the markets of owed events the client does not hold yet."""
-        if client.closed:
-            return
-        mine = self.index.markets_of(client)
-        wanted = [m for m in markets if m in mine and m not in client.pending]
-        try:
-            for e in events:
-                if e in self.index.events_of(client):
-                    wanted.extend(self._expand(client, e, await self.store.event_market_ids(e)))
-        except StoreError:
-            self._owe(client, markets, events)
-            return
-        if wanted:
-            await self._catch_up(client, list(dict.fromkeys(wanted)), {}, reply=False)
-
-    def _expand(self, client: Client, event: str, ids: Iterable[str]) -> list[str]:
+    def expand(self, client: Client, event: str, ids: Iterable[str]) -> list[str]:
         """The markets of ``event`` (read from the store) that ``client`` does not hold yet,
         noted as coming through it; past the subscription limit the rest are refused with
         an ``error`` ``limit_exceeded`` naming the event."""
@@ -395,10 +352,10 @@ class Hub:
             metrics.FEED_INTERRUPTED.set(1)
             self._broadcast(wire.status(wire.FEED_INTERRUPTED))
 
-    def _restored(self) -> None:
+    def restored(self) -> None:
         """Tell every client the feed is back, once the bus is connected again and every
         market it holds was re-read (sent or owed to nobody)."""
-        if self.feed_interrupted and self.bus.connected and not self._owed:
+        if self.feed_interrupted and self.bus.connected and not self.owed:
             self.feed_interrupted = False
             metrics.FEED_INTERRUPTED.set(0)
             self._broadcast(wire.status(wire.FEED_RESTORED))
@@ -446,7 +403,7 @@ class Hub:
             return
         if isinstance(item, Announced):
             for client in list(self.index.event_subscribers(ident)):
-                new = self._expand(client, ident, (item.market,))
+                new = self.expand(client, ident, (item.market,))
                 if new:
                     self._spawn(self._catch_up(client, new, {}, reply=False))
             return
@@ -571,7 +528,7 @@ class Hub:
                 c.pending.pop(market, None)
                 self._settle_held(c)
                 if market in self.index.markets_of(c):
-                    self._owe(c, (market,), ())
+                    self.owed.add(c, (market,), ())
             return
         finally:
             self._repairing.discard(market)
@@ -593,16 +550,16 @@ class Hub:
         """After a bus reconnect: re-read every subscribed market, resend where a client's
         position cannot be vouched for, and pick up markets created under events meanwhile;
         then tell every client the feed is restored. What a failed read leaves undone is
-        owed (see :meth:`_owe`), and ``restored`` waits for it."""
-        self._owed.clear()  # this re-read covers every market and event of every client
+        owed (see :class:`~oddsfeed.fanout.owed.Owed`), and ``restored`` waits for it."""
+        self.owed.clear()  # this re-read covers every market and event of every client
         try:
             await self._reread()
         except StoreError as exc:
             log.warning("re-read after the bus reconnect failed, owed: %s", exc)
             for client in list(self.clients):
-                self._owe(client, self.index.markets_of(client), self.index.events_of(client))
+                self.owed.add(client, self.index.markets_of(client), self.index.events_of(client))
             return
-        self._restored()
+        self.restored()
 
     async def _reread(self) -> None:
         markets = list(self.index.markets())
@@ -628,6 +585,6 @@ class Hub:
         for e in list(self.index.events()):
             ids = await self.store.event_market_ids(e)
             for client in list(self.index.event_subscribers(e)):
-                new = self._expand(client, e, ids)
+                new = self.expand(client, e, ids)
                 if new:
                     self._spawn(self._catch_up(client, new, {}, reply=False))

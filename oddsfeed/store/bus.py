@@ -26,6 +26,9 @@ log = logging.getLogger("oddsfeed.store.bus")
 
 _ERRORS = (redis_errors.RedisError, OSError, asyncio.TimeoutError)
 CONFIRM_S = 5.0  # how long a subscribe waits for the server's confirmation
+# How often a connected bus pings the store: a node with no channel subscribed has no
+# pub/sub connection to lose, and must still notice (and report) a lost store.
+PROBE_S = 1.0
 
 
 class _Shard:
@@ -251,7 +254,12 @@ class Bus:
 
     async def _supervise(self) -> None:
         while True:
-            await self._broken.wait()
+            while not self._broken.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._broken.wait(), PROBE_S)
+                if not self._broken.is_set() and not await self._store.ping():
+                    log.warning("store probe failed")
+                    self._broken.set()
             async with self._lock:
                 self.connected = False
                 await self._teardown()
