@@ -325,9 +325,10 @@ class Hub:
     # ---- owed catch-ups and the store's status -------------------------------------------
 
     def expand(self, client: Client, event: str, ids: Iterable[str]) -> list[str]:
-        """The markets of ``event`` (read from the store) that ``client`` does not hold yet,
-        noted as coming through it; past the subscription limit the rest are refused with
-        an ``error`` ``limit_exceeded`` naming the event."""
+        """Subscribe ``client`` to the markets of ``event`` (read from the store) it does not
+        hold yet, as coming through it, and return them: the caller runs their catch-up.
+        Past the subscription limit the rest are refused with an ``error``
+        ``limit_exceeded`` naming the event."""
         mine = self.index.markets_of(client)
         new = [m for m in ids if m not in mine and m not in client.pending]
         room = self.max_subscriptions - self.index.count(client)
@@ -339,6 +340,12 @@ class Hub:
             new = new[:max(room, 0)]
         for m in new:
             client.via_event.setdefault(m, event)
+            # subscribed now, not when the caller's catch-up task runs: the next expansion
+            # counts it (the catch-up finds it pending and subscribed)
+            client.pending.setdefault(m, [])
+            if self.index.add_market(client, m):
+                self.markets.pop(m, None)
+        self._sync_count(client)
         return new
 
     def _broadcast(self, out: wire.Outgoing) -> None:
