@@ -44,6 +44,11 @@ KEPT = ("the store is unavailable: the subscription is kept and its markets foll
         "store answers")
 
 
+def _newer(pos: tuple[str, int] | None, market: Market) -> bool:
+    """Whether a client at ``pos`` holds a later version of ``market``'s epoch."""
+    return pos is not None and pos[0] == market.epoch and pos[1] > market.version
+
+
 class Hub:
     """The per-process fan-out state between the store's bus and local clients."""
 
@@ -268,16 +273,21 @@ class Hub:
             if m not in client.pending:
                 continue  # unsubscribed meanwhile
             hist = histories.get(m)
+            pos = client.pos.get(m)
             if hist is not None:
                 market, deltas = hist
                 for d in deltas:
                     client.push(wire.delta(d), market=m, delta=d)
-                client.pos[m] = (market.epoch, market.version)
+                if not _newer(pos, market):
+                    client.pos[m] = (market.epoch, market.version)
             else:
                 snap = current.get(m)
                 if snap is not None:
-                    client.push(wire.snapshot(snap), market=m)
-                    client.pos[m] = (snap.epoch, snap.version)
+                    # another catch-up of this market (its read later than this one) may
+                    # have gone out meanwhile: never send the client back to an older version
+                    if not _newer(pos, snap):
+                        client.push(wire.snapshot(snap), market=m)
+                        client.pos[m] = (snap.epoch, snap.version)
                 else:
                     if m in client.pos and client.pos[m] is not None:
                         client.push(wire.gone(m), market=m)
@@ -495,8 +505,8 @@ class Hub:
             # a gap or another epoch for this client: resend the market
             self._spawn(self._resync(client, market))
         elif isinstance(item, Market):
-            if pos is not None and pos == (item.epoch, item.version):
-                return
+            if pos is not None and pos[0] == item.epoch and pos[1] >= item.version:
+                return  # holds it, or a later version (a re-read can lag a catch-up)
             client.push(out or wire.snapshot(item), market=market)
             client.pos[market] = (item.epoch, item.version)
         else:
