@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection
 
 from oddsfeed import wire
+from oddsfeed.errors import ProtocolViolation
 from oddsfeed.worker import Worker
 from tests.fanout.builders import create
 
@@ -141,6 +142,21 @@ async def test_hostile_frames_invariant(frames_worker: tuple[Worker, str], valke
     assert not errors_logged(caplog)
     # what it subscribed went with its connection
     assert not w.hub.clients or all(not c.pending for c in w.hub.clients)
+
+
+@settings(max_examples=300, deadline=None)
+@given(frame=JSON_FRAMES | MSGPACK_FRAMES, encoding=st.sampled_from(["json", "msgpack"]))
+def test_decode_request_accepts_or_refuses_cleanly(frame: str | bytes, encoding: str) -> None:
+    """The codec alone (no I/O): any frame decodes to a request or raises ProtocolViolation,
+    and the reply to it (the error, or a pong echoing the id) encodes in both encodings."""
+    try:
+        req = wire.decode_request(frame, encoding)
+    except ProtocolViolation as exc:
+        out = wire.error(exc.code, exc.message, exc.request_id)
+    else:
+        out = wire.reply("pong", req.id)
+    out.payload("json")
+    out.payload("msgpack")
 
 
 def test_reply_to_every_valid_id_encodes() -> None:
