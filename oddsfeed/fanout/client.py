@@ -119,3 +119,14 @@ class Client:
         if (was_empty or now_please) and sink is not None:
             # urgent, or a frame's worth queued: written now, not at the window's end
             sink.ready(self, now_please)
+
+    async def drained(self) -> None:
+        """Wait while the client's outbox is past its high-water mark, so that a large
+        catch-up (snapshots do not conflate) goes out at the pace the client reads instead of
+        being queued at once and cut as slow. The slow-consumer checks still apply meanwhile:
+        a client that does not read is closed, which ends the wait."""
+        # A poll, not an event: the outbox is drained by the server's writer, which has no
+        # hook into the hub, and this only runs while a catch-up is past the high-water mark.
+        outbox = self.outbox
+        while outbox.queued_bytes > outbox.high_water_bytes and not self.closed:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)

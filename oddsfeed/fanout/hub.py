@@ -267,7 +267,7 @@ class Hub:
                                    events=list(events), missing=missing))
         for m in markets:
             if client.outbox.queued_bytes > client.outbox.high_water_bytes:
-                await self._drained(client)
+                await client.drained()
             if client.closed:
                 return found, missing
             if m not in client.pending:
@@ -294,18 +294,6 @@ class Hub:
                     client.pos[m] = None
             self._release(client, m)
         return found, missing
-
-    @staticmethod
-    async def _drained(client: Client) -> None:
-        """Wait while the client's outbox is past its high-water mark, so that a large
-        catch-up (snapshots do not conflate) goes out at the pace the client reads instead of
-        being queued at once and cut as slow. The slow-consumer checks still apply meanwhile:
-        a client that does not read is closed, which ends the wait."""
-        # A poll, not an event: the outbox is drained by the server's writer, which has no
-        # hook into the hub, and this only runs while a catch-up is past the high-water mark.
-        outbox = client.outbox
-        while outbox.queued_bytes > outbox.high_water_bytes and not client.closed:  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
 
     def _release(self, client: Client, market: str) -> None:
         held = client.pending.pop(market, None)
