@@ -118,6 +118,7 @@ class Bus:
         self._broken = asyncio.Event()
         self._lock = asyncio.Lock()
         self._supervisor: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
         self._max_backoff_s = max_backoff_s
         self.connected = False
         self.reconnects = 0
@@ -150,14 +151,16 @@ class Bus:
         """Connect and start the supervisor; raises nothing (a down store reconnects later)."""
         self.connected = True
         self._supervisor = asyncio.create_task(self._supervise(), name="bus-supervisor")
+        self._prober = asyncio.create_task(self._probe(), name="bus-probe")
         # Probe once so an unreachable store is noticed now, not at the first subscribe.
         if not await self._store.ping():
             self._broken.set()
 
     async def stop(self) -> None:
-        if self._supervisor:
-            self._supervisor.cancel()
-            await asyncio.gather(self._supervisor, return_exceptions=True)
+        tasks = [t for t in (self._supervisor, self._prober) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._teardown()
         self.connected = False
 
@@ -252,14 +255,17 @@ class Bus:
             for i in range(0, len(channels), 1000):
                 await shard.subscribe(*channels[i:i + 1000])
 
+    async def _probe(self) -> None:
+        """Ping the store every PROBE_S while connected; a failed ping breaks the bus."""
+        while True:
+            await asyncio.sleep(PROBE_S)
+            if self.connected and not self._broken.is_set() and not await self._store.ping():
+                log.warning("store probe failed")
+                self._broken.set()
+
     async def _supervise(self) -> None:
         while True:
-            while not self._broken.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._broken.wait(), PROBE_S)
-                if not self._broken.is_set() and not await self._store.ping():
-                    log.warning("store probe failed")
-                    self._broken.set()
+            await self._broken.wait()
             async with self._lock:
                 self.connected = False
                 await self._teardown()
