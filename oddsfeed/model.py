@@ -14,7 +14,8 @@ from typing import Any
 from .errors import InvalidInput
 from .prices import MAX_PRICE, MIN_PRICE, parse_price, to_float
 
-ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# \Z, not $: "$" also matches before a trailing newline, which is outside the charset
+ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 MARKET_STATUSES = ("open", "suspended", "closed", "settled")
 SELECTION_STATUSES = ("active", "suspended")
 SELECTION_UPDATE_STATUSES = ("active", "suspended", "removed")

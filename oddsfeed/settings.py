@@ -98,7 +98,14 @@ class FanoutSettings(_Section):
     max_outbox_bytes: int = Field(8388608, gt=0)
     max_lag_s: float = Field(10.0, gt=0)
     max_connections: int = Field(20000, gt=0)
+    # ids per connection: markets (the markets of subscribed events included) and events
     max_subscriptions: int = Field(10000, gt=0)
+    # of those, markets without state and events without markets (each opens a store channel)
+    max_missing_subscriptions: int = Field(100, ge=0)
+    # open connections per worker from one peer address / under one token subject (HTTP 429
+    # at the handshake past it); 0: no cap. Anonymous readers have no subject cap.
+    max_connections_per_ip: int = Field(100, ge=0)
+    max_connections_per_subject: int = Field(100, ge=0)
     rate_limit_per_s: float = Field(100.0, gt=0)
     rate_limit_burst: int = Field(200, gt=0)
     rate_limit_strikes: int = Field(5, gt=0)

@@ -21,6 +21,11 @@ SUBPROTOCOLS = {"oddsfeed.v1.msgpack": MSGPACK, "oddsfeed.v1.json": JSON}
 ACCEPT_POLICIES = ("exact", "better", "any")
 MAX_IDS_PER_REQUEST = 10_000
 MAX_LEGS = 50
+# The largest integer a client may send (a request id, a version): every JSON parser holds
+# it exactly, and msgpack and the store's stream ids take it.
+MAX_INT = 2**53
+# The longest epoch a client may name; a longer one is another epoch than any store epoch.
+MAX_EPOCH_CHARS = 64
 
 _json_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 _packer_opts: dict[str, Any] = {"use_bin_type": True}
@@ -133,6 +138,17 @@ def gone(market_id: str) -> Outgoing:
     return Outgoing({"op": "gone", "m": market_id}, urgent=True)
 
 
+FEED_INTERRUPTED = "interrupted"
+FEED_RESTORED = "restored"
+
+
+def status(feed: str) -> Outgoing:
+    """``status``: ``interrupted`` when the node lost the store (what a client holds may be
+    stale), ``restored`` once it is back and every subscribed market was re-read
+    (docs/protocol.md, an extension of the contract). Never batched behind a window."""
+    return Outgoing({"op": "status", "feed": feed}, urgent=True)
+
+
 def heartbeat(ts_ms: int) -> Outgoing:
     return Outgoing({"op": "heartbeat", "ts": ts_ms})
 
@@ -230,6 +246,26 @@ def _int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _text(value: Any, max_chars: int) -> bool:
+    """Whether ``value`` is a string of at most ``max_chars`` that encodes as UTF-8 (a JSON
+    ``\\ud800`` escape decodes to a lone surrogate, which no reply could echo)."""
+    if not isinstance(value, str) or len(value) > max_chars:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _request_id(value: Any) -> RequestId:
+    """A valid request id, or raises bad_request without echoing it (it may not encode)."""
+    if value is None or (_int(value) and -MAX_INT <= value <= MAX_INT) or _text(value, 128):
+        return cast(RequestId, value)
+    raise _bad("id must be an integer of at most 2^53 in magnitude or a string of at most "
+               "128 characters")
+
+
 def parse_legs(raw: Any, rid: RequestId = None) -> tuple[Leg, ...]:
     """Validate the ``legs`` of a bet slip (WebSocket or HTTP shape); prices in any input shape."""
     if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_LEGS:
@@ -251,11 +287,12 @@ def parse_legs(raw: Any, rid: RequestId = None) -> tuple[Leg, ...]:
         except InvalidInput as exc:
             raise _bad(str(exc), rid) from None
         version = leg.get("version")
-        if version is not None and (not _int(version) or version < 0):
-            raise _bad(f"legs[{i}].version must be a non-negative integer", rid)
+        if version is not None and (not _int(version) or not 0 <= version <= MAX_INT):
+            raise _bad(f"legs[{i}].version must be an integer from 0 to 2^53", rid)
         epoch = leg.get("epoch")
-        if epoch is not None and (not isinstance(epoch, str) or not 0 < len(epoch) <= 64):
-            raise _bad(f"legs[{i}].epoch must be a string", rid)
+        if epoch is not None and (not _text(epoch, MAX_EPOCH_CHARS) or not epoch):
+            raise _bad(f"legs[{i}].epoch must be a string of 1-{MAX_EPOCH_CHARS} characters",
+                       rid)
         legs.append(
             Leg(
                 market=leg["market"],
@@ -296,9 +333,7 @@ def decode_request(data: bytes | str, encoding: str) -> Request:
         ) from None
     if not isinstance(msg, dict):
         raise _bad("a message must be a map with an op field")
-    rid = msg.get("id")
-    if rid is not None and not (_int(rid) or (isinstance(rid, str) and len(rid) <= 128)):
-        raise _bad("id must be an integer or a string of at most 128 characters")
+    rid = _request_id(msg.get("id"))
     op = msg.get("op")
     if not isinstance(op, str) or op not in _ALLOWED:
         raise _bad(f"unknown op {str(op)[:40]!r}", rid)
@@ -333,7 +368,11 @@ def decode_request(data: bytes | str, encoding: str) -> Request:
             or pos["version"] < 0
         ):
             raise _bad(f"from.{mid} must be {{epoch: string, version: integer}}", rid)
-        positions[mid] = Position(pos["epoch"], pos["version"])
+        # A version past MAX_INT or an epoch no store makes is a position ahead of the store
+        # or in another epoch: the market gets a snapshot (protocol.md section 2, catch-up),
+        # and the position never reaches the store as a stream id.
+        if pos["version"] <= MAX_INT and _text(pos["epoch"], MAX_EPOCH_CHARS):
+            positions[mid] = Position(pos["epoch"], pos["version"])
     return Subscribe(rid, markets, events, positions)
 
 

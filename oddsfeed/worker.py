@@ -72,7 +72,8 @@ class Worker:
                                     history_len=s.redis.history_len)
         stack.push_async_callback(store.close)
         self.store = store
-        hub = Hub(store, max_subscriptions=s.fanout.max_subscriptions)
+        hub = Hub(store, max_subscriptions=s.fanout.max_subscriptions,
+                  max_missing=s.fanout.max_missing_subscriptions)
         await hub.start()
         stack.push_async_callback(hub.stop)
         self.hub = hub

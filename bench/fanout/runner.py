@@ -29,6 +29,7 @@ SERVER_ENV = {"ODDSFEED_AUTH__ANONYMOUS_READ": "true",
               "ODDSFEED_FANOUT__IP_CONNECT_PER_S": "1000000",
               "ODDSFEED_FANOUT__MAX_CONNECTIONS": "200000",
               "ODDSFEED_FANOUT__MAX_SUBSCRIPTIONS": "100000",
+              "ODDSFEED_FANOUT__MAX_CONNECTIONS_PER_IP": "0",  # every load connection is local
               "ODDSFEED_LOG__LEVEL": "warning",
               # serve refuses the demo config's published secret; any free admin port
               "ODDSFEED_AUTH__HS256_SECRET": "bench-secret-0123456789-0123456789",

@@ -140,13 +140,26 @@ export class OddsFeed extends EventTarget {
           if (this.markets.delete(id)) this._emit("gone", {id});
         }
         break;
+      case "status":
+        // the node lost (interrupted) or regained (restored) the store: until restored,
+        // what this client holds may be stale (docs/protocol.md, feed status)
+        this.feedInterrupted = msg.feed === "interrupted";
+        this._emit("feed", {feed: msg.feed});
+        break;
+      case "hello":
+        // a new connection: the node says at once if its feed is interrupted
+        if (this.feedInterrupted) {
+          this.feedInterrupted = false;
+          this._emit("feed", {feed: "restored"});
+        }
+        break;
       case "error":
         this._emit("error", msg);
         if (waiting) { this._pending.delete(msg.id); waiting.reject(Object.assign(
           new Error(msg.message), {code: msg.code})); return; }
         break;
       default:
-        break; // hello, heartbeat, pong, unsubscribed, validation
+        break; // heartbeat, pong, unsubscribed, validation
     }
     if (waiting) {
       this._pending.delete(msg.id);

@@ -8,7 +8,11 @@ Rules this module enforces:
   never a hole between catch-up and live;
 - every delta is forwarded only on top of the version the client holds; a gap on the
   Redis -> node hop (pub/sub is at-most-once) is repaired with a snapshot, never skipped;
-- each message is one shared :class:`~oddsfeed.wire.Outgoing`, encoded once per encoding.
+- each message is one shared :class:`~oddsfeed.wire.Outgoing`, encoded once per encoding;
+- a subscription never waits silently: a catch-up whose store read fails leaves the market
+  subscribed and owed (a snapshot or ``gone`` follows once the store answers), items held
+  during a catch-up count against the connection's outbox limit, and every client is told
+  when the node loses and regains the store (``status``, docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -17,142 +21,59 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any
 
 from .. import wire
 from ..book import Delta
 from ..errors import InvalidInput, StoreError
 from ..model import Market
-from ..session import FULL, SLOW, Outbox
 from ..store import Announced, Gone, Store, decode_payload
 from ..subscriptions import SubscriptionIndex
 from . import metrics
+from .client import Client, Held, Sink
+from .owed import Owed
+
+__all__ = ["Client", "Held", "Hub", "Sink"]
 
 log = logging.getLogger("oddsfeed.fanout")
 
 # How many subscribers of one delta the hub hands to the sink's send_many at a time.
 SEND_CHUNK = 128
 
-# What a held (not yet released) live item can be.
-Held = Delta | Market | Gone
+KEPT = ("the store is unavailable: the subscription is kept and its markets follow when the "
+        "store answers")
 
 
-class Sink(Protocol):
-    """What the hub and its clients need from the I/O side; the server implements it and
-    every client and the hub hold the one instance (no per-connection callbacks)."""
-
-    def ready(self, client: Client, urgent: bool) -> None:
-        """The client's outbox stopped being empty (or got an urgent message, or a frame's
-        worth): write it now or at the end of the batching window."""
-
-    def direct(self, client: Client, out: wire.Outgoing, now: float) -> bool:
-        """Called while the client's outbox is empty: write ``out`` at once and return True,
-        or return False to have it queued."""
-
-    def slow(self, client: Client) -> None:
-        """The client is past its slow-consumer limit: close it (4008)."""
-
-    def send_many(self, clients: list[Client], out: wire.Outgoing, market: str,
-                  delta: Delta, now: float) -> None:
-        """One delta to every client of ``clients`` (the hub already moved their positions);
-        must behave like ``client.push()`` for each of them, in order."""
-
-
-class Client:
-    """One WebSocket connection's protocol state; the I/O lives in the server module."""
-
-    __slots__ = ("id", "encoding", "outbox", "pos", "pending", "via_event", "explicit",
-                 "closed", "sink", "counted", "last_sent", "writer", "conn", "transport", "proto",
-                 "fd", "received", "rate", "streak",
-                 "__weakref__")
-
-    def __init__(self, cid: int, encoding: str, outbox: Outbox) -> None:
-        self.id = cid
-        self.encoding = encoding
-        self.outbox = outbox
-        # market -> (epoch, version) the client holds, or None (subscribed, market absent)
-        self.pos: dict[str, tuple[str, int] | None] = {}
-        # market -> live items held while its catch-up is being read
-        self.pending: dict[str, list[Held]] = {}
-        self.via_event: dict[str, str] = {}  # market -> event it came in through
-        self.explicit: set[str] = set()  # markets the client named itself
-        self.closed = False
-        # the server: decides when the writer wakes (batching window), may write a message
-        # at once, closes a slow client
-        self.sink: Sink | None = None
-        self.last_sent = 0.0  # monotonic time of the last frame written
-        # the writer task, only while the socket is backed up (memory: no idle task per
-        # connection); while it runs, nothing else writes to this connection
-        self.writer: asyncio.Task[None] | None = None
-        self.conn: Any = None  # the server's connection object
-        # its transport and protocol state machine (the hot path reads them per delivery)
-        self.transport: Any = None
-        self.proto: Any = None
-        self.fd = -1  # its socket, where the server may write to it directly (else -1)
-        self.counted = 0  # subscriptions this client holds in the metrics gauge
-        # messages handed to this client since the server's ticker last visited it, and how
-        # many it got in the visit period before (hot connections share frames when busy)
-        self.received = 0
-        self.rate = 0
-        # deliveries in a row that came within the server's quiet period of its last frame,
-        # up to the server's HOT_STREAK (a connection whose traffic jumps is known to be hot
-        # within a few messages)
-        self.streak = 0
-
-    def __hash__(self) -> int:
-        return self.id
-
-    def __eq__(self, other: object) -> bool:
-        return self is other
-
-    def push(self, out: wire.Outgoing, *, market: str | None = None,
-             delta: Delta | None = None, now: float | None = None,
-             write_through: bool = True) -> None:
-        """Queue a message; a slow verdict hands the client to ``sink.slow`` (close 4008).
-        ``now`` (monotonic) may be passed by a caller pushing to many clients at once;
-        ``write_through=False`` skips ``sink.direct`` (the caller already asked it)."""
-        if self.closed:
-            return
-        self.received += 1
-        outbox = self.outbox
-        was_empty = not outbox.queued_bytes
-        sink = self.sink
-        if was_empty and write_through and sink is not None:
-            if now is None:
-                now = time.monotonic()
-            if sink.direct(self, out, now):
-                return
-        before = outbox.conflations
-        verdict = outbox.push(out, now=time.monotonic() if now is None else now,
-                              market=market, delta=delta)
-        if outbox.conflations != before:
-            metrics.CONFLATIONS.inc(outbox.conflations - before)
-        if verdict == SLOW:
-            self.closed = True
-            if sink is not None:
-                sink.slow(self)
-            return
-        now_please = out.urgent or verdict == FULL
-        if (was_empty or now_please) and sink is not None:
-            # urgent, or a frame's worth queued: written now, not at the window's end
-            sink.ready(self, now_please)
+def _newer(pos: tuple[str, int] | None, market: Market) -> bool:
+    """Whether a client at ``pos`` holds a later version of ``market``'s epoch."""
+    return pos is not None and pos[0] == market.epoch and pos[1] > market.version
 
 
 class Hub:
     """The per-process fan-out state between the store's bus and local clients."""
 
-    def __init__(self, store: Store, *, max_subscriptions: int = 10_000) -> None:
+    def __init__(self, store: Store, *, max_subscriptions: int = 10_000,
+                 max_missing: int = 100) -> None:
         self.store = store
         self.index: SubscriptionIndex[Client] = SubscriptionIndex()
+        # ids (markets, event-expanded markets included, and events) per connection
         self.max_subscriptions = max_subscriptions
+        # markets without state and events without markets per connection: each is a store
+        # channel the client could otherwise open for nothing
+        self.max_missing = max_missing
         # market -> (epoch, version) last forwarded by this node from the bus (or re-read
         # for every client at once). A client's own catch-up read must not move it: that read
         # can be ahead of the bus, and the versions in between are still owed to the others.
         self.markets: dict[str, tuple[str, int]] = {}
         self.clients: set[Client] = set()
-        self.bus = store.bus(self.on_bus_message, self.on_bus_reconnect)
+        self.bus = store.bus(self.on_bus_message, self.on_bus_reconnect, self.on_bus_lost)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._repairing: set[str] = set()
+        # catch-ups a failed store read left undone: retried with backoff (and covered by
+        # the re-read after a bus reconnect)
+        self.owed = Owed(self)
+        # True from the bus losing the store until everything was re-read after it came back
+        self.feed_interrupted = False
         # payloads received, handed to prometheus by flush_metrics() (cheap hot path)
         self.deltas_in = 0
         # seconds between the store's apply and this node reading the last delta
@@ -181,9 +102,17 @@ class Hub:
         return self.bus.connected
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        self.track(asyncio.get_running_loop().create_task(coro))
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """Keep ``task`` until it ends (cancelled by :meth:`stop`); log its failure."""
         self._tasks.add(task)
         task.add_done_callback(self._done)
+
+    async def catch_up(self, client: Client, markets: list[str]) -> None:
+        """Send ``client`` a snapshot (or ``gone``) of each of ``markets`` it is subscribed
+        to, then their live deltas; a failed read owes them again."""
+        await self._catch_up(client, markets, {}, reply=False)
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -204,6 +133,7 @@ class Hub:
     async def remove_client(self, client: Client) -> None:
         client.closed = True
         self.clients.discard(client)
+        self.owed.drop(client)
         markets, events = self.index.drop(client)
         self._sync_count(client)
         await self._release_channels(markets, events)
@@ -219,22 +149,69 @@ class Hub:
 
     # ---- subscribe / unsubscribe ---------------------------------------------------------
 
+    def missing(self, client: Client) -> int:
+        """How many of ``client``'s subscriptions hold nothing: markets without state (or
+        whose catch-up is still running) and events none of its markets came through."""
+        markets = self.index.markets_of(client)
+        pos = client.pos
+        n = sum(1 for m in markets if pos.get(m) is None)
+        events = self.index.events_of(client)
+        if events:
+            n += len(events - set(client.via_event.values()))
+        return n
+
     async def subscribe(self, client: Client, req: wire.Subscribe) -> None:
-        """Handle ``subscribe``: reply ``subscribed`` then each market's catch-up, then live."""
-        new_ids = [m for m in req.markets if m not in self.index.markets_of(client)]
+        """Handle ``subscribe``: reply ``subscribed`` then each market's catch-up, then live.
+
+        The limits are checked on what the request would add, event-expanded markets
+        included, before anything changes: a refused request (``limit_exceeded``)
+        subscribes nothing. While the store does not answer, every new market and event
+        counts as missing (nothing is known to exist), and what is subscribed is owed: a
+        snapshot of each market follows when the store answers."""
+        mine = self.index.markets_of(client)
         new_events = [e for e in req.events if e not in self.index.events_of(client)]
-        if self.index.count(client) + len(new_ids) + len(new_events) > self.max_subscriptions:
-            client.push(wire.error("limit_exceeded",
-                                   f"at most {self.max_subscriptions} subscriptions per connection",
-                                   req.id))
+        new_named = [m for m in req.markets if m not in mine]
+        expanded: dict[str, list[str]] = {}
+        existing: set[str] = set()
+        try:
+            for e in new_events:
+                expanded[e] = await self.store.event_market_ids(e)
+            existing = await self.store.existing(new_named) if new_named else set()
+        except StoreError as exc:
+            log.warning("store read failed before a subscribe, counted as missing: %s", exc)
+            expanded.clear()
+        named = set(req.markets)
+        new_via = {m for ids in expanded.values() for m in ids if m not in mine and m not in named}
+        adding = len(new_named) + len(new_via) + len(new_events)
+        if self.index.count(client) + adding > self.max_subscriptions:
+            client.push(wire.error(
+                "limit_exceeded",
+                f"at most {self.max_subscriptions} subscriptions per connection (markets, "
+                f"the markets of subscribed events, and events); this request adds {adding} "
+                f"to {self.index.count(client)}", req.id))
+            return
+        empty = (len(new_named) - len(existing)
+                 + sum(1 for e in new_events if not expanded.get(e)))
+        if empty and self.missing(client) + empty > self.max_missing:
+            client.push(wire.error(
+                "limit_exceeded",
+                f"at most {self.max_missing} subscriptions per connection to markets or "
+                f"events not known to exist; this request adds {empty}", req.id))
             return
         for e in req.events:
             if self.index.add_event(client, e):
                 await self.bus.subscribe_event(e)
         via: dict[str, str] = {}
         for e in req.events:
-            for m in await self.store.event_market_ids(e):
-                if m not in req.markets:
+            # read again now that the channel is subscribed: a market created since the
+            # first read is either in this read or announced on the channel
+            try:
+                ids = await self.store.event_market_ids(e)
+            except StoreError:
+                ids = expanded.get(e, [])
+                self.owed.add(client, (), (e,))
+            for m in ids:
+                if m not in named:
                     via.setdefault(m, e)
         client.explicit.update(req.markets)
         wanted = list(dict.fromkeys([*req.markets, *via]))
@@ -248,7 +225,11 @@ class Hub:
                         from_: dict[str, wire.Position] | Any, *, reply_id: Any = None,
                         events: Iterable[str] = (), named: Iterable[str] = (),
                         reply: bool = True) -> tuple[list[str], list[str]]:
-        """Subscribe the channels, read catch-up, reply, send catch-up, release held items."""
+        """Subscribe the channels, read catch-up, reply, send catch-up, release held items.
+
+        If a read fails the markets stay subscribed and owed (see :class:`.owed.Owed`),
+        their held items are dropped (the snapshot that repays them supersedes them), and a
+        request gets ``error`` ``internal``: nothing waits on a read that will not come."""
         for m in markets:
             client.pending.setdefault(m, [])
             if self.index.add_market(client, m):
@@ -258,12 +239,27 @@ class Hub:
             await self.bus.subscribe_market(m)
         self._sync_count(client)
         histories: dict[str, tuple[Market, list[Delta]] | None] = {}
-        for m in markets:
-            p = from_.get(m) if from_ else None
-            if p is not None:
-                histories[m] = await self.store.history(m, p.epoch, p.version)
-        need = [m for m in markets if histories.get(m) is None]
-        current = await self.store.get_many(need) if need else {}
+        try:
+            for m in markets:
+                p = from_.get(m) if from_ else None
+                if p is not None:
+                    histories[m] = await self.store.history(m, p.epoch, p.version)
+            need = [m for m in markets if histories.get(m) is None]
+            current = await self.store.get_many(need) if need else {}
+        except StoreError as exc:
+            log.warning("catch-up read failed for %d market(s), owed: %s", len(markets), exc)
+            mine = self.index.markets_of(client)
+            kept = [m for m in markets if m in mine]
+            for m in markets:
+                client.pending.pop(m, None)
+            for m in kept:
+                # the client keeps what it holds; None: it holds nothing the node knows of
+                client.pos.setdefault(m, None)
+            self._settle_held(client)
+            self.owed.add(client, kept, ())
+            if reply:
+                client.push(wire.error("internal", KEPT, reply_id))
+            return [], []
         found = [m for m in markets if histories.get(m) is not None or current.get(m) is not None]
         missing = [m for m in named if m not in found]
         if reply:
@@ -271,22 +267,27 @@ class Hub:
                                    events=list(events), missing=missing))
         for m in markets:
             if client.outbox.queued_bytes > client.outbox.high_water_bytes:
-                await self._drained(client)
+                await client.drained()
             if client.closed:
                 return found, missing
             if m not in client.pending:
                 continue  # unsubscribed meanwhile
             hist = histories.get(m)
+            pos = client.pos.get(m)
             if hist is not None:
                 market, deltas = hist
                 for d in deltas:
                     client.push(wire.delta(d), market=m, delta=d)
-                client.pos[m] = (market.epoch, market.version)
+                if not _newer(pos, market):
+                    client.pos[m] = (market.epoch, market.version)
             else:
                 snap = current.get(m)
                 if snap is not None:
-                    client.push(wire.snapshot(snap), market=m)
-                    client.pos[m] = (snap.epoch, snap.version)
+                    # another catch-up of this market (its read later than this one) may
+                    # have gone out meanwhile: never send the client back to an older version
+                    if not _newer(pos, snap):
+                        client.push(wire.snapshot(snap), market=m)
+                        client.pos[m] = (snap.epoch, snap.version)
                 else:
                     if m in client.pos and client.pos[m] is not None:
                         client.push(wire.gone(m), market=m)
@@ -294,24 +295,75 @@ class Hub:
             self._release(client, m)
         return found, missing
 
-    @staticmethod
-    async def _drained(client: Client) -> None:
-        """Wait while the client's outbox is past its high-water mark, so that a large
-        catch-up (snapshots do not conflate) goes out at the pace the client reads instead of
-        being queued at once and cut as slow. The slow-consumer checks still apply meanwhile:
-        a client that does not read is closed, which ends the wait."""
-        # A poll, not an event: the outbox is drained by the server's writer, which has no
-        # hook into the hub, and this only runs while a catch-up is past the high-water mark.
-        outbox = client.outbox
-        while outbox.queued_bytes > outbox.high_water_bytes and not client.closed:  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
-
     def _release(self, client: Client, market: str) -> None:
         held = client.pending.pop(market, None)
+        self._settle_held(client)
         if not held:
             return
         for item in held:
             self._deliver(client, market, item)
+
+    @staticmethod
+    def _settle_held(client: Client) -> None:
+        """Forget the held bytes once no catch-up of ``client`` is running (counted per
+        connection, not per market: while several run, released bytes still count)."""
+        if not client.pending:
+            client.held_bytes = 0
+
+    def _hold(self, client: Client, held: list[Held], item: Held, out: wire.Outgoing) -> None:
+        """Hold a live item while the client's catch-up runs; its bytes count against the
+        outbox's hard limit, and past it the client is closed as a slow consumer (4008)."""
+        held.append(item)
+        client.held_bytes += len(out.payload(client.encoding))
+        if client.held_bytes + client.outbox.queued_bytes > client.outbox.max_bytes:
+            client.closed = True
+            if client.sink is not None:
+                client.sink.slow(client)
+
+    # ---- owed catch-ups and the store's status -------------------------------------------
+
+    def expand(self, client: Client, event: str, ids: Iterable[str]) -> list[str]:
+        """Subscribe ``client`` to the markets of ``event`` (read from the store) it does not
+        hold yet, as coming through it, and return them: the caller runs their catch-up.
+        Past the subscription limit the rest are refused with an ``error``
+        ``limit_exceeded`` naming the event."""
+        mine = self.index.markets_of(client)
+        new = [m for m in ids if m not in mine and m not in client.pending]
+        room = self.max_subscriptions - self.index.count(client)
+        if len(new) > room:
+            client.push(wire.error(
+                "limit_exceeded",
+                f"event {event} has {len(new) - max(room, 0)} more market(s) than the "
+                f"{self.max_subscriptions} subscriptions a connection may hold; not subscribed"))
+            new = new[:max(room, 0)]
+        for m in new:
+            client.via_event.setdefault(m, event)
+            # subscribed now, not when the caller's catch-up task runs: the next expansion
+            # counts it (the catch-up finds it pending and subscribed)
+            client.pending.setdefault(m, [])
+            if self.index.add_market(client, m):
+                self.markets.pop(m, None)
+        self._sync_count(client)
+        return new
+
+    def _broadcast(self, out: wire.Outgoing) -> None:
+        for client in list(self.clients):
+            client.push(out)
+
+    def on_bus_lost(self) -> None:
+        """Bus callback: the store connection is lost; every client is told at once."""
+        if not self.feed_interrupted:
+            self.feed_interrupted = True
+            metrics.FEED_INTERRUPTED.set(1)
+            self._broadcast(wire.status(wire.FEED_INTERRUPTED))
+
+    def restored(self) -> None:
+        """Tell every client the feed is back, once the bus is connected again and every
+        market it holds was re-read (sent or owed to nobody)."""
+        if self.feed_interrupted and self.bus.connected and not self.owed:
+            self.feed_interrupted = False
+            metrics.FEED_INTERRUPTED.set(0)
+            self._broadcast(wire.status(wire.FEED_RESTORED))
 
     async def unsubscribe(self, client: Client, req: wire.Unsubscribe) -> None:
         """Handle ``unsubscribe``: reply with what this request removed."""
@@ -340,6 +392,7 @@ class Hub:
         client.via_event.pop(m, None)
         client.pos.pop(m, None)
         client.pending.pop(m, None)
+        self._settle_held(client)
         if m in self.index.markets_of(client) and self.index.remove_market(client, m):
             lost.append(m)
 
@@ -355,9 +408,9 @@ class Hub:
             return
         if isinstance(item, Announced):
             for client in list(self.index.event_subscribers(ident)):
-                if item.market not in self.index.markets_of(client):
-                    client.via_event.setdefault(item.market, ident)
-                    self._spawn(self._catch_up(client, [item.market], {}, reply=False))
+                new = self.expand(client, ident, (item.market,))
+                if new:
+                    self._spawn(self._catch_up(client, new, {}, reply=False))
             return
         market = ident
         subscribers = self.index.market_subscribers(market)
@@ -397,7 +450,7 @@ class Hub:
                 if client.pending:
                     held = client.pending.get(market)
                     if held is not None:
-                        held.append(item)
+                        self._hold(client, held, item, out)
                         continue
                 pos = client.pos.get(market)
                 if pos is not None and pos[1] == base and pos[0] == epoch:
@@ -414,7 +467,7 @@ class Hub:
         for client in subscribers:
             held = client.pending.get(market)
             if held is not None:
-                held.append(item)
+                self._hold(client, held, item, out)
             else:
                 self._deliver(client, market, item, out)
 
@@ -440,8 +493,8 @@ class Hub:
             # a gap or another epoch for this client: resend the market
             self._spawn(self._resync(client, market))
         elif isinstance(item, Market):
-            if pos is not None and pos == (item.epoch, item.version):
-                return
+            if pos is not None and pos[0] == item.epoch and pos[1] >= item.version:
+                return  # holds it, or a later version (a re-read can lag a catch-up)
             client.push(out or wire.snapshot(item), market=market)
             client.pos[market] = (item.epoch, item.version)
         else:
@@ -467,15 +520,21 @@ class Hub:
         self._spawn(self._repair_market(market))
 
     async def _repair_market(self, market: str) -> None:
-        """Re-read one market after a gap on the Redis hop and resend it to its clients."""
+        """Re-read one market after a gap on the Redis hop and resend it to its clients; if
+        the read fails the market is owed to them (never a ``gone`` the store did not say)."""
         clients = [c for c in self.index.market_subscribers(market) if market not in c.pending]
         for c in clients:
             c.pending[market] = []
         try:
             snap = await self.store.get(market)
-        except StoreError:
-            snap = None
-            log.warning("repair read failed for %s", market)
+        except StoreError as exc:
+            log.warning("repair read failed for %s, owed: %s", market, exc)
+            for c in clients:
+                c.pending.pop(market, None)
+                self._settle_held(c)
+                if market in self.index.markets_of(c):
+                    self.owed.add(c, (market,), ())
+            return
         finally:
             self._repairing.discard(market)
         if snap is not None:
@@ -487,13 +546,27 @@ class Hub:
         for c in clients:
             if market not in self.index.markets_of(c):
                 c.pending.pop(market, None)
+                self._settle_held(c)
                 continue
             self._deliver(c, market, snap if snap is not None else Gone(market), out)
             self._release(c, market)
 
     async def on_bus_reconnect(self) -> None:
         """After a bus reconnect: re-read every subscribed market, resend where a client's
-        position cannot be vouched for, and pick up markets created under events meanwhile."""
+        position cannot be vouched for, and pick up markets created under events meanwhile;
+        then tell every client the feed is restored. What a failed read leaves undone is
+        owed (see :class:`~oddsfeed.fanout.owed.Owed`), and ``restored`` waits for it."""
+        self.owed.clear()  # this re-read covers every market and event of every client
+        try:
+            await self._reread()
+        except StoreError as exc:
+            log.warning("re-read after the bus reconnect failed, owed: %s", exc)
+            for client in list(self.clients):
+                self.owed.add(client, self.index.markets_of(client), self.index.events_of(client))
+            return
+        self.restored()
+
+    async def _reread(self) -> None:
         markets = list(self.index.markets())
         metrics.RESYNCS.inc(len(markets))
         for i in range(0, len(markets), 500):
@@ -501,22 +574,22 @@ class Hub:
             current = await self.store.get_many(chunk)
             for m in chunk:
                 snap = current.get(m)
+                item: Held
                 if snap is not None:
                     self.markets[m] = (snap.epoch, snap.version)
+                    item, out = snap, wire.snapshot(snap)
                 else:
                     self.markets.pop(m, None)
-                item: Held = snap if snap is not None else Gone(m)
+                    item, out = Gone(m), wire.gone(m)
                 for client in list(self.index.market_subscribers(m)):
                     held = client.pending.get(m)
                     if held is not None:
-                        held.append(item)
+                        self._hold(client, held, item, out)
                     else:
-                        self._deliver(client, m, item)
+                        self._deliver(client, m, item, out)
         for e in list(self.index.events()):
             ids = await self.store.event_market_ids(e)
             for client in list(self.index.event_subscribers(e)):
-                new = [m for m in ids if m not in self.index.markets_of(client)]
-                for m in new:
-                    client.via_event.setdefault(m, e)
+                new = self.expand(client, e, ids)
                 if new:
                     self._spawn(self._catch_up(client, new, {}, reply=False))

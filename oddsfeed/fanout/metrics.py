@@ -18,6 +18,12 @@ SLOW_CLOSES = Counter("oddsfeed_slow_consumer_closes_total", "connections closed
 GAPS_REPAIRED = Counter("oddsfeed_redis_gaps_repaired_total",
                         "version gaps on the Redis -> node hop repaired with a snapshot")
 RESYNCS = Counter("oddsfeed_resyncs_total", "markets re-read after a bus reconnect")
+FEED_INTERRUPTED = Gauge("oddsfeed_feed_interrupted",
+                         "1 while a worker has told its clients the feed is interrupted",
+                         multiprocess_mode="livemax")
+CONNECTIONS_REFUSED = Counter("oddsfeed_ws_connections_refused_total",
+                              "connections refused by a per-address or per-subject cap",
+                              ["cap"])
 BAD_FRAMES = Counter("oddsfeed_ws_bad_frames_total", "client frames rejected as bad_request")
 DELIVERY_LATENCY = Histogram(
     "oddsfeed_delivery_latency_seconds", "store apply -> frame written",

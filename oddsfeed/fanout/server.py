@@ -28,6 +28,7 @@ from ..errors import ProtocolViolation, StoreError
 from ..session import Outbox, adaptive_window
 from ..settings import FanoutSettings
 from . import metrics
+from .admission import Admission, TokenBucket
 from .hub import Client, Hub
 
 SendAll = Callable[[Sequence[int], bytes], list[tuple[int, int]]]
@@ -136,26 +137,6 @@ ValidateFn = Callable[[Sequence[wire.Leg], str], Awaitable[dict[str, Any]]]
 MAX_VALIDATIONS_IN_FLIGHT = 8
 
 
-class TokenBucket:
-    """A token bucket: ``rate`` tokens per second, at most ``burst`` saved up."""
-
-    __slots__ = ("rate", "burst", "tokens", "at")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.at = now
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-
 class _Batch:
     """Clients waiting for one shared batching-window timer."""
 
@@ -183,7 +164,9 @@ class FanoutServer:
         self._server: Server | None = None
         self._principals: dict[ServerConnection, Principal] = {}
         self._ids = itertools.count(1)
-        self._ip_buckets: dict[str, TokenBucket] = {}
+        self.admission = Admission(connect_per_s=fanout.ip_connect_per_s,
+                                   per_ip=fanout.max_connections_per_ip,
+                                   per_subject=fanout.max_connections_per_subject)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.session_prefix = f"{int(time.time() * 1000):x}"
         # batching: clients with something to send wait for one shared timer per window
@@ -269,14 +252,7 @@ class FanoutServer:
         if url.path != "/ws":
             return connection.respond(HTTPStatus.NOT_FOUND, "not found: use /ws\n")
         ip = str(connection.remote_address[0]) if connection.remote_address else "?"
-        now = time.monotonic()
-        bucket = self._ip_buckets.get(ip)
-        if bucket is None:
-            if len(self._ip_buckets) > 100_000:
-                self._ip_buckets.clear()  # bounded: forget old peers wholesale
-            rate = self.cfg.ip_connect_per_s
-            bucket = self._ip_buckets[ip] = TokenBucket(rate, max(1.0, rate), now)
-        if not bucket.take(now):
+        if not self.admission.rate_ok(ip, time.monotonic()):
             return connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "too many connections\n")
         token = (parse_qs(url.query).get("token") or [""])[0]
         header = request.headers.get("Authorization", "")
@@ -291,6 +267,12 @@ class FanoutServer:
             principal = ANONYMOUS
         else:
             return connection.respond(HTTPStatus.UNAUTHORIZED, "unauthorized: token required\n")
+        refused = self.admission.refusal(ip, principal)
+        if refused:
+            metrics.CONNECTIONS_REFUSED.labels(refused).inc()
+            what = "address" if refused == "ip" else "token subject"
+            return connection.respond(HTTPStatus.TOO_MANY_REQUESTS,
+                                      f"too many connections for this {what}\n")
         self._principals[connection] = principal
         return None
 
@@ -312,6 +294,18 @@ class FanoutServer:
         if len(self.hub.clients) >= self.cfg.max_connections:
             await ws.close(1013, "overloaded")
             return
+        ip = str(ws.remote_address[0]) if ws.remote_address else "?"
+        refused = self.admission.opened(ip, principal)
+        if refused:
+            metrics.CONNECTIONS_REFUSED.labels(refused).inc()
+            await ws.close(1013, "too many connections")
+            return
+        try:
+            await self._serve(ws, principal)
+        finally:
+            self.admission.closed(ip, principal)
+
+    async def _serve(self, ws: ServerConnection, principal: Principal) -> None:
         encoding = wire.SUBPROTOCOLS.get(ws.subprotocol or "", wire.JSON)
         cid = next(self._ids)
         client = Client(cid, encoding, Outbox(
@@ -333,6 +327,8 @@ class FanoutServer:
         client.push(wire.hello(server=f"oddsfeed/{__version__}",
                                session=f"{self.session_prefix}-{cid}",
                                heartbeat_ms=self.cfg.heartbeat_ms, encoding=encoding))
+        if self.hub.feed_interrupted:
+            client.push(wire.status(wire.FEED_INTERRUPTED))
         try:
             await self._reader(ws, client, principal)
         except ConnectionClosed:

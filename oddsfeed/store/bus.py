@@ -26,6 +26,9 @@ log = logging.getLogger("oddsfeed.store.bus")
 
 _ERRORS = (redis_errors.RedisError, OSError, asyncio.TimeoutError)
 CONFIRM_S = 5.0  # how long a subscribe waits for the server's confirmation
+# How often a connected bus pings the store: a node with no channel subscribed has no
+# pub/sub connection to lose, and must still notice (and report) a lost store.
+PROBE_S = 1.0
 
 
 class _Shard:
@@ -98,21 +101,24 @@ class Bus:
     Call :meth:`start` once. Pub/sub is at-most-once: when the connection to any server is
     lost, the bus reconnects with jittered backoff, resubscribes every channel, and then
     awaits ``on_reconnect()`` so the caller can re-read what it may have missed.
-    ``connected`` is False meanwhile.
+    ``connected`` is False meanwhile; ``on_lost()`` is called when it turns False.
     """
 
     def __init__(self, store: Store, on_message: Callable[[str, str, bytes], None],
-                 on_reconnect: Callable[[], Awaitable[None]] | None = None, *,
+                 on_reconnect: Callable[[], Awaitable[None]] | None = None,
+                 on_lost: Callable[[], None] | None = None, *,
                  max_backoff_s: float = 2.0) -> None:
         self._store = store
         self._on_message = on_message
         self._on_reconnect = on_reconnect
+        self._on_lost = on_lost
         self._channels: set[str] = set()
         self._shards: dict[str, _Shard] = {}
         self._readers: list[asyncio.Task[None]] = []
         self._broken = asyncio.Event()
         self._lock = asyncio.Lock()
         self._supervisor: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
         self._max_backoff_s = max_backoff_s
         self.connected = False
         self.reconnects = 0
@@ -145,14 +151,16 @@ class Bus:
         """Connect and start the supervisor; raises nothing (a down store reconnects later)."""
         self.connected = True
         self._supervisor = asyncio.create_task(self._supervise(), name="bus-supervisor")
+        self._prober = asyncio.create_task(self._probe(), name="bus-probe")
         # Probe once so an unreachable store is noticed now, not at the first subscribe.
         if not await self._store.ping():
             self._broken.set()
 
     async def stop(self) -> None:
-        if self._supervisor:
-            self._supervisor.cancel()
-            await asyncio.gather(self._supervisor, return_exceptions=True)
+        tasks = [t for t in (self._supervisor, self._prober) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._teardown()
         self.connected = False
 
@@ -247,12 +255,25 @@ class Bus:
             for i in range(0, len(channels), 1000):
                 await shard.subscribe(*channels[i:i + 1000])
 
+    async def _probe(self) -> None:
+        """Ping the store every PROBE_S while connected; a failed ping breaks the bus."""
+        while True:
+            await asyncio.sleep(PROBE_S)
+            if self.connected and not self._broken.is_set() and not await self._store.ping():
+                log.warning("store probe failed")
+                self._broken.set()
+
     async def _supervise(self) -> None:
         while True:
             await self._broken.wait()
             async with self._lock:
                 self.connected = False
                 await self._teardown()
+            if self._on_lost is not None:
+                try:
+                    self._on_lost()
+                except Exception:  # the callback's bug must not stop the reconnects
+                    log.exception("bus on_lost failed")
             backoff = 0.05
             while True:
                 await asyncio.sleep(backoff * (0.5 + random.random()))

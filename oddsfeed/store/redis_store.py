@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from .bus import Bus
 
 MAX_HISTORY_READ = 10_000
+# No market reaches this version; a position past it is refused before it becomes a stream id.
+MAX_VERSION = 2**53
 
 
 def _text(x: bytes | str) -> str:
@@ -277,6 +279,21 @@ class Store:
         except (redis_errors.RedisError, OSError) as exc:
             raise StoreError(f"read failed: {exc}") from None
 
+    async def existing(self, ids: Iterable[str]) -> set[str]:
+        """Which of ``ids`` are markets in the store now (one pipelined round trip of EXISTS,
+        no state read). Raises StoreError if the store fails."""
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return set()
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for mid in wanted:
+                pipe.exists(state_key(mid))
+            found = await pipe.execute()
+        except (redis_errors.RedisError, OSError) as exc:
+            raise StoreError(f"read failed: {exc}") from None
+        return {mid for mid, n in zip(wanted, found) if n}
+
     async def get(self, market_id: str) -> Market | None:
         """The market's current state, or None."""
         (raw,) = await self._get_raw([market_id])
@@ -313,6 +330,8 @@ class Store:
         Returns None when the history does not cover that position (market gone, another
         epoch, a version ahead of the store, or trimmed away): the caller sends a snapshot.
         """
+        if not 1 <= after_version <= MAX_VERSION:
+            return None  # never a store position, and past a stream id's range
         try:
             res = await self._history(
                 keys=[state_key(market_id), history_key(market_id)],
@@ -382,11 +401,12 @@ class Store:
         return out
 
     def bus(self, on_message: Callable[[str, str, bytes], None],
-            on_reconnect: Callable[[], Awaitable[None]] | None = None) -> Bus:
+            on_reconnect: Callable[[], Awaitable[None]] | None = None,
+            on_lost: Callable[[], None] | None = None) -> Bus:
         """A pub/sub bus on this store; see :class:`oddsfeed.store.bus.Bus`."""
         from .bus import Bus
 
-        return Bus(self, on_message, on_reconnect)
+        return Bus(self, on_message, on_reconnect, on_lost)
 
 
 __all__ = ["InvalidInput", "OutOfOrder", "Precondition", "Store", "StoreOutcome"]

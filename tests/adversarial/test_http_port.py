@@ -115,7 +115,8 @@ async def test_metrics_on_the_admin_port_only_and_no_banner(worker: Callable[...
 async def test_metrics_on_the_api_port_by_default(worker: Callable[..., Any]) -> None:
     """Without an admin port, /metrics answers on the API port, where the contract lists it."""
     w = await worker()
-    assert w.settings.server.admin_port is None and w.admin_port == w.http_port
+    assert w.settings.server.admin_port is None
+    assert w.admin_port == w.http_port
     async with aiohttp.ClientSession() as http, \
             http.get(f"http://127.0.0.1:{w.http_port}/metrics") as r:
         assert r.status == 200

@@ -25,6 +25,7 @@ BASE: dict[str, Any] = {
     "auth.anonymous_read": True,
     "auth.hs256_secret": SECRET,
     "fanout.ip_connect_per_s": 100_000.0,
+    "fanout.max_connections_per_ip": 0,
     "fanout.rate_limit_per_s": 100_000.0,
     "fanout.rate_limit_burst": 100_000,
 }

@@ -7,6 +7,7 @@ const conn = document.getElementById("conn");
 const legsEl = document.getElementById("legs");
 const placeBtn = document.getElementById("place");
 const resultEl = document.getElementById("result");
+const feedBanner = document.getElementById("feed-banner");
 const legs = []; // {market, selection, price, version, epoch, label}
 
 function fmt(p) { const n = Number(p); return n < 1.1 ? n.toFixed(4) : n.toFixed(2); }
@@ -28,6 +29,12 @@ async function start() {
     const {state, reconnects} = e.detail;
     conn.className = `conn ${state}`;
     conn.textContent = `${state}${reconnects ? ` (reconnects: ${reconnects})` : ""}`;
+  });
+  feed.addEventListener("feed", (e) => {
+    const interrupted = e.detail.feed === "interrupted";
+    feedBanner.hidden = !interrupted;
+    board.classList.toggle("stale", interrupted);
+    renderSlip();
   });
   feed.addEventListener("snapshot", (e) => render(e.detail.market, null));
   feed.addEventListener("change", (e) => render(e.detail.market, e.detail.previous));
@@ -124,7 +131,7 @@ function renderSlip() {
     li.innerHTML = `${l.label} @ <b>${fmt(l.price)}</b> <span data-leg="${i}"></span>`;
     legsEl.appendChild(li);
   });
-  placeBtn.disabled = legs.length === 0;
+  placeBtn.disabled = legs.length === 0 || !feedBanner.hidden;  // no bets on stale prices
 }
 
 async function place(feed) {
@@ -152,7 +159,7 @@ async function place(feed) {
   } catch (e) {
     resultEl.innerHTML = `<span class="rejected" data-testid="verdict">${e.code || "error"}: ${e.message}</span>`;
   }
-  placeBtn.disabled = legs.length === 0;
+  placeBtn.disabled = legs.length === 0 || !feedBanner.hidden;  // no bets on stale prices
 }
 
 start();
