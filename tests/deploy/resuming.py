@@ -1,0 +1,120 @@
+"""A WebSocket client that does what protocol.md asks of a client behind a balancer: it
+follows the client rule (tests/fanout/mirror.py's ClientBook) and, whenever its connection
+ends, reconnects to the same URL and resubscribes with ``from`` set to its positions.
+
+It records what a deployment test checks: every close code, when each (re)subscription was
+answered, and every snapshot per (market, epoch): a resume that had to fall back to a
+snapshot shows up as a second snapshot of the same epoch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import Counter
+from typing import Any
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.typing import Subprotocol
+
+from oddsfeed import wire
+from tests.fanout.mirror import ClientBook
+
+_ids = itertools.count(1)
+
+
+class ResumingClient:
+    """Subscribes ``events`` at ``url`` and stays subscribed across lost connections."""
+
+    def __init__(self, url: str, events: list[str]) -> None:
+        self.url = url
+        self.events = events
+        self.book = ClientBook()
+        self.closes: list[tuple[float, int | None]] = []  # (monotonic time, close code)
+        self.subscribed: list[float] = []  # monotonic time of every `subscribed` reply
+        self.snapshots: Counter[tuple[str, str]] = Counter()
+        self.deltas = 0
+        self.refused = 0  # handshakes the balancer or a node refused
+        self.error: BaseException | None = None
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    @property
+    def connected(self) -> bool:
+        """Subscribed on a connection that has not been closed since."""
+        return bool(self.subscribed) and (not self.closes
+                                          or self.subscribed[-1] > self.closes[-1][0])
+
+    def resumed_after(self, t: float) -> float | None:
+        """When the first subscription after ``t`` was answered (None: not yet)."""
+        return next((s for s in self.subscribed if s > t), None)
+
+    def repeated_snapshots(self) -> list[tuple[str, str]]:
+        """(market, epoch) pairs snapshotted more than once: a resume that lost its place."""
+        return [key for key, n in self.snapshots.items() if n > 1]
+
+    def check_clean(self) -> None:
+        """Assert no decoding error, no gap, nothing impossible and no lost position."""
+        assert self.error is None, repr(self.error)
+        assert not self.book.anomalies, self.book.anomalies[:5]
+        assert not self.book.resyncs, self.book.resyncs[:5]
+        assert not self.repeated_snapshots(), self.repeated_snapshots()[:5]
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self._session()
+            except (OSError, InvalidHandshake, TimeoutError) as exc:
+                if isinstance(exc, InvalidStatus):
+                    self.refused += 1
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a protocol or rule failure: the test reports it
+                self.error = exc
+                return
+
+    async def _session(self) -> None:
+        async with connect(self.url, subprotocols=[Subprotocol("oddsfeed.v1.json")],
+                           max_size=2**24, open_timeout=5, close_timeout=2) as ws:
+            rid = next(_ids)
+            held = {mid: {"epoch": m.epoch, "version": m.version}
+                    for mid, m in self.book.markets.items()}
+            request: dict[str, Any] = {"op": "subscribe", "id": rid, "events": self.events}
+            if held:
+                request["markets"] = sorted(held)
+                request["from"] = held
+            await ws.send(wire.encode(request, "json"), text=True)
+            try:
+                async for frame in ws:
+                    msg = wire.decode_message(frame, "json")
+                    for item in msg["items"] if msg.get("op") == "batch" else [msg]:
+                        await self._receive(ws, item, rid)
+            except ConnectionClosed:
+                pass
+            self.closes.append((time.monotonic(), ws.close_code))
+
+    async def _receive(self, ws: Any, item: dict[str, Any], rid: int) -> None:
+        op = item.get("op")
+        if op == "subscribed" and item.get("id") == rid:
+            self.subscribed.append(time.monotonic())
+        elif op == "snapshot":
+            self.snapshots[(item["market"]["id"], item["market"]["epoch"])] += 1
+        elif op == "delta":
+            self.deltas += 1
+        elif op == "error":
+            raise AssertionError(f"server error: {item}")
+        resubscribe = self.book.apply(item)
+        if resubscribe is not None:
+            await ws.send(wire.encode(resubscribe, "json"), text=True)
