@@ -73,9 +73,8 @@ def haproxy_config(ws_port: int, http_port: int, stats_socket: Path,
     text = re.sub(r"(?m)^\s+server .*\n", "", text)
     text = text.replace("bind :8765", f"bind 127.0.0.1:{ws_port}")
     text = text.replace("bind :8080", f"bind 127.0.0.1:{http_port}")
+    text = text.replace("bind :8404", f"bind 127.0.0.1:{free_port()}")
     text = text.replace("/tmp/haproxy.sock", str(stats_socket))
-    # A test's few connections; the file's maxconn needs more descriptors than a test has.
-    text = re.sub(r"(?m)^    maxconn \d+$", "    maxconn 4000", text)
     ws = "".join(f"    server {n} {a}:{WS_PORT} check port {HTTP_PORT}\n" for n, a in servers)
     http = "".join(f"    server {n} {a}:{HTTP_PORT} check\n" for n, a in servers)
     text = text.replace("backend fanout_ws\n    balance leastconn\n    option httpchk GET /readyz\n",

@@ -13,16 +13,20 @@ import asyncio
 import itertools
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import aiohttp
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
 from oddsfeed import wire
-from tests.fanout.mirror import ClientBook
+from oddsfeed.model import Market
+from tests.fanout.mirror import ClientBook, wait_until
 
 _ids = itertools.count(1)
+_T = TypeVar("_T")
 
 
 class ResumingClient:
@@ -118,3 +122,44 @@ class ResumingClient:
         resubscribe = self.book.apply(item)
         if resubscribe is not None:
             await ws.send(wire.encode(resubscribe, "json"), text=True)
+
+
+async def failover(clients: list[ResumingClient], held: int,
+                   stop: Callable[[], _T]) -> tuple[list[int | None], float, _T]:
+    """Run ``stop`` (in a thread) to take away a node holding ``held`` of ``clients``; wait
+    until those clients are subscribed again and every client got fresh deltas. Returns the
+    close code each lost client saw first, the seconds from the stop until the last of them
+    was subscribed again, and what ``stop`` returned."""
+    assert held > 0, "the node holds no client"
+    before = {id(c): len(c.closes) for c in clients}
+    deltas = [c.deltas for c in clients]
+    t0 = time.monotonic()
+    result = await asyncio.to_thread(stop)
+    await wait_until(lambda: sum(len(c.closes) > before[id(c)] for c in clients) >= held,
+                     30, f"{held} clients of the lost node closed")
+    lost = [c for c in clients if len(c.closes) > before[id(c)]]
+    assert len(lost) == held, (len(lost), held)
+    await wait_until(lambda: all(c.resumed_after(t0) for c in lost), 30,
+                     "every client of the lost node resumed")
+    resumed = max(c.resumed_after(t0) or 0.0 for c in lost) - t0
+    await wait_until(lambda: all(c.deltas > d + 5 for c, d in zip(clients, deltas)), 30,
+                     "deltas after the failover")
+    return [c.closes[before[id(c)]][1] for c in lost], resumed, result
+
+
+async def converged(clients: list[ResumingClient], http_url: str, timeout: float = 15) -> None:
+    """Wait until every client holds exactly what GET /v1/markets/{id} at ``http_url``
+    returns for every market any of them ever heard of (absent where that is 404).
+    Call it once the store stopped changing."""
+    ids = sorted(set().union(*(c.book.log for c in clients)))
+    want: dict[str, Market | None] = {}
+    async with aiohttp.ClientSession() as http:
+        for mid in ids:
+            async with http.get(f"{http_url}/v1/markets/{mid}") as response:
+                assert response.status in (200, 404), await response.text()
+                want[mid] = (Market.from_wire(await response.json())
+                             if response.status == 200 else None)
+    assert any(want.values()), "the store holds none of the markets"
+    await wait_until(lambda: all(c.book.markets.get(m) == w for c in clients
+                                 for m, w in want.items()), timeout,
+                     "every client holding the store's markets")

@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from oddsfeed.model import Market
 from tests.deploy.netns import NetnsUnavailable, Topology
-from tests.deploy.resuming import ResumingClient
+from tests.deploy.resuming import ResumingClient, converged, failover
 from tests.fanout.mirror import wait_until
 from tests.sysdeps import debian_binary
 
@@ -46,44 +43,6 @@ def topology(tmp_path: Path) -> Iterator[Topology]:
         topo.close()
 
 
-async def lose_node(topo: Topology, clients: list[ResumingClient], index: int,
-                    sig: signal.Signals) -> tuple[list[int | None], float, int]:
-    """Stop node ``index`` with ``sig``; return the close code each of its clients saw,
-    the time until the last of them was subscribed again through the balancer, and the
-    node's exit code."""
-    node = topo.nodes[index]
-    held = await asyncio.to_thread(topo.connections, node)
-    assert held > 0, f"{node.name} holds no client"
-    before = {id(c): len(c.closes) for c in clients}
-    deltas = [c.deltas for c in clients]
-    t0 = time.monotonic()
-    code = await asyncio.to_thread(topo.stop_node, node, sig)
-    await wait_until(lambda: sum(len(c.closes) > before[id(c)] for c in clients) >= held,
-                     10, f"{held} clients of {node.name} closed")
-    victims = [c for c in clients if len(c.closes) > before[id(c)]]
-    assert len(victims) == held
-    await wait_until(lambda: all(c.resumed_after(t0) for c in victims), 20,
-                     "every client of the lost node resumed")
-    resumed = max(c.resumed_after(t0) or 0.0 for c in victims) - t0
-    codes = [c.closes[before[id(c)]][1] for c in victims]
-    # Everyone keeps receiving live deltas afterwards.
-    await wait_until(lambda: all(c.deltas > d + 5 for c, d in zip(clients, deltas)), 20,
-                     "deltas after the failover")
-    return codes, resumed, code
-
-
-async def store_state(topo: Topology, ids: set[str]) -> dict[str, Market | None]:
-    """Each market of ``ids`` as GET /v1/markets/{id} through the balancer returns it."""
-    out: dict[str, Market | None] = {}
-    async with aiohttp.ClientSession() as http:
-        for mid in sorted(ids):
-            async with http.get(f"{topo.http_url}/v1/markets/{mid}") as response:
-                assert response.status in (200, 404), await response.text()
-                out[mid] = (Market.from_wire(await response.json())
-                            if response.status == 200 else None)
-    return out
-
-
 async def test_failover_through_the_balancer(topology: Topology) -> None:
     """Through HAProxy, clients get snapshots and deltas; SIGTERM a node -> its clients get
     1001 and resume on the other with no gap; kill -9 that one -> all resume on the
@@ -99,7 +58,9 @@ async def test_failover_through_the_balancer(topology: Topology) -> None:
         assert sum(counts) == N_CLIENTS, counts
         assert min(counts) > 0, counts
 
-        codes, term_s, exit_code = await lose_node(topo, clients, 0, signal.SIGTERM)
+        held = await asyncio.to_thread(topo.connections, topo.nodes[0])
+        codes, term_s, exit_code = await failover(
+            clients, held, lambda: topo.stop_node(topo.nodes[0], signal.SIGTERM))
         assert exit_code == 0
         assert set(codes) == {1001}
 
@@ -107,7 +68,9 @@ async def test_failover_through_the_balancer(topology: Topology) -> None:
         await asyncio.to_thread(topo.wait_ready, topo.nodes[0])
         await asyncio.to_thread(topo.wait_balanced, {n.name for n in topo.nodes})
 
-        killed, kill_s, exit_code = await lose_node(topo, clients, 1, signal.SIGKILL)
+        held = await asyncio.to_thread(topo.connections, topo.nodes[1])
+        killed, kill_s, exit_code = await failover(
+            clients, held, lambda: topo.stop_node(topo.nodes[1], signal.SIGKILL))
         assert exit_code == -signal.SIGKILL
         assert len(killed) == N_CLIENTS  # every client had moved to the survivor
         assert set(killed) == {1006}  # no close frame from a killed node
@@ -117,12 +80,7 @@ async def test_failover_through_the_balancer(topology: Topology) -> None:
         assert topo.ingester is not None
         topo.ingester.send_signal(signal.SIGTERM)
         await asyncio.to_thread(topo.ingester.wait, 10)
-        ids = set().union(*(c.book.markets for c in clients))
-        assert all(set(c.book.markets) == ids for c in clients)
-        want = await store_state(topo, ids)
-        await wait_until(lambda: all(c.book.markets.get(m) == w for c in clients
-                                     for m, w in want.items()), 10,
-                         "every client holding the store's markets")
+        await converged(clients, topo.http_url)
         for c in clients:
             c.check_clean()
     finally:
