@@ -122,8 +122,9 @@ class Topology:
 
     n_nodes: int
     workdir: Path
-    ingest_rate: float = 50.0
+    ingest_rate: float = 50.0  # 0: no ingester (the caller writes to the store itself)
     events: int = 4
+    node_env: dict[str, str] = field(default_factory=dict)
     nodes: list[Node] = field(default_factory=list)
     cluster: EmbeddedCluster | None = None
     ingester: subprocess.Popen[bytes] | None = None
@@ -156,10 +157,11 @@ class Topology:
         self.cluster = EmbeddedCluster(n_primaries=3, host=self._host).start()
         for node in self.nodes:
             self.start_node(node)
-        self.ingester = self._spawn(
-            "ingest", None,
-            ["ingest", "simulator", "--redis-url", self.store_url, "--rate",
-             str(self.ingest_rate), "--events", str(self.events)])
+        if self.ingest_rate:
+            self.ingester = self._spawn(
+                "ingest", None,
+                ["ingest", "simulator", "--redis-url", self.store_url, "--rate",
+                 str(self.ingest_rate), "--events", str(self.events)])
         self._start_haproxy()
         for node in self.nodes:
             self.wait_ready(node)
@@ -225,6 +227,7 @@ class Topology:
     def _spawn(self, name: str, netns: str | None, args: list[str]) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ODDSFEED_")}
         env.update(NODE_ENV)
+        env.update(self.node_env)
         argv = [sys.executable, "-m", "oddsfeed", *args]
         if netns is not None:
             argv = ["ip", "netns", "exec", netns, *argv]
