@@ -27,7 +27,8 @@ N_CLIENTS = 24
 def topology(tmp_path: Path) -> Iterator[Topology]:
     """Two nodes, the cluster, an ingester and HAProxy; all of it gone afterwards."""
     debian_binary("/usr/sbin/haproxy", "haproxy")
-    debian_binary("/usr/bin/ss", "iproute2")
+    debian_binary("/bin/ip", "iproute2")
+    debian_binary("/bin/ss", "iproute2")
     topo = Topology(n_nodes=2, workdir=tmp_path)
     try:
         topo.start()
