@@ -16,9 +16,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
     UV_PROJECT_ENVIRONMENT=/opt/venv UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy
 WORKDIR /src
-# .wheelhouse/ is optional: the glob matches nothing when it is absent (requirements-uv.txt
-# is always there, so the COPY never has an empty source list).
-COPY requirements-uv.txt .wheelhous[e] /src/wheels/
+# .wheelhouse/ is optional: the globs match nothing when it is absent (requirements-uv.txt
+# is always there, so the COPY never has an empty source list). Its dependency wheels only:
+# this layer changes with the lock, not with every commit.
+COPY requirements-uv.txt .wheelhous[e]/requirements.tx[t] .wheelhous[e]/*.whl /src/wheels/
 COPY pyproject.toml uv.lock setup.py ./
 COPY clients/python/pyproject.toml clients/python/
 # Dependencies first: a layer that changes only with the lock (or the wheelhouse).
@@ -37,7 +38,7 @@ RUN set -eu; \
 COPY . .
 RUN set -eu; \
     if [ -f wheels/requirements.txt ]; then \
-        /opt/venv/bin/pip install -q --no-index --no-deps wheels/oddsfeed-*.whl; \
+        /opt/venv/bin/pip install -q --no-index --no-deps .wheelhouse/project/oddsfeed-*.whl; \
     else \
         /opt/uv/bin/uv sync --frozen --no-editable; \
     fi; \

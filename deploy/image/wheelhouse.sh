@@ -9,10 +9,15 @@ set -euo pipefail
 OUT=.wheelhouse
 UV=${UV:-.uv/bin/uv}
 PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
-rm -rf "$OUT" && mkdir -p "$OUT"
+mkdir -p "$OUT"
 # Runtime dependencies only (no dev extra, not the project itself), pinned and hashed.
 "$UV" export --frozen --no-dev --no-emit-project --no-emit-workspace --format requirements-txt \
-    --no-header -q -o "$OUT/requirements.txt"
+    --no-header -q -o "$OUT/requirements.new"
+if cmp -s "$OUT/requirements.new" "$OUT/requirements.txt" && [ -f "$OUT/.complete" ]; then
+    rm "$OUT/requirements.new"  # the same lock: the same wheels (and Docker's cached layer)
+else
+rm -rf "${OUT:?}"/*.whl "$OUT/.complete"
+mv "$OUT/requirements.new" "$OUT/requirements.txt"
 # Wheels only, for this machine's CPython 3.11 on x86_64 glibc, the image's (run it on the
 # same architecture and Python minor as the base image): the hashes are the lock's, so a
 # package built here from an sdist could not be installed with --require-hashes anyway.
@@ -24,8 +29,12 @@ sed 's/ ; [^\\]*\\$/ \\/' "$OUT/requirements.txt" >"$OUT/all.txt"
 "$PY" -m pip download -q --disable-pip-version-check --require-hashes \
     --no-deps --only-binary=:all: -r "$OUT/all.txt" -d "$OUT"
 rm "$OUT/all.txt"
-# This checkout as a wheel (the build back-end pinned in pyproject.toml; the C send loop is
-# compiled here, against the glibc of this Debian, the base image's).
-"$UV" build -q --wheel -o "$OUT" .
+touch "$OUT/.complete"
+fi
+# This checkout as a wheel, apart (project/): it changes with every commit, the dependency
+# wheels only with the lock (the build back-end is pinned in pyproject.toml; the C send
+# loop is compiled here, against the glibc of this Debian, the base image's).
+rm -rf "$OUT/project"
+"$UV" build -q --wheel -o "$OUT/project" .
 rm -rf build
-echo "wheelhouse: $(ls "$OUT"/*.whl | wc -l) wheels, $(du -sh "$OUT" | cut -f1)"
+echo "wheelhouse: $(ls "$OUT"/*.whl | wc -l) wheels + $(ls "$OUT"/project/*.whl), $(du -sh "$OUT" | cut -f1)"
