@@ -20,6 +20,10 @@ from typing import Self
 
 SECRET = "image-test-secret-0123456789abcdef0123"  # >= 32 bytes
 FANOUTS = ("fanout-1", "fanout-2")
+# What deploy/k8s asks of the pods: read-only root filesystem with /tmp in memory, no
+# capabilities, no privilege escalation.
+HARDENED = ("--read-only", "--tmpfs", "/tmp:size=64m", "--cap-drop", "ALL",
+            "--security-opt", "no-new-privileges")
 
 
 def docker(*args: str, timeout: float = 120, check: bool = True) -> str:
@@ -85,14 +89,14 @@ class DockerTopology:
                   options=("--health-cmd", "valkey-cli ping", "--health-interval", "1s"))
         self.wait_healthy("valkey")
         self._run("ingest", self.image, "oddsfeed", "ingest", "simulator", "--rate", "50",
-                  env=env, options=("--no-healthcheck",))
+                  env=env, options=("--no-healthcheck", *HARDENED))
         for fanout in FANOUTS:
             self._run(fanout, self.image, env={
                 **env, "ODDSFEED_AUTH__ANONYMOUS_READ": "true",
                 "ODDSFEED_AUTH__HS256_SECRET": SECRET, "ODDSFEED_SERVER__WORKERS": "1",
                 "ODDSFEED_FANOUT__IP_CONNECT_PER_S": "100000"},
                 # The image's HEALTHCHECK, polled every second instead of every ten.
-                options=("--health-interval", "1s", "--stop-timeout", "30"))
+                options=("--health-interval", "1s", "--stop-timeout", "30", *HARDENED))
         self._run("haproxy", self.haproxy_image, options=(
             "-p", "127.0.0.1::8765", "-p", "127.0.0.1::8080", "-p", "127.0.0.1::8404"))
         self.ws_port = self._published("haproxy", 8765)
