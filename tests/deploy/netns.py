@@ -186,10 +186,7 @@ class Topology:
 
     def _network(self) -> None:
         tag = f"{os.getpid() % 100000}"
-        probe = f"of{tag}probe"
-        if ip("netns", "add", probe, check=False).returncode != 0:
-            raise NetnsUnavailable("`ip netns add` is not permitted here")
-        ip("netns", "del", probe, check=False)
+        self._probe(tag)
         prefix = _free_subnet()
         self._host = f"{prefix}.1"
         self._bridge = f"ofbr{tag}"
@@ -208,6 +205,22 @@ class Topology:
             ip("-n", ns, "link", "set", "eth0", "up")
             ip("-n", ns, "link", "set", "lo", "up")
             self.nodes.append(Node(f"fanout-{i}", ns, address))
+
+    @staticmethod
+    def _probe(tag: str) -> None:
+        """Raise NetnsUnavailable unless a namespace, a bridge and a veth pair can be made."""
+        steps = [("netns", "add", f"of{tag}p"), ("link", "add", f"ofb{tag}p", "type", "bridge"),
+                 ("link", "add", f"ofv{tag}p", "type", "veth", "peer", "name", f"ofw{tag}p")]
+        try:
+            for step in steps:
+                done = ip(*step, check=False)
+                if done.returncode != 0:
+                    raise NetnsUnavailable(f"`ip {' '.join(step[:3])}` is not permitted here: "
+                                           f"{done.stderr.strip()}")
+        finally:
+            ip("netns", "del", f"of{tag}p", check=False)
+            ip("link", "del", f"ofb{tag}p", check=False)
+            ip("link", "del", f"ofv{tag}p", check=False)
 
     # ---------------------------------------------------------------- processes
 
