@@ -17,7 +17,7 @@ export UV_PYTHON := $(PYTHON)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: venv test lint pytest run bench clean lock test-latest
+.PHONY: venv test lint pytest run bench clean lock test-latest image image-test
 
 venv: $(STAMP)
 
@@ -71,6 +71,16 @@ run: venv
 
 bench: venv
 	$(BIN)/python -m bench --quick
+
+# The container image (and the HAProxy one) from the lock, on a Debian base bootstrapped
+# here unless BASE names another (BASE=python:3.11-slim where a registry is reachable).
+IMAGE ?= oddsfeed:latest
+image: venv
+	deploy/image/build.sh $(IMAGE)
+
+# Builds both images and runs the Docker topology test (failover, store restart).
+image-test: venv
+	deploy/image-test.sh
 
 clean:
 	rm -rf $(VENV) $(LATEST) .uv build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis \

@@ -510,8 +510,8 @@ class EmbeddedValkey:
 
 
 class EmbeddedCluster:
-    """N cluster-enabled valkey-server nodes on loopback, joined into one cluster with
-    every slot covered and no replicas.
+    """N cluster-enabled valkey-server nodes on loopback (or ``host``), joined into one
+    cluster with every slot covered and no replicas.
 
     Call ``start()`` (or use ``with``), read ``url``/``urls``, call ``stop()``.
     """
@@ -522,12 +522,15 @@ class EmbeddedCluster:
         n_primaries: int = 3,
         start_timeout_s: float = 60.0,
         extra_args: Sequence[str] = (),
+        host: str = LOOPBACK,
     ) -> None:
         if n_primaries < 1:
             raise ValueError("n_primaries must be at least 1")
         self._n = n_primaries
         self._start_timeout_s = start_timeout_s
         self._extra_args = list(extra_args)
+        # Every node binds and announces this address: clients must be able to reach it.
+        self._host = host
         self.nodes: list[EmbeddedValkey] = []
 
     @property
@@ -553,7 +556,9 @@ class EmbeddedCluster:
         deadline = time.monotonic() + self._start_timeout_s
         try:
             for _ in range(self._n):
-                node = EmbeddedValkey(cluster_enabled=True, extra_args=self._extra_args)
+                node = EmbeddedValkey(
+                    cluster_enabled=True, extra_args=self._extra_args, host=self._host
+                )
                 self.nodes.append(node)
                 node.start()
             if self._n >= 3:
