@@ -175,11 +175,6 @@ def _check_auth(settings: Settings, *, demo: bool) -> None:
         raise click.ClickException(str(exc)) from None
 
 
-def _not_yet(command: str) -> None:
-    click.echo(f"oddsfeed {command}: not yet implemented", err=True)
-    sys.exit(2)
-
-
 # ------------------------------------------------------------------ run (all-in-one)
 
 

@@ -95,8 +95,8 @@ class Worker:
         stack.push_async_callback(close_fanout)  # if the rest of the start-up fails
         self.fanout = fan
         self.ws_port = fan.port
-        app = build_app(s, store, auth=auth, ready=lambda: hub.ready, demo_token=self.demo_token,
-                        ws_port=fan.port)
+        app = build_app(s, store, auth=auth, readiness=lambda: hub.ready,
+                        demo_token=self.demo_token, ws_port=fan.port)
         # No admin port, or the API's own: /metrics on the API port (the contract's place);
         # otherwise the admin routes get their own bind.
         shared_admin = s.server.admin_port is None or (

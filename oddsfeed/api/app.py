@@ -467,11 +467,11 @@ HANDLERS: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
 
 def build_app(settings: Settings, store: Store, *,
               readiness: Callable[[], bool] | None = None,
-              auth: Authenticator | None = None, ready: Callable[[], bool] | None = None,
+              auth: Authenticator | None = None,
               demo_token: str | None = None, ws_port: int | None = None) -> web.Application:
     """The aiohttp application of the HTTP API; the caller runs it (``web.AppRunner``).
 
-    ``readiness`` (``ready`` is its older name) is an extra condition for /readyz besides
+    ``readiness`` is an extra condition for /readyz besides
     the store answering a ping, e.g. the fan-out bus being connected. ``auth`` shares one
     Authenticator with the WebSocket tier (default: one built from ``settings.auth``);
     ``demo_token`` and ``ws_port`` feed the demo page under ``oddsfeed run``.
@@ -483,7 +483,7 @@ def build_app(settings: Settings, store: Store, *,
     app[K_STORE] = store
     app[K_SETTINGS] = settings
     app[K_AUTH] = auth or Authenticator(settings.auth)
-    app[K_READY] = readiness or ready or (lambda: True)
+    app[K_READY] = readiness or (lambda: True)
     if demo_token:
         app[K_DEMO] = demo_token
     if ws_port:
