@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,9 +17,10 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from oddsfeed.api.metrics import metrics
 from oddsfeed.auth import Authenticator
+from oddsfeed.clock import now_ms
 from oddsfeed.errors import ProviderDataError
 from oddsfeed.model import MarketUpdate
 from oddsfeed.settings import Settings
@@ -64,10 +64,6 @@ def load_mappings(path: Path) -> dict[str, Mapping]:
 
 
 async def _serve_metrics(host: str, port: int) -> web.AppRunner:
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
-
     app = web.Application()
     app.router.add_get("/metrics", metrics)
     runner = web.AppRunner(app, access_log=None)
@@ -205,7 +201,7 @@ async def _simulator(runner: FeedRunner, opts: dict[str, Any], settings: Setting
                           seed=int(seed if seed is not None else settings.demo.seed),
                           rate_per_s=float(opts.get("rate") or settings.demo.rate_per_s))
     await run_simulator(_SubmitAll(runner, recorder), cfg, stop=stop,
-                        start_ms=int(time.time() * 1000), count=False)
+                        start_ms=now_ms(), count=False)
 
 
 async def _http_poll(runner: FeedRunner, opts: dict[str, Any], mapping: Mapping,
@@ -218,7 +214,7 @@ async def _http_poll(runner: FeedRunner, opts: dict[str, Any], mapping: Mapping,
     last_body: set[str] = set()
 
     async def on_events(events: list[Any]) -> None:
-        now = int(time.time() * 1000)
+        now = now_ms()
         updates: list[MarketUpdate] = []
         for ev in events:
             if recorder:

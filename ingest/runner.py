@@ -239,11 +239,11 @@ class FeedRunner:
         mid = upd.market
         self._heard(now)
         if isinstance(outcome, Rejected):
-            self._count("rejected")
+            self._count(Rejected.name)
             log.warning("update rejected", source=self.source, market=mid,
                         reason=outcome.reason, detail=outcome.message, path=outcome.path)
         elif isinstance(outcome, (Created, Changed, NoOp)):
-            self._count("noop" if isinstance(outcome, NoOp) else "applied")
+            self._count(NoOp.name if isinstance(outcome, NoOp) else "applied")
             self.last_seen[mid] = now
             self.status[mid] = outcome.market.status
             # Only when the update was prepared as a reopening: a market stale-suspended

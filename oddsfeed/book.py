@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import InvalidInput
 from .model import MARKET_FIELDS, Market, MarketUpdate, Selection
@@ -89,6 +89,7 @@ class Delta:
 class Created:
     """The update created the market at version 1."""
 
+    name: ClassVar[str] = "created"  # how logs and answers name the outcome
     market: Market
 
 
@@ -96,6 +97,7 @@ class Created:
 class Changed:
     """The update produced a new version; ``delta`` goes out to subscribers."""
 
+    name: ClassVar[str] = "changed"  # how logs and answers name the outcome
     market: Market
     delta: Delta
 
@@ -104,6 +106,7 @@ class Changed:
 class NoOp:
     """The update changed nothing: no new version, nothing published."""
 
+    name: ClassVar[str] = "noop"  # how logs and answers name the outcome
     market: Market
 
 
@@ -112,6 +115,7 @@ class Rejected:
     """The update cannot apply; ``reason`` is one of ``unknown_market``, ``settled``,
     ``conflict`` (event or sport differs), ``invalid`` (``path`` names the field)."""
 
+    name: ClassVar[str] = "rejected"  # how logs and answers name the outcome
     reason: str
     message: str
     path: str = ""

@@ -221,6 +221,7 @@ async def run_all(settings: Settings, *, stop: asyncio.Event | None = None) -> i
                 log.info("embedded valkey started", url=redis_url, pid=valkey.pid)
 
         from oddsfeed.auth import Authenticator
+        from oddsfeed.clock import now_ms
         from oddsfeed.worker import FD_RESERVE, Worker, raise_fd_limit, tune_gc
 
         demo = demo_mode(settings)
@@ -242,7 +243,7 @@ async def run_all(settings: Settings, *, stop: asyncio.Event | None = None) -> i
             sim = SimulatorConfig(events=settings.demo.events, seed=settings.demo.seed,
                                   rate_per_s=settings.demo.rate_per_s)
             tasks.append(asyncio.create_task(run_simulator(worker.store, sim, stop=stop,
-                                                           start_ms=int(time.time() * 1000)),
+                                                           start_ms=now_ms()),
                                              name="demo-simulator"))
         if token:
             click.echo(f"trader token (odds:write, 24 h): {token}", err=True)

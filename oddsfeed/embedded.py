@@ -13,7 +13,6 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from oddsfeed.errors import OddsfeedError
+from oddsfeed.freeport import free_port
 
 __all__ = [
     "EmbeddedCluster",
@@ -49,21 +49,6 @@ _LOG_TAIL_BYTES = 2000
 
 class EmbeddedServerError(OddsfeedError):
     """An embedded Valkey server could not be found, started, joined or stopped."""
-
-
-# ------------------------------------------------------------------ ports
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """Return a TCP port on ``host`` that was free a moment ago.
-
-    Another process may take it before we bind it; callers that own the bind (the
-    launcher) retry with a fresh port when the server reports the address in use.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # ------------------------------------------------------------------ binaries

@@ -22,7 +22,9 @@ from typing import Any
 import msgpack
 import psutil
 
-from ..common import environment, free_port, pct, spawn, wait_http
+from oddsfeed.freeport import free_port
+
+from ..common import environment, pct, spawn, wait_http
 from .loadgen import run_process
 
 SERVER_ENV = {"ODDSFEED_AUTH__ANONYMOUS_READ": "true",

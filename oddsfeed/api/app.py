@@ -18,7 +18,9 @@ from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ValidationError
 
 from ..auth import ANONYMOUS, READ, VALIDATE, WRITE, Authenticator, AuthError, Principal
+from ..bearer import bearer_token
 from ..book import Changed, Created, Rejected
+from ..clock import now_ms
 from ..errors import InvalidInput, StoreError
 from ..model import ID_RE, Market, MarketUpdate
 from ..settings import Settings
@@ -26,6 +28,7 @@ from ..store import OutOfOrder, Precondition, Store, StoreOutcome
 from ..validation import validate_slip
 from . import schemas
 from .body import parse_json
+from .etag import etag
 from .idempotency import idempotent
 from .listener import SERVER
 from .openapi import ROUTES
@@ -159,10 +162,11 @@ def principal_of(request: web.Request, scope: str | None) -> Principal:
     header = request.headers.get("Authorization", "")
     principal: Principal | None = None
     if header:
-        if not header.lower().startswith("bearer "):
+        token = bearer_token(header)
+        if token is None:
             raise Problem(401, "unauthorized", "use Authorization: Bearer <token>")
         try:
-            principal = auth.verify(header[7:].strip())
+            principal = auth.verify(token)
         except AuthError as exc:
             raise Problem(401, "unauthorized", str(exc)) from None
     elif auth.anonymous_read and scope in (READ, None):
@@ -207,12 +211,9 @@ def _market_id(request: web.Request) -> str:
     return mid
 
 
-def _etag(market: Market) -> str:
-    return f'"{market.epoch}:{market.version}"'
-
-
 def _market_response(market: Market, status: int = 200) -> web.Response:
-    return web.json_response(market.to_wire(), status=status, headers={"ETag": _etag(market)})
+    return web.json_response(market.to_wire(), status=status,
+                             headers={"ETag": etag(market.epoch, market.version)})
 
 
 # ---- reads -----------------------------------------------------------------------------------
@@ -303,7 +304,7 @@ def _result(update: MarketUpdate, outcome: StoreOutcome, principal: Principal,
                    if k not in ("op", "m", "e", "v", "base", "ts")}
     audit.info("market.write", who=principal.sub, source=update.source, market=market.id,
                epoch=market.epoch, old_version=old_version, new_version=market.version,
-               outcome=type(outcome).__name__.lower(), changed=changed)
+               outcome=outcome.name, changed=changed)
     status = created_status if isinstance(outcome, Created) else 200
     return status, market.to_wire()
 
@@ -330,7 +331,7 @@ async def put_market(request: web.Request) -> web.Response:
     data = await _json_body(request)
     body = _model(schemas.MarketPut, data)
     fields = schemas.given(body, ("selections", "ts"))
-    now = int(time.time() * 1000)
+    now = now_ms()
     try:
         update = MarketUpdate(market=mid, fields=fields, selections=_selections(body.selections),
                               replace=True, create=True, ts=body.ts if body.ts is not None else now,
@@ -347,7 +348,7 @@ async def patch_market(request: web.Request) -> web.Response:
     mid = _market_id(request)
     data = await _json_body(request)
     body = _model(schemas.MarketPatch, data)
-    update = _update_from_patch(mid, body, f"desk:{principal.sub}", int(time.time() * 1000))
+    update = _update_from_patch(mid, body, f"desk:{principal.sub}", now_ms())
     expect = _if_match(request)
     return await _idempotent(request, principal, await request.read(),
                              lambda: _apply(request, update, principal, expect=expect))
@@ -375,7 +376,7 @@ async def post_odds(request: web.Request) -> web.Response:
     principal = principal_of(request, WRITE)
     data = await _json_body(request)
     batch = _model(schemas.OddsBatch, data)
-    now = int(time.time() * 1000)
+    now = now_ms()
 
     async def run() -> tuple[int, Any]:
         results: list[dict[str, Any]] = []

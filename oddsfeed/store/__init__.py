@@ -6,7 +6,8 @@ and against Redis Cluster (every key of a market shares the hash tag ``{m:<id>}`
 
 from .bus import Bus
 from .codec import Announced, Gone, decode_payload
+from .idempotency import IdempotencyRecord, IdempotencyStoreError, record_key
 from .redis_store import OutOfOrder, Precondition, Store, StoreOutcome
 
-__all__ = ["Announced", "Bus", "Gone", "OutOfOrder", "Precondition", "Store", "StoreOutcome",
-           "decode_payload"]
+__all__ = ["Announced", "Bus", "Gone", "IdempotencyRecord", "IdempotencyStoreError",
+           "OutOfOrder", "Precondition", "Store", "StoreOutcome", "decode_payload", "record_key"]

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import bisect
 import os
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import msgpack
 from redis import exceptions as redis_errors
@@ -16,6 +15,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
 from ..book import Changed, Created, Delta, NoOp, Rejected
+from ..clock import now_ms as clock_now_ms
 from ..errors import InvalidInput, StoreError
 from ..model import Market, MarketUpdate
 from . import codec
@@ -46,6 +46,7 @@ def _text(x: bytes | str) -> str:
 class OutOfOrder:
     """The update's (source, seq) was not newer than the last accepted one: dropped."""
 
+    name: ClassVar[str] = "outoforder"
     market: str
     last_seq: int
 
@@ -54,6 +55,7 @@ class OutOfOrder:
 class Precondition:
     """``expect`` did not match: ``current`` is the market now (None if it does not exist)."""
 
+    name: ClassVar[str] = "precondition"
     current: Market | None
 
 
@@ -132,7 +134,7 @@ class Store:
     def _apply_args(self, update: MarketUpdate, expect: tuple[str, int] | None,
                     now_ms: int | None) -> tuple[list[str], list[Any]]:
         mid = update.market
-        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        now = now_ms if now_ms is not None else clock_now_ms()
         args: list[Any] = [
             msgpack.packb({**update.to_store(), "order": list(update.selections)},
                           use_bin_type=True), market_channel(mid),
