@@ -8,7 +8,7 @@ market state any other way.
 - :mod:`ingest.oddsapi`: ``normalize_event`` and ``Poller`` (http-poll)
 - :mod:`ingest.betfair`: ``StreamState`` and ``run_stream`` (stream)
 - :mod:`ingest.push`: ``build_push_app`` (push)
-- :mod:`ingest.normalised`: our JSON, ``Mapping`` (config/mappings.toml), ``parse_line``
+- :mod:`ingest.normalised`: our JSON, ``FeedMapping`` (config/mappings.toml), ``parse_line``
 - :mod:`ingest.runner`: ``FeedRunner`` (ordering outcomes, bad data, feed health;
   ``submit_many`` for pipelined batches), ``Lanes`` (per-market order, batches per lane)
 - :mod:`ingest.main`: ``run_adapter``, behind `oddsfeed ingest` and `oddsfeed record`

@@ -36,7 +36,7 @@ from oddsfeed.errors import InvalidInput, OddsfeedError, ProviderDataError
 from oddsfeed.model import MAX_BET_DELAY_MS, MarketUpdate
 from oddsfeed.prices import from_decimal
 
-from .normalised import Mapping
+from .normalised import FeedMapping
 
 PROVIDER = "betfair"
 STATUS = {"OPEN": "open", "SUSPENDED": "suspended", "CLOSED": "closed", "INACTIVE": "suspended"}
@@ -111,7 +111,7 @@ def _number(x: object, what: str) -> float:
     return float(x)
 
 
-def _kind(market_type: object, mapping: Mapping) -> str:
+def _kind(market_type: object, mapping: FeedMapping) -> str:
     mt = str(market_type or "")
     if mt in mapping.kinds:
         return mapping.kinds[mt]
@@ -168,7 +168,7 @@ class StreamState:
     """Per-subscription stream state: clocks and per-market ladders. Feed it every message
     with :meth:`on_message`; it keeps what a re-subscription needs (:meth:`subscription`)."""
 
-    mapping: Mapping = field(default_factory=Mapping)
+    mapping: FeedMapping = field(default_factory=FeedMapping)
     clk: str | None = None
     initial_clk: str | None = None
     heartbeat_ms: int = 5000

@@ -26,7 +26,7 @@ from oddsfeed.model import MarketUpdate
 from oddsfeed.settings import Settings
 
 from .betfair import StreamState, run_stream
-from .normalised import Mapping, to_message
+from .normalised import FeedMapping, to_message
 from .oddsapi import Poller, normalize_event
 from .push import build_push_app
 from .replay import Normalizer, replay
@@ -50,7 +50,7 @@ class _Recording:
         return [None] * len(updates)
 
 
-def load_mappings(path: Path) -> dict[str, Mapping]:
+def load_mappings(path: Path) -> dict[str, FeedMapping]:
     """Every provider's mapping from a mappings file (empty when there is no file); raises
     ValueError for a bad one."""
     if not path.is_file():
@@ -60,7 +60,7 @@ def load_mappings(path: Path) -> dict[str, Mapping]:
         names = list(tomllib.loads(text).get("providers", {}))
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{path}: {exc}") from None
-    return {name: Mapping.from_toml(text, name) for name in names}
+    return {name: FeedMapping.from_toml(text, name) for name in names}
 
 
 async def _serve_metrics(host: str, port: int) -> web.AppRunner:
@@ -75,7 +75,7 @@ async def _serve_metrics(host: str, port: int) -> web.AppRunner:
 
 async def run_adapter(adapter: str, opts: dict[str, Any], store: Applier, settings: Settings,
                       *, stop: asyncio.Event, recorder: Recorder | None = None,
-                      mappings: dict[str, Mapping] | None = None) -> FeedRunner:
+                      mappings: dict[str, FeedMapping] | None = None) -> FeedRunner:
     """Run one adapter until ``stop`` is set (or its input ends); returns its runner, whose
     ``counts`` say what happened. With ``recorder`` nothing is applied: every raw provider
     message is handed to it instead (`oddsfeed record`).
@@ -98,7 +98,7 @@ async def run_adapter(adapter: str, opts: dict[str, Any], store: Applier, settin
                         store_retries=1 if adapter == "push" else 6)
     if mappings is None:
         mappings = load_mappings(Path(settings.ingest.mapping_file))
-    mapping = mappings.get(PROVIDERS.get(adapter, adapter), Mapping())
+    mapping = mappings.get(PROVIDERS.get(adapter, adapter), FeedMapping())
     metrics_runner = None
     if opts.get("metrics_port"):
         metrics_runner = await _serve_metrics(settings.server.host, int(opts["metrics_port"]))
@@ -204,7 +204,7 @@ async def _simulator(runner: FeedRunner, opts: dict[str, Any], settings: Setting
                         start_ms=now_ms(), count=False)
 
 
-async def _http_poll(runner: FeedRunner, opts: dict[str, Any], mapping: Mapping,
+async def _http_poll(runner: FeedRunner, opts: dict[str, Any], mapping: FeedMapping,
                      stop: asyncio.Event, recorder: Recorder | None,
                      params: dict[str, str]) -> None:
     bookmaker = opts.get("bookmaker") or ""

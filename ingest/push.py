@@ -36,7 +36,7 @@ from oddsfeed.book import Changed, Created, NoOp
 from oddsfeed.errors import ProviderDataError, StoreError
 from oddsfeed.model import MarketUpdate
 
-from .normalised import Mapping, normalize_message, safe_id
+from .normalised import FeedMapping, normalize_message, safe_id
 from .runner import FeedRunner
 
 MAX_BATCH = 1000
@@ -65,7 +65,7 @@ def _result(update: MarketUpdate, outcome: Any) -> dict[str, Any]:
 
 
 def build_push_app(runner: FeedRunner, auth: Authenticator, *,
-                   max_body_bytes: int = 1 << 20, mapping: Mapping | None = None,
+                   max_body_bytes: int = 1 << 20, mapping: FeedMapping | None = None,
                    recorder: Callable[[str, Any], None] | None = None) -> web.Application:
     """The aiohttp app of the push endpoint, writing through ``runner``."""
 
