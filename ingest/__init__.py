@@ -11,5 +11,7 @@ market state any other way.
 - :mod:`ingest.normalised`: our JSON, ``FeedMapping`` (config/mappings.toml), ``parse_line``
 - :mod:`ingest.runner`: ``FeedRunner`` (ordering outcomes, bad data, feed health;
   ``submit_many`` for pipelined batches), ``Lanes`` (per-market order, batches per lane)
+- :mod:`ingest.registry`: ``ADAPTERS``, every adapter by name (options and their defaults,
+  provider mapping, checks, runner); adding an adapter is one entry there
 - :mod:`ingest.main`: ``run_adapter``, behind `oddsfeed ingest` and `oddsfeed record`
 """

@@ -32,10 +32,11 @@ import structlog
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import WebSocketException
 
-from oddsfeed.errors import InvalidInput, OddsfeedError, ProviderDataError
+from oddsfeed.errors import InvalidInput, ProviderDataError
 from oddsfeed.model import MAX_BET_DELAY_MS, MarketUpdate
 from oddsfeed.prices import from_decimal
 
+from .errors import ProviderRefused
 from .normalised import FeedMapping
 
 PROVIDER = "betfair"
@@ -70,7 +71,7 @@ def failure_action(error_code: str) -> str:
     return "retry"
 
 
-class StreamRefused(OddsfeedError):
+class StreamRefused(ProviderRefused):
     """The provider refused the stream for good (bad app key, invalid session, ...):
     ``error_code`` is its status errorCode."""
 
