@@ -1,8 +1,8 @@
 """Running one adapter against the store: the wiring behind `oddsfeed ingest ADAPTER` and
 `oddsfeed record ADAPTER` (the CLI calls :func:`run_adapter`). It owns no provider format
-and no adapter: those are the entries of :data:`ingest.registry.ADAPTERS`.
+and no adapter: those are the entries of :data:`oddsfeed_ingest.registry.ADAPTERS`.
 
-Each adapter feeds one :class:`~ingest.runner.FeedRunner` whose source is
+Each adapter feeds one :class:`~oddsfeed_ingest.runner.FeedRunner` whose source is
 ``<adapter>:<feed id>`` (``push:<feed id>@<token subject>`` per pusher); the runner's
 watcher suspends markets whose source went silent.
 """
@@ -70,7 +70,7 @@ async def run_adapter(adapter: str, opts: dict[str, Any], store: Applier | None,
     ``counts`` say what happened. With ``recorder`` nothing is applied (``store`` may be
     None): every raw provider message is handed to it instead (`oddsfeed record`).
 
-    ``opts`` are the adapter's options (see :data:`ingest.registry.ADAPTERS`; an absent one
+    ``opts`` are the adapter's options (see :data:`oddsfeed_ingest.registry.ADAPTERS`; an absent one
     takes its default there); ``metrics_port`` (0: no metrics endpoint) serves /metrics.
     The stream logs in with ``settings.ingest.app_key`` and ``session`` when either is set.
     Raises ValueError for an unknown adapter or missing options, and ProviderRefused when

@@ -2,7 +2,7 @@
 JSON (bearer JWT with scope ``odds:write``). Must not write to the store except through the
 runner.
 
-``POST /v1/push`` with ``{"messages": [<message>, ...]}`` (see :mod:`ingest.normalised`)
+``POST /v1/push`` with ``{"messages": [<message>, ...]}`` (see :mod:`oddsfeed_ingest.normalised`)
 answers ``200 {"results": [{"ok": bool, "outcome"?: str, "error"?: str, "last_seq"?: int},
 ...]}``, one result per message in order; a bad message is skipped and the rest of the batch
 still applies. ``ok`` is true only when the store holds the message's state (created,

@@ -1,7 +1,7 @@
 """The feed adapters by name: each one's options (their defaults are defined here and
 nowhere else), the provider whose mapping it uses, what it needs before it starts, and its
 runner. `oddsfeed ingest` / `oddsfeed record` build their options, help and checks from
-:data:`ADAPTERS`, and :func:`ingest.main.run_adapter` runs an entry: adding an adapter is
+:data:`ADAPTERS`, and :func:`oddsfeed_ingest.main.run_adapter` runs an entry: adding an adapter is
 one entry here plus its provider module.
 
 This module imports only the standard library at load time (the CLI reads it for every

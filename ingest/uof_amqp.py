@@ -1,6 +1,6 @@
 """The UOF adapter's AMQP I/O: consume a Unified Odds Feed style topic exchange into
-:class:`~ingest.uof.UofState` and hand its updates on; owns no message format (ingest/uof.py
-does) and never writes to the store itself.
+:class:`~oddsfeed_ingest.uof.UofState` and hand its updates on; owns no message format
+(ingest/uof.py does) and never writes to the store itself.
 
 :func:`run_uof` connects, binds a server-named queue to the exchange with the routing keys,
 consumes in order, checks producers' liveness on a timer, and reconnects with jittered
@@ -199,7 +199,7 @@ async def run_uof_adapter(runner: FeedRunner, opts: dict[str, Any],
                           stop: asyncio.Event) -> UofState:
     """`oddsfeed ingest uof`: :func:`run_uof` into ``runner`` with the options
     ``amqp_url``, ``exchange``, ``routing_key``, ``uof_mapping`` and ``producer_timeout``
-    (resolved by :mod:`ingest.registry`, which holds their defaults); returns the state
+    (resolved by :mod:`oddsfeed_ingest.registry`, which holds their defaults); returns the state
     (its ``counts`` say what was skipped)."""
     mapping = load_uof_mapping(Path(opts["uof_mapping"]))
     state = UofState(mapping=mapping, producer_timeout_s=float(opts["producer_timeout"]))

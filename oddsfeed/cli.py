@@ -239,7 +239,7 @@ async def run_all(settings: Settings, *, stop: asyncio.Event | None = None) -> i
             Worker(settings, redis_url, demo_token=token, demo=demo, reuse_port=False))
         tune_gc(settings.server.gc_threshold)
         if settings.demo.events > 0:
-            from ingest.simulator import SimulatorConfig, run_simulator
+            from oddsfeed_ingest.simulator import SimulatorConfig, run_simulator
 
             sim = SimulatorConfig(events=settings.demo.events, seed=settings.demo.seed,
                                   rate_per_s=settings.demo.rate_per_s)
@@ -332,7 +332,7 @@ def serve(cli: _Cli, /, **flags: Any) -> None:
 
 def _ingest_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The ADAPTER argument and every adapter's options, from the adapter registry."""
-    from ingest.registry import ADAPTERS, cli_options
+    from oddsfeed_ingest.registry import ADAPTERS, cli_options
 
     options = [click.argument("adapter", type=click.Choice(list(ADAPTERS)))]
     for opt, users in cli_options():
@@ -363,7 +363,7 @@ def _ingest_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _ingest_help() -> str:
     """`oddsfeed ingest --help`: one paragraph per registered adapter."""
-    from ingest.registry import ADAPTERS
+    from oddsfeed_ingest.registry import ADAPTERS
 
     lines = [f"Run one feed adapter ({', '.join(ADAPTERS)}) into the store.", "", "\b"]
     for adapter in ADAPTERS.values():
@@ -375,11 +375,11 @@ def _ingest_help() -> str:
 
 
 def _run_ingest(cli: _Cli, adapter: str, opts: dict[str, Any], out: Path | None) -> None:
-    from ingest.errors import ProviderRefused
-    from ingest.main import load_mappings, run_adapter
-    from ingest.registry import ADAPTERS, setting_overrides
-    from ingest.replay import Recorder
     from oddsfeed.store import Store
+    from oddsfeed_ingest.errors import ProviderRefused
+    from oddsfeed_ingest.main import load_mappings, run_adapter
+    from oddsfeed_ingest.registry import ADAPTERS, setting_overrides
+    from oddsfeed_ingest.replay import Recorder
 
     spec = ADAPTERS[adapter]
     settings = _settings(cli, setting_overrides(opts))

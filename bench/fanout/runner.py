@@ -415,7 +415,7 @@ def idle_memory(redis_url: str, steps: list[int], kind: str = "oddsfeed") -> lis
     if kind == "oddsfeed":
         create_markets(redis_url, mids)
     server = Server(kind, redis_url, workers=workers)
-    rows = []
+    rows: list[dict[str, Any]] = []
     loads: list[Load] = []
     try:
         time.sleep(0.5)

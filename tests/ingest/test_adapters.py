@@ -14,12 +14,12 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from ingest.main import load_mappings, run_adapter
-from ingest.replay import Recorder
 from oddsfeed.cli import main as cli_main
 from oddsfeed.freeport import free_port
 from oddsfeed.settings import Settings, load_settings
 from oddsfeed.store import Store
+from oddsfeed_ingest.main import load_mappings, run_adapter
+from oddsfeed_ingest.replay import Recorder
 
 from .conftest import until
 from .test_betfair import IMAGE

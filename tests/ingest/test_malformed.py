@@ -7,10 +7,10 @@ import json
 
 from structlog.testing import capture_logs
 
-from ingest.normalised import FeedMapping
-from ingest.replay import Normalizer, replay
-from ingest.runner import FeedRunner
 from oddsfeed.store import Store
+from oddsfeed_ingest.normalised import FeedMapping
+from oddsfeed_ingest.replay import Normalizer, replay
+from oddsfeed_ingest.runner import FeedRunner
 
 ODDS_EVENT = {"id": "ev1", "sport_key": "soccer_epl", "commence_time": "2030-01-01T15:00:00Z",
               "home_team": "A", "away_team": "B", "bookmakers": [

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from ingest.registry import ADAPTERS, COMMON_OPTIONS, cli_options
 from oddsfeed.cli import main as cli_main
+from oddsfeed_ingest.registry import ADAPTERS, COMMON_OPTIONS, cli_options
 
 
 def test_every_adapter_and_option_is_documented_in_ingest_help() -> None:
