@@ -32,16 +32,17 @@ from aiohttp import web
 from oddsfeed.api.problem import Problem
 from oddsfeed.auth import WRITE, Authenticator, AuthError
 from oddsfeed.bearer import bearer_token
-from oddsfeed.book import Changed, Created, NoOp
+from oddsfeed.book import OUTCOME_NAMES, Changed, Created, NoOp
 from oddsfeed.errors import ProviderDataError, StoreError
 from oddsfeed.model import MarketUpdate
+from oddsfeed.store import outcome_name
 
 from .normalised import FeedMapping, normalize_message, safe_id
 from .runner import FeedRunner
 
 MAX_BATCH = 1000
 RETRY_AFTER_S = 1
-_APPLIED = (Created.name, Changed.name, NoOp.name)
+_APPLIED = {OUTCOME_NAMES[kind] for kind in (Created, Changed, NoOp)}
 
 
 def _problem(status: int, title: str, detail: str, *,
@@ -53,7 +54,7 @@ def _result(update: MarketUpdate, outcome: Any) -> dict[str, Any]:
     """One message's entry in the answer."""
     if outcome is None:  # recording: nothing applied, nothing refused
         return {"ok": True, "outcome": "recorded"}
-    name = outcome.name
+    name = outcome_name(outcome)
     result: dict[str, Any] = {"ok": name in _APPLIED, "outcome": name}
     if hasattr(outcome, "reason"):
         result["error"] = f"{outcome.reason}: {outcome.message}"

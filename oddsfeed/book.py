@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any
 
 from .errors import InvalidInput
 from .model import MARKET_FIELDS, Market, MarketUpdate, Selection
@@ -89,7 +89,6 @@ class Delta:
 class Created:
     """The update created the market at version 1."""
 
-    name: ClassVar[str] = "created"  # how logs and answers name the outcome
     market: Market
 
 
@@ -97,7 +96,6 @@ class Created:
 class Changed:
     """The update produced a new version; ``delta`` goes out to subscribers."""
 
-    name: ClassVar[str] = "changed"  # how logs and answers name the outcome
     market: Market
     delta: Delta
 
@@ -106,7 +104,6 @@ class Changed:
 class NoOp:
     """The update changed nothing: no new version, nothing published."""
 
-    name: ClassVar[str] = "noop"  # how logs and answers name the outcome
     market: Market
 
 
@@ -115,13 +112,15 @@ class Rejected:
     """The update cannot apply; ``reason`` is one of ``unknown_market``, ``settled``,
     ``conflict`` (event or sport differs), ``invalid`` (``path`` names the field)."""
 
-    name: ClassVar[str] = "rejected"  # how logs and answers name the outcome
     reason: str
     message: str
     path: str = ""
 
 
 Outcome = Created | Changed | NoOp | Rejected
+# How logs, metrics and push answers name each outcome.
+OUTCOME_NAMES: Mapping[type, str] = {Created: "created", Changed: "changed", NoOp: "noop",
+                                     Rejected: "rejected"}
 
 
 def _full(sel: Selection) -> dict[str, Any]:

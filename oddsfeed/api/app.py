@@ -24,7 +24,7 @@ from ..clock import now_ms
 from ..errors import InvalidInput, StoreError
 from ..model import ID_RE, Market, MarketUpdate
 from ..settings import Settings
-from ..store import OutOfOrder, Precondition, Store, StoreOutcome
+from ..store import OutOfOrder, Precondition, Store, StoreOutcome, outcome_name
 from ..validation import validate_slip
 from . import schemas
 from .body import parse_json
@@ -304,7 +304,7 @@ def _result(update: MarketUpdate, outcome: StoreOutcome, principal: Principal,
                    if k not in ("op", "m", "e", "v", "base", "ts")}
     audit.info("market.write", who=principal.sub, source=update.source, market=market.id,
                epoch=market.epoch, old_version=old_version, new_version=market.version,
-               outcome=outcome.name, changed=changed)
+               outcome=outcome_name(outcome), changed=changed)
     status = created_status if isinstance(outcome, Created) else 200
     return status, market.to_wire()
 

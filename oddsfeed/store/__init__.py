@@ -7,7 +7,8 @@ and against Redis Cluster (every key of a market shares the hash tag ``{m:<id>}`
 from .bus import Bus
 from .codec import Announced, Gone, decode_payload
 from .idempotency import IdempotencyRecord, IdempotencyStoreError, record_key
-from .redis_store import OutOfOrder, Precondition, Store, StoreOutcome
+from .redis_store import OutOfOrder, Precondition, Store, StoreOutcome, outcome_name
 
 __all__ = ["Announced", "Bus", "Gone", "IdempotencyRecord", "IdempotencyStoreError",
-           "OutOfOrder", "Precondition", "Store", "StoreOutcome", "decode_payload", "record_key"]
+           "OutOfOrder", "Precondition", "Store", "StoreOutcome", "decode_payload", "outcome_name",
+           "record_key"]

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import msgpack
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
-from ..book import Changed, Created, Delta, NoOp, Rejected
+from ..book import OUTCOME_NAMES, Changed, Created, Delta, NoOp, Rejected
 from ..clock import now_ms as clock_now_ms
 from ..errors import InvalidInput, StoreError
 from ..model import Market, MarketUpdate
@@ -46,7 +46,6 @@ def _text(x: bytes | str) -> str:
 class OutOfOrder:
     """The update's (source, seq) was not newer than the last accepted one: dropped."""
 
-    name: ClassVar[str] = "outoforder"
     market: str
     last_seq: int
 
@@ -55,11 +54,17 @@ class OutOfOrder:
 class Precondition:
     """``expect`` did not match: ``current`` is the market now (None if it does not exist)."""
 
-    name: ClassVar[str] = "precondition"
     current: Market | None
 
 
 StoreOutcome = Created | Changed | NoOp | Rejected | OutOfOrder | Precondition
+_NAMES: Mapping[type, str] = {**OUTCOME_NAMES, OutOfOrder: "outoforder",
+                              Precondition: "precondition"}
+
+
+def outcome_name(outcome: StoreOutcome) -> str:
+    """How logs, metrics and answers name an apply outcome ("created", "outoforder", ...)."""
+    return _NAMES[type(outcome)]
 
 
 def _script(name: str) -> str:

@@ -8,9 +8,10 @@ import pytest
 
 from oddsfeed.api.etag import etag
 from oddsfeed.bearer import bearer_token
-from oddsfeed.book import Changed, Created, NoOp, Rejected
+from oddsfeed.book import OUTCOME_NAMES, Changed, Created, NoOp, Rejected
 from oddsfeed.clock import now_ms
-from oddsfeed.store import OutOfOrder, Precondition
+from oddsfeed.model import Market, Selection
+from oddsfeed.store import OutOfOrder, Precondition, outcome_name
 
 
 @pytest.mark.parametrize(("header", "token"), [
@@ -33,11 +34,15 @@ def test_etag_names_epoch_and_version() -> None:
 
 
 def test_outcome_names_are_the_published_strings() -> None:
-    """Every apply outcome carries the name that logs and push answers have always used."""
-    names = [c.name for c in (Created, Changed, NoOp, Rejected, OutOfOrder, Precondition)]
-    assert names == ["created", "changed", "noop", "rejected", "outoforder", "precondition"]
-    assert [c.name == c.__name__.lower()
-            for c in (Created, Changed, NoOp, Rejected, OutOfOrder, Precondition)] == [True] * 6
+    """Every apply outcome has the name that logs and push answers have always used."""
+    market = Market(id="m1", event="e1", sport="soccer", name="A v B", epoch="ep", version=1,
+                    ts=1, selections={"h": Selection("Home", 25000)})
+    outcomes = [Created(market), NoOp(market), Rejected("settled", "settled"),
+                OutOfOrder("m1", 3), Precondition(None)]
+    assert [outcome_name(o) for o in outcomes] == [
+        "created", "noop", "rejected", "outoforder", "precondition"]
+    assert OUTCOME_NAMES[Changed] == "changed"
+    assert set(OUTCOME_NAMES) == {Created, Changed, NoOp, Rejected}
 
 
 def test_now_ms_is_the_wall_clock_in_milliseconds() -> None:
