@@ -325,6 +325,14 @@ def _if_match(request: web.Request) -> tuple[str, int] | None:
     return found[1], int(found[2])
 
 
+async def _write_market(request: web.Request, principal: Principal,
+                        update: MarketUpdate) -> web.Response:
+    """A desk's PUT or PATCH: applied under its If-Match, once per Idempotency-Key."""
+    expect = _if_match(request)
+    return await _idempotent(request, principal, await request.read(),
+                             lambda: _apply(request, update, principal, expect=expect))
+
+
 async def put_market(request: web.Request) -> web.Response:
     principal = principal_of(request, WRITE)
     mid = _market_id(request)
@@ -338,9 +346,7 @@ async def put_market(request: web.Request) -> web.Response:
                               source=f"desk:{principal.sub}")
     except InvalidInput as exc:
         raise _invalid(exc) from None
-    expect = _if_match(request)
-    return await _idempotent(request, principal, await request.read(),
-                             lambda: _apply(request, update, principal, expect=expect))
+    return await _write_market(request, principal, update)
 
 
 async def patch_market(request: web.Request) -> web.Response:
@@ -349,9 +355,7 @@ async def patch_market(request: web.Request) -> web.Response:
     data = await _json_body(request)
     body = _model(schemas.MarketPatch, data)
     update = _update_from_patch(mid, body, f"desk:{principal.sub}", now_ms())
-    expect = _if_match(request)
-    return await _idempotent(request, principal, await request.read(),
-                             lambda: _apply(request, update, principal, expect=expect))
+    return await _write_market(request, principal, update)
 
 
 async def delete_market(request: web.Request) -> web.Response:
