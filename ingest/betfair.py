@@ -319,10 +319,6 @@ class StreamState:
             return max(ladder)
         return None
 
-    def market_ids(self) -> list[str]:
-        """Our ids of every market this stream has produced."""
-        return list(self.ours.values())
-
     def forget_clocks(self) -> None:
         """Drop the clocks, so the next :meth:`subscription` asks for a fresh image (after
         INVALID_CLOCK); the markets' ladders are replaced by that image."""

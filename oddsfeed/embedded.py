@@ -164,22 +164,6 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
     return preexec
 
 
-def _pid_alive(pid: int) -> bool:
-    """Return True if ``pid`` exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            state = fh.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in (b"Z", b"X")
-
-
 # ------------------------------------------------------------------ single server
 
 
@@ -361,10 +345,6 @@ class EmbeddedValkey:
             socket_connect_timeout=timeout_s,
             retry=retry,
         )
-
-    def log_tail(self) -> str:
-        """Return the last lines the server logged (for error messages)."""
-        return self._log_tail()
 
     def _require_proc(self) -> subprocess.Popen[bytes]:
         if self._proc is None:
