@@ -5,8 +5,10 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Lint only the packages that exist yet (ingest/ arrives later).
-LINT_PATHS := $(wildcard oddsfeed ingest)
+# What ruff checks (and tests/); mypy checks the packages pyproject names.
+LINT_PATHS := oddsfeed ingest bench
+# mypy by package name: ingest/ is the package oddsfeed_ingest (see pyproject's mypy_path).
+MYPY_PACKAGES := -p oddsfeed -p oddsfeed_ingest -p bench
 
 # uv installs the lock. It is bootstrapped from PyPI into .uv/ with the hashes in
 # requirements-uv.txt, so a fresh machine needs nothing but Python, pip, make and gcc.
@@ -53,12 +55,12 @@ test-latest: $(UV)
 	@$(UV) pip list --python $(LATEST)/bin/python --format freeze | grep -iE \
 		'^(websockets|redis|aiohttp|pydantic|mypy|ruff|uvloop|msgpack|pytest)==' | tr '\n' ' '; echo
 	$(LATEST)/bin/ruff check $(LINT_PATHS) tests
-	$(LATEST)/bin/mypy $(LINT_PATHS)
+	$(LATEST)/bin/mypy $(MYPY_PACKAGES)
 	$(LATEST)/bin/pytest -q
 
 lint: venv
 	$(BIN)/ruff check $(LINT_PATHS) tests
-	$(BIN)/mypy $(LINT_PATHS)
+	$(BIN)/mypy $(MYPY_PACKAGES)
 
 pytest: venv
 	$(BIN)/pytest -q

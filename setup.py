@@ -1,10 +1,16 @@
-"""Only the optional C extension lives here; everything else is in pyproject.toml.
+"""The package layout and the optional C extension; everything else is in pyproject.toml.
+
+The feed adapters live in the top-level ``ingest/`` folder but install as
+``oddsfeed_ingest``: a top-level module named ``ingest`` could clash with any other
+project's in site-packages.
 
 oddsfeed.fanout._send writes one frame to many sockets in one call (the fan-out hot path).
 It is optional: where it cannot be built (no C compiler), the install still succeeds and
 the server writes through its transports instead."""
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 
-setup(ext_modules=[Extension("oddsfeed.fanout._send", ["oddsfeed/fanout/_send.c"],
+setup(packages=[*find_packages(include=["oddsfeed", "oddsfeed.*"]), "oddsfeed_ingest"],
+      package_dir={"oddsfeed_ingest": "ingest"},
+      ext_modules=[Extension("oddsfeed.fanout._send", ["oddsfeed/fanout/_send.c"],
                              optional=True)])

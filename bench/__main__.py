@@ -12,6 +12,7 @@ import json
 import socket
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ from typing import Any
 from . import fanout, ingest, store, validation
 from .common import RESULTS, table
 
-SCENARIOS = {"store": store.run, "fanout": fanout.run, "validation": validation.run,
-             "ingest": ingest.run}
+# Each takes `quick` and returns its figures (some as a coroutine).
+SCENARIOS: dict[str, Callable[[bool], Any]] = {
+    "store": store.run, "fanout": fanout.run, "validation": validation.run, "ingest": ingest.run}
 
 
 def plots(results: dict[str, Any], stem: Path) -> list[str]:
@@ -72,7 +74,7 @@ def report(results: dict[str, Any], images: list[str], mode: str) -> str:
     lines = [f"# oddsfeed benchmarks ({mode}, {date.today()}, {socket.gethostname()})", "",
              "Ratios compare each figure with its baseline measured in the same run; absolute "
              "numbers only describe this (shared, noisy) machine. See docs/performance.md.", ""]
-    env = next((r["env"] for r in results.values() if "env" in r), {})
+    env: dict[str, Any] = next((r["env"] for r in results.values() if "env" in r), {})
     lines += ["Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()), ""]
     for name, res in results.items():
         lines += [f"## {name}", "", f"Parameters: `{json.dumps(res.get('params', {}))}`", "",
@@ -98,7 +100,7 @@ def main() -> None:
         t0 = time.monotonic()
         print(f"== {name}", file=sys.stderr)
         fn = SCENARIOS[name]  # each one is bounded in time and stops its own processes
-        res = fn(args.quick)
+        res: dict[str, Any] = fn(args.quick)
         if asyncio.iscoroutine(res):
             res = asyncio.run(res)
         res["elapsed_s"] = round(time.monotonic() - t0, 1)

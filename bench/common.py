@@ -51,12 +51,6 @@ def environment(redis_url: str | None = None) -> dict[str, Any]:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_http(url: str, timeout_s: float = 30.0) -> None:
     import urllib.request
 

@@ -28,15 +28,15 @@ import aiohttp
 from aiohttp import web
 from redis.asyncio import Redis
 
-from ingest.normalised import to_message
-from ingest.push import build_push_app
-from ingest.replay import Normalizer, Recorder, parse_line, replay
-from ingest.runner import FeedRunner, Lanes
-from ingest.simulator import Simulator, SimulatorConfig
 from oddsfeed.auth import Authenticator
 from oddsfeed.embedded import EmbeddedValkey
 from oddsfeed.settings import load_settings
 from oddsfeed.store import Store
+from oddsfeed_ingest.normalised import parse_line, to_message
+from oddsfeed_ingest.push import build_push_app
+from oddsfeed_ingest.replay import Normalizer, Recorder, replay
+from oddsfeed_ingest.runner import FeedRunner, Lanes
+from oddsfeed_ingest.simulator import Simulator, SimulatorConfig
 
 from .common import environment, table, write_json
 

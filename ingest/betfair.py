@@ -32,11 +32,12 @@ import structlog
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import WebSocketException
 
-from oddsfeed.errors import InvalidInput, OddsfeedError, ProviderDataError
+from oddsfeed.errors import InvalidInput, ProviderDataError
 from oddsfeed.model import MAX_BET_DELAY_MS, MarketUpdate
 from oddsfeed.prices import from_decimal
 
-from .normalised import Mapping
+from .errors import ProviderRefused
+from .normalised import FeedMapping
 
 PROVIDER = "betfair"
 STATUS = {"OPEN": "open", "SUSPENDED": "suspended", "CLOSED": "closed", "INACTIVE": "suspended"}
@@ -70,7 +71,7 @@ def failure_action(error_code: str) -> str:
     return "retry"
 
 
-class StreamRefused(OddsfeedError):
+class StreamRefused(ProviderRefused):
     """The provider refused the stream for good (bad app key, invalid session, ...):
     ``error_code`` is its status errorCode."""
 
@@ -111,7 +112,7 @@ def _number(x: object, what: str) -> float:
     return float(x)
 
 
-def _kind(market_type: object, mapping: Mapping) -> str:
+def _kind(market_type: object, mapping: FeedMapping) -> str:
     mt = str(market_type or "")
     if mt in mapping.kinds:
         return mapping.kinds[mt]
@@ -168,7 +169,7 @@ class StreamState:
     """Per-subscription stream state: clocks and per-market ladders. Feed it every message
     with :meth:`on_message`; it keeps what a re-subscription needs (:meth:`subscription`)."""
 
-    mapping: Mapping = field(default_factory=Mapping)
+    mapping: FeedMapping = field(default_factory=FeedMapping)
     clk: str | None = None
     initial_clk: str | None = None
     heartbeat_ms: int = 5000
@@ -317,10 +318,6 @@ class StreamState:
         if ladder:
             return max(ladder)
         return None
-
-    def market_ids(self) -> list[str]:
-        """Our ids of every market this stream has produced."""
-        return list(self.ours.values())
 
     def forget_clocks(self) -> None:
         """Drop the clocks, so the next :meth:`subscription` asks for a fresh image (after

@@ -33,7 +33,7 @@ def safe_id(raw: object) -> str:
     return text[:128] or "_"
 
 
-class Mapping(BaseModel):
+class FeedMapping(BaseModel):
     """Provider ids -> our ids for one provider (one ``[providers.<name>]`` table).
 
     ``events``, ``markets`` and ``selections`` map provider ids to ours; ``sports`` and
@@ -52,7 +52,7 @@ class Mapping(BaseModel):
     create_unknown: bool = True
 
     @classmethod
-    def from_toml(cls, text: str, provider: str) -> Mapping:
+    def from_toml(cls, text: str, provider: str) -> FeedMapping:
         """The mapping of ``provider`` in a mappings file's text (an empty one when the file
         has no table for it); raises ValueError naming the bad key."""
         try:
@@ -91,7 +91,7 @@ class Mapping(BaseModel):
 
 
 def normalize_message(msg: object, *, provider: str = "push",
-                      mapping: Mapping | None = None) -> MarketUpdate:
+                      mapping: FeedMapping | None = None) -> MarketUpdate:
     """One normalised JSON message -> MarketUpdate; raises ProviderDataError when bad.
 
     ``seq`` orders the source's messages (``ts`` when there is no ``seq``); ``mapping``

@@ -26,7 +26,7 @@ from oddsfeed.errors import InvalidInput, ProviderDataError
 from oddsfeed.model import MarketUpdate
 from oddsfeed.prices import FORMATS, parse_price
 
-from .normalised import Mapping
+from .normalised import FeedMapping
 
 PROVIDER = "oddsapi"
 MARKET_KINDS = {"h2h": "1x2", "spreads": "handicap", "totals": "totals"}
@@ -40,7 +40,7 @@ def _ms(iso: object, what: str) -> int:
 
 
 def normalize_event(event: object, *, bookmaker: str, odds_format: str, now_ms: int,
-                    mapping: Mapping | None = None) -> list[MarketUpdate]:
+                    mapping: FeedMapping | None = None) -> list[MarketUpdate]:
     """One event of the response -> one full-image update per (event, market key) of
     ``bookmaker`` (other bookmakers and unknown market keys are ignored).
 
@@ -49,7 +49,7 @@ def normalize_event(event: object, *, bookmaker: str, odds_format: str, now_ms: 
     commence time once that is later, so the in-play turn is not dropped as a replay).
     Raises ProviderDataError for a bad event.
     """
-    mapping = mapping or Mapping()
+    mapping = mapping or FeedMapping()
     if odds_format not in FORMATS:
         raise ProviderDataError(f"unknown odds format {odds_format[:40]!r}", provider=PROVIDER,
                                 raw=event)

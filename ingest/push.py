@@ -2,7 +2,7 @@
 JSON (bearer JWT with scope ``odds:write``). Must not write to the store except through the
 runner.
 
-``POST /v1/push`` with ``{"messages": [<message>, ...]}`` (see :mod:`ingest.normalised`)
+``POST /v1/push`` with ``{"messages": [<message>, ...]}`` (see :mod:`oddsfeed_ingest.normalised`)
 answers ``200 {"results": [{"ok": bool, "outcome"?: str, "error"?: str, "last_seq"?: int},
 ...]}``, one result per message in order; a bad message is skipped and the rest of the batch
 still applies. ``ok`` is true only when the store holds the message's state (created,
@@ -29,28 +29,32 @@ from typing import Any
 
 from aiohttp import web
 
+from oddsfeed.api.problem import Problem
 from oddsfeed.auth import WRITE, Authenticator, AuthError
+from oddsfeed.bearer import bearer_token
+from oddsfeed.book import OUTCOME_NAMES, Changed, Created, NoOp
 from oddsfeed.errors import ProviderDataError, StoreError
 from oddsfeed.model import MarketUpdate
+from oddsfeed.store import outcome_name
 
-from .normalised import Mapping, normalize_message, safe_id
+from .normalised import FeedMapping, normalize_message, safe_id
 from .runner import FeedRunner
 
 MAX_BATCH = 1000
 RETRY_AFTER_S = 1
-_APPLIED = ("created", "changed", "noop")
+_APPLIED = {OUTCOME_NAMES[kind] for kind in (Created, Changed, NoOp)}
 
 
-def _problem(status: int, title: str, detail: str) -> web.Response:
-    return web.json_response({"title": title, "status": status, "detail": detail},
-                             status=status, content_type="application/problem+json")
+def _problem(status: int, title: str, detail: str, *,
+             retry_after: int | None = None) -> web.Response:
+    return Problem(status, title, detail, retry_after=retry_after).response()
 
 
 def _result(update: MarketUpdate, outcome: Any) -> dict[str, Any]:
     """One message's entry in the answer."""
     if outcome is None:  # recording: nothing applied, nothing refused
         return {"ok": True, "outcome": "recorded"}
-    name = type(outcome).__name__.lower()
+    name = outcome_name(outcome)
     result: dict[str, Any] = {"ok": name in _APPLIED, "outcome": name}
     if hasattr(outcome, "reason"):
         result["error"] = f"{outcome.reason}: {outcome.message}"
@@ -62,16 +66,16 @@ def _result(update: MarketUpdate, outcome: Any) -> dict[str, Any]:
 
 
 def build_push_app(runner: FeedRunner, auth: Authenticator, *,
-                   max_body_bytes: int = 1 << 20, mapping: Mapping | None = None,
+                   max_body_bytes: int = 1 << 20, mapping: FeedMapping | None = None,
                    recorder: Callable[[str, Any], None] | None = None) -> web.Application:
     """The aiohttp app of the push endpoint, writing through ``runner``."""
 
     async def push(request: web.Request) -> web.Response:
-        header = request.headers.get("Authorization", "")
+        token = bearer_token(request.headers.get("Authorization", ""))
         try:
-            if not header.lower().startswith("bearer "):
+            if token is None:
                 raise AuthError("a bearer token is required")
-            principal = auth.verify(header[7:].strip())
+            principal = auth.verify(token)
         except AuthError as exc:
             resp = _problem(401, "unauthorized", str(exc))
             resp.headers["WWW-Authenticate"] = 'Bearer realm="oddsfeed"'
@@ -108,10 +112,9 @@ def build_push_app(runner: FeedRunner, auth: Authenticator, *,
         try:
             outcomes = await runner.submit_many(updates, writer=safe_id(principal.sub)[:100])
         except StoreError:
-            resp = _problem(503, "store unavailable",
-                            "the store cannot be reached; send the batch again later")
-            resp.headers["Retry-After"] = str(RETRY_AFTER_S)
-            return resp
+            return _problem(503, "store unavailable",
+                            "the store cannot be reached; send the batch again later",
+                            retry_after=RETRY_AFTER_S)
         for k, (i, outcome) in enumerate(zip(at, outcomes, strict=True)):
             results[i] = _result(updates[k], outcome)
         return web.json_response({"results": results})

@@ -15,7 +15,7 @@ from oddsfeed.errors import ProviderDataError
 from oddsfeed.model import MarketUpdate
 
 from .betfair import StreamState
-from .normalised import Mapping, normalize_message, parse_line
+from .normalised import FeedMapping, normalize_message, parse_line
 from .oddsapi import normalize_event
 
 NORMALISED_PROVIDERS = ("push", "simulator")
@@ -43,10 +43,10 @@ class Normalizer:
     """Turns one recorded record into updates with the normaliser of the provider that sent
     it; keeps the stream state a recorded stream needs between records."""
 
-    def __init__(self, mappings: dict[str, Mapping] | None = None, *, bookmaker: str = "",
+    def __init__(self, mappings: dict[str, FeedMapping] | None = None, *, bookmaker: str = "",
                  odds_format: str = "decimal") -> None:
         self.mappings = mappings or {}
-        self.stream = StreamState(mapping=self.mappings.get("betfair", Mapping()))
+        self.stream = StreamState(mapping=self.mappings.get("betfair", FeedMapping()))
         self.bookmaker = bookmaker
         self.odds_format = odds_format
 

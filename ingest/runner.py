@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 from prometheus_client import Counter, Gauge
 
-from oddsfeed.book import Changed, Created, NoOp, Rejected
+from oddsfeed.book import OUTCOME_NAMES, Changed, Created, NoOp, Rejected
 from oddsfeed.errors import InvalidInput, ProviderDataError, StoreError
 from oddsfeed.model import MarketUpdate
 
@@ -239,11 +239,11 @@ class FeedRunner:
         mid = upd.market
         self._heard(now)
         if isinstance(outcome, Rejected):
-            self._count("rejected")
+            self._count(OUTCOME_NAMES[Rejected])
             log.warning("update rejected", source=self.source, market=mid,
                         reason=outcome.reason, detail=outcome.message, path=outcome.path)
         elif isinstance(outcome, (Created, Changed, NoOp)):
-            self._count("noop" if isinstance(outcome, NoOp) else "applied")
+            self._count(OUTCOME_NAMES[NoOp] if isinstance(outcome, NoOp) else "applied")
             self.last_seen[mid] = now
             self.status[mid] = outcome.market.status
             # Only when the update was prepared as a reopening: a market stale-suspended

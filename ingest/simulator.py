@@ -322,7 +322,7 @@ async def run_simulator(store: Applier, config: SimulatorConfig, *,
     second until ``stop`` is set or ``max_ticks`` ticks ran; returns the ticks run.
 
     Pass the wall-clock ``start_ms`` so a restarted feed orders after the previous run.
-    With ``count`` the updates go through a :class:`~ingest.runner.FeedRunner` (source
+    With ``count`` the updates go through a :class:`~oddsfeed_ingest.runner.FeedRunner` (source
     ``sim:<seed>``): outcomes and lag in the ingest metrics, store errors retried."""
     sim = Simulator(config, start_ms=start_ms)
     if count:

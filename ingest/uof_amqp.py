@@ -1,6 +1,6 @@
 """The UOF adapter's AMQP I/O: consume a Unified Odds Feed style topic exchange into
-:class:`~ingest.uof.UofState` and hand its updates on; owns no message format (ingest/uof.py
-does) and never writes to the store itself.
+:class:`~oddsfeed_ingest.uof.UofState` and hand its updates on; owns no message format
+(ingest/uof.py does) and never writes to the store itself.
 
 :func:`run_uof` connects, binds a server-named queue to the exchange with the routing keys,
 consumes in order, checks producers' liveness on a timer, and reconnects with jittered
@@ -20,9 +20,10 @@ from typing import Any
 import structlog
 from prometheus_client import Counter
 
-from oddsfeed.errors import OddsfeedError, ProviderDataError
+from oddsfeed.errors import ProviderDataError
 from oddsfeed.model import MarketUpdate
 
+from .errors import ProviderRefused
 from .runner import FeedRunner
 from .uof import PROVIDER, UofState, load_uof_mapping
 
@@ -32,7 +33,7 @@ PRODUCER_DOWN = Counter("oddsfeed_ingest_uof_producer_down_total",
                         ["source", "producer"])
 
 
-class BrokerRefused(OddsfeedError):
+class BrokerRefused(ProviderRefused):
     """The broker refused the credentials (a wrong or revoked access token): retrying would
     not help, and a provider may block an account that keeps trying."""
 
@@ -196,19 +197,18 @@ async def _handle(body: bytes, state: UofState,
 
 async def run_uof_adapter(runner: FeedRunner, opts: dict[str, Any],
                           stop: asyncio.Event) -> UofState:
-    """`oddsfeed ingest uof`: :func:`run_uof` into ``runner`` with the CLI
-    options ``amqp_url``, ``exchange``, ``routing_key``, ``uof_mapping`` and
-    ``producer_timeout``; returns the state (its ``counts`` say what was skipped)."""
-    mapping = load_uof_mapping(Path(opts.get("uof_mapping") or "config/uof.toml"))
-    state = UofState(mapping=mapping,
-                     producer_timeout_s=float(opts.get("producer_timeout") or 20.0))
+    """`oddsfeed ingest uof`: :func:`run_uof` into ``runner`` with the options
+    ``amqp_url``, ``exchange``, ``routing_key``, ``uof_mapping`` and ``producer_timeout``
+    (resolved by :mod:`oddsfeed_ingest.registry`, which holds their defaults); returns the state
+    (its ``counts`` say what was skipped)."""
+    mapping = load_uof_mapping(Path(opts["uof_mapping"]))
+    state = UofState(mapping=mapping, producer_timeout_s=float(opts["producer_timeout"]))
 
     async def on_updates(updates: list[MarketUpdate]) -> None:
         await runner.submit_many(updates)  # pipelined, same outcomes as one by one
 
     await run_uof(str(opts["amqp_url"]), state, on_updates, runner.bad, stop=stop,
-                  exchange=str(opts.get("exchange") or "unifiedfeed"),
-                  routing_keys=tuple(opts.get("routing_key") or ("#",)),
+                  exchange=str(opts["exchange"]), routing_keys=tuple(opts["routing_key"]),
                   on_alive=runner.alive)
     log.info("uof stopped", counts=state.counts)
     return state

@@ -118,6 +118,9 @@ class Rejected:
 
 
 Outcome = Created | Changed | NoOp | Rejected
+# How logs, metrics and push answers name each outcome.
+OUTCOME_NAMES: Mapping[type, str] = {Created: "created", Changed: "changed", NoOp: "noop",
+                                     Rejected: "rejected"}
 
 
 def _full(sel: Selection) -> dict[str, Any]:

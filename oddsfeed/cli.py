@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -175,11 +176,6 @@ def _check_auth(settings: Settings, *, demo: bool) -> None:
         raise click.ClickException(str(exc)) from None
 
 
-def _not_yet(command: str) -> None:
-    click.echo(f"oddsfeed {command}: not yet implemented", err=True)
-    sys.exit(2)
-
-
 # ------------------------------------------------------------------ run (all-in-one)
 
 
@@ -226,6 +222,7 @@ async def run_all(settings: Settings, *, stop: asyncio.Event | None = None) -> i
                 log.info("embedded valkey started", url=redis_url, pid=valkey.pid)
 
         from oddsfeed.auth import Authenticator
+        from oddsfeed.clock import now_ms
         from oddsfeed.worker import FD_RESERVE, Worker, raise_fd_limit, tune_gc
 
         demo = demo_mode(settings)
@@ -242,12 +239,12 @@ async def run_all(settings: Settings, *, stop: asyncio.Event | None = None) -> i
             Worker(settings, redis_url, demo_token=token, demo=demo, reuse_port=False))
         tune_gc(settings.server.gc_threshold)
         if settings.demo.events > 0:
-            from ingest.simulator import SimulatorConfig, run_simulator
+            from oddsfeed_ingest.simulator import SimulatorConfig, run_simulator
 
             sim = SimulatorConfig(events=settings.demo.events, seed=settings.demo.seed,
                                   rate_per_s=settings.demo.rate_per_s)
             tasks.append(asyncio.create_task(run_simulator(worker.store, sim, stop=stop,
-                                                           start_ms=int(time.time() * 1000)),
+                                                           start_ms=now_ms()),
                                              name="demo-simulator"))
         if token:
             click.echo(f"trader token (odds:write, 24 h): {token}", err=True)
@@ -334,104 +331,70 @@ def serve(cli: _Cli, /, **flags: Any) -> None:
 
 
 def _ingest_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
-        click.argument("adapter", type=click.Choice(
-            ["simulator", "replay", "http-poll", "stream", "push", "uof"])),
-        click.option("--feed-id", default="1", show_default=True, help="Names the source."),
-        click.option("--redis-url", help="Overrides redis.url."),
-        click.option("--file", type=click.Path(dir_okay=False), help="replay: a .jsonl file."),
-        click.option("--speed", type=float, default=1.0, show_default=True,
-                     help="replay: 10 = ten times faster, 0 = as fast as possible."),
-        click.option("--lanes", type=int, default=8, show_default=True,
-                     help="replay: markets applied concurrently (order kept per market)."),
-        click.option("--url", help="http-poll: the odds API URL."),
-        click.option("--bookmaker", default="", help="http-poll: which bookmaker's odds."),
-        click.option("--odds-format", type=click.Choice(
-            ["decimal", "fractional", "american", "hk", "malay", "indo"]),
-                     default="decimal", show_default=True,
-                     help="http-poll/replay: the provider's odds format."),
-        click.option("--interval", type=float, default=5.0, show_default=True,
-                     help="http-poll: seconds between polls."),
-        click.option("--timeout", type=float, default=10.0, show_default=True,
-                     help="http-poll: per-request timeout in seconds."),
-        click.option("--address", help="stream: HOST:PORT (TCP), tls://HOST:PORT or a ws:// URL."),
-        click.option("--filter", help="stream: the marketFilter as JSON."),
-        click.option("--api-key", help="http-poll: the provider's API key, sent as the apiKey "
-                     "query parameter (ingest.api_key, env ODDSFEED_INGEST__API_KEY); "
-                     "never printed."),
-        click.option("--app-key", help="stream: the application key sent in the login "
-                     "(ingest.app_key, env ODDSFEED_INGEST__APP_KEY); never printed."),
-        click.option("--session", help="stream: the session token sent in the login "
-                     "(ingest.session, env ODDSFEED_INGEST__SESSION); never printed."),
-        click.option("--keep-trying", is_flag=True,
-                     help="stream: keep reconnecting (with backoff) after the provider "
-                     "refuses the credentials, instead of stopping with an error."),
-        click.option("--metrics-port", type=int, default=0, show_default=True,
-                     help="Serve /metrics on this port (0: off)."),
-        click.option("--port", type=int, help="push: the port to listen on."),
-        click.option("--amqp-url", envvar="ODDSFEED_UOF_AMQP_URL", show_envvar=True,
-                     help="uof: the broker URL, e.g. amqps://ACCESS_TOKEN:@HOST:5671/"
-                          "%2Funifiedfeed%2FBOOKMAKER_ID (the access token is the user name,"
-                          " /unifiedfeed/BOOKMAKER_ID the virtual host); never logged."),
-        click.option("--exchange", default="unifiedfeed", show_default=True,
-                     help="uof: the topic exchange."),
-        click.option("--routing-key", multiple=True,
-                     help="uof: a binding key, repeatable (default '#': every message), "
-                          "e.g. 'hi.-.live.#' and '-.-.-.alive.#'."),
-        click.option("--uof-mapping", default="config/uof.toml", show_default=True,
-                     type=click.Path(dir_okay=False),
-                     help="uof: the mapping file (market id + specifiers -> our ids)."),
-        click.option("--producer-timeout", type=float, default=20.0, show_default=True,
-                     help="uof: seconds without an alive before a producer is down and its "
-                          "markets are suspended."),
-        click.option("--events", type=int, help="simulator: events (demo.events)."),
-        click.option("--seed", type=int, help="simulator: seed (demo.seed)."),
-        click.option("--rate", type=float, help="simulator: ticks per second."),
-    ]
+    """The ADAPTER argument and every adapter's options, from the adapter registry."""
+    from oddsfeed_ingest.registry import ADAPTERS, cli_options
+
+    options = [click.argument("adapter", type=click.Choice(list(ADAPTERS)))]
+    for opt, users in cli_options():
+        kwargs: dict[str, Any] = {
+            "help": (f"{'/'.join(users)}: " if users else "") + opt.help}
+        if opt.kind is bool:
+            kwargs["is_flag"] = True
+        elif opt.choices:
+            kwargs["type"] = click.Choice(opt.choices)
+        elif opt.kind is Path:
+            kwargs["type"] = click.Path(dir_okay=False)
+        else:
+            kwargs["type"] = opt.kind
+        if opt.default is not None and opt.kind is not bool:
+            kwargs["default"] = opt.default
+            kwargs["show_default"] = opt.default != "" and not opt.multiple
+        if opt.multiple:
+            kwargs["multiple"] = True
+        if opt.envvar:
+            kwargs.update(envvar=opt.envvar, show_envvar=True)
+        if opt.metavar:
+            kwargs["metavar"] = opt.metavar
+        options.append(click.option(opt.flag, **kwargs))
     for option in reversed(options):
         func = option(func)
     return func
 
 
+def _ingest_help() -> str:
+    """`oddsfeed ingest --help`: one paragraph per registered adapter."""
+    from oddsfeed_ingest.registry import ADAPTERS
+
+    lines = [f"Run one feed adapter ({', '.join(ADAPTERS)}) into the store.", "", "\b"]
+    for adapter in ADAPTERS.values():
+        text = textwrap.wrap(adapter.doc, 76)
+        lines.append(f"{adapter.name:<10} {text[0]}")
+        lines += [" " * 11 + line for line in text[1:]]
+    lines += ["", "Secrets are never printed: show-config masks them."]
+    return "\n".join(lines)
+
+
 def _run_ingest(cli: _Cli, adapter: str, opts: dict[str, Any], out: Path | None) -> None:
-    from ingest.main import run_adapter
-    from ingest.replay import Recorder
-    from ingest.uof_amqp import BrokerRefused
     from oddsfeed.store import Store
+    from oddsfeed_ingest.errors import ProviderRefused
+    from oddsfeed_ingest.main import load_mappings, run_adapter
+    from oddsfeed_ingest.registry import ADAPTERS, setting_overrides
+    from oddsfeed_ingest.replay import Recorder
 
-    settings = _settings(cli, {"redis.url": opts.pop("redis_url", None),
-                               "ingest.api_key": opts.pop("api_key", None),
-                               "ingest.app_key": opts.pop("app_key", None),
-                               "ingest.session": opts.pop("session", None)})
-    if adapter == "push":
+    spec = ADAPTERS[adapter]
+    settings = _settings(cli, setting_overrides(opts))
+    if spec.needs_auth:
         _check_auth(settings, demo=False)  # its endpoint verifies tokens like the API
-    if adapter == "replay" and not opts.get("file"):
-        raise click.ClickException("replay needs --file")
-    if adapter == "http-poll" and not opts.get("url"):
-        raise click.ClickException("http-poll needs --url")
-    if adapter == "uof" and not opts.get("amqp_url"):
-        raise click.ClickException("uof needs --amqp-url (or ODDSFEED_UOF_AMQP_URL)")
-    if adapter == "uof" and out is not None:
-        raise click.ClickException("uof messages cannot be recorded for replay")
-    if adapter == "uof":
-        from ingest.uof import load_uof_mapping
-
-        try:
-            load_uof_mapping(Path(opts.get("uof_mapping") or "config/uof.toml"))
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from None
-    if adapter == "stream" and not opts.get("address"):
-        raise click.ClickException("stream needs --address HOST:PORT")
+    try:
+        opts = spec.check(opts, recording=out is not None)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     if out is None and not settings.redis.url:
         raise click.ClickException("ingest needs redis.url (ODDSFEED_REDIS__URL or --redis-url)")
-    from ingest.main import load_mappings
-
     try:
         mappings = load_mappings(Path(settings.ingest.mapping_file))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-
-    from ingest.betfair import StreamRefused
 
     async def main() -> int:
         log = get_logger("oddsfeed.ingest")
@@ -447,10 +410,10 @@ def _run_ingest(cli: _Cli, adapter: str, opts: dict[str, Any], out: Path | None)
             store = await Store.connect(settings.redis.url, cluster=settings.redis.cluster,
                                         history_len=settings.redis.history_len)
         try:
-            runner = await run_adapter(adapter, opts, store or _NoStore(), settings, stop=stop,
+            runner = await run_adapter(adapter, opts, store, settings, stop=stop,
                                        recorder=recorder, mappings=mappings)
             log.info("ingest finished", adapter=adapter, counts=runner.counts)
-        except (StreamRefused, BrokerRefused) as exc:
+        except ProviderRefused as exc:
             raise click.ClickException(str(exc)) from None
         finally:
             if store is not None:
@@ -462,41 +425,10 @@ def _run_ingest(cli: _Cli, adapter: str, opts: dict[str, Any], out: Path | None)
     sys.exit(run_async(main()))
 
 
-class _NoStore:
-    async def apply(self, update: Any) -> Any:
-        return None
-
-    async def apply_many(self, updates: Any) -> list[Any]:
-        return [None] * len(updates)
-
-
-@main.command()
+@main.command(help=_ingest_help())
 @_ingest_options
 @click.pass_obj
 def ingest(cli: _Cli, /, adapter: str, **opts: Any) -> None:
-    """Run one feed adapter (simulator, replay, http-poll, stream, push, uof) into the store.
-
-    \b
-    simulator  generated markets: --events, --seed, --rate; no credentials.
-    replay     a recording: --file, --speed, --lanes; no credentials.
-    http-poll  an Odds-API-v4-style URL: --url, --bookmaker, --odds-format, --interval,
-               --timeout; the API key with --api-key (env ODDSFEED_INGEST__API_KEY),
-               sent as the apiKey query parameter and masked in logs. A 304 keeps alive
-               only the markets of the last 200 body.
-    stream     an Exchange-Stream-style feed: --address, --filter; logs in with --app-key
-               and --session (env ODDSFEED_INGEST__APP_KEY, ODDSFEED_INGEST__SESSION)
-               before subscribing. Failures back off exponentially with jitter up to 30 s;
-               a refused login (bad app key, invalid session) stops with an error unless
-               --keep-trying.
-    push       POST /v1/push on --port; pushers need a bearer JWT with odds:write
-               (auth.hs256_secret or auth.public_keys). Each token subject has its own
-               seq ordering; an update not applied answers ok: false.
-    uof        Sportradar-UOF-style XML over AMQP: --amqp-url (env ODDSFEED_UOF_AMQP_URL,
-               credentials masked in logs), --exchange, --routing-key, --uof-mapping,
-               --producer-timeout; see docs/uof.md.
-
-    Secrets are never printed: show-config masks them.
-    """
     _run_ingest(cli, adapter, opts, None)
 
 

@@ -13,7 +13,6 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from oddsfeed.errors import OddsfeedError
+from oddsfeed.freeport import free_port
 
 __all__ = [
     "EmbeddedCluster",
@@ -49,21 +49,6 @@ _LOG_TAIL_BYTES = 2000
 
 class EmbeddedServerError(OddsfeedError):
     """An embedded Valkey server could not be found, started, joined or stopped."""
-
-
-# ------------------------------------------------------------------ ports
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """Return a TCP port on ``host`` that was free a moment ago.
-
-    Another process may take it before we bind it; callers that own the bind (the
-    launcher) retry with a fresh port when the server reports the address in use.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # ------------------------------------------------------------------ binaries
@@ -177,22 +162,6 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
             os._exit(1)
 
     return preexec
-
-
-def _pid_alive(pid: int) -> bool:
-    """Return True if ``pid`` exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            state = fh.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in (b"Z", b"X")
 
 
 # ------------------------------------------------------------------ single server
@@ -376,10 +345,6 @@ class EmbeddedValkey:
             socket_connect_timeout=timeout_s,
             retry=retry,
         )
-
-    def log_tail(self) -> str:
-        """Return the last lines the server logged (for error messages)."""
-        return self._log_tail()
 
     def _require_proc(self) -> subprocess.Popen[bytes]:
         if self._proc is None:

@@ -65,7 +65,3 @@ class StoreError(OddsfeedError):
 
     def __init__(self, message: str) -> None:
         super().__init__(redact_text(message))
-
-
-class InternalError(OddsfeedError):
-    """Our own bug: a state that should be impossible."""

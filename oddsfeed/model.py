@@ -20,7 +20,6 @@ MARKET_STATUSES = ("open", "suspended", "closed", "settled")
 SELECTION_STATUSES = ("active", "suspended")
 SELECTION_UPDATE_STATUSES = ("active", "suspended", "removed")
 MARKET_FIELDS = ("name", "kind", "status", "in_play", "bet_delay_ms")
-SELECTION_FIELDS = ("name", "price", "point", "status")
 MAX_BET_DELAY_MS = 60_000
 MAX_NAME_CHARS = 256
 MAX_POINT = 10_000.0

@@ -16,7 +16,6 @@ from .model import ID_RE, Market, check_price_input
 
 JSON = "json"
 MSGPACK = "msgpack"
-ENCODINGS = (JSON, MSGPACK)
 SUBPROTOCOLS = {"oddsfeed.v1.msgpack": MSGPACK, "oddsfeed.v1.json": JSON}
 ACCEPT_POLICIES = ("exact", "better", "any")
 MAX_IDS_PER_REQUEST = 10_000

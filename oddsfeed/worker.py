@@ -11,12 +11,12 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import tempfile
 import time
 from types import TracebackType
 from typing import Any
 
+from .freeport import free_port
 from .settings import Settings
 
 # file descriptors a worker needs besides its WebSocket connections (store, HTTP, files)
@@ -95,8 +95,8 @@ class Worker:
         stack.push_async_callback(close_fanout)  # if the rest of the start-up fails
         self.fanout = fan
         self.ws_port = fan.port
-        app = build_app(s, store, auth=auth, ready=lambda: hub.ready, demo_token=self.demo_token,
-                        ws_port=fan.port)
+        app = build_app(s, store, auth=auth, readiness=lambda: hub.ready,
+                        demo_token=self.demo_token, ws_port=fan.port)
         # No admin port, or the API's own: /metrics on the API port (the contract's place);
         # otherwise the admin routes get their own bind.
         shared_admin = s.server.admin_port is None or (
@@ -169,12 +169,6 @@ def raise_fd_limit(wanted: int) -> int:
         except (ValueError, OSError):
             pass
     return int(soft)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 async def wait_for_store(settings: Settings, redis_url: str, stop: asyncio.Event,

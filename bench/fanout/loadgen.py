@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import os
 import socket
 import struct
@@ -195,7 +196,7 @@ def run_process(url_host: str, port: int, kind: str, subs: list[list[str]], out:
             for attempt in range(5):
                 try:
                     tr, _ = await loop.create_connection(
-                        lambda fut=fut, markets=markets: Conn(kind, markets, stats, fut),
+                        functools.partial(Conn, kind, markets, stats, fut),
                         url_host, port, local_addr=(src, 0))
                     await asyncio.wait_for(fut, 10)
                     conns.append(tr)

@@ -22,7 +22,9 @@ from typing import Any
 import msgpack
 import psutil
 
-from ..common import environment, free_port, pct, spawn, wait_http
+from oddsfeed.freeport import free_port
+
+from ..common import environment, pct, spawn, wait_http
 from .loadgen import run_process
 
 SERVER_ENV = {"ODDSFEED_AUTH__ANONYMOUS_READ": "true",
@@ -413,7 +415,7 @@ def idle_memory(redis_url: str, steps: list[int], kind: str = "oddsfeed") -> lis
     if kind == "oddsfeed":
         create_markets(redis_url, mids)
     server = Server(kind, redis_url, workers=workers)
-    rows = []
+    rows: list[dict[str, Any]] = []
     loads: list[Load] = []
     try:
         time.sleep(0.5)

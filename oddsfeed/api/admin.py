@@ -3,26 +3,13 @@ default), never on the client-facing port."""
 
 from __future__ import annotations
 
-import os
-
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
-from prometheus_client import multiprocess as prom_multiprocess
 
 from .app import errors_mw, hide_server_banner
+from .metrics import metrics
 from .openapi import ROUTES, openapi_document
 
 __all__ = ["add_admin_routes", "build_admin_app"]
-
-
-async def metrics(request: web.Request) -> web.Response:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        prom_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        data = generate_latest(registry)
-    else:
-        data = generate_latest(REGISTRY)
-    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def openapi(request: web.Request) -> web.Response:

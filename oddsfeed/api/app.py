@@ -18,14 +18,17 @@ from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ValidationError
 
 from ..auth import ANONYMOUS, READ, VALIDATE, WRITE, Authenticator, AuthError, Principal
+from ..bearer import bearer_token
 from ..book import Changed, Created, Rejected
+from ..clock import now_ms
 from ..errors import InvalidInput, StoreError
 from ..model import ID_RE, Market, MarketUpdate
 from ..settings import Settings
-from ..store import OutOfOrder, Precondition, Store, StoreOutcome
+from ..store import OutOfOrder, Precondition, Store, StoreOutcome, outcome_name
 from ..validation import validate_slip
 from . import schemas
 from .body import parse_json
+from .etag import etag
 from .idempotency import idempotent
 from .listener import SERVER
 from .openapi import ROUTES
@@ -159,10 +162,11 @@ def principal_of(request: web.Request, scope: str | None) -> Principal:
     header = request.headers.get("Authorization", "")
     principal: Principal | None = None
     if header:
-        if not header.lower().startswith("bearer "):
+        token = bearer_token(header)
+        if token is None:
             raise Problem(401, "unauthorized", "use Authorization: Bearer <token>")
         try:
-            principal = auth.verify(header[7:].strip())
+            principal = auth.verify(token)
         except AuthError as exc:
             raise Problem(401, "unauthorized", str(exc)) from None
     elif auth.anonymous_read and scope in (READ, None):
@@ -207,12 +211,9 @@ def _market_id(request: web.Request) -> str:
     return mid
 
 
-def _etag(market: Market) -> str:
-    return f'"{market.epoch}:{market.version}"'
-
-
 def _market_response(market: Market, status: int = 200) -> web.Response:
-    return web.json_response(market.to_wire(), status=status, headers={"ETag": _etag(market)})
+    return web.json_response(market.to_wire(), status=status,
+                             headers={"ETag": etag(market.epoch, market.version)})
 
 
 # ---- reads -----------------------------------------------------------------------------------
@@ -303,7 +304,7 @@ def _result(update: MarketUpdate, outcome: StoreOutcome, principal: Principal,
                    if k not in ("op", "m", "e", "v", "base", "ts")}
     audit.info("market.write", who=principal.sub, source=update.source, market=market.id,
                epoch=market.epoch, old_version=old_version, new_version=market.version,
-               outcome=type(outcome).__name__.lower(), changed=changed)
+               outcome=outcome_name(outcome), changed=changed)
     status = created_status if isinstance(outcome, Created) else 200
     return status, market.to_wire()
 
@@ -324,22 +325,28 @@ def _if_match(request: web.Request) -> tuple[str, int] | None:
     return found[1], int(found[2])
 
 
+async def _write_market(request: web.Request, principal: Principal,
+                        update: MarketUpdate) -> web.Response:
+    """A desk's PUT or PATCH: applied under its If-Match, once per Idempotency-Key."""
+    expect = _if_match(request)
+    return await _idempotent(request, principal, await request.read(),
+                             lambda: _apply(request, update, principal, expect=expect))
+
+
 async def put_market(request: web.Request) -> web.Response:
     principal = principal_of(request, WRITE)
     mid = _market_id(request)
     data = await _json_body(request)
     body = _model(schemas.MarketPut, data)
     fields = schemas.given(body, ("selections", "ts"))
-    now = int(time.time() * 1000)
+    now = now_ms()
     try:
         update = MarketUpdate(market=mid, fields=fields, selections=_selections(body.selections),
                               replace=True, create=True, ts=body.ts if body.ts is not None else now,
                               source=f"desk:{principal.sub}")
     except InvalidInput as exc:
         raise _invalid(exc) from None
-    expect = _if_match(request)
-    return await _idempotent(request, principal, await request.read(),
-                             lambda: _apply(request, update, principal, expect=expect))
+    return await _write_market(request, principal, update)
 
 
 async def patch_market(request: web.Request) -> web.Response:
@@ -347,10 +354,8 @@ async def patch_market(request: web.Request) -> web.Response:
     mid = _market_id(request)
     data = await _json_body(request)
     body = _model(schemas.MarketPatch, data)
-    update = _update_from_patch(mid, body, f"desk:{principal.sub}", int(time.time() * 1000))
-    expect = _if_match(request)
-    return await _idempotent(request, principal, await request.read(),
-                             lambda: _apply(request, update, principal, expect=expect))
+    update = _update_from_patch(mid, body, f"desk:{principal.sub}", now_ms())
+    return await _write_market(request, principal, update)
 
 
 async def delete_market(request: web.Request) -> web.Response:
@@ -375,7 +380,7 @@ async def post_odds(request: web.Request) -> web.Response:
     principal = principal_of(request, WRITE)
     data = await _json_body(request)
     batch = _model(schemas.OddsBatch, data)
-    now = int(time.time() * 1000)
+    now = now_ms()
 
     async def run() -> tuple[int, Any]:
         results: list[dict[str, Any]] = []
@@ -467,11 +472,11 @@ HANDLERS: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
 
 def build_app(settings: Settings, store: Store, *,
               readiness: Callable[[], bool] | None = None,
-              auth: Authenticator | None = None, ready: Callable[[], bool] | None = None,
+              auth: Authenticator | None = None,
               demo_token: str | None = None, ws_port: int | None = None) -> web.Application:
     """The aiohttp application of the HTTP API; the caller runs it (``web.AppRunner``).
 
-    ``readiness`` (``ready`` is its older name) is an extra condition for /readyz besides
+    ``readiness`` is an extra condition for /readyz besides
     the store answering a ping, e.g. the fan-out bus being connected. ``auth`` shares one
     Authenticator with the WebSocket tier (default: one built from ``settings.auth``);
     ``demo_token`` and ``ws_port`` feed the demo page under ``oddsfeed run``.
@@ -483,7 +488,7 @@ def build_app(settings: Settings, store: Store, *,
     app[K_STORE] = store
     app[K_SETTINGS] = settings
     app[K_AUTH] = auth or Authenticator(settings.auth)
-    app[K_READY] = readiness or ready or (lambda: True)
+    app[K_READY] = readiness or (lambda: True)
     if demo_token:
         app[K_DEMO] = demo_token
     if ws_port:

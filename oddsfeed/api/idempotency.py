@@ -8,49 +8,18 @@ import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from ..auth import Principal
-from ..errors import StoreError
-from ..store import Store
+from ..store import IdempotencyRecord, Store, record_key
+from .etag import etag
 from .problem import PROBLEM, Problem
 
-__all__ = ["IN_FLIGHT_WAIT_S", "Records", "idempotent", "json_or_empty"]
+__all__ = ["IN_FLIGHT_WAIT_S", "idempotent", "json_or_empty"]
 
 IN_FLIGHT_WAIT_S = 10.0  # how long a retry waits for the same key's first run
-
-
-class Records:
-    """Idempotency records in the store (``of:idem:<sha256>``, one key each, so any worker
-    sees them); redis failures become StoreError (503)."""
-
-    def __init__(self, store: Store, key: str, ttl_s: int) -> None:
-        self.client, self.key, self.ttl_s = store.client, key, ttl_s
-
-    async def _do(self, call: Awaitable[Any]) -> Any:
-        try:
-            return await call
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"idempotency record: {exc}") from None
-
-    async def claim(self, digest: str) -> bool:
-        """Claim the key for a run (SET NX with a placeholder); False if someone has it."""
-        rec = json.dumps({"state": "pending", "digest": digest})
-        return bool(await self._do(self.client.set(self.key, rec, nx=True, ex=self.ttl_s)))
-
-    async def get(self) -> dict[str, Any] | None:
-        raw = await self._do(self.client.get(self.key))
-        return None if raw is None else cast(dict[str, Any], json.loads(raw))
-
-    async def done(self, digest: str, status: int, body: Any) -> None:
-        rec = {"state": "done", "digest": digest, "status": status, "body": body}
-        await self._do(self.client.set(self.key, json.dumps(rec), ex=self.ttl_s))
-
-    async def release(self) -> None:
-        await self._do(self.client.delete(self.key))
 
 
 async def idempotent(request: web.Request, principal: Principal, body: bytes,
@@ -66,7 +35,7 @@ async def idempotent(request: web.Request, principal: Principal, body: bytes,
         raise Problem(400, "invalid Idempotency-Key", "1-200 characters",
                       errors=[{"path": "Idempotency-Key", "message": "1-200 characters"}])
     scope = f"{principal.sub}\n{request.method}\n{request.path}\n{key}".encode()
-    records = Records(store, f"of:idem:{hashlib.sha256(scope).hexdigest()}", ttl_s)
+    records = IdempotencyRecord(store, record_key(hashlib.sha256(scope).hexdigest()), ttl_s)
     # The same key with another body or precondition is another request: 422.
     digest = hashlib.sha256(request.headers.get("If-Match", "").encode() + b"\n" + body
                             ).hexdigest()
@@ -108,5 +77,5 @@ def json_or_empty(status: int, payload: Any) -> web.Response:
         return web.Response(status=status, content_type=PROBLEM, text=json.dumps(payload))
     headers = {}
     if isinstance(payload, dict) and "epoch" in payload and "version" in payload:
-        headers["ETag"] = '"{}:{}"'.format(payload["epoch"], payload["version"])
+        headers["ETag"] = etag(payload["epoch"], payload["version"])
     return web.json_response(payload, status=status, headers=headers)

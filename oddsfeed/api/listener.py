@@ -5,6 +5,7 @@ aiohttp's and the app's business."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, MutableMapping
 from typing import Any
@@ -12,6 +13,8 @@ from typing import Any
 from aiohttp import web, web_response
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import Counter
+
+from .problem import PROBLEM, Problem
 
 __all__ = ["SERVER", "HttpListener", "runner_options"]
 
@@ -23,10 +26,11 @@ web_response.SERVER_SOFTWARE = SERVER  # type: ignore[attr-defined]
 
 # What a refused connection reads before the close: a complete response, so a client (or
 # load balancer) sees "busy, retry" rather than a reset.
-_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/problem+json\r\n"
-         b"Retry-After: 1\r\nConnection: close\r\nContent-Length: 103\r\n\r\n"
-         b'{"type":"about:blank","title":"too many connections","status":503,'
-         b'"detail":"too many open connections"}')
+_BUSY_BODY = json.dumps(Problem(503, "too many connections", "too many open connections").body,
+                        separators=(",", ":")).encode()
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: %s\r\nRetry-After: 1\r\n"
+         b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
+         % (PROBLEM.encode(), len(_BUSY_BODY), _BUSY_BODY))
 
 
 class _PeerFaultLogger(logging.LoggerAdapter):  # type: ignore[type-arg]

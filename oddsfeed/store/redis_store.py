@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import bisect
 import os
-import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any, cast
@@ -15,7 +14,8 @@ from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
-from ..book import Changed, Created, Delta, NoOp, Rejected
+from ..book import OUTCOME_NAMES, Changed, Created, Delta, NoOp, Rejected
+from ..clock import now_ms as clock_now_ms
 from ..errors import InvalidInput, StoreError
 from ..model import Market, MarketUpdate
 from . import codec
@@ -58,6 +58,13 @@ class Precondition:
 
 
 StoreOutcome = Created | Changed | NoOp | Rejected | OutOfOrder | Precondition
+_NAMES: Mapping[type, str] = {**OUTCOME_NAMES, OutOfOrder: "outoforder",
+                              Precondition: "precondition"}
+
+
+def outcome_name(outcome: StoreOutcome) -> str:
+    """How logs, metrics and answers name an apply outcome ("created", "outoforder", ...)."""
+    return _NAMES[type(outcome)]
 
 
 def _script(name: str) -> str:
@@ -132,7 +139,7 @@ class Store:
     def _apply_args(self, update: MarketUpdate, expect: tuple[str, int] | None,
                     now_ms: int | None) -> tuple[list[str], list[Any]]:
         mid = update.market
-        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        now = now_ms if now_ms is not None else clock_now_ms()
         args: list[Any] = [
             msgpack.packb({**update.to_store(), "order": list(update.selections)},
                           use_bin_type=True), market_channel(mid),

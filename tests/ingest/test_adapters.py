@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +14,12 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from ingest.main import load_mappings, run_adapter
-from ingest.replay import Recorder
 from oddsfeed.cli import main as cli_main
+from oddsfeed.freeport import free_port
 from oddsfeed.settings import Settings, load_settings
 from oddsfeed.store import Store
+from oddsfeed_ingest.main import load_mappings, run_adapter
+from oddsfeed_ingest.replay import Recorder
 
 from .conftest import until
 from .test_betfair import IMAGE
@@ -30,12 +30,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def settings(tmp_path: Path, **extra: Any) -> Settings:
     return load_settings(None, {}, {"ingest.mapping_file": str(tmp_path / "none.toml"),
                                     "ingest.staleness_s": 60, **extra})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _state(store: Store) -> dict[str, Any]:

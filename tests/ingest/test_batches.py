@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from ingest.normalised import normalize_message
-from ingest.runner import FeedRunner
 from oddsfeed.book import Changed, Created, NoOp, Rejected
 from oddsfeed.errors import StoreError
 from oddsfeed.model import Market, MarketUpdate
 from oddsfeed.store import OutOfOrder, Store
 from oddsfeed.store.codec import history_key
+from oddsfeed_ingest.normalised import normalize_message
+from oddsfeed_ingest.runner import FeedRunner
 
 from .conftest import ManualClock
 

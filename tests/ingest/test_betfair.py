@@ -12,11 +12,11 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection, serve
 
-from ingest.betfair import StreamState, run_stream
-from ingest.runner import FeedRunner
 from oddsfeed.errors import ProviderDataError
 from oddsfeed.model import MarketUpdate
 from oddsfeed.store import Store
+from oddsfeed_ingest.betfair import StreamState, run_stream
+from oddsfeed_ingest.runner import FeedRunner
 
 from .conftest import until
 

@@ -9,10 +9,10 @@ import asyncio
 from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 
-from ingest.normalised import normalize_message
-from ingest.runner import FeedRunner
 from oddsfeed.model import MarketUpdate
 from oddsfeed.store import Store
+from oddsfeed_ingest.normalised import normalize_message
+from oddsfeed_ingest.runner import FeedRunner
 
 from .conftest import ManualClock, until
 

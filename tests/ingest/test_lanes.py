@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from ingest.normalised import normalize_message
-from ingest.runner import FeedRunner, Lanes
 from oddsfeed.errors import StoreError
 from oddsfeed.model import MarketUpdate
 from oddsfeed.store import Store
+from oddsfeed_ingest.normalised import normalize_message
+from oddsfeed_ingest.runner import FeedRunner, Lanes
 
 
 def upd(market: str, seq: int) -> MarketUpdate:

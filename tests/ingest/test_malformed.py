@@ -7,10 +7,10 @@ import json
 
 from structlog.testing import capture_logs
 
-from ingest.normalised import Mapping
-from ingest.replay import Normalizer, replay
-from ingest.runner import FeedRunner
 from oddsfeed.store import Store
+from oddsfeed_ingest.normalised import FeedMapping
+from oddsfeed_ingest.replay import Normalizer, replay
+from oddsfeed_ingest.runner import FeedRunner
 
 ODDS_EVENT = {"id": "ev1", "sport_key": "soccer_epl", "commence_time": "2030-01-01T15:00:00Z",
               "home_team": "A", "away_team": "B", "bookmakers": [
@@ -85,7 +85,7 @@ async def test_each_malformed_kind_is_skipped_and_counted(store: Store) -> None:
     lines = [good[0]]
     for (_, bad), ok in zip(MALFORMED, good[1:], strict=True):
         lines += [bad, ok]
-    strict = Mapping(create_unknown=False, markets={"m1": "m1"}, events={"e1": "e1"})
+    strict = FeedMapping(create_unknown=False, markets={"m1": "m1"}, events={"e1": "e1"})
     runner = FeedRunner(store, "replay:bad")
     with capture_logs() as logs:
         n = await replay(lines, runner.submit, runner.bad, speed=0,

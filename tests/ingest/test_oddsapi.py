@@ -13,10 +13,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from ingest.oddsapi import Poller, normalize_event, retry_after_s
-from ingest.runner import FeedRunner
 from oddsfeed.errors import ProviderDataError
 from oddsfeed.store import OutOfOrder, Store
+from oddsfeed_ingest.oddsapi import Poller, normalize_event, retry_after_s
+from oddsfeed_ingest.runner import FeedRunner
 
 from .conftest import ManualClock, until
 

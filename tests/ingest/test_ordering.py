@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import random
 
-from ingest.normalised import normalize_message
-from ingest.runner import FeedRunner
 from oddsfeed.book import Changed, Created
 from oddsfeed.model import MarketUpdate
 from oddsfeed.store import OutOfOrder, Store
+from oddsfeed_ingest.normalised import normalize_message
+from oddsfeed_ingest.runner import FeedRunner
 
 
 def update(seq: int, market: str = "o1") -> MarketUpdate:

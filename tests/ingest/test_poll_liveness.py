@@ -13,10 +13,10 @@ from typing import Any
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from ingest.main import run_adapter
-from ingest.oddsapi import redact_url
 from oddsfeed.settings import load_settings
 from oddsfeed.store import Store
+from oddsfeed_ingest.main import run_adapter
+from oddsfeed_ingest.oddsapi import redact_url
 
 from .conftest import until
 from .test_oddsapi import EVENT

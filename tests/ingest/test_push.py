@@ -10,11 +10,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ingest.push import build_push_app
-from ingest.runner import FeedRunner
 from oddsfeed.auth import Authenticator
 from oddsfeed.settings import load_settings
 from oddsfeed.store import Store
+from oddsfeed_ingest.push import build_push_app
+from oddsfeed_ingest.runner import FeedRunner
 
 ServeApp = Callable[[web.Application], Awaitable[str]]
 SECRET = "push-test-secret-0123456789abcdef"

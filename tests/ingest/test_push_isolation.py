@@ -14,14 +14,14 @@ import aiohttp
 import pytest
 from prometheus_client import REGISTRY
 
-from ingest.main import run_adapter
 from oddsfeed.auth import Authenticator
 from oddsfeed.embedded import EmbeddedValkey
+from oddsfeed.freeport import free_port
 from oddsfeed.settings import Settings, load_settings
 from oddsfeed.store import Store
+from oddsfeed_ingest.main import run_adapter
 
 from .conftest import until
-from .test_adapters import free_port
 
 SECRET = "push-isolation-secret-0123456789abcdef"
 CREATE = {"market": "iso1", "event": "e", "sport": "s", "name": "n",

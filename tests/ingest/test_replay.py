@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from ingest.normalised import to_message
-from ingest.replay import Normalizer, Recorder, replay
-from ingest.runner import FeedRunner
-from ingest.simulator import SimulatorConfig, updates_for
 from oddsfeed.errors import ProviderDataError
 from oddsfeed.model import MarketUpdate
 from oddsfeed.store import Store
+from oddsfeed_ingest.normalised import to_message
+from oddsfeed_ingest.replay import Normalizer, Recorder, replay
+from oddsfeed_ingest.runner import FeedRunner
+from oddsfeed_ingest.simulator import SimulatorConfig, updates_for
 
 from .conftest import FIXTURES
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from ingest.runner import FeedRunner
-from ingest.simulator import MARKETS, SimulatorConfig, run_simulator, updates_for
 from oddsfeed.book import Rejected
 from oddsfeed.model import MarketUpdate
 from oddsfeed.prices import overround
 from oddsfeed.store import Store
+from oddsfeed_ingest.runner import FeedRunner
+from oddsfeed_ingest.simulator import MARKETS, SimulatorConfig, run_simulator, updates_for
 
 from .conftest import until
 

@@ -15,16 +15,16 @@ import pytest
 from click.testing import CliRunner
 from structlog.testing import capture_logs
 
-from ingest.betfair import StreamRefused, StreamState, failure_action, run_stream
-from ingest.main import run_adapter
-from ingest.runner import FeedRunner
 from oddsfeed.cli import main as cli_main
+from oddsfeed.freeport import free_port
 from oddsfeed.settings import Settings, load_settings
 from oddsfeed.store import Store
+from oddsfeed_ingest.betfair import StreamRefused, StreamState, failure_action, run_stream
+from oddsfeed_ingest.main import run_adapter
+from oddsfeed_ingest.runner import FeedRunner
 
 from .conftest import until
 from .fake_stream import FakeStream
-from .test_adapters import free_port
 from .test_betfair import DEF, IMAGE
 
 ENV = {"ODDSFEED_INGEST__APP_KEY": "app-key-1", "ODDSFEED_INGEST__SESSION": "session-1"}

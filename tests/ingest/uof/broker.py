@@ -13,18 +13,13 @@ import time
 import uuid
 from pathlib import Path
 
+from oddsfeed.freeport import free_port
 from tests.sysdeps import debian_binary
 
 # The Debian wrapper (/usr/sbin) switches to the rabbitmq user; the script it runs does not.
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 START_TIMEOUT_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _port_open(port: int) -> bool:

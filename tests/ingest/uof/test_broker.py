@@ -19,11 +19,11 @@ import aio_pika
 import pytest
 from structlog.testing import capture_logs
 
-from ingest.main import run_adapter
-from ingest.runner import FeedRunner
 from oddsfeed.model import Market
 from oddsfeed.settings import load_settings
 from oddsfeed.store import Store
+from oddsfeed_ingest.main import run_adapter
+from oddsfeed_ingest.runner import FeedRunner
 
 from ..conftest import until
 from .broker import Broker

@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ingest.runner import FeedRunner
-from ingest.uof import (
+from oddsfeed.cli import main as cli_main
+from oddsfeed.errors import ProviderDataError
+from oddsfeed.store import Store
+from oddsfeed_ingest.runner import FeedRunner
+from oddsfeed_ingest.uof import (
     MAX_XML_BYTES,
     STATUS,
     UofMapping,
@@ -18,10 +21,7 @@ from ingest.uof import (
     parse_specifiers,
     parse_xml,
 )
-from ingest.uof_amqp import masked_url
-from oddsfeed.cli import main as cli_main
-from oddsfeed.errors import ProviderDataError
-from oddsfeed.store import Store
+from oddsfeed_ingest.uof_amqp import masked_url
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[2]
