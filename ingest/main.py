@@ -21,8 +21,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from oddsfeed.auth import Authenticator
-from oddsfeed.errors import ProviderDataError
-from oddsfeed.model import MarketUpdate
+from oddsfeed.core.errors import ProviderDataError
+from oddsfeed.core.model import MarketUpdate
 from oddsfeed.settings import Settings
 
 from .betfair import StreamState, run_stream

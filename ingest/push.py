@@ -30,8 +30,8 @@ from typing import Any
 from aiohttp import web
 
 from oddsfeed.auth import WRITE, Authenticator, AuthError
-from oddsfeed.errors import ProviderDataError, StoreError
-from oddsfeed.model import MarketUpdate
+from oddsfeed.core.errors import ProviderDataError, StoreError
+from oddsfeed.core.model import MarketUpdate
 
 from .normalised import Mapping, normalize_message, safe_id
 from .runner import FeedRunner

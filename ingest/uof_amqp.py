@@ -20,8 +20,8 @@ from typing import Any
 import structlog
 from prometheus_client import Counter
 
-from oddsfeed.errors import OddsfeedError, ProviderDataError
-from oddsfeed.model import MarketUpdate
+from oddsfeed.core.errors import OddsfeedError, ProviderDataError
+from oddsfeed.core.model import MarketUpdate
 
 from .runner import FeedRunner
 from .uof import PROVIDER, UofState, load_uof_mapping

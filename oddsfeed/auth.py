@@ -14,7 +14,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from .errors import OddsfeedError
+from .core.errors import OddsfeedError
 from .settings import AuthSettings
 
 SCOPES = ("odds:read", "odds:write", "bets:validate")

@@ -13,22 +13,21 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from oddsfeed.embedded import EmbeddedCluster, EmbeddedServerError, EmbeddedValkey
+from oddsfeed.core.redact import MASK, redact_url
 from oddsfeed.log import configure_logging, get_logger
-from oddsfeed.redact import MASK, redact_url
+from oddsfeed.loop import run_async
 from oddsfeed.settings import Settings, SettingsError, load_settings
 
 __all__ = ["load_cli_settings", "main", "run_all", "run_async"]
 
 DEFAULT_CONFIG = Path("config/oddsfeed.toml")
-_T = TypeVar("_T")
 
 
 @dataclass
@@ -70,19 +69,6 @@ def _settings(cli: _Cli, flags: dict[str, Any]) -> Settings:
     settings = load_cli_settings(cli.config_path, {**cli.overrides, **flags})
     configure_logging(settings.log.level, settings.log.format, sys.stderr.isatty())
     return settings
-
-
-def run_async(main_coro: Coroutine[Any, Any, _T]) -> _T:
-    """Run ``main_coro`` to completion on uvloop (asyncio's loop where uvloop is missing)."""
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    try:
-        import uvloop  # optional speed-up; absent on some platforms
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover
-        pass
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(main_coro)
 
 
 # ------------------------------------------------------------------ options
@@ -188,6 +174,8 @@ def _not_yet(command: str) -> None:
 @click.pass_obj
 def run(cli: _Cli, /, **flags: Any) -> None:
     """All-in-one: embedded Valkey (unless redis.url is set), demo feed, fan-out and API."""
+    from oddsfeed.embedded import EmbeddedServerError  # dev tooling: loaded only when used
+
     settings = _settings(cli, _overrides(flags))
     _check_auth(settings, demo=demo_mode(settings))
     try:
@@ -213,6 +201,8 @@ async def run_all(settings: Settings, *, stop: asyncio.Event | None = None) -> i
 
         redis_url = settings.redis.url
         if not redis_url:
+            from oddsfeed.embedded import EmbeddedCluster, EmbeddedValkey
+
             if settings.redis.cluster:
                 # Started in this (the loop's) thread: PR_SET_PDEATHSIG follows the thread.
                 cluster = EmbeddedCluster(n_primaries=3).start()
@@ -565,6 +555,8 @@ def valkey(
     cluster_nodes: int,
 ) -> None:
     """Run an embedded Valkey in the foreground and print its url (for development)."""
+    from oddsfeed.embedded import EmbeddedCluster, EmbeddedServerError, EmbeddedValkey
+
     _settings(cli, {})
     stop = threading.Event()
 

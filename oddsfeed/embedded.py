@@ -28,7 +28,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from oddsfeed.errors import OddsfeedError
+from oddsfeed.core.errors import OddsfeedError
 
 __all__ = [
     "EmbeddedCluster",

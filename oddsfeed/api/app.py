@@ -18,18 +18,19 @@ from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ValidationError
 
 from ..auth import ANONYMOUS, READ, VALIDATE, WRITE, Authenticator, AuthError, Principal
-from ..book import Changed, Created, Rejected
-from ..errors import InvalidInput, StoreError
-from ..model import ID_RE, Market, MarketUpdate
+from ..core.book import Changed, Created, Rejected
+from ..core.errors import InvalidInput, StoreError
+from ..core.model import ID_RE, Market, MarketUpdate
+from ..services.validation import validate_slip
 from ..settings import Settings
 from ..store import OutOfOrder, Precondition, Store, StoreOutcome
-from ..validation import validate_slip
 from . import schemas
 from .body import parse_json
 from .idempotency import idempotent
 from .listener import SERVER
 from .openapi import ROUTES
 from .problem import Problem
+from .validation_metrics import VALIDATION_METRICS
 
 STATIC_DIR = Path(__file__).parent / "static"
 _STATIC_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,100}$")  # no paths, no dot-files
@@ -420,7 +421,8 @@ async def validate_bets(request: web.Request) -> web.Response:
                       f"{limit} bet-slip validations are in progress; retry", retry_after=1)
     validating[0] += 1
     try:
-        return web.json_response(await validate_slip(request.app[K_STORE], legs, slip.accept))
+        return web.json_response(await validate_slip(request.app[K_STORE], legs, slip.accept,
+                                                       metrics=VALIDATION_METRICS))
     finally:
         validating[0] -= 1
 

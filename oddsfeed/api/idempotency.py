@@ -14,7 +14,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from ..auth import Principal
-from ..errors import StoreError
+from ..core.errors import StoreError
 from ..store import Store
 from .problem import PROBLEM, Problem
 

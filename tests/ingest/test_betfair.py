@@ -14,8 +14,8 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from ingest.betfair import StreamState, run_stream
 from ingest.runner import FeedRunner
-from oddsfeed.errors import ProviderDataError
-from oddsfeed.model import MarketUpdate
+from oddsfeed.core.errors import ProviderDataError
+from oddsfeed.core.model import MarketUpdate
 from oddsfeed.store import Store
 
 from .conftest import until

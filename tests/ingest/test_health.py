@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from ingest.normalised import normalize_message
 from ingest.runner import FeedRunner
-from oddsfeed.model import MarketUpdate
+from oddsfeed.core.model import MarketUpdate
 from oddsfeed.store import Store
 
 from .conftest import ManualClock, until

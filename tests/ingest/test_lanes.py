@@ -12,8 +12,8 @@ import pytest
 
 from ingest.normalised import normalize_message
 from ingest.runner import FeedRunner, Lanes
-from oddsfeed.errors import StoreError
-from oddsfeed.model import MarketUpdate
+from oddsfeed.core.errors import StoreError
+from oddsfeed.core.model import MarketUpdate
 from oddsfeed.store import Store
 
 

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from ingest.oddsapi import Poller, normalize_event, retry_after_s
 from ingest.runner import FeedRunner
-from oddsfeed.errors import ProviderDataError
+from oddsfeed.core.errors import ProviderDataError
 from oddsfeed.store import OutOfOrder, Store
 
 from .conftest import ManualClock, until

@@ -7,8 +7,8 @@ import random
 
 from ingest.normalised import normalize_message
 from ingest.runner import FeedRunner
-from oddsfeed.book import Changed, Created
-from oddsfeed.model import MarketUpdate
+from oddsfeed.core.book import Changed, Created
+from oddsfeed.core.model import MarketUpdate
 from oddsfeed.store import OutOfOrder, Store
 
 

@@ -15,8 +15,8 @@ from ingest.normalised import to_message
 from ingest.replay import Normalizer, Recorder, replay
 from ingest.runner import FeedRunner
 from ingest.simulator import SimulatorConfig, updates_for
-from oddsfeed.errors import ProviderDataError
-from oddsfeed.model import MarketUpdate
+from oddsfeed.core.errors import ProviderDataError
+from oddsfeed.core.model import MarketUpdate
 from oddsfeed.store import Store
 
 from .conftest import FIXTURES

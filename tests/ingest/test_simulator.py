@@ -12,9 +12,9 @@ import pytest
 
 from ingest.runner import FeedRunner
 from ingest.simulator import MARKETS, SimulatorConfig, run_simulator, updates_for
-from oddsfeed.book import Rejected
-from oddsfeed.model import MarketUpdate
-from oddsfeed.prices import overround
+from oddsfeed.core.book import Rejected
+from oddsfeed.core.model import MarketUpdate
+from oddsfeed.core.prices import overround
 from oddsfeed.store import Store
 
 from .conftest import until

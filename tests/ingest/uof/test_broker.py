@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 
 from ingest.main import run_adapter
 from ingest.runner import FeedRunner
-from oddsfeed.model import Market
+from oddsfeed.core.model import Market
 from oddsfeed.settings import load_settings
 from oddsfeed.store import Store
 

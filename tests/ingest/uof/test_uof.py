@@ -20,7 +20,7 @@ from ingest.uof import (
 )
 from ingest.uof_amqp import masked_url
 from oddsfeed.cli import main as cli_main
-from oddsfeed.errors import ProviderDataError
+from oddsfeed.core.errors import ProviderDataError
 from oddsfeed.store import Store
 
 HERE = Path(__file__).parent
