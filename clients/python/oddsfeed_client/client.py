@@ -14,10 +14,10 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from oddsfeed.core import wire
-from oddsfeed.core.book import Applied, Delta, Duplicate, apply_delta
-from oddsfeed.core.model import Market
-from oddsfeed.core.prices import parse_price
+from ._core import wire
+from ._core.book import Applied, Delta, Duplicate, apply_delta
+from ._core.model import Market
+from ._core.prices import parse_price
 
 PROTOCOLS = {"json": "oddsfeed.v1.json", "msgpack": "oddsfeed.v1.msgpack"}
 
