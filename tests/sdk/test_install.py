@@ -25,8 +25,7 @@ SERVER_ONLY = {"oddsfeed", "redis", "hiredis", "aiohttp", "pydantic", "pydantic-
 DECODE = """
 import json, sys
 import oddsfeed_client
-from oddsfeed_client._core import wire
-from oddsfeed_client._core.model import Market
+from oddsfeed_client.core import Market, wire
 msg = wire.decode_message(bytes.fromhex(sys.argv[1]), "msgpack")
 market = Market.from_wire(msg["market"])
 print(json.dumps({"op": msg["op"], "id": market.id,
@@ -59,4 +58,4 @@ def test_sdk_installs_into_an_empty_venv_without_server_dependencies(tmp_path: P
     got = json.loads(out.stdout)
     assert (got["op"], got["id"]) == ("snapshot", "m1")
     assert got["prices"] == [["a", 30000], ["h", 25000]]
-    assert got["modules"] == []  # the server package is not there to import
+    assert got["modules"] == []  # the server package is not there: the bundled core is used

@@ -14,10 +14,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from ._core import wire
-from ._core.book import Applied, Delta, Duplicate, apply_delta
-from ._core.model import Market
-from ._core.prices import parse_price
+from .core import Applied, Delta, Duplicate, Market, apply_delta, parse_price, wire
 
 PROTOCOLS = {"json": "oddsfeed.v1.json", "msgpack": "oddsfeed.v1.msgpack"}
 

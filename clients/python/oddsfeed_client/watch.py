@@ -9,7 +9,6 @@ from rich.live import Live
 from rich.table import Table
 
 from ._core.prices import to_float
-
 from .client import OddsFeedClient
 
 
