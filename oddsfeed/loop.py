@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -20,3 +22,20 @@ def run_async(main_coro: Coroutine[Any, Any, _T]) -> _T:
         pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(main_coro)
+
+
+def install_stop_signals(stop: asyncio.Event, log: Any) -> None:
+    """Make the first SIGINT/SIGTERM set ``stop``; a second one gets the default action."""
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def on_signal(signum: int) -> None:
+        log.info("stop requested", signal=signal.Signals(signum).name)
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        stop.set()
+
+    for sig in signals:
+        # Not in the main thread (e.g. an in-process test): rely on `stop` alone.
+        with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
+            loop.add_signal_handler(sig, on_signal, int(sig))
