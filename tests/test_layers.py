@@ -21,8 +21,10 @@ CORE_ALLOWED = {"__future__", "collections", "dataclasses", "decimal", "enum", "
 # Adapters: each package of oddsfeed/ other than the core and the services, and ingest.
 ADAPTERS = sorted(p.name for p in PKG.iterdir()
                   if (p / "__init__.py").is_file() and p.name not in {"core", "services"})
-# The composition root wires everything; nothing but itself imports it.
-ROOT_MODULES = {"oddsfeed.cli", "oddsfeed.worker", "oddsfeed.__main__"}
+# The composition root wires everything; nothing but itself imports it (nor the embedded
+# Valkey launcher, dev and test tooling that only the root loads, lazily).
+ROOT_MODULES = {"oddsfeed.cli", "oddsfeed.worker", "oddsfeed.__main__", "oddsfeed.allinone",
+                "oddsfeed.config", "oddsfeed.loop", "oddsfeed.embedded"}
 
 
 def module_name(path: Path) -> str:
@@ -93,9 +95,20 @@ def test_services_import_only_the_core(name: str) -> None:
     assert not outside, (name, outside)
 
 
+def test_settings_are_a_config_layer() -> None:
+    """settings.py (the pydantic configuration model) imports pydantic, the standard library
+    and the core only: every layer may read it, it reads no layer."""
+    path = PKG / "settings.py"
+    found = imports(path, "oddsfeed")
+    outside = {m for m in found if not m.startswith("oddsfeed.core")
+               and m.split(".")[0] not in sys.stdlib_module_names | {"pydantic"}}
+    assert not outside, outside
+
+
 @pytest.mark.parametrize("adapter", ADAPTERS)
 def test_adapters_do_not_import_each_other(adapter: str) -> None:
-    """Adapters never import one another or the composition root (the worker wires them);
+    """Adapters never import one another, the launcher or the composition root (the worker
+    wires them);
     the one exception is the public oddsfeed.store package, whose types the others read."""
     shared = set() if adapter == "store" else {"store"}
     banned = {f"oddsfeed.{other}" for other in ADAPTERS
