@@ -107,9 +107,8 @@ def test_settings_are_a_config_layer() -> None:
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
 def test_adapters_do_not_import_each_other(adapter: str) -> None:
-    """Adapters never import one another, the launcher or the composition root (the worker
-    wires them);
-    the one exception is the public oddsfeed.store package, whose types the others read."""
+    """Adapters import no other adapter (but the public store package), no launcher and no
+    part of the composition root, which wires them."""
     shared = set() if adapter == "store" else {"store"}
     banned = {f"oddsfeed.{other}" for other in ADAPTERS
               if other != adapter and other not in shared} | ROOT_MODULES
