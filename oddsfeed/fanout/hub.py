@@ -8,7 +8,7 @@ Rules this module enforces:
   never a hole between catch-up and live;
 - every delta is forwarded only on top of the version the client holds; a gap on the
   Redis -> node hop (pub/sub is at-most-once) is repaired with a snapshot, never skipped;
-- each message is one shared :class:`~oddsfeed.core.wire.Outgoing`, encoded once per encoding;
+- each message is one shared :class:`~oddsfeed.wire.Outgoing`, encoded once per encoding;
 - a subscription never waits silently: a catch-up whose store read fails leaves the market
   subscribed and owed (a snapshot or ``gone`` follows once the store answers), items held
   during a catch-up count against the connection's outbox limit, and every client is told

@@ -1,6 +1,6 @@
 """The WebSocket server: handshake (path, auth, subprotocol, limits), one reader and one
 writer per connection, heartbeats, slow-consumer and token-expiry closes. It only moves
-bytes; the protocol state lives in :mod:`oddsfeed.fanout.hub` and :mod:`oddsfeed.core.session`.
+bytes; the protocol state lives in :mod:`oddsfeed.fanout.hub` and :mod:`oddsfeed.session`.
 """
 
 from __future__ import annotations

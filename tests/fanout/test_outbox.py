@@ -1,4 +1,4 @@
-"""The per-connection outbox (oddsfeed.core.session.Outbox) as pure values: conflation past the
+"""The per-connection outbox (oddsfeed.session.Outbox) as pure values: conflation past the
 high-water mark, urgent messages, and the slow-consumer verdicts (protocol.md section 2)."""
 
 from __future__ import annotations
