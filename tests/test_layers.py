@@ -137,22 +137,24 @@ def test_adapters_use_only_the_public_store_package(adapter: str) -> None:
         assert not modules, (rel, modules)
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(*, type_only: bool = False) -> dict[str, set[str]]:
     """Edges module -> oddsfeed module it imports, anywhere in the file (lazy imports too).
 
     ``from pkg import name`` points at ``pkg.name`` when that is a module, else at ``pkg``;
     an edge to one's own parent package is left out (Python imports parents first, so it is
-    never a cycle of ours), and so are imports under ``if TYPE_CHECKING:`` (never run).
+    never a cycle of ours), and so are imports under ``if TYPE_CHECKING:`` (never run)
+    unless ``type_only``.
     """
     graph: dict[str, set[str]] = {}
     for name, path in ALL.items():
         edges: set[str] = set()
         tree = ast.parse(path.read_text())
-        type_only = {id(n) for block in ast.walk(tree)
-                     if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
-                     for stmt in block.body for n in ast.walk(stmt)}
+        skipped = set() if type_only else {
+            id(n) for block in ast.walk(tree)
+            if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+            for stmt in block.body for n in ast.walk(stmt)}
         for node in ast.walk(tree):
-            if id(node) in type_only:
+            if id(node) in skipped:
                 continue
             targets: list[str] = []
             if isinstance(node, ast.Import):
@@ -205,6 +207,13 @@ def test_find_cycle_reports_a_cycle() -> None:
 def test_no_import_cycles() -> None:
     """No oddsfeed module imports itself through others, lazily or not."""
     assert find_cycle(import_graph()) == []
+
+
+@pytest.mark.xfail(strict=True, reason="the fan-out hub and its helpers (owed) still name each "
+                   "other's types; drop this mark when the helpers see the hub through a protocol")
+def test_no_import_cycles_with_type_only_imports() -> None:
+    """No oddsfeed module names itself through others' types either (TYPE_CHECKING imports)."""
+    assert find_cycle(import_graph(type_only=True)) == []
 
 
 def test_token_command_loads_no_store_or_server_library(tmp_path: Path) -> None:
