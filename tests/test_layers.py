@@ -85,6 +85,17 @@ def test_core_imports_nothing_outside_the_core(name: str) -> None:
     assert not outside, (name, outside)
 
 
+@pytest.mark.parametrize("name", CORE)
+def test_core_imports_itself_relatively(name: str) -> None:
+    """Core modules name each other relatively, so the copy the SDK ships as
+    oddsfeed_client._core imports itself and never the server package."""
+    for node in ast.walk(ast.parse(ALL[name].read_text())):
+        if isinstance(node, ast.ImportFrom) and not node.level:
+            assert not (node.module or "").startswith("oddsfeed"), (name, node.module)
+        if isinstance(node, ast.Import):
+            assert not any(a.name.startswith("oddsfeed") for a in node.names), name
+
+
 @pytest.mark.parametrize("name", SERVICES)
 def test_services_import_only_the_core(name: str) -> None:
     """Services import the core and the standard library, never an adapter or a library."""
