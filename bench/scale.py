@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from oddsfeed.model import MarketUpdate
+from oddsfeed.core.model import MarketUpdate
 from oddsfeed.store import Store
 from tests.deploy.netns import Topology
 

@@ -15,8 +15,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from oddsfeed.core.model import MarketUpdate
 from oddsfeed.embedded import EmbeddedCluster, EmbeddedValkey
-from oddsfeed.model import MarketUpdate
 from oddsfeed.store import Store
 
 from .common import cli, environment, summary_ms

@@ -18,8 +18,8 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 
 from oddsfeed.auth import Authenticator
+from oddsfeed.core.model import MarketUpdate
 from oddsfeed.embedded import EmbeddedValkey
-from oddsfeed.model import MarketUpdate
 from oddsfeed.settings import load_settings
 from oddsfeed.worker import Worker
 

@@ -32,9 +32,9 @@ import structlog
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import WebSocketException
 
-from oddsfeed.errors import InvalidInput, ProviderDataError
-from oddsfeed.model import MAX_BET_DELAY_MS, MarketUpdate
-from oddsfeed.prices import from_decimal
+from oddsfeed.core.errors import InvalidInput, ProviderDataError
+from oddsfeed.core.model import MAX_BET_DELAY_MS, MarketUpdate
+from oddsfeed.core.prices import from_decimal
 
 from .errors import ProviderRefused
 from .normalised import FeedMapping

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from oddsfeed.errors import OddsfeedError
+from oddsfeed.core.errors import OddsfeedError
 
 __all__ = ["ProviderRefused"]
 

@@ -18,9 +18,9 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from oddsfeed.api.metrics import metrics
-from oddsfeed.model import MarketUpdate
+from oddsfeed.core.model import MarketUpdate
 from oddsfeed.settings import Settings
+from oddsfeed.webkit import metrics
 
 from .normalised import FeedMapping
 from .registry import ADAPTERS, AdapterRun, Recorder

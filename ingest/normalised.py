@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from oddsfeed.errors import InvalidInput, ProviderDataError
-from oddsfeed.model import MARKET_FIELDS, MarketUpdate, check_price_input
+from oddsfeed.core.errors import InvalidInput, ProviderDataError
+from oddsfeed.core.model import MARKET_FIELDS, MarketUpdate, check_price_input
 
 _TOP = {"market", "event", "sport", "name", "kind", "status", "in_play", "bet_delay_ms",
         "selections", "ts", "seq", "replace"}

@@ -22,9 +22,9 @@ from typing import Any
 import aiohttp
 import structlog
 
-from oddsfeed.errors import InvalidInput, ProviderDataError
-from oddsfeed.model import MarketUpdate
-from oddsfeed.prices import FORMATS, parse_price
+from oddsfeed.core.errors import InvalidInput, ProviderDataError
+from oddsfeed.core.model import MarketUpdate
+from oddsfeed.core.prices import FORMATS, parse_price
 
 from .normalised import FeedMapping
 

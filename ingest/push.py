@@ -29,13 +29,13 @@ from typing import Any
 
 from aiohttp import web
 
-from oddsfeed.api.problem import Problem
 from oddsfeed.auth import WRITE, Authenticator, AuthError
 from oddsfeed.bearer import bearer_token
-from oddsfeed.book import OUTCOME_NAMES, Changed, Created, NoOp
-from oddsfeed.errors import ProviderDataError, StoreError
-from oddsfeed.model import MarketUpdate
+from oddsfeed.core.book import OUTCOME_NAMES, Changed, Created, NoOp
+from oddsfeed.core.errors import ProviderDataError, StoreError
+from oddsfeed.core.model import MarketUpdate
 from oddsfeed.store import outcome_name
+from oddsfeed.webkit import Problem
 
 from .normalised import FeedMapping, normalize_message, safe_id
 from .runner import FeedRunner

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from oddsfeed.model import MarketUpdate
+    from oddsfeed.core.model import MarketUpdate
     from oddsfeed.settings import Settings
 
     from .normalised import FeedMapping
@@ -201,7 +201,7 @@ async def _replay(run: AdapterRun) -> None:
 
 async def _http_poll(run: AdapterRun) -> None:
     from oddsfeed.clock import now_ms
-    from oddsfeed.errors import ProviderDataError
+    from oddsfeed.core.errors import ProviderDataError
 
     from .oddsapi import Poller, normalize_event
 

@@ -11,8 +11,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import IO, Any
 
-from oddsfeed.errors import ProviderDataError
-from oddsfeed.model import MarketUpdate
+from oddsfeed.core.errors import ProviderDataError
+from oddsfeed.core.model import MarketUpdate
 
 from .betfair import StreamState
 from .normalised import FeedMapping, normalize_message, parse_line

@@ -21,9 +21,9 @@ from typing import Any, Protocol, TypeVar
 import structlog
 from prometheus_client import Counter, Gauge
 
-from oddsfeed.book import OUTCOME_NAMES, Changed, Created, NoOp, Rejected
-from oddsfeed.errors import InvalidInput, ProviderDataError, StoreError
-from oddsfeed.model import MarketUpdate
+from oddsfeed.core.book import OUTCOME_NAMES, Changed, Created, NoOp, Rejected
+from oddsfeed.core.errors import InvalidInput, ProviderDataError, StoreError
+from oddsfeed.core.model import MarketUpdate
 
 log = structlog.get_logger("oddsfeed.ingest")
 

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from oddsfeed.model import MarketUpdate
-from oddsfeed.prices import MAX_PRICE, MIN_PRICE, SCALE
+from oddsfeed.core.model import MarketUpdate
+from oddsfeed.core.prices import MAX_PRICE, MIN_PRICE, SCALE
 
 from .runner import Applier, FeedRunner
 
@@ -157,7 +157,7 @@ def market_probabilities(spec: MarketSpec, view: Outlook) -> dict[str, float]:
 def priced(probabilities: list[float], margin: float) -> list[int]:
     """Canonical prices for true probabilities scaled up by ``1 + margin`` (the overround).
 
-    Our own float version of :func:`oddsfeed.prices.with_margin`, 20x faster: a model price
+    Our own float version of :func:`oddsfeed.core.prices.with_margin`, 20x faster: a model price
     needs no exactness, only the resulting int ticks do. Clamped into 1.0001-10000.
     """
     out = []

@@ -38,9 +38,9 @@ from defusedxml.ElementTree import fromstring
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from oddsfeed.errors import InvalidInput, PriceError, ProviderDataError
-from oddsfeed.model import MarketUpdate
-from oddsfeed.prices import from_decimal
+from oddsfeed.core.errors import InvalidInput, PriceError, ProviderDataError
+from oddsfeed.core.model import MarketUpdate
+from oddsfeed.core.prices import from_decimal
 
 from .normalised import safe_id
 

@@ -20,8 +20,8 @@ from typing import Any
 import structlog
 from prometheus_client import Counter
 
-from oddsfeed.errors import ProviderDataError
-from oddsfeed.model import MarketUpdate
+from oddsfeed.core.errors import ProviderDataError
+from oddsfeed.core.model import MarketUpdate
 
 from .errors import ProviderRefused
 from .runner import FeedRunner

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from .errors import OddsfeedError
+from .core.errors import OddsfeedError
 from .settings import AuthSettings
 
 SCOPES = ("odds:read", "odds:write", "bets:validate")
@@ -45,13 +44,13 @@ class Principal:
 ANONYMOUS = Principal(sub="anonymous", scopes=frozenset({READ}), exp=0)
 
 
-def _load_key(text: str) -> tuple[Any, list[str]]:
-    """A configured public key (PEM text or a file path) and the one alg family it signs.
+def _load_key(pem: str) -> tuple[Any, list[str]]:
+    """A configured public key (PEM text: the composition root reads key files) and the one
+    alg family it signs.
 
     Each key verifies only its own algorithm, so an RSA key can never be used as an HMAC
     secret (the classic alg confusion) and an ES256 token is never tried on an RSA key.
     """
-    pem = text if "-----BEGIN" in text else Path(text).read_text(encoding="utf-8")
     try:
         key = serialization.load_pem_public_key(pem.encode())
     except ValueError as exc:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import os
 import signal
@@ -14,22 +13,22 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from oddsfeed.embedded import EmbeddedCluster, EmbeddedServerError, EmbeddedValkey
+from oddsfeed.allinone import demo_mode, run_all
+from oddsfeed.config import DEFAULT_CONFIG, load_cli_settings
+from oddsfeed.core.redact import MASK, redact_url
 from oddsfeed.log import configure_logging, get_logger
-from oddsfeed.redact import MASK, redact_url
-from oddsfeed.settings import Settings, SettingsError, load_settings
+from oddsfeed.loop import install_stop_signals, run_async
+from oddsfeed.settings import Settings
 
 __all__ = ["load_cli_settings", "main", "run_all", "run_async"]
 
-DEFAULT_CONFIG = Path("config/oddsfeed.toml")
-_T = TypeVar("_T")
 
 
 @dataclass
@@ -40,50 +39,11 @@ class _Cli:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
-def load_cli_settings(
-    config_path: Path | None,
-    overrides: dict[str, Any],
-    env: dict[str, str] | None = None,
-) -> Settings:
-    """Return settings from ``config_path`` (else ``config/oddsfeed.toml`` if it exists,
-    else built-in defaults), then ``env`` (default: os.environ), then ``overrides``.
-
-    Raises click.ClickException on an unreadable file or invalid settings.
-    """
-    path = config_path
-    if path is None and DEFAULT_CONFIG.is_file():
-        path = DEFAULT_CONFIG
-    text: str | None = None
-    if path is not None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise click.ClickException(f"cannot read config {path}: {exc.strerror}") from exc
-    try:
-        return load_settings(text, dict(os.environ) if env is None else env, overrides)
-    except SettingsError as exc:
-        where = f" in {path}" if path is not None else ""
-        raise click.ClickException(f"invalid settings{where}: {exc}") from exc
-
-
 def _settings(cli: _Cli, flags: dict[str, Any]) -> Settings:
     """Load settings for a command and configure logging from them."""
     settings = load_cli_settings(cli.config_path, {**cli.overrides, **flags})
     configure_logging(settings.log.level, settings.log.format, sys.stderr.isatty())
     return settings
-
-
-def run_async(main_coro: Coroutine[Any, Any, _T]) -> _T:
-    """Run ``main_coro`` to completion on uvloop (asyncio's loop where uvloop is missing)."""
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    try:
-        import uvloop  # optional speed-up; absent on some platforms
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover
-        pass
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(main_coro)
 
 
 # ------------------------------------------------------------------ options
@@ -148,23 +108,6 @@ def _overrides(flags: dict[str, Any]) -> dict[str, Any]:
     return {_SERVER_FLAGS[name]: value for name, value in flags.items() if name in _SERVER_FLAGS}
 
 
-def demo_mode(settings: Settings) -> bool:
-    """Whether ``oddsfeed run`` is the laptop demo: the published demo secret on a loopback
-    host. Only then does it mint a demo token and serve ``GET /v1/demo/token``."""
-    from oddsfeed.auth import DEMO_SECRET
-
-    return settings.auth.hs256_secret == DEMO_SECRET and _is_loopback(settings.server.host)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _check_auth(settings: Settings, *, demo: bool) -> None:
     """Refuse to start with an HS256 secret under 32 bytes, or with the published demo
     secret unless ``demo``."""
@@ -184,6 +127,8 @@ def _check_auth(settings: Settings, *, demo: bool) -> None:
 @click.pass_obj
 def run(cli: _Cli, /, **flags: Any) -> None:
     """All-in-one: embedded Valkey (unless redis.url is set), demo feed, fan-out and API."""
+    from oddsfeed.embedded import EmbeddedServerError  # dev tooling: loaded only when used
+
     settings = _settings(cli, _overrides(flags))
     _check_auth(settings, demo=demo_mode(settings))
     try:
@@ -191,125 +136,6 @@ def run(cli: _Cli, /, **flags: Any) -> None:
     except EmbeddedServerError as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(code)
-
-
-async def run_all(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
-    """Run every all-in-one service until SIGINT/SIGTERM (or ``stop`` is set), then shut
-    them down in reverse order. Returns the process exit code: 0 on a requested stop, 1
-    when a service task failed.
-    """
-    log = get_logger("oddsfeed.run")
-    stop = stop or asyncio.Event()
-    _install_stop_signals(stop, log)
-
-    async with contextlib.AsyncExitStack() as stack:
-        # Every service registers its shutdown on `stack` (it runs in reverse order) and
-        # long-running work as a task in `tasks`; a task that ends early stops the rest.
-        tasks: list[asyncio.Task[Any]] = []
-
-        redis_url = settings.redis.url
-        if not redis_url:
-            if settings.redis.cluster:
-                # Started in this (the loop's) thread: PR_SET_PDEATHSIG follows the thread.
-                cluster = EmbeddedCluster(n_primaries=3).start()
-                stack.callback(_stop_logged, cluster.stop, log, "embedded valkey cluster")
-                redis_url = cluster.url
-                log.info("embedded valkey cluster started", urls=cluster.urls, pids=cluster.pids)
-            else:
-                valkey = EmbeddedValkey().start()
-                stack.callback(_stop_logged, valkey.stop, log, "embedded valkey")
-                redis_url = valkey.url
-                log.info("embedded valkey started", url=redis_url, pid=valkey.pid)
-
-        from oddsfeed.auth import Authenticator
-        from oddsfeed.clock import now_ms
-        from oddsfeed.worker import FD_RESERVE, Worker, raise_fd_limit, tune_gc
-
-        demo = demo_mode(settings)
-        token = None
-        if demo:
-            token = Authenticator(settings.auth, demo=True).mint(
-                "demo-trader", ["odds:read", "odds:write", "bets:validate"],
-                ttl_s=min(86_400, settings.auth.max_token_lifetime_s), now_s=int(time.time()))
-        else:
-            log.info("not the demo (no demo secret on a loopback host): GET /v1/demo/token "
-                     "is off; mint tokens with `oddsfeed token`")
-        raise_fd_limit(settings.fanout.max_connections + FD_RESERVE)
-        worker = await stack.enter_async_context(
-            Worker(settings, redis_url, demo_token=token, demo=demo, reuse_port=False))
-        tune_gc(settings.server.gc_threshold)
-        if settings.demo.events > 0:
-            from oddsfeed_ingest.simulator import SimulatorConfig, run_simulator
-
-            sim = SimulatorConfig(events=settings.demo.events, seed=settings.demo.seed,
-                                  rate_per_s=settings.demo.rate_per_s)
-            tasks.append(asyncio.create_task(run_simulator(worker.store, sim, stop=stop,
-                                                           start_ms=now_ms()),
-                                             name="demo-simulator"))
-        if token:
-            click.echo(f"trader token (odds:write, 24 h): {token}", err=True)
-
-        host = settings.server.host
-        log.info(
-            "oddsfeed ready",
-            redis_url=redact_url(redis_url),
-            ws_url=f"ws://{host}:{worker.ws_port}/ws",
-            http_url=f"http://{host}:{worker.http_port}/",
-            admin_url=f"http://{settings.server.admin_host}:{worker.admin_port}/metrics",
-        )
-        code = await _wait_for_stop(stop, tasks, log)
-        log.info("oddsfeed stopping")
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    log.info("oddsfeed stopped", exit_code=code)
-    return code
-
-
-def _install_stop_signals(stop: asyncio.Event, log: Any) -> None:
-    """Make the first SIGINT/SIGTERM set ``stop``; a second one gets the default action."""
-    loop = asyncio.get_running_loop()
-    signals = (signal.SIGINT, signal.SIGTERM)
-
-    def on_signal(signum: int) -> None:
-        log.info("stop requested", signal=signal.Signals(signum).name)
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-        stop.set()
-
-    for sig in signals:
-        # Not in the main thread (e.g. an in-process test): rely on `stop` alone.
-        with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):
-            loop.add_signal_handler(sig, on_signal, int(sig))
-
-
-async def _wait_for_stop(stop: asyncio.Event, tasks: list[asyncio.Task[Any]], log: Any) -> int:
-    waiter = asyncio.ensure_future(stop.wait())
-    try:
-        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-    code = 0
-    for task in done:
-        if task is waiter or task.cancelled():
-            continue
-        exc = task.exception()
-        if exc is not None:
-            log.error("service failed", task=task.get_name(), exc_info=exc)
-            code = 1
-        else:
-            log.error("service ended unexpectedly", task=task.get_name())
-            code = 1
-    return code
-
-
-def _stop_logged(stop_fn: Callable[[], None], log: Any, what: str) -> None:
-    try:
-        stop_fn()
-    except Exception:
-        log.exception("stop failed", what=what)
-    else:
-        log.info("stopped", what=what)
 
 
 # ------------------------------------------------------------------ other commands
@@ -399,7 +225,7 @@ def _run_ingest(cli: _Cli, adapter: str, opts: dict[str, Any], out: Path | None)
     async def main() -> int:
         log = get_logger("oddsfeed.ingest")
         stop = asyncio.Event()
-        _install_stop_signals(stop, log)
+        install_stop_signals(stop, log)
         recorder = None
         fh = None
         store = None
@@ -497,6 +323,8 @@ def valkey(
     cluster_nodes: int,
 ) -> None:
     """Run an embedded Valkey in the foreground and print its url (for development)."""
+    from oddsfeed.embedded import EmbeddedCluster, EmbeddedServerError, EmbeddedValkey
+
     _settings(cli, {})
     stop = threading.Event()
 

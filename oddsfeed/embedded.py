@@ -27,7 +27,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from oddsfeed.errors import OddsfeedError
+from oddsfeed.core.errors import OddsfeedError
 from oddsfeed.freeport import free_port
 
 __all__ = [

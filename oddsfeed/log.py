@@ -13,7 +13,7 @@ from typing import IO, Any
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
-from oddsfeed.redact import redact_text
+from oddsfeed.core.redact import redact_text
 
 __all__ = ["configure_logging", "get_logger", "redact_credentials"]
 

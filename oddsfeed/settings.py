@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from oddsfeed.errors import OddsfeedError
+from oddsfeed.core.errors import OddsfeedError
 
 __all__ = [
     "ENV_PREFIX",

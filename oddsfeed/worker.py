@@ -61,10 +61,11 @@ class Worker:
         from .api.admin import add_admin_routes, build_admin_app
         from .api.app import build_app
         from .api.listener import HttpListener, runner_options
+        from .api.validation_metrics import VALIDATION_METRICS
         from .auth import Authenticator
         from .fanout import FanoutServer, Hub
+        from .services.validation import validate_slip
         from .store import Store
-        from .validation import validate_slip
 
         s = self.settings
         stack = self._stack
@@ -80,7 +81,7 @@ class Worker:
         auth = Authenticator(s.auth, demo=self.demo)
 
         async def validate(legs: Any, accept: str) -> dict[str, Any]:
-            return await validate_slip(store, legs, accept)
+            return await validate_slip(store, legs, accept, metrics=VALIDATION_METRICS)
 
         fan = FanoutServer(hub, fanout=s.fanout, auth=auth, host=s.server.host,
                            port=s.server.ws_port, validate=validate, reuse_port=self.reuse_port)
@@ -183,7 +184,7 @@ async def wait_for_store(settings: Settings, redis_url: str, stop: asyncio.Event
 
     from .api.app import build_unready_app
     from .api.listener import HttpListener, runner_options
-    from .errors import StoreError
+    from .core.errors import StoreError
     from .store import Store
 
     delay, runner = STORE_RETRY_S[0], None
@@ -222,9 +223,9 @@ def _worker_main(settings_json: str, redis_url: str, index: int) -> None:
 
     from redis.exceptions import RedisError
 
-    from .cli import run_async
-    from .errors import StoreError
+    from .core.errors import StoreError
     from .log import configure_logging, get_logger
+    from .loop import run_async
 
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings.log.level, settings.log.format, sys.stderr.isatty())

@@ -102,7 +102,7 @@ class Server:
 
 def create_markets(redis_url: str, mids: list[str]) -> None:
     async def main() -> None:
-        from oddsfeed.model import MarketUpdate
+        from oddsfeed.core.model import MarketUpdate
         from oddsfeed.store import Store
 
         s = await Store.connect(redis_url)
@@ -129,7 +129,7 @@ async def drive(kind: str, redis_url: str, markets: list[str], rate: float,
     import uvloop  # noqa: F401  (the caller runs us on uvloop)
     from redis.asyncio import Redis
 
-    from oddsfeed.model import MarketUpdate
+    from oddsfeed.core.model import MarketUpdate
     from oddsfeed.store import Store
 
     store = await Store.connect(redis_url) if kind == "oddsfeed" else None

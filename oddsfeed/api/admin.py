@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..webkit import metrics
 from .app import errors_mw, hide_server_banner
-from .metrics import metrics
 from .openapi import ROUTES, openapi_document
 
 __all__ = ["add_admin_routes", "build_admin_app"]

@@ -19,20 +19,21 @@ from pydantic import BaseModel, ValidationError
 
 from ..auth import ANONYMOUS, READ, VALIDATE, WRITE, Authenticator, AuthError, Principal
 from ..bearer import bearer_token
-from ..book import Changed, Created, Rejected
 from ..clock import now_ms
-from ..errors import InvalidInput, StoreError
-from ..model import ID_RE, Market, MarketUpdate
+from ..core.book import Changed, Created, Rejected
+from ..core.errors import InvalidInput, StoreError
+from ..core.model import ID_RE, Market, MarketUpdate
+from ..services.validation import validate_slip
 from ..settings import Settings
 from ..store import OutOfOrder, Precondition, Store, StoreOutcome, outcome_name
-from ..validation import validate_slip
+from ..webkit import Problem
 from . import schemas
 from .body import parse_json
 from .etag import etag
 from .idempotency import idempotent
 from .listener import SERVER
 from .openapi import ROUTES
-from .problem import Problem
+from .validation_metrics import VALIDATION_METRICS
 
 STATIC_DIR = Path(__file__).parent / "static"
 _STATIC_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,100}$")  # no paths, no dot-files
@@ -425,7 +426,8 @@ async def validate_bets(request: web.Request) -> web.Response:
                       f"{limit} bet-slip validations are in progress; retry", retry_after=1)
     validating[0] += 1
     try:
-        return web.json_response(await validate_slip(request.app[K_STORE], legs, slip.accept))
+        return web.json_response(await validate_slip(request.app[K_STORE], legs, slip.accept,
+                                                       metrics=VALIDATION_METRICS))
     finally:
         validating[0] -= 1
 

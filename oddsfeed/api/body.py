@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..errors import InvalidInput
+from ..core.errors import InvalidInput
 
 __all__ = ["MAX_JSON_DEPTH", "check_json", "parse_json"]
 

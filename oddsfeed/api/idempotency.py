@@ -14,8 +14,8 @@ from aiohttp import web
 
 from ..auth import Principal
 from ..store import IdempotencyRecord, Store, record_key
+from ..webkit import PROBLEM, Problem
 from .etag import etag
-from .problem import PROBLEM, Problem
 
 __all__ = ["IN_FLIGHT_WAIT_S", "idempotent", "json_or_empty"]
 

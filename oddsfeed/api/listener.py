@@ -14,7 +14,7 @@ from aiohttp import web, web_response
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import Counter
 
-from .problem import PROBLEM, Problem
+from ..webkit import PROBLEM, Problem
 
 __all__ = ["SERVER", "HttpListener", "runner_options"]
 

@@ -9,9 +9,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..errors import InvalidInput
-from ..prices import parse_price
-from ..wire import MAX_LEGS, Leg
+from ..core.errors import InvalidInput
+from ..core.prices import parse_price
+from ..core.wire import MAX_LEGS, Leg
 
 MarketStatus = Literal["open", "suspended", "closed", "settled"]
 SelStatus = Literal["active", "suspended", "removed"]

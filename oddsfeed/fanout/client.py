@@ -7,10 +7,10 @@ import asyncio
 import time
 from typing import Any, Protocol
 
-from .. import wire
-from ..book import Delta
-from ..model import Market
-from ..session import FULL, SLOW, Outbox
+from ..core import wire
+from ..core.book import Delta
+from ..core.model import Market
+from ..core.session import FULL, SLOW, Outbox
 from ..store import Gone
 from . import metrics
 

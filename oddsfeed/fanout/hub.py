@@ -8,7 +8,7 @@ Rules this module enforces:
   never a hole between catch-up and live;
 - every delta is forwarded only on top of the version the client holds; a gap on the
   Redis -> node hop (pub/sub is at-most-once) is repaired with a snapshot, never skipped;
-- each message is one shared :class:`~oddsfeed.wire.Outgoing`, encoded once per encoding;
+- each message is one shared :class:`~oddsfeed.core.wire.Outgoing`, encoded once per encoding;
 - a subscription never waits silently: a catch-up whose store read fails leaves the market
   subscribed and owed (a snapshot or ``gone`` follows once the store answers), items held
   during a catch-up count against the connection's outbox limit, and every client is told
@@ -23,12 +23,13 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from .. import wire
-from ..book import Delta
-from ..errors import InvalidInput, StoreError
-from ..model import Market
-from ..store import Announced, Gone, Store, decode_payload
-from ..subscriptions import SubscriptionIndex
+from ..core import wire
+from ..core.book import Delta
+from ..core.errors import InvalidInput, StoreError
+from ..core.model import Market
+from ..core.ports import MarketSource
+from ..core.subscriptions import SubscriptionIndex
+from ..store import Announced, Gone, decode_payload
 from . import metrics
 from .client import Client, Held, Sink
 from .owed import Owed
@@ -52,7 +53,7 @@ def _newer(pos: tuple[str, int] | None, market: Market) -> bool:
 class Hub:
     """The per-process fan-out state between the store's bus and local clients."""
 
-    def __init__(self, store: Store, *, max_subscriptions: int = 10_000,
+    def __init__(self, store: MarketSource, *, max_subscriptions: int = 10_000,
                  max_missing: int = 100) -> None:
         self.store = store
         self.index: SubscriptionIndex[Client] = SubscriptionIndex()

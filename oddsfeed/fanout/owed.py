@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ..errors import StoreError
+from ..core.errors import StoreError
 from .client import Client
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """The WebSocket server: handshake (path, auth, subprotocol, limits), one reader and one
 writer per connection, heartbeats, slow-consumer and token-expiry closes. It only moves
-bytes; the protocol state lives in :mod:`oddsfeed.fanout.hub` and :mod:`oddsfeed.session`.
+bytes; the protocol state lives in :mod:`oddsfeed.fanout.hub` and :mod:`oddsfeed.core.session`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from .. import __version__, wire
+from .. import __version__
 from ..auth import ANONYMOUS, READ, VALIDATE, Authenticator, AuthError, Principal
-from ..book import Delta
-from ..errors import ProtocolViolation, StoreError
-from ..session import Outbox, adaptive_window
+from ..core import wire
+from ..core.book import Delta
+from ..core.errors import ProtocolViolation, StoreError
+from ..core.session import Outbox, adaptive_window
 from ..settings import FanoutSettings
 from . import metrics
 from .admission import Admission, TokenBucket

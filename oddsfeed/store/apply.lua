@@ -1,5 +1,5 @@
 -- oddsfeed atomic apply: the one write path for a market (docs/internals.md).
--- Mirrors oddsfeed/book.py apply_update exactly; tests/store compares the two.
+-- Mirrors oddsfeed/core/book.py apply_update exactly; tests/store compares the two.
 -- KEYS: 1 state, 2 meta hash, 3 history stream
 -- ARGV: 1 msgpack update, 2 channel, 3 epoch for a new market, 4 now ms,
 --       5 history length, 6 publish command, 7 expected epoch ('' = none), 8 expected version,

@@ -8,19 +8,17 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from redis import exceptions as redis_errors
 from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
 from .codec import event_channel, market_channel, parse_channel
-
-if TYPE_CHECKING:
-    from .redis_store import Store
 
 log = logging.getLogger("oddsfeed.store.bus")
 
@@ -94,6 +92,17 @@ class _Shard:
             await self.client.aclose()
 
 
+class BusSource(Protocol):
+    """What a bus reads from the store it serves: the command client (whose connection
+    settings each pub/sub connection copies), the topology, and a liveness probe."""
+
+    client: Redis | RedisCluster
+    cluster: bool
+    sharded: bool
+
+    async def ping(self) -> bool: ...
+
+
 class Bus:
     """Subscribes channels on demand and hands every payload to ``on_message(kind, id, data)``
     (kind is ``"market"`` or ``"event"``), in order per channel.
@@ -104,7 +113,7 @@ class Bus:
     ``connected`` is False meanwhile; ``on_lost()`` is called when it turns False.
     """
 
-    def __init__(self, store: Store, on_message: Callable[[str, str, bytes], None],
+    def __init__(self, store: BusSource, on_message: Callable[[str, str, bytes], None],
                  on_reconnect: Callable[[], Awaitable[None]] | None = None,
                  on_lost: Callable[[], None] | None = None, *,
                  max_backoff_s: float = 2.0) -> None:

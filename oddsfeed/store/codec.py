@@ -7,9 +7,9 @@ from typing import Any
 
 import msgpack
 
-from ..book import Delta
-from ..errors import InvalidInput
-from ..model import Market
+from ..core.book import Delta
+from ..core.errors import InvalidInput
+from ..core.model import Market
 
 
 def state_key(market: str) -> str:

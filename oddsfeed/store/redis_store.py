@@ -7,18 +7,19 @@ import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import msgpack
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
-from ..book import OUTCOME_NAMES, Changed, Created, Delta, NoOp, Rejected
 from ..clock import now_ms as clock_now_ms
-from ..errors import InvalidInput, StoreError
-from ..model import Market, MarketUpdate
+from ..core.book import OUTCOME_NAMES, Changed, Created, Delta, NoOp, Rejected
+from ..core.errors import InvalidInput, StoreError
+from ..core.model import Market, MarketUpdate
 from . import codec
+from .bus import Bus
 from .codec import (
     ALL_MARKETS_KEY,
     event_channel,
@@ -29,9 +30,6 @@ from .codec import (
     sport_set_key,
     state_key,
 )
-
-if TYPE_CHECKING:
-    from .bus import Bus
 
 MAX_HISTORY_READ = 10_000
 # No market reaches this version; a position past it is refused before it becomes a stream id.
@@ -411,8 +409,6 @@ class Store:
             on_reconnect: Callable[[], Awaitable[None]] | None = None,
             on_lost: Callable[[], None] | None = None) -> Bus:
         """A pub/sub bus on this store; see :class:`oddsfeed.store.bus.Bus`."""
-        from .bus import Bus
-
         return Bus(self, on_message, on_reconnect, on_lost)
 
 

@@ -17,8 +17,8 @@ from structlog.testing import capture_logs
 from oddsfeed.api.app import build_app
 from oddsfeed.auth import DEMO_SECRET, Authenticator, AuthError
 from oddsfeed.cli import main
+from oddsfeed.core.errors import StoreError
 from oddsfeed.embedded import EmbeddedValkey
-from oddsfeed.errors import StoreError
 from oddsfeed.log import redact_credentials
 from oddsfeed.settings import load_settings
 from oddsfeed.store import Store

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection
 
-from oddsfeed import wire
-from oddsfeed.errors import ProtocolViolation
+from oddsfeed.core import wire
+from oddsfeed.core.errors import ProtocolViolation
 from oddsfeed.worker import Worker
 from tests.fanout.builders import create
 

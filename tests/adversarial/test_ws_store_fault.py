@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from oddsfeed.errors import StoreError
+from oddsfeed.core.errors import StoreError
 from tests.fanout.builders import create, price
 
 from .ws_support import Mirror, errors_logged, restartable, wait_until, worker_on, ws_url

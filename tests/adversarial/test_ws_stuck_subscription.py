@@ -13,8 +13,8 @@ import redis.asyncio
 from websockets.asyncio.client import connect
 from websockets.typing import Subprotocol
 
-from oddsfeed import wire
-from oddsfeed.model import MarketUpdate
+from oddsfeed.core import wire
+from oddsfeed.core.model import MarketUpdate
 from tests.fanout.builders import create, price
 from tests.fanout.mirror import SUBPROTOCOL
 

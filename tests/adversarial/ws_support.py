@@ -18,7 +18,7 @@ import redis.asyncio
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
-from oddsfeed import wire
+from oddsfeed.core import wire
 from oddsfeed.embedded import EmbeddedValkey, free_port
 from oddsfeed.worker import Worker
 from tests.fanout.conftest import make_settings, mint_token, ws_url

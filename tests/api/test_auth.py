@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from oddsfeed.auth import Authenticator, AuthError
+from oddsfeed.config import read_key_files
 from oddsfeed.settings import load_settings
 
 SECRET = "auth-test-secret-0123456789-0123456789"
@@ -35,7 +36,8 @@ EC = ec.generate_private_key(ec.SECP256R1())
 
 
 def auth(**overrides: Any) -> Authenticator:
-    return Authenticator(load_settings(None, {}, {"auth.hs256_secret": SECRET, **overrides}).auth)
+    return Authenticator(read_key_files(
+        load_settings(None, {}, {"auth.hs256_secret": SECRET, **overrides}).auth))
 
 
 def token(key: Any = SECRET, alg: str = "HS256", **claims: Any) -> str:

@@ -8,9 +8,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from oddsfeed.betslip import REASONS, check_leg, check_slip, delay_ms, pin_legs, suspended_since
-from oddsfeed.model import Market, Selection
-from oddsfeed.wire import Leg
+from oddsfeed.core.betslip import (
+    REASONS,
+    check_leg,
+    check_slip,
+    delay_ms,
+    pin_legs,
+    suspended_since,
+)
+from oddsfeed.core.model import Market, Selection
+from oddsfeed.core.wire import Leg
 
 
 def market(mid: str = "m1", *, version: int = 5, status: str = "open", epoch: str = "E",

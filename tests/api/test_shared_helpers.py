@@ -8,9 +8,9 @@ import pytest
 
 from oddsfeed.api.etag import etag
 from oddsfeed.bearer import bearer_token
-from oddsfeed.book import OUTCOME_NAMES, Changed, Created, NoOp, Rejected
 from oddsfeed.clock import now_ms
-from oddsfeed.model import Market, Selection
+from oddsfeed.core.book import OUTCOME_NAMES, Changed, Created, NoOp, Rejected
+from oddsfeed.core.model import Market, Selection
 from oddsfeed.store import OutOfOrder, Precondition, outcome_name
 
 

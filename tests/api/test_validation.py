@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from oddsfeed.model import MarketUpdate
-from oddsfeed.validation import validate_slip
-from oddsfeed.wire import Leg
+from oddsfeed.core.model import MarketUpdate
+from oddsfeed.core.wire import Leg
+from oddsfeed.services.validation import validate_slip
 
 from .conftest import BODY, Api
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from oddsfeed.model import Market, MarketUpdate, Selection
-from oddsfeed.prices import MAX_PRICE, MIN_PRICE
+from oddsfeed.core.model import Market, MarketUpdate, Selection
+from oddsfeed.core.prices import MAX_PRICE, MIN_PRICE
 
 SEL_IDS = ["home", "draw", "away", "over", "under", "x"]
 prices = st.integers(MIN_PRICE, 200_000) | st.integers(MIN_PRICE, MAX_PRICE)

@@ -1,11 +1,11 @@
-"""Properties and examples of the versioned book (oddsfeed.book)."""
+"""Properties and examples of the versioned book (oddsfeed.core.book)."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oddsfeed.book import (
+from oddsfeed.core.book import (
     Applied,
     Changed,
     Created,
@@ -18,7 +18,7 @@ from oddsfeed.book import (
     apply_update,
     conflate,
 )
-from oddsfeed.model import Market, MarketUpdate, Selection
+from oddsfeed.core.model import Market, MarketUpdate, Selection
 
 from .strategies import markets, updates
 

@@ -1,4 +1,4 @@
-"""The market model validates on construction and names the bad field (oddsfeed.model)."""
+"""The market model validates on construction and names the bad field (oddsfeed.core.model)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from oddsfeed.errors import InvalidInput
-from oddsfeed.model import Market, MarketUpdate, Selection
+from oddsfeed.core.errors import InvalidInput
+from oddsfeed.core.model import Market, MarketUpdate, Selection
 
 
 def market(**over: Any) -> Market:

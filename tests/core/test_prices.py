@@ -1,4 +1,4 @@
-"""Canonical prices and odds-format conversion (oddsfeed.prices)."""
+"""Canonical prices and odds-format conversion (oddsfeed.core.prices)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oddsfeed.errors import PriceError
-from oddsfeed.prices import (
+from oddsfeed.core.errors import PriceError
+from oddsfeed.core.prices import (
     MAX_PRICE,
     MIN_PRICE,
     convert,

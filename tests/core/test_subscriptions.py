@@ -1,11 +1,11 @@
-"""The subscription index (oddsfeed.subscriptions) against a naive model."""
+"""The subscription index (oddsfeed.core.subscriptions) against a naive model."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oddsfeed.subscriptions import SubscriptionIndex
+from oddsfeed.core.subscriptions import SubscriptionIndex
 
 ops = st.lists(st.tuples(st.sampled_from(["add", "remove", "drop"]), st.integers(0, 3),
                          st.sampled_from(["m1", "m2", "m3"])), max_size=40)

@@ -1,4 +1,4 @@
-"""The wire codec: encode once, batches, and strict request decoding (oddsfeed.wire)."""
+"""The wire codec: encode once, batches, and strict request decoding (oddsfeed.core.wire)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oddsfeed import wire
-from oddsfeed.book import Delta
-from oddsfeed.errors import ProtocolViolation
-from oddsfeed.model import Market, Selection
+from oddsfeed.core import wire
+from oddsfeed.core.book import Delta
+from oddsfeed.core.errors import ProtocolViolation
+from oddsfeed.core.model import Market, Selection
 
 MARKET = Market(id="m1", event="e1", sport="soccer", name="A v B", epoch="ep", version=2, ts=5,
                 selections={"h": Selection("Home", 20000, point=-1.5)})

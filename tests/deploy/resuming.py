@@ -21,8 +21,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
-from oddsfeed import wire
-from oddsfeed.model import Market
+from oddsfeed.core import wire
+from oddsfeed.core.model import Market
 from tests.fanout.mirror import ClientBook, wait_until
 
 _ids = itertools.count(1)

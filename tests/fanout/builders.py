@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from oddsfeed.model import MarketUpdate
+from oddsfeed.core.model import MarketUpdate
 
 
 def create(mid: str, event: str = "e1", **prices: int) -> MarketUpdate:

@@ -12,10 +12,10 @@ from types import SimpleNamespace
 
 from websockets.protocol import State
 
-from oddsfeed import wire
+from oddsfeed.core import wire
+from oddsfeed.core.session import Outbox
 from oddsfeed.fanout import server as server_module
 from oddsfeed.fanout.hub import Client, Hub
-from oddsfeed.session import Outbox
 from oddsfeed.settings import load_settings
 
 

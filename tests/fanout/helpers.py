@@ -9,10 +9,10 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from oddsfeed import wire
-from oddsfeed.book import Applied, Delta, Duplicate, apply_delta
-from oddsfeed.model import Market
-from oddsfeed.prices import parse_price
+from oddsfeed.core import wire
+from oddsfeed.core.book import Applied, Delta, Duplicate, apply_delta
+from oddsfeed.core.model import Market
+from oddsfeed.core.prices import parse_price
 
 PROTOCOLS = {"json": "oddsfeed.v1.json", "msgpack": "oddsfeed.v1.msgpack"}
 

@@ -14,7 +14,7 @@ from websockets.http11 import Response
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
-from oddsfeed import wire
+from oddsfeed.core import wire
 
 from .mirror import SUBPROTOCOL
 

@@ -10,7 +10,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from oddsfeed.model import MarketUpdate
+from oddsfeed.core.model import MarketUpdate
 from oddsfeed.settings import Settings
 from oddsfeed.worker import Worker
 

@@ -13,7 +13,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
-from oddsfeed import wire
+from oddsfeed.core import wire
 from oddsfeed.worker import Worker
 
 from .builders import create, price

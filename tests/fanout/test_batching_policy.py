@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from oddsfeed import wire
-from oddsfeed.book import Delta
+from oddsfeed.core import wire
+from oddsfeed.core.book import Delta
 from oddsfeed.fanout import server as server_module
 
 from .direct import direct_client, recv_exactly

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from oddsfeed.model import Market
+from oddsfeed.core.model import Market
 from oddsfeed.worker import Worker
 
 from .builders import create, random_update

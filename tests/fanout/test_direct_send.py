@@ -14,10 +14,10 @@ from typing import Any
 import msgpack
 import pytest
 
-from oddsfeed import wire
+from oddsfeed.core import wire
+from oddsfeed.core.session import Outbox
 from oddsfeed.fanout import server as server_module
 from oddsfeed.fanout.hub import Client, Hub
-from oddsfeed.session import Outbox
 from oddsfeed.worker import Worker
 
 from .builders import create, price

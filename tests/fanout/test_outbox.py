@@ -1,4 +1,4 @@
-"""The per-connection outbox (oddsfeed.session.Outbox) as pure values: conflation past the
+"""The per-connection outbox (oddsfeed.core.session.Outbox) as pure values: conflation past the
 high-water mark, urgent messages, and the slow-consumer verdicts (protocol.md section 2)."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oddsfeed import wire
-from oddsfeed.book import Applied, Changed, Delta, apply_delta, apply_update
-from oddsfeed.model import Market, MarketUpdate, Selection
-from oddsfeed.session import (
+from oddsfeed.core import wire
+from oddsfeed.core.book import Applied, Changed, Delta, apply_delta, apply_update
+from oddsfeed.core.model import Market, MarketUpdate, Selection
+from oddsfeed.core.session import (
     BUSY_HIGH,
     BUSY_LOW,
     FLUSH_BYTES,

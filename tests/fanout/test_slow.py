@@ -11,7 +11,7 @@ import random
 
 import psutil
 
-from oddsfeed.model import MarketUpdate
+from oddsfeed.core.model import MarketUpdate
 from oddsfeed.worker import Worker
 
 from .conftest import WorkerFactory, ws_url

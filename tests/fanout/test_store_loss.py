@@ -9,8 +9,8 @@ import contextlib
 
 import aiohttp
 
+from oddsfeed.core.errors import StoreError
 from oddsfeed.embedded import EmbeddedValkey, free_port
-from oddsfeed.errors import StoreError
 from oddsfeed.worker import Worker
 
 from .builders import create, price

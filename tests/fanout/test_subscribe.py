@@ -10,8 +10,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.typing import Subprotocol
 
-from oddsfeed import wire
-from oddsfeed.model import MarketUpdate
+from oddsfeed.core import wire
+from oddsfeed.core.model import MarketUpdate
 from oddsfeed.worker import Worker
 
 from .builders import create, price

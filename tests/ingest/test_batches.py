@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from oddsfeed.book import Changed, Created, NoOp, Rejected
-from oddsfeed.errors import StoreError
-from oddsfeed.model import Market, MarketUpdate
+from oddsfeed.core.book import Changed, Created, NoOp, Rejected
+from oddsfeed.core.errors import StoreError
+from oddsfeed.core.model import Market, MarketUpdate
 from oddsfeed.store import OutOfOrder, Store
 from oddsfeed.store.codec import history_key
 from oddsfeed_ingest.normalised import normalize_message

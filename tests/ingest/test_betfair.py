@@ -12,8 +12,8 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection, serve
 
-from oddsfeed.errors import ProviderDataError
-from oddsfeed.model import MarketUpdate
+from oddsfeed.core.errors import ProviderDataError
+from oddsfeed.core.model import MarketUpdate
 from oddsfeed.store import Store
 from oddsfeed_ingest.betfair import StreamState, run_stream
 from oddsfeed_ingest.runner import FeedRunner

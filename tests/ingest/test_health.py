@@ -9,7 +9,7 @@ import asyncio
 from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 
-from oddsfeed.model import MarketUpdate
+from oddsfeed.core.model import MarketUpdate
 from oddsfeed.store import Store
 from oddsfeed_ingest.normalised import normalize_message
 from oddsfeed_ingest.runner import FeedRunner

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from oddsfeed.errors import StoreError
-from oddsfeed.model import MarketUpdate
+from oddsfeed.core.errors import StoreError
+from oddsfeed.core.model import MarketUpdate
 from oddsfeed.store import Store
 from oddsfeed_ingest.normalised import normalize_message
 from oddsfeed_ingest.runner import FeedRunner, Lanes

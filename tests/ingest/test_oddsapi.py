@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from oddsfeed.errors import ProviderDataError
+from oddsfeed.core.errors import ProviderDataError
 from oddsfeed.store import OutOfOrder, Store
 from oddsfeed_ingest.oddsapi import Poller, normalize_event, retry_after_s
 from oddsfeed_ingest.runner import FeedRunner

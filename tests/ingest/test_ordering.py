@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import random
 
-from oddsfeed.book import Changed, Created
-from oddsfeed.model import MarketUpdate
+from oddsfeed.core.book import Changed, Created
+from oddsfeed.core.model import MarketUpdate
 from oddsfeed.store import OutOfOrder, Store
 from oddsfeed_ingest.normalised import normalize_message
 from oddsfeed_ingest.runner import FeedRunner

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from oddsfeed.errors import ProviderDataError
-from oddsfeed.model import MarketUpdate
+from oddsfeed.core.errors import ProviderDataError
+from oddsfeed.core.model import MarketUpdate
 from oddsfeed.store import Store
 from oddsfeed_ingest.normalised import to_message
 from oddsfeed_ingest.replay import Normalizer, Recorder, replay

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from oddsfeed.book import Rejected
-from oddsfeed.model import MarketUpdate
-from oddsfeed.prices import overround
+from oddsfeed.core.book import Rejected
+from oddsfeed.core.model import MarketUpdate
+from oddsfeed.core.prices import overround
 from oddsfeed.store import Store
 from oddsfeed_ingest.runner import FeedRunner
 from oddsfeed_ingest.simulator import MARKETS, SimulatorConfig, run_simulator, updates_for

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from oddsfeed.core.errors import StoreError
 from oddsfeed.embedded import EmbeddedValkey
-from oddsfeed.errors import StoreError
 from oddsfeed.store import IdempotencyRecord, IdempotencyStoreError, Store, record_key
 
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from oddsfeed.book import Changed, Created, NoOp, Outcome, Rejected, apply_update
-from oddsfeed.model import Market, MarketUpdate
+from oddsfeed.core.book import Changed, Created, NoOp, Outcome, Rejected, apply_update
+from oddsfeed.core.model import Market, MarketUpdate
 from oddsfeed.store import Store
 from oddsfeed.store.codec import history_key, meta_key, state_key
 
@@ -95,7 +95,7 @@ def test_lua_apply_is_the_core_book(target: tuple[asyncio.AbstractEventLoop, Sto
                                     attempt_create: bool,
                                     ups: list[MarketUpdate]) -> None:
     """For random markets and update sequences the store's outcome kind, Market and Delta
-    equal oddsfeed.book.apply_update's on the same input."""
+    equal oddsfeed.core.book.apply_update's on the same input."""
     loop, store = target
 
     async def check() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from oddsfeed.book import Created
+from oddsfeed.core.book import Created
+from oddsfeed.core.model import MarketUpdate
 from oddsfeed.embedded import EmbeddedValkey, free_port
-from oddsfeed.model import MarketUpdate
 from oddsfeed.store import Store, decode_payload
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from redis.asyncio.connection import AbstractConnection
 
-from oddsfeed.book import (
+from oddsfeed.core.book import (
     Applied,
     Changed,
     Created,
@@ -18,8 +18,8 @@ from oddsfeed.book import (
     Rejected,
     apply_delta,
 )
-from oddsfeed.errors import InvalidInput
-from oddsfeed.model import Market, MarketUpdate
+from oddsfeed.core.errors import InvalidInput
+from oddsfeed.core.model import Market, MarketUpdate
 from oddsfeed.store import Gone, OutOfOrder, Precondition, Store, decode_payload
 from oddsfeed.store.codec import (
     ALL_MARKETS_KEY,

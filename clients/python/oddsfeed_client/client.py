@@ -14,10 +14,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from oddsfeed import wire
-from oddsfeed.book import Applied, Delta, Duplicate, apply_delta
-from oddsfeed.model import Market
-from oddsfeed.prices import parse_price
+from .core import Applied, Delta, Duplicate, Market, apply_delta, parse_price, wire
 
 PROTOCOLS = {"json": "oddsfeed.v1.json", "msgpack": "oddsfeed.v1.msgpack"}
 

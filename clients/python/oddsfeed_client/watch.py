@@ -8,8 +8,7 @@ from typing import Any
 from rich.live import Live
 from rich.table import Table
 
-from oddsfeed.prices import to_float
-
+from ._core.prices import to_float
 from .client import OddsFeedClient
 
 

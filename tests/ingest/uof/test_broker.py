@@ -19,7 +19,7 @@ import aio_pika
 import pytest
 from structlog.testing import capture_logs
 
-from oddsfeed.model import Market
+from oddsfeed.core.model import Market
 from oddsfeed.settings import load_settings
 from oddsfeed.store import Store
 from oddsfeed_ingest.main import run_adapter

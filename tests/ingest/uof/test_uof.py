@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from oddsfeed.cli import main as cli_main
-from oddsfeed.errors import ProviderDataError
+from oddsfeed.core.errors import ProviderDataError
 from oddsfeed.store import Store
 from oddsfeed_ingest.runner import FeedRunner
 from oddsfeed_ingest.uof import (

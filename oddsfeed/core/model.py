@@ -1,6 +1,6 @@
 """The market model of protocol.md section 1: values validated on construction; no I/O.
 
-Prices are canonical ticks (see :mod:`oddsfeed.prices`). ``point`` is a line such as -1.5,
+Prices are canonical ticks (see :mod:`oddsfeed.core.prices`). ``point`` is a line such as -1.5,
 kept as a float rounded to 2 places so equal lines compare equal.
 """
 

@@ -1,7 +1,7 @@
 """Per-connection outbound policy: a bounded outbox, conflation past the high-water mark,
 and the slow-consumer decision (protocol.md section 2). No I/O: time comes in as ``now``.
 
-The fan-out adapter pushes shared :class:`~oddsfeed.wire.Outgoing` messages in and takes
+The fan-out adapter pushes shared :class:`~oddsfeed.core.wire.Outgoing` messages in and takes
 ready-to-send payloads out; it never buffers anything outside the outbox.
 """
 
