@@ -1,4 +1,4 @@
-"""Which messages of a batching worker wait for the window (oddsfeed.fanout.server): a
+"""Which messages of a batching worker wait for the window (oddsfeed.fanout.batching): a
 connection written to within the last QUIET_WINDOWS windows queues its next message, unless
 it is cold (too few messages a second to ever share a frame)."""
 
@@ -9,7 +9,8 @@ import time
 
 from oddsfeed import wire
 from oddsfeed.book import Delta
-from oddsfeed.fanout import server as server_module
+from oddsfeed.fanout import batching
+from oddsfeed.fanout.frames import frame_of
 
 from .direct import direct_client, recv_exactly
 
@@ -18,14 +19,15 @@ async def test_a_cold_connection_is_written_at_once_and_a_warm_one_waits() -> No
     """Batching on: a connection getting 5 messages a second gets each at once, even right
     after a frame; at 100 a second, a message right after a frame waits for the window."""
     async with direct_client() as (fan, client, reader):
-        fan._adapt(0.0, 0.1)  # the cold threshold: 25 messages a second with 2 ms windows
-        fan._set_batching(True)
+        # the cold threshold: 25 messages a second with 2 ms windows
+        fan.policy.adapt(0.0, 0.1, fan.hub.lateness_s)
+        fan.policy.set_batching(True)
         client.rate = 5
         outs = [wire.reply("pong", None, n=i) for i in range(3)]
         for out in outs:
             client.push(out)
         assert not fan._batch.clients  # nothing waits
-        want = b"".join(out.ws_frame(wire.MSGPACK) for out in outs)
+        want = b"".join(frame_of(out, wire.MSGPACK) for out in outs)
         got = await asyncio.get_running_loop().run_in_executor(
             None, recv_exactly, reader, len(want))
         assert got == want
@@ -42,8 +44,8 @@ async def test_a_connection_is_hot_as_soon_as_this_period_says_so() -> None:
     threshold waits for the hot window, though its last period's rate (0) says otherwise:
     after a jump in traffic it shares frames at once, not a period later."""
     async with direct_client() as (fan, client, reader):
-        fan._set_batching(True)
-        fan._hot_min = 3.0  # as _adapt sets it while the hot window is widened
+        fan.policy.set_batching(True)
+        fan.policy.hot_min = 3.0  # as adapt() sets it while the hot window is widened
         client.rate = 0
         client.last_sent = time.monotonic()  # written to just now: not quiet
         client.push(wire.reply("pong", None, n=0))  # its 1st message this period
@@ -69,17 +71,17 @@ async def test_a_streak_of_close_messages_makes_a_connection_hot() -> None:
     the counts would take ~50 messages. The streak counts while the worker is not batching
     yet, so a worker that starts to has its hot connections at once; a pause ends it."""
     async with direct_client() as (fan, client, reader):
-        assert not fan._batching
+        assert not fan.policy.batching
         client.rate = 0
-        n = server_module.HOT_STREAK
+        n = batching.HOT_STREAK
         for i in range(n):  # not batching: each written at once, each after the last
             client.push(wire.reply("pong", None, n=i))
         assert client.streak == n - 1
         assert not fan._batch.clients
         assert not fan._hot_batch.clients
-        fan._widen()  # the worker fell behind: batching, widest hot window
-        assert fan._batching
-        assert fan._hot_window_s == fan._max_window_s
+        fan.policy.widen()  # the worker fell behind: batching, widest hot window
+        assert fan.policy.batching
+        assert fan.policy.hot_window_s == fan.policy.max_window_s
         client.push(wire.reply("pong", None, n=n))
         assert client.streak == n
         assert fan._hot_batch.clients == {client}
@@ -87,10 +89,10 @@ async def test_a_streak_of_close_messages_makes_a_connection_hot() -> None:
         assert handle is not None
         handle.cancel()
         fan._flush(fan._hot_batch)
-        want = sum(len(wire.reply("pong", None, n=i).ws_frame(wire.MSGPACK))
+        want = sum(len(frame_of(wire.reply("pong", None, n=i), wire.MSGPACK))
                    for i in range(n + 1))
         await asyncio.get_running_loop().run_in_executor(None, recv_exactly, reader, want)
-        client.last_sent -= fan._busy_quiet_s  # a pause: the streak ends
+        client.last_sent -= fan.policy.busy_quiet_s  # a pause: the streak ends
         client.push(wire.reply("pong", None, n=n + 1))
         assert client.streak == 0
         assert not fan._hot_batch.clients
@@ -101,19 +103,20 @@ async def test_a_worker_behind_the_store_widens_within_a_tick() -> None:
     with the widest hot window at once, without waiting for the ticker; a worker keeping up
     leaves the policy to the ticker."""
     async with direct_client() as (fan, client, reader):
-        fan._adapt(0.0, 0.1)  # idle: not batching; a cold connection is written at once
+        # idle: not batching; a cold connection is written at once
+        fan.policy.adapt(0.0, 0.1, fan.hub.lateness_s)
         delta = Delta(market="m1", epoch="e", version=2, base=1, ts=0)
         out = wire.delta(delta)
-        fan.hub.lateness_s = fan._behind_s / 2
+        fan.hub.lateness_s = fan.policy.behind_s / 2
         fan.send_many([client], out, "m1", delta, time.monotonic())
-        assert not fan._batching
-        assert fan._hot_window_s == fan._window_s
-        fan.hub.lateness_s = fan._behind_s * 2
+        assert not fan.policy.batching
+        assert fan.policy.hot_window_s == fan.policy.window_s
+        fan.hub.lateness_s = fan.policy.behind_s * 2
         fan.send_many([client], out, "m1", delta, time.monotonic())
-        assert fan._batching
-        assert fan._hot_window_s == fan._max_window_s
-        assert fan._hot_min < float("inf")
-        frame = out.ws_frame(wire.MSGPACK)
+        assert fan.policy.batching
+        assert fan.policy.hot_window_s == fan.policy.max_window_s
+        assert fan.policy.hot_min < float("inf")
+        frame = frame_of(out, wire.MSGPACK)
         await asyncio.get_running_loop().run_in_executor(  # both written at once
             None, recv_exactly, reader, 2 * len(frame))
 
@@ -122,14 +125,14 @@ async def test_the_share_rises_with_the_last_tick_and_falls_with_the_smoothed_on
     """One busy tick after idle starts batching with a widened hot window; one idle tick
     after a busy stretch does not stop it (the smoothed share is still high)."""
     async with direct_client() as (fan, _client, _reader):
-        fan._adapt(0.0, 0.1)
-        assert not fan._batching
-        fan._adapt(0.09, 0.1)  # 90% of the last tick; smoothed 27%
-        assert fan.busy < fan._min_busy
-        assert fan._batching
-        assert fan._hot_window_s == fan._max_window_s
+        fan.policy.adapt(0.0, 0.1, fan.hub.lateness_s)
+        assert not fan.policy.batching
+        fan.policy.adapt(0.09, 0.1, fan.hub.lateness_s)  # 90% of the last tick; smoothed 27%
+        assert fan.policy.busy < fan.policy.min_busy
+        assert fan.policy.batching
+        assert fan.policy.hot_window_s == fan.policy.max_window_s
         for _ in range(10):
-            fan._adapt(0.09, 0.1)
-        fan._adapt(0.0, 0.1)  # an idle tick: smoothed ~0.63
-        assert fan._batching
-        assert fan._window_s < fan._hot_window_s < fan._max_window_s
+            fan.policy.adapt(0.09, 0.1, fan.hub.lateness_s)
+        fan.policy.adapt(0.0, 0.1, fan.hub.lateness_s)  # an idle tick: smoothed ~0.63
+        assert fan.policy.batching
+        assert fan.policy.window_s < fan.policy.hot_window_s < fan.policy.max_window_s
