@@ -161,8 +161,7 @@ class BatchingPolicy:
                 client.streak += 1
         else:
             client.streak = 0
-        if (client.closed or client.outbox.queued_bytes or client.writer is not None
-                or client.transport is None):
+        if client.closed or client.outbox.queued_bytes or client.writer is not None:
             return False
         if gap < self.quiet_s and (client.rate > self.cold_max
                                    or client.received > self.cold_max

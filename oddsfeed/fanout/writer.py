@@ -86,7 +86,7 @@ class Writer:
         sent = nbytes = 0
         for client in clients:
             transport = client.transport
-            if (not write_now(client, now)
+            if (not write_now(client, now) or transport is None
                     or transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER
                     or client.proto.state is not OPEN or transport.is_closing()):
                 client.push(out, market=market, delta=delta, now=now, write_through=False)

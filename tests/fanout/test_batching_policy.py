@@ -10,7 +10,10 @@ import time
 from oddsfeed import wire
 from oddsfeed.book import Delta
 from oddsfeed.fanout import batching
+from oddsfeed.fanout.batching import BatchingPolicy
+from oddsfeed.fanout.client import Client
 from oddsfeed.fanout.frames import frame_of
+from oddsfeed.session import Outbox
 
 from .direct import direct_client, recv_exactly
 
@@ -136,3 +139,106 @@ async def test_the_share_rises_with_the_last_tick_and_falls_with_the_smoothed_on
         fan.policy.adapt(0.0, 0.1, fan.hub.lateness_s)  # an idle tick: smoothed ~0.63
         assert fan.policy.batching
         assert fan.policy.window_s < fan.policy.hot_window_s < fan.policy.max_window_s
+
+
+# ---- the policy alone: no socket, no event loop --------------------------------------------
+
+
+def _policy(min_busy: float = 0.4) -> BatchingPolicy:
+    """The default policy: 2 ms windows, hot windows up to 20 ms, batching from 40% busy."""
+    policy = BatchingPolicy(window_ms=2, max_window_ms=20, min_busy=min_busy)
+    policy.period = 1.0
+    return policy
+
+
+def _client() -> Client:
+    return Client(1, wire.MSGPACK, Outbox(encoding=wire.MSGPACK, high_water_bytes=1 << 20,
+                                          max_bytes=4 << 20, max_lag_s=30.0))
+
+
+def test_an_idle_worker_writes_everything_at_once() -> None:
+    """Under batch_min_busy nothing waits, even a connection written to a moment ago."""
+    policy, client = _policy(), _client()
+    policy.adapt(0.01, 0.1, lateness_s=0.0)
+    assert not policy.batching
+    client.last_sent = 100.0
+    client.rate = 500
+    assert policy.write_now(client, 100.0001)
+
+
+def test_a_busy_worker_queues_a_warm_connection_and_writes_a_cold_one() -> None:
+    """Batching: right after a frame a connection at 100 messages a period waits, one at 5
+    is written at once; after the quiet period both are written at once."""
+    policy = _policy()
+    policy.adapt(0.05, 0.1, lateness_s=0.0)  # 50% busy: batching, window not widened yet
+    assert policy.batching
+    warm, cold = _client(), _client()
+    warm.rate, cold.rate = 100, 5
+    for c in (warm, cold):
+        c.last_sent = 100.0
+    assert not policy.write_now(warm, 100.001)
+    assert policy.write_now(cold, 100.001)
+    later = 100.0 + policy.busy_quiet_s + 0.001
+    assert policy.write_now(warm, later)
+
+
+def test_queued_bytes_or_a_running_writer_always_queue() -> None:
+    """A message never overtakes what a connection already has queued or being written."""
+    policy, client = _policy(), _client()
+    client.outbox.push(wire.reply("pong", None), now=0.0)
+    assert not policy.write_now(client, 50.0)
+    client.outbox.take()
+    assert policy.write_now(client, 50.0)
+    client.closed = True
+    assert not policy.write_now(client, 60.0)
+
+
+def test_the_hot_window_widens_with_the_busy_share_and_at_once_when_behind() -> None:
+    """The hot window grows from 2 ms (40% busy) to 20 ms (80%); a node reading deltas
+    later than BEHIND_S widens it to the widest at once and makes busy connections hot."""
+    policy = _policy()
+    policy.adapt(0.06, 0.1, lateness_s=0.0)  # 60%: halfway
+    assert policy.window_s < policy.hot_window_s < policy.max_window_s
+    client = _client()
+    assert not policy.hot(client)
+    assert not policy.behind(policy.behind_s / 2)
+    assert policy.behind(policy.behind_s * 2)
+    policy.widen()
+    assert policy.hot_window_s == policy.max_window_s
+    assert not policy.behind(policy.behind_s * 2)  # already at its widest
+    client.received = int(policy.hot_min) + 1
+    assert policy.hot(client)
+    idle = _policy()
+    idle.adapt(0.0, 0.1, lateness_s=1.0)  # idle, yet behind the store: the widest window
+    assert idle.batching
+    assert idle.hot_window_s == idle.max_window_s
+
+
+def test_a_streak_makes_a_connection_hot_only_while_the_window_is_widened() -> None:
+    """HOT_STREAK deliveries in a row, each within the quiet period of the last frame,
+    make a connection hot once the hot window is widened; a pause resets the streak."""
+    policy, client = _policy(), _client()
+    client.last_sent = 10.0
+    for i in range(batching.HOT_STREAK):
+        assert policy.write_now(client, 10.0 + i * 0.001)  # not batching: written
+    assert client.streak == batching.HOT_STREAK
+    assert not policy.hot(client)
+    policy.widen()
+    assert policy.hot(client)
+    assert not policy.write_now(client, 10.01)
+    policy.write_now(client, 10.0 + policy.busy_quiet_s + 1)
+    assert client.streak == 0
+
+
+def test_batching_stops_only_below_the_hysteresis_band() -> None:
+    """A worker batching since 40% busy keeps batching at 35% (within BATCH_HYSTERESIS of
+    the threshold) and stops once the share falls under 30%."""
+    policy = _policy()
+    policy.adapt(0.05, 0.1, lateness_s=0.0)
+    assert policy.batching
+    for _ in range(30):
+        policy.adapt(0.035, 0.1, lateness_s=0.0)  # settles at 35%
+    assert policy.batching
+    for _ in range(30):
+        policy.adapt(0.02, 0.1, lateness_s=0.0)  # settles at 20%
+    assert not policy.batching
