@@ -1,5 +1,5 @@
 """`oddsfeed serve --workers 2` as a real process: clients spread over both workers by
-SO_REUSEPORT converge, and SIGTERM closes them with 1001 and exits in time (issue 4)."""
+SO_REUSEPORT converge, and SIGTERM closes them with 1001 and exits in time."""
 
 from __future__ import annotations
 
