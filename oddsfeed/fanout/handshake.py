@@ -18,6 +18,7 @@ from .. import wire
 from ..auth import ANONYMOUS, Authenticator, AuthError
 from . import metrics
 from .admission import Admission
+from .wsinternals import Connection
 
 ProcessRequest = Callable[[ServerConnection, Request], Response | None]
 
@@ -62,7 +63,8 @@ def process_request(auth: Authenticator, admission: Admission) -> ProcessRequest
             what = "address" if refused == "ip" else "token subject"
             return connection.respond(HTTPStatus.TOO_MANY_REQUESTS,
                                       f"too many connections for this {what}\n")
-        connection.principal = principal  # type: ignore[attr-defined]
+        assert isinstance(connection, Connection)  # the server's create_connection
+        connection.principal = principal
         return None
 
     return check

@@ -1,18 +1,20 @@
 """The node's hub: which local clients want which markets, what the node last forwarded for
 each market, and the race-free path from the store to every client (protocol.md section 2).
 
-Rules this module enforces:
+Rules the hub enforces (with the modules that hold them):
 - a market's Redis channel is subscribed only while a local client wants it;
 - a client's catch-up (history or snapshot) is read only after the channel is subscribed,
   and live payloads that arrive meanwhile are held and released by version, so there is
-  never a hole between catch-up and live;
-- every delta is forwarded only on top of the version the client holds; a gap on the
-  Redis -> node hop (pub/sub is at-most-once) is repaired with a snapshot, never skipped;
+  never a hole between catch-up and live (:mod:`.catchup`);
+- every delta is forwarded only on top of the version the client holds (:mod:`.delivery`);
+  a gap on the Redis -> node hop (pub/sub is at-most-once) is repaired with a snapshot,
+  never skipped (:mod:`.repair`);
 - each message is one shared :class:`~oddsfeed.wire.Outgoing`, encoded once per encoding;
 - a subscription never waits silently: a catch-up whose store read fails leaves the market
-  subscribed and owed (a snapshot or ``gone`` follows once the store answers), items held
-  during a catch-up count against the connection's outbox limit, and every client is told
-  when the node loses and regains the store (``status``, docs/protocol.md).
+  subscribed and owed (:mod:`.owed`: a snapshot or ``gone`` follows once the store
+  answers), items held during a catch-up count against the connection's outbox limit, and
+  every client is told when the node loses and regains the store (``status``,
+  docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from ..model import Market
 from ..store import Announced, Store, decode_payload
 from ..subscriptions import SubscriptionIndex
 from . import metrics
+from .catchup import catch_up
 from .client import Client, Held, Sink
-from .delivery import deliver, hold, newer, settle_held
+from .delivery import deliver, hold, settle_held
 from .owed import Owed
 from .repair import Repairs
 
@@ -42,8 +45,6 @@ log = logging.getLogger("oddsfeed.fanout")
 # How many subscribers of one delta the hub hands to the sink's send_many at a time.
 SEND_CHUNK = 128
 
-KEPT = ("the store is unavailable: the subscription is kept and its markets follow when the "
-        "store answers")
 
 
 class Hub:
@@ -110,7 +111,7 @@ class Hub:
     async def catch_up(self, client: Client, markets: list[str]) -> None:
         """Send ``client`` a snapshot (or ``gone``) of each of ``markets`` it is subscribed
         to, then their live deltas; a failed read owes them again."""
-        await self._catch_up(client, markets, {}, reply=False)
+        await catch_up(self, client, markets, {}, reply=False)
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -119,7 +120,7 @@ class Hub:
 
     # ---- clients -------------------------------------------------------------------------
 
-    def _sync_count(self, client: Client) -> None:
+    def sync_count(self, client: Client) -> None:
         n = self.index.count(client)
         if n != client.counted:
             metrics.SUBSCRIPTIONS.inc(n - client.counted)
@@ -133,7 +134,7 @@ class Hub:
         self.clients.discard(client)
         self.owed.drop(client)
         markets, events = self.index.drop(client)
-        self._sync_count(client)
+        self.sync_count(client)
         await self._release_channels(markets, events)
 
     async def _release_channels(self, markets: Iterable[str], events: Iterable[str]) -> None:
@@ -216,82 +217,8 @@ class Hub:
         for m in wanted:
             if m in via and m not in client.explicit:
                 client.via_event[m] = via[m]
-        await self._catch_up(client, wanted, req.from_, reply_id=req.id, events=req.events,
-                             named=req.markets)
-
-    async def _catch_up(self, client: Client, markets: list[str],
-                        from_: dict[str, wire.Position] | Any, *, reply_id: Any = None,
-                        events: Iterable[str] = (), named: Iterable[str] = (),
-                        reply: bool = True) -> tuple[list[str], list[str]]:
-        """Subscribe the channels, read catch-up, reply, send catch-up, release held items.
-
-        If a read fails the markets stay subscribed and owed (see :class:`.owed.Owed`),
-        their held items are dropped (the snapshot that repays them supersedes them), and a
-        request gets ``error`` ``internal``: nothing waits on a read that will not come."""
-        for m in markets:
-            client.pending.setdefault(m, [])
-            if self.index.add_market(client, m):
-                self.markets.pop(m, None)  # a (re)subscribed channel starts a new sequence
-            # Awaited even when another client already asked for the channel: it returns once
-            # the server confirmed the subscription, so the read below cannot overtake it.
-            await self.bus.subscribe_market(m)
-        self._sync_count(client)
-        histories: dict[str, tuple[Market, list[Delta]] | None] = {}
-        try:
-            for m in markets:
-                p = from_.get(m) if from_ else None
-                if p is not None:
-                    histories[m] = await self.store.history(m, p.epoch, p.version)
-            need = [m for m in markets if histories.get(m) is None]
-            current = await self.store.get_many(need) if need else {}
-        except StoreError as exc:
-            log.warning("catch-up read failed for %d market(s), owed: %s", len(markets), exc)
-            mine = self.index.markets_of(client)
-            kept = [m for m in markets if m in mine]
-            for m in markets:
-                client.pending.pop(m, None)
-            for m in kept:
-                # the client keeps what it holds; None: it holds nothing the node knows of
-                client.pos.setdefault(m, None)
-            settle_held(client)
-            self.owed.add(client, kept, ())
-            if reply:
-                client.push(wire.error("internal", KEPT, reply_id))
-            return [], []
-        found = [m for m in markets if histories.get(m) is not None or current.get(m) is not None]
-        missing = [m for m in named if m not in found]
-        if reply:
-            client.push(wire.reply("subscribed", reply_id, markets=found,
-                                   events=list(events), missing=missing))
-        for m in markets:
-            if client.outbox.queued_bytes > client.outbox.high_water_bytes:
-                await client.drained()
-            if client.closed:
-                return found, missing
-            if m not in client.pending:
-                continue  # unsubscribed meanwhile
-            hist = histories.get(m)
-            pos = client.pos.get(m)
-            if hist is not None:
-                market, deltas = hist
-                for d in deltas:
-                    client.push(wire.delta(d), market=m, delta=d)
-                if not newer(pos, market):
-                    client.pos[m] = (market.epoch, market.version)
-            else:
-                snap = current.get(m)
-                if snap is not None:
-                    # another catch-up of this market (its read later than this one) may
-                    # have gone out meanwhile: never send the client back to an older version
-                    if not newer(pos, snap):
-                        client.push(wire.snapshot(snap), market=m)
-                        client.pos[m] = (snap.epoch, snap.version)
-                else:
-                    if m in client.pos and client.pos[m] is not None:
-                        client.push(wire.gone(m), market=m)
-                    client.pos[m] = None
-            self.release(client, m)
-        return found, missing
+        await catch_up(self, client, wanted, req.from_, reply_id=req.id, events=req.events,
+                       named=req.markets)
 
     def release(self, client: Client, market: str) -> None:
         held = client.pending.pop(market, None)
@@ -324,7 +251,7 @@ class Hub:
             client.pending.setdefault(m, [])
             if self.index.add_market(client, m):
                 self.markets.pop(m, None)
-        self._sync_count(client)
+        self.sync_count(client)
         return new
 
     def _broadcast(self, out: wire.Outgoing) -> None:
@@ -366,7 +293,7 @@ class Hub:
                 client.explicit.discard(m)
                 self._drop_market(client, m, lost_m)
         client.push(wire.reply("unsubscribed", req.id, markets=removed_m, events=removed_e))
-        self._sync_count(client)
+        self.sync_count(client)
         await self._release_channels(lost_m, lost_e)
 
     def _drop_market(self, client: Client, m: str, lost: list[str]) -> None:
@@ -391,7 +318,7 @@ class Hub:
             for client in list(self.index.event_subscribers(ident)):
                 new = self.expand(client, ident, (item.market,))
                 if new:
-                    self.spawn(self._catch_up(client, new, {}, reply=False))
+                    self.spawn(catch_up(self, client, new, {}, reply=False))
             return
         market = ident
         subscribers = self.index.market_subscribers(market)

@@ -24,6 +24,8 @@ def send_all(fds: Sequence[int], frame: bytes, /) -> list[tuple[int, int]]:
     short: list[tuple[int, int]] = []
     n = len(frame)
     for i, fd in enumerate(checked):
+        # the sockets are non-blocking (asyncio's), and Python ignores SIGPIPE: a gone peer
+        # is an EPIPE here, as with the C loop's MSG_NOSIGNAL
         try:
             sent = os.write(fd, frame)
         except OSError as exc:

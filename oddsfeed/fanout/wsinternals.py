@@ -15,9 +15,10 @@ for these, each kept for memory or CPU per connection at 10,000 connections and 
   only appends to, removes from and iterates over it; an empty list costs 56 bytes where
   an empty deque costs 632.
 - ``ServerConnection.transport`` and ``.protocol`` (the sans-I/O ``Protocol``) are read by
-  the write paths (:func:`attach`, :func:`writable`): complete server frames (unmasked,
-  unfragmented, built by :mod:`oddsfeed.fanout.frames`) and pings are written to the
-  transport, or to its socket (:func:`plain_fd`), behind the ``Protocol``'s back. That is
+  the write paths (:func:`attach`, :func:`is_open`, :func:`ping`, and per delivery in
+  :mod:`oddsfeed.fanout.writer`): complete server frames (unmasked, unfragmented, built by
+  :mod:`oddsfeed.fanout.frames`) and pings are written to the transport, or to its socket
+  (:func:`plain_fd`), behind the ``Protocol``'s back. That is
   sound because a server ``Protocol`` keeps no state per data frame it sends (no mask, no
   fragmentation, no compression: the server is started with ``compression=None``) and the
   write paths write only while ``Protocol.state`` is ``OPEN``; only ``close()`` goes
