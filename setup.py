@@ -6,7 +6,7 @@ project's in site-packages.
 
 oddsfeed.fanout._send writes one frame to many sockets in one call (the fan-out hot path).
 It is optional: where it cannot be built (no C compiler), the install still succeeds and
-the server writes through its transports instead."""
+the server uses its same-signature Python loop (oddsfeed/fanout/writer_py.py) instead."""
 
 from setuptools import Extension, find_packages, setup
 

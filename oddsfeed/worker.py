@@ -251,14 +251,14 @@ def _worker_main(settings_json: str, redis_url: str, index: int) -> None:
                 continue
             try:
                 tune_gc(settings.server.gc_threshold)
-                from .fanout import server as fanout_server
+                from .fanout.writer import C_SEND_LOOP
 
                 # c_send_loop: whether oddsfeed/fanout/_send.c was built (without it every
                 # frame goes through its transport: ~10% more CPU per send at 10,000
                 # connections)
                 log.info("worker ready", ws_port=worker.ws_port, http_port=worker.http_port,
                          admin_port=worker.admin_port, pid=os.getpid(),
-                         c_send_loop=fanout_server.send_all is not None)
+                         c_send_loop=C_SEND_LOOP)
                 await stop.wait()
                 log.info("worker stopping")
             finally:

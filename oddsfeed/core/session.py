@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 
 from .book import Delta, conflate
-from .wire import Outgoing, batch_payload, ws_frame
+from .wire import Outgoing, batch_payload
 from .wire import delta as delta_message
 
 # A queued message: (out, size in bytes, time queued, market, delta). A plain tuple: push()
@@ -165,21 +165,6 @@ class Outbox:
             self.urgent = False
             self._q = _NO_QUEUE
         return out
-
-    def ws_frame(self, max_items: int = 512) -> tuple[bytes, int] | None:
-        """The next complete WebSocket frame and how many messages it carries. A lone
-        message reuses its shared prebuilt frame; several become one ``batch`` frame."""
-        q = self._q
-        if not q:
-            return None
-        if len(q) == 1:
-            e = q.popleft()
-            self.queued_bytes -= e[1]
-            self.urgent = False
-            self._q = _NO_QUEUE
-            return e[0].ws_frame(self.encoding), 1
-        items = self.take(max_items)
-        return ws_frame(batch_payload(items, self.encoding), self.encoding == "json"), len(items)
 
     def frame(self, max_items: int = 512) -> bytes | None:
         """The next frame: one message as is, or several packed into one ``batch``."""

@@ -65,30 +65,9 @@ class Outgoing:
             self._json = encode(self.message, JSON)
         return self._json
 
-    def ws_frame(self, encoding: str) -> bytes:
-        """The complete WebSocket frame (server frames are unmasked) for one encoding, built
-        once and written as the same bytes to every subscriber."""
-        frame = self._frames.get(encoding)
-        if frame is None:
-            frame = self._frames[encoding] = ws_frame(self.payload(encoding), encoding == JSON)
-        return frame
-
     @property
     def op(self) -> str:
         return str(self.message.get("op", ""))
-
-
-def ws_frame(payload: bytes, text: bool) -> bytes:
-    """One complete, unmasked, unfragmented WebSocket data frame (RFC 6455 section 5.2)."""
-    b0 = 0x81 if text else 0x82
-    n = len(payload)
-    if n < 126:
-        header = bytes((b0, n))
-    elif n < 65536:
-        header = bytes((b0, 126)) + n.to_bytes(2, "big")
-    else:
-        header = bytes((b0, 127)) + n.to_bytes(8, "big")
-    return header + payload
 
 
 _MSGPACK_BATCH_PREFIX: bytes = encode({"op": "batch"}, MSGPACK)[1:]  # the map body minus its header

@@ -12,8 +12,9 @@
    rest and a failed write both go back through the transport, which buffers the rest or
    reports the error its usual way.
 
-   Optional: when this module cannot be built (no C compiler), the server writes through
-   the transports one by one, with the same result. */
+   Optional: when this module cannot be built (no C compiler), its drop-in
+   oddsfeed/fanout/writer_py.py (same signature, same result, one os.write per socket) is
+   used instead; oddsfeed/fanout/writer.py chooses once, at import. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -1,5 +1,5 @@
 """One WebSocket connection's protocol state (:class:`Client`) and what the hub needs from
-the I/O side (:class:`Sink`). No I/O here: the server module owns the sockets."""
+the I/O side (:class:`Sink`). No I/O here: the server and the writer own the sockets."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class Sink(Protocol):
 
 
 class Client:
-    """One WebSocket connection's protocol state; the I/O lives in the server module."""
+    """One WebSocket connection's protocol state; the I/O lives in the server and the writer."""
 
     __slots__ = ("id", "encoding", "outbox", "pos", "pending", "via_event", "explicit",
                  "closed", "sink", "counted", "last_sent", "writer", "conn", "transport", "proto",
@@ -69,15 +69,15 @@ class Client:
         # its transport and protocol state machine (the hot path reads them per delivery)
         self.transport: Any = None
         self.proto: Any = None
-        self.fd = -1  # its socket, where the server may write to it directly (else -1)
+        self.fd = -1  # its socket, where the writer may write to it directly (else -1)
         self.counted = 0  # subscriptions this client holds in the metrics gauge
         # messages handed to this client since the server's ticker last visited it, and how
         # many it got in the visit period before (hot connections share frames when busy)
         self.received = 0
         self.rate = 0
-        # deliveries in a row that came within the server's quiet period of its last frame,
-        # up to the server's HOT_STREAK (a connection whose traffic jumps is known to be hot
-        # within a few messages)
+        # deliveries in a row that came within the batching policy's quiet period of its
+        # last frame, up to its HOT_STREAK (a connection whose traffic jumps is known to be
+        # hot within a few messages)
         self.streak = 0
         # bytes of the live items held in ``pending`` (they count against the outbox limit)
         self.held_bytes = 0
@@ -125,7 +125,7 @@ class Client:
         catch-up (snapshots do not conflate) goes out at the pace the client reads instead of
         being queued at once and cut as slow. The slow-consumer checks still apply meanwhile:
         a client that does not read is closed, which ends the wait."""
-        # A poll, not an event: the outbox is drained by the server's writer, which has no
+        # A poll, not an event: the outbox is drained by the writer, which has no
         # hook into the hub, and this only runs while a catch-up is past the high-water mark.
         outbox = self.outbox
         while outbox.queued_bytes > outbox.high_water_bytes and not self.closed:  # noqa: ASYNC110

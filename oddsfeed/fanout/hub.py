@@ -1,18 +1,20 @@
 """The node's hub: which local clients want which markets, what the node last forwarded for
 each market, and the race-free path from the store to every client (protocol.md section 2).
 
-Rules this module enforces:
+Rules the hub enforces (with the modules that hold them):
 - a market's Redis channel is subscribed only while a local client wants it;
 - a client's catch-up (history or snapshot) is read only after the channel is subscribed,
   and live payloads that arrive meanwhile are held and released by version, so there is
-  never a hole between catch-up and live;
-- every delta is forwarded only on top of the version the client holds; a gap on the
-  Redis -> node hop (pub/sub is at-most-once) is repaired with a snapshot, never skipped;
+  never a hole between catch-up and live (:mod:`.catchup`);
+- every delta is forwarded only on top of the version the client holds (:mod:`.delivery`);
+  a gap on the Redis -> node hop (pub/sub is at-most-once) is repaired with a snapshot,
+  never skipped (:mod:`.repair`);
 - each message is one shared :class:`~oddsfeed.core.wire.Outgoing`, encoded once per encoding;
 - a subscription never waits silently: a catch-up whose store read fails leaves the market
-  subscribed and owed (a snapshot or ``gone`` follows once the store answers), items held
-  during a catch-up count against the connection's outbox limit, and every client is told
-  when the node loses and regains the store (``status``, docs/protocol.md).
+  subscribed and owed (:mod:`.owed`: a snapshot or ``gone`` follows once the store
+  answers), items held during a catch-up count against the connection's outbox limit, and
+  every client is told when the node loses and regains the store (``status``,
+  docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -29,10 +31,13 @@ from ..core.errors import InvalidInput, StoreError
 from ..core.model import Market
 from ..core.ports import MarketSource
 from ..core.subscriptions import SubscriptionIndex
-from ..store import Announced, Gone, decode_payload
+from ..store import Announced, decode_payload
 from . import metrics
+from .catchup import catch_up
 from .client import Client, Held, Sink
+from .delivery import deliver, hold, settle_held
 from .owed import Owed
+from .repair import Repairs
 
 __all__ = ["Client", "Held", "Hub", "Sink"]
 
@@ -41,13 +46,6 @@ log = logging.getLogger("oddsfeed.fanout")
 # How many subscribers of one delta the hub hands to the sink's send_many at a time.
 SEND_CHUNK = 128
 
-KEPT = ("the store is unavailable: the subscription is kept and its markets follow when the "
-        "store answers")
-
-
-def _newer(pos: tuple[str, int] | None, market: Market) -> bool:
-    """Whether a client at ``pos`` holds a later version of ``market``'s epoch."""
-    return pos is not None and pos[0] == market.epoch and pos[1] > market.version
 
 
 class Hub:
@@ -69,10 +67,11 @@ class Hub:
         self.clients: set[Client] = set()
         self.bus = store.bus(self.on_bus_message, self.on_bus_reconnect, self.on_bus_lost)
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._repairing: set[str] = set()
         # catch-ups a failed store read left undone: retried with backoff (and covered by
         # the re-read after a bus reconnect)
         self.owed = Owed(self)
+        # re-reads that put clients back on a known position (gaps, bus reconnects)
+        self.repairs = Repairs(self)
         # True from the bus losing the store until everything was re-read after it came back
         self.feed_interrupted = False
         # payloads received, handed to prometheus by flush_metrics() (cheap hot path)
@@ -102,7 +101,7 @@ class Hub:
     def ready(self) -> bool:
         return self.bus.connected
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> None:
         self.track(asyncio.get_running_loop().create_task(coro))
 
     def track(self, task: asyncio.Task[Any]) -> None:
@@ -113,7 +112,7 @@ class Hub:
     async def catch_up(self, client: Client, markets: list[str]) -> None:
         """Send ``client`` a snapshot (or ``gone``) of each of ``markets`` it is subscribed
         to, then their live deltas; a failed read owes them again."""
-        await self._catch_up(client, markets, {}, reply=False)
+        await catch_up(self, client, markets, {}, reply=False)
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -122,7 +121,7 @@ class Hub:
 
     # ---- clients -------------------------------------------------------------------------
 
-    def _sync_count(self, client: Client) -> None:
+    def sync_count(self, client: Client) -> None:
         n = self.index.count(client)
         if n != client.counted:
             metrics.SUBSCRIPTIONS.inc(n - client.counted)
@@ -136,7 +135,7 @@ class Hub:
         self.clients.discard(client)
         self.owed.drop(client)
         markets, events = self.index.drop(client)
-        self._sync_count(client)
+        self.sync_count(client)
         await self._release_channels(markets, events)
 
     async def _release_channels(self, markets: Iterable[str], events: Iterable[str]) -> None:
@@ -219,107 +218,16 @@ class Hub:
         for m in wanted:
             if m in via and m not in client.explicit:
                 client.via_event[m] = via[m]
-        await self._catch_up(client, wanted, req.from_, reply_id=req.id, events=req.events,
-                             named=req.markets)
+        await catch_up(self, client, wanted, req.from_, reply_id=req.id, events=req.events,
+                       named=req.markets)
 
-    async def _catch_up(self, client: Client, markets: list[str],
-                        from_: dict[str, wire.Position] | Any, *, reply_id: Any = None,
-                        events: Iterable[str] = (), named: Iterable[str] = (),
-                        reply: bool = True) -> tuple[list[str], list[str]]:
-        """Subscribe the channels, read catch-up, reply, send catch-up, release held items.
-
-        If a read fails the markets stay subscribed and owed (see :class:`.owed.Owed`),
-        their held items are dropped (the snapshot that repays them supersedes them), and a
-        request gets ``error`` ``internal``: nothing waits on a read that will not come."""
-        for m in markets:
-            client.pending.setdefault(m, [])
-            if self.index.add_market(client, m):
-                self.markets.pop(m, None)  # a (re)subscribed channel starts a new sequence
-            # Awaited even when another client already asked for the channel: it returns once
-            # the server confirmed the subscription, so the read below cannot overtake it.
-            await self.bus.subscribe_market(m)
-        self._sync_count(client)
-        histories: dict[str, tuple[Market, list[Delta]] | None] = {}
-        try:
-            for m in markets:
-                p = from_.get(m) if from_ else None
-                if p is not None:
-                    histories[m] = await self.store.history(m, p.epoch, p.version)
-            need = [m for m in markets if histories.get(m) is None]
-            current = await self.store.get_many(need) if need else {}
-        except StoreError as exc:
-            log.warning("catch-up read failed for %d market(s), owed: %s", len(markets), exc)
-            mine = self.index.markets_of(client)
-            kept = [m for m in markets if m in mine]
-            for m in markets:
-                client.pending.pop(m, None)
-            for m in kept:
-                # the client keeps what it holds; None: it holds nothing the node knows of
-                client.pos.setdefault(m, None)
-            self._settle_held(client)
-            self.owed.add(client, kept, ())
-            if reply:
-                client.push(wire.error("internal", KEPT, reply_id))
-            return [], []
-        found = [m for m in markets if histories.get(m) is not None or current.get(m) is not None]
-        missing = [m for m in named if m not in found]
-        if reply:
-            client.push(wire.reply("subscribed", reply_id, markets=found,
-                                   events=list(events), missing=missing))
-        for m in markets:
-            if client.outbox.queued_bytes > client.outbox.high_water_bytes:
-                await client.drained()
-            if client.closed:
-                return found, missing
-            if m not in client.pending:
-                continue  # unsubscribed meanwhile
-            hist = histories.get(m)
-            pos = client.pos.get(m)
-            if hist is not None:
-                market, deltas = hist
-                for d in deltas:
-                    client.push(wire.delta(d), market=m, delta=d)
-                if not _newer(pos, market):
-                    client.pos[m] = (market.epoch, market.version)
-            else:
-                snap = current.get(m)
-                if snap is not None:
-                    # another catch-up of this market (its read later than this one) may
-                    # have gone out meanwhile: never send the client back to an older version
-                    if not _newer(pos, snap):
-                        client.push(wire.snapshot(snap), market=m)
-                        client.pos[m] = (snap.epoch, snap.version)
-                else:
-                    if m in client.pos and client.pos[m] is not None:
-                        client.push(wire.gone(m), market=m)
-                    client.pos[m] = None
-            self._release(client, m)
-        return found, missing
-
-    def _release(self, client: Client, market: str) -> None:
+    def release(self, client: Client, market: str) -> None:
         held = client.pending.pop(market, None)
-        self._settle_held(client)
+        settle_held(client)
         if not held:
             return
         for item in held:
-            self._deliver(client, market, item)
-
-    @staticmethod
-    def _settle_held(client: Client) -> None:
-        """Forget the held bytes once no catch-up of ``client`` is running (counted per
-        connection, not per market: while several run, released bytes still count)."""
-        if not client.pending:
-            client.held_bytes = 0
-
-    def _hold(self, client: Client, held: list[Held], item: Held, out: wire.Outgoing) -> None:
-        """Hold a live item while the client's catch-up runs; its bytes count against the
-        outbox's hard limit, and past it the client is closed as a slow consumer (4008)."""
-        held.append(item)
-        client.held_bytes += len(out.payload(client.encoding))
-        if client.held_bytes + client.outbox.queued_bytes > client.outbox.max_bytes:
-            client.closed = True
-            if client.sink is not None:
-                client.sink.slow(client)
+            self.deliver(client, market, item)
 
     # ---- owed catch-ups and the store's status -------------------------------------------
 
@@ -344,7 +252,7 @@ class Hub:
             client.pending.setdefault(m, [])
             if self.index.add_market(client, m):
                 self.markets.pop(m, None)
-        self._sync_count(client)
+        self.sync_count(client)
         return new
 
     def _broadcast(self, out: wire.Outgoing) -> None:
@@ -386,14 +294,14 @@ class Hub:
                 client.explicit.discard(m)
                 self._drop_market(client, m, lost_m)
         client.push(wire.reply("unsubscribed", req.id, markets=removed_m, events=removed_e))
-        self._sync_count(client)
+        self.sync_count(client)
         await self._release_channels(lost_m, lost_e)
 
     def _drop_market(self, client: Client, m: str, lost: list[str]) -> None:
         client.via_event.pop(m, None)
         client.pos.pop(m, None)
         client.pending.pop(m, None)
-        self._settle_held(client)
+        settle_held(client)
         if m in self.index.markets_of(client) and self.index.remove_market(client, m):
             lost.append(m)
 
@@ -411,7 +319,7 @@ class Hub:
             for client in list(self.index.event_subscribers(ident)):
                 new = self.expand(client, ident, (item.market,))
                 if new:
-                    self._spawn(self._catch_up(client, new, {}, reply=False))
+                    self.spawn(catch_up(self, client, new, {}, reply=False))
             return
         market = ident
         subscribers = self.index.market_subscribers(market)
@@ -423,7 +331,7 @@ class Hub:
                 if item.version <= known[1]:
                     return  # duplicate
                 if item.base != known[1]:
-                    self._repair(market)
+                    self.repairs.repair(market)
                     return
             self.markets[market] = (item.epoch, item.version)
             out = wire.delta(item)
@@ -440,8 +348,8 @@ class Hub:
             self.markets.pop(market, None)
             out = wire.gone(market)
         if isinstance(item, Delta):
-            # The common case inlined (profiled: this loop runs once per delivery): a client
-            # holding the delta's base takes it; anything else goes through _deliver. The
+            # The common case inlined (this loop runs once per delivery): a client
+            # holding the delta's base takes it; anything else goes through deliver(). The
             # takers go to the sink SEND_CHUNK at a time, so that the first of 500
             # subscribers are written to before the last ones are looked at.
             epoch, base, pos_new = item.epoch, item.base, (item.epoch, item.version)
@@ -451,7 +359,7 @@ class Hub:
                 if client.pending:
                     held = client.pending.get(market)
                     if held is not None:
-                        self._hold(client, held, item, out)
+                        hold(client, held, item, out)
                         continue
                 pos = client.pos.get(market)
                 if pos is not None and pos[1] == base and pos[0] == epoch:
@@ -461,16 +369,16 @@ class Hub:
                         self._send_many(ready, out, market, item, now)
                         ready = []
                 else:
-                    self._deliver(client, market, item, out)
+                    self.deliver(client, market, item, out)
             if ready:
                 self._send_many(ready, out, market, item, now)
             return
         for client in subscribers:
             held = client.pending.get(market)
             if held is not None:
-                self._hold(client, held, item, out)
+                hold(client, held, item, out)
             else:
-                self._deliver(client, market, item, out)
+                self.deliver(client, market, item, out)
 
     def _send_many(self, ready: list[Client], out: wire.Outgoing, market: str, item: Delta,
                    now: float) -> None:
@@ -480,117 +388,13 @@ class Hub:
             for client in ready:
                 client.push(out, market=market, delta=item, now=now)
 
-    def _deliver(self, client: Client, market: str, item: Held,
-                 out: wire.Outgoing | None = None) -> None:
-        pos = client.pos.get(market)
-        if isinstance(item, Delta):
-            if pos is not None and pos[0] == item.epoch:
-                if item.version <= pos[1]:
-                    return
-                if item.base == pos[1]:
-                    client.push(out or wire.delta(item), market=market, delta=item)
-                    client.pos[market] = (item.epoch, item.version)
-                    return
-            # a gap or another epoch for this client: resend the market
-            self._spawn(self._resync(client, market))
-        elif isinstance(item, Market):
-            if pos is not None and pos[0] == item.epoch and pos[1] >= item.version:
-                return  # holds it, or a later version (a re-read can lag a catch-up)
-            client.push(out or wire.snapshot(item), market=market)
-            client.pos[market] = (item.epoch, item.version)
-        else:
-            if pos is None:
-                return
-            client.push(out or wire.gone(market), market=market)
-            client.pos[market] = None
-
-    async def _resync(self, client: Client, market: str) -> None:
-        if client.closed or market in client.pending or market not in client.pos:
-            return
-        client.pending[market] = []
-        try:
-            await self._catch_up(client, [market], {}, reply=False)
-        finally:
-            client.pending.pop(market, None)
-
-    def _repair(self, market: str) -> None:
-        if market in self._repairing:
-            return
-        self._repairing.add(market)
-        metrics.GAPS_REPAIRED.inc()
-        self._spawn(self._repair_market(market))
-
-    async def _repair_market(self, market: str) -> None:
-        """Re-read one market after a gap on the Redis hop and resend it to its clients; if
-        the read fails the market is owed to them (never a ``gone`` the store did not say)."""
-        clients = [c for c in self.index.market_subscribers(market) if market not in c.pending]
-        for c in clients:
-            c.pending[market] = []
-        try:
-            snap = await self.store.get(market)
-        except StoreError as exc:
-            log.warning("repair read failed for %s, owed: %s", market, exc)
-            for c in clients:
-                c.pending.pop(market, None)
-                self._settle_held(c)
-                if market in self.index.markets_of(c):
-                    self.owed.add(c, (market,), ())
-            return
-        finally:
-            self._repairing.discard(market)
-        if snap is not None:
-            self.markets[market] = (snap.epoch, snap.version)
-            out = wire.snapshot(snap)
-        else:
-            self.markets.pop(market, None)
-            out = wire.gone(market)
-        for c in clients:
-            if market not in self.index.markets_of(c):
-                c.pending.pop(market, None)
-                self._settle_held(c)
-                continue
-            self._deliver(c, market, snap if snap is not None else Gone(market), out)
-            self._release(c, market)
+    def deliver(self, client: Client, market: str, item: Held,
+                out: wire.Outgoing | None = None) -> None:
+        """Hand a live item to one client (see :func:`.delivery.deliver`), or resend it the
+        market where the item does not apply on top of what it holds."""
+        if not deliver(client, market, item, out):
+            self.spawn(self.repairs.resync(client, market))
 
     async def on_bus_reconnect(self) -> None:
-        """After a bus reconnect: re-read every subscribed market, resend where a client's
-        position cannot be vouched for, and pick up markets created under events meanwhile;
-        then tell every client the feed is restored. What a failed read leaves undone is
-        owed (see :class:`~oddsfeed.fanout.owed.Owed`), and ``restored`` waits for it."""
-        self.owed.clear()  # this re-read covers every market and event of every client
-        try:
-            await self._reread()
-        except StoreError as exc:
-            log.warning("re-read after the bus reconnect failed, owed: %s", exc)
-            for client in list(self.clients):
-                self.owed.add(client, self.index.markets_of(client), self.index.events_of(client))
-            return
-        self.restored()
-
-    async def _reread(self) -> None:
-        markets = list(self.index.markets())
-        metrics.RESYNCS.inc(len(markets))
-        for i in range(0, len(markets), 500):
-            chunk = markets[i:i + 500]
-            current = await self.store.get_many(chunk)
-            for m in chunk:
-                snap = current.get(m)
-                item: Held
-                if snap is not None:
-                    self.markets[m] = (snap.epoch, snap.version)
-                    item, out = snap, wire.snapshot(snap)
-                else:
-                    self.markets.pop(m, None)
-                    item, out = Gone(m), wire.gone(m)
-                for client in list(self.index.market_subscribers(m)):
-                    held = client.pending.get(m)
-                    if held is not None:
-                        self._hold(client, held, item, out)
-                    else:
-                        self._deliver(client, m, item, out)
-        for e in list(self.index.events()):
-            ids = await self.store.event_market_ids(e)
-            for client in list(self.index.event_subscribers(e)):
-                new = self.expand(client, e, ids)
-                if new:
-                    self._spawn(self._catch_up(client, new, {}, reply=False))
+        """Bus callback: the store is back; re-read everything (see :class:`.repair.Repairs`)."""
+        await self.repairs.reread_all()

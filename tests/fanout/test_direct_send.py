@@ -1,6 +1,7 @@
-"""The C send loop (oddsfeed/fanout/_send.c) and send_many's use of it: one frame to many
-sockets in one call, a short write's rest and a failed write handed back to the transport in
-order, and the same deliveries with the module absent (the transport path)."""
+"""The many-socket send (the C loop oddsfeed/fanout/_send.c and its portable drop-in
+oddsfeed/fanout/writer_py.py) and send_many's use of it: one frame to many sockets in one
+call, a short write's rest and a failed write handed back to the transport in order, the
+same deliveries through either implementation, and TLS transports written through."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import errno
 import socket
 import time
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,8 +18,11 @@ import pytest
 
 from oddsfeed.core import wire
 from oddsfeed.core.session import Outbox
-from oddsfeed.fanout import server as server_module
+from oddsfeed.fanout import writer as writer_module
+from oddsfeed.fanout import writer_py
+from oddsfeed.fanout.frames import frame_of
 from oddsfeed.fanout.hub import Client, Hub
+from oddsfeed.fanout.wsinternals import plain_fd
 from oddsfeed.worker import Worker
 
 from .builders import create, price
@@ -25,15 +30,21 @@ from .conftest import WorkerFactory, ws_url
 from .direct import direct_client, recv_exactly
 from .mirror import Mirror, wait_until
 
-send_all = server_module.send_all
+SendAll = Callable[[Sequence[int], bytes], list[tuple[int, int]]]
+send_all: SendAll | None
+try:
+    from oddsfeed.fanout._send import send_all
+except ImportError:  # pragma: no cover - built by `pip install` where a compiler is
+    send_all = None
 needs_c = pytest.mark.skipif(send_all is None, reason="oddsfeed.fanout._send was not built")
+IMPLEMENTATIONS = [pytest.param(send_all, id="c", marks=needs_c),
+                   pytest.param(writer_py.send_all, id="python")]
 
 
-@needs_c
-def test_send_all_reports_the_sockets_that_did_not_take_everything() -> None:
+@pytest.mark.parametrize("send_all", IMPLEMENTATIONS)
+def test_send_all_reports_the_sockets_that_did_not_take_everything(send_all: SendAll) -> None:
     """Every socket gets the frame; the result lists only the exceptions: a peer that is
     gone (-EPIPE), a full buffer (a short count or -EAGAIN), a closed descriptor (-EBADF)."""
-    assert send_all is not None
     frame = b"\x82\x05hello"
     ok1, peer1 = socket.socketpair()
     ok2, peer2 = socket.socketpair()
@@ -69,53 +80,51 @@ def test_send_all_reports_the_sockets_that_did_not_take_everything() -> None:
             s.close()
 
 
-@needs_c
+@pytest.mark.parametrize("send_all", IMPLEMENTATIONS)
 async def test_a_short_write_sends_its_rest_through_the_transport_in_order(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, send_all: SendAll) -> None:
     """A frame bigger than what the socket takes: send_all writes the start, the transport
     gets the rest, and the next frame (the transport now holding bytes) queues behind it:
     the peer reads both frames whole and in order."""
     seen: list[list[tuple[int, int]]] = []
     real = send_all
-    assert real is not None
 
     def spy(fds: list[int], frame: bytes) -> list[tuple[int, int]]:
         res = real(fds, frame)
         seen.append(res)
         return res
 
-    monkeypatch.setattr(server_module, "send_all", spy)
+    monkeypatch.setattr(writer_module, "send_all", spy)
     async with direct_client(small_buffers=True) as (fan, client, reader):
         big = wire.reply("pong", None, pad="x" * 40_000)
         small = wire.reply("pong", None, pad="y")
         fan.send_many([client], big, "m1", None, time.monotonic())  # type: ignore[arg-type]
         ((index, took),) = seen[0]  # the socket took the start of the frame only
         assert index == 0
-        assert 0 < took < len(big.ws_frame(wire.MSGPACK))
+        assert 0 < took < len(frame_of(big, wire.MSGPACK))
         assert client.transport.get_write_buffer_size() > 0  # the rest waits there
         fan.send_many([client], small, "m1", None, time.monotonic())  # type: ignore[arg-type]
         assert len(seen) == 1  # the second frame queued behind the rest, not sent directly
-        want = big.ws_frame(wire.MSGPACK) + small.ws_frame(wire.MSGPACK)
+        want = frame_of(big, wire.MSGPACK) + frame_of(small, wire.MSGPACK)
         got = await asyncio.get_running_loop().run_in_executor(
             None, recv_exactly, reader, len(want))
         assert got == want
         assert client.received == 2
 
 
-@needs_c
 async def test_a_failing_send_all_falls_back_to_the_transport(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """If the C call itself fails (out of memory), every frame of that call goes through
+    """If the send_all call itself fails (out of memory), every frame of that call goes through
     its transport instead: the delivery is not lost."""
 
     def broken(fds: list[int], frame: bytes) -> list[tuple[int, int]]:
         raise MemoryError
 
-    monkeypatch.setattr(server_module, "send_all", broken)
+    monkeypatch.setattr(writer_module, "send_all", broken)
     async with direct_client() as (fan, client, reader):
         out = wire.reply("pong", None, pad="z")
         fan.send_many([client], out, "m1", None, time.monotonic())  # type: ignore[arg-type]
-        want = out.ws_frame(wire.MSGPACK)
+        want = frame_of(out, wire.MSGPACK)
         got = await asyncio.get_running_loop().run_in_executor(
             None, recv_exactly, reader, len(want))
         assert got == want
@@ -144,22 +153,19 @@ async def _deliveries(w: Worker, encoding: str) -> tuple[list[int], list[int], i
         await c.close()
 
 
+@pytest.mark.parametrize("send_all", IMPLEMENTATIONS)
 @pytest.mark.parametrize("encoding", ["json", "msgpack"])
-async def test_deliveries_are_the_same_with_and_without_the_c_loop(
-        start_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch, encoding: str) -> None:
-    """Every version arrives once and in order, through the C loop (the client's socket is
-    known to the server) and, with the module absent, through the transport (fd -1)."""
+async def test_deliveries_are_the_same_through_either_send_all(
+        start_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch, encoding: str,
+        send_all: SendAll) -> None:
+    """Every version arrives once and in order through each implementation of the
+    many-socket send (the client's socket is known to the server)."""
+    monkeypatch.setattr(writer_module, "send_all", send_all)
     async with start_worker() as w:
         got, written, fd = await _deliveries(w, encoding)
     assert len(written) == 50
     assert got == written
-    assert (fd >= 0) == (send_all is not None)
-    monkeypatch.setattr(server_module, "send_all", None)
-    async with start_worker() as w:
-        got, written, fd = await _deliveries(w, encoding)
-    assert len(written) == 50
-    assert got == written
-    assert fd == -1
+    assert fd >= 0
 
 
 def test_no_direct_writes_to_a_tls_transport() -> None:
@@ -170,8 +176,8 @@ def test_no_direct_writes_to_a_tls_transport() -> None:
     plain: Any = SimpleNamespace(transport=SimpleNamespace(get_extra_info={
         "socket": plain_sock}.get))
     try:
-        assert server_module._plain_fd(tls) == -1
-        assert server_module._plain_fd(plain) == (plain_sock.fileno() if send_all else -1)
+        assert plain_fd(tls) == -1
+        assert plain_fd(plain) == plain_sock.fileno()
     finally:
         tls_sock.close()
         plain_sock.close()

@@ -25,7 +25,7 @@ async def test_an_idle_worker_collects_the_middle_generation(
 
     monkeypatch.setattr(server_module.gc, "collect", collect)
     async with start_worker() as w:
-        assert w.fanout.busy < server_module.IDLE_GC_BUSY
+        assert w.fanout.policy.busy < server_module.IDLE_GC_BUSY
         real_collect(0)  # a young collection: generation 1 now has something to look at
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 5
@@ -49,17 +49,17 @@ async def test_a_worker_that_just_got_busy_does_not_collect(
         fan = w.fanout
         real_collect(0)  # generation 1 has something to look at
         # no await between setting the state and the decision: the ticker cannot interleave
-        fan.busy = 0.0
+        fan.policy.busy = 0.0
         fan._idle_gc_at = -10.0
-        fan._adapt(0.06, 0.1)  # a tick 60% busy: smoothed 0.18, under the threshold
-        assert fan.busy < server_module.IDLE_GC_BUSY
+        fan.policy.adapt(0.06, 0.1, 0.0)  # a tick 60% busy: smoothed 0.18, under the threshold
+        assert fan.policy.busy < server_module.IDLE_GC_BUSY
         fan._idle_collect(100.0)
         assert calls == []
-        fan._adapt(0.001, 0.1)  # idle again
+        fan.policy.adapt(0.001, 0.1, 0.0)  # idle again
         fan._idle_collect(100.1)
         assert calls == [1]
         real_collect(0)
-        fan._adapt(0.001, 0.1)
+        fan.policy.adapt(0.001, 0.1, 0.0)
         fan._idle_collect(100.5)  # within IDLE_GC_EVERY_S of the last one
         assert calls == [1]
         fan._idle_collect(101.2)

@@ -1,5 +1,5 @@
 """`oddsfeed serve --workers 2` as a real process: clients spread over both workers by
-SO_REUSEPORT converge, and SIGTERM closes them with 1001 and exits in time (issue 4)."""
+SO_REUSEPORT converge, and SIGTERM closes them with 1001 and exits in time."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import aiohttp
 import psutil
 
 from oddsfeed.embedded import free_port
-from oddsfeed.fanout import server as server_module
+from oddsfeed.fanout import writer as writer_module
 from oddsfeed.store import Store
 
 from .builders import create, random_update
@@ -101,7 +101,7 @@ async def test_two_workers_converge_and_stop_on_sigterm(flushed: str, tmp_path: 
         ready = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines()
                  if '"worker ready"' in line]
         assert len(ready) == 2
-        assert {r["c_send_loop"] for r in ready} == {server_module.send_all is not None}
+        assert {r["c_send_loop"] for r in ready} == {writer_module.C_SEND_LOOP}
     finally:
         if proc.poll() is None:
             proc.kill()

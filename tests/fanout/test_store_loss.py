@@ -1,6 +1,5 @@
 """The store killed and restarted (empty) under a running worker with subscribed clients:
-/readyz goes red then green, and every client ends consistent with the store (issue 4,
-store loss)."""
+/readyz goes red then green, and every client ends consistent with the store."""
 
 from __future__ import annotations
 

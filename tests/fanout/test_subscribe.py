@@ -268,10 +268,10 @@ async def test_quiet_connection_is_written_through(start_worker: WorkerFactory,
     """A message to a connection that has been quiet (no frame for QUIET_WINDOWS windows)
     goes out at once instead of waiting for the batching window; a burst right after it is
     still coalesced into batch frames."""
-    from oddsfeed.fanout import server as server_module
+    from oddsfeed.fanout import batching
 
     # quiet after 0.3 s with a 3 s window (the default is 10 windows)
-    monkeypatch.setattr(server_module, "QUIET_WINDOWS", 0.1)
+    monkeypatch.setattr(batching, "QUIET_WINDOWS", 0.1)
     async with start_worker(**{"fanout.batch_window_ms": 3000,
                                "fanout.batch_min_busy": 0}) as w:
         await w.store.apply(create("m1"))
@@ -315,7 +315,7 @@ async def test_busy_worker_widens_the_window_of_hot_connections_only(
         for i in range(25):
             await w.store.apply(price("hot", 20_000 + i))
             await asyncio.sleep(0.1)
-        assert w.fanout.busy > 0.8
+        assert w.fanout.policy.busy > 0.8
         frames_before = hot.frames
         for i in range(10):  # 50 ms apart: without the wider window, 10 frames
             await w.store.apply(price("hot", 30_000 + i))
@@ -344,7 +344,7 @@ async def test_an_idle_worker_does_not_batch(start_worker: WorkerFactory) -> Non
         c = await Mirror.open(ws_url(w), "msgpack")
         await c.request({"op": "subscribe", "markets": ["m1"]})
         await wait_until(lambda: "m1" in c.markets, 5)
-        await wait_until(lambda: not w.fanout._batching, 5, "an idle worker")
+        await wait_until(lambda: not w.fanout.policy.batching, 5, "an idle worker")
         for i in range(10):
             await w.store.apply(price("m1", 20_000 + i))
         truth = await w.store.get("m1")

@@ -1,0 +1,192 @@
+"""Writing frames: one prebuilt frame to many sockets, a connection's queued messages, and
+the backpressured slow path.
+
+The many-socket send is chosen once, at import: the C loop (oddsfeed/fanout/_send.c)
+where it was built, else its portable drop-in (:mod:`oddsfeed.fanout.writer_py`), both
+``send_all(fds, frame) -> [(index, sent or -errno), ...]`` for the sockets that did not
+take the whole frame. Every other write goes through the connection's transport (see
+:mod:`oddsfeed.fanout.wsinternals` for why writing there behind websockets is sound).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed
+
+from ..core import wire
+from ..core.book import Delta
+from . import metrics
+from .client import Client
+from .frames import frame_of, next_frame
+from .wsinternals import OPEN
+
+try:
+    from ._send import send_all
+except ImportError:  # pragma: no cover - built by `pip install` where a compiler is
+    from .writer_py import send_all
+
+# Whether the many-socket send is the C loop (reported by the worker when it is ready).
+C_SEND_LOOP = send_all.__module__.endswith("._send")
+
+log = logging.getLogger("oddsfeed.fanout")
+
+# Past this many bytes buffered in a connection's transport, frames go through the writer
+# task (which awaits drain) instead of being written directly.
+TRANSPORT_HIGH_WATER = 64 * 1024
+
+# Messages per frame of the slow path (a client catching up after backpressure).
+SLOW_PATH_ITEMS = 512
+
+
+def open_transport(client: Client) -> Any:
+    """``client``'s transport if a frame may be written to it now (open, keeping up), else
+    None."""
+    transport = client.transport
+    if (transport is None or transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER
+            or client.proto.state is not OPEN or transport.is_closing()):
+        return None
+    return transport
+
+
+class Writer:
+    """The frames one worker writes, and the counts it hands to prometheus."""
+
+    def __init__(self) -> None:
+        # summed here and handed to prometheus by flush_metrics() (cheap hot path)
+        self.frames = self.messages = self.bytes = 0
+
+    def direct(self, client: Client, out: wire.Outgoing, now: float) -> bool:
+        """Write ``out`` to ``client`` at once if its socket keeps up; True if written."""
+        transport = open_transport(client)
+        if transport is None:
+            return False
+        frame = frame_of(out, client.encoding)
+        transport.write(frame)
+        client.last_sent = now
+        self.count(len(frame), 1, out.t_us)
+        return True
+
+    def send_many(self, clients: list[Client], out: wire.Outgoing, market: str,
+                  delta: Delta, now: float, write_now: Callable[[Client, float], bool]) -> None:
+        """One delta to many clients: written at once to each one ``write_now`` allows and
+        whose socket keeps up; the others queue it (client.push without a second
+        write-through check).
+
+        This loop runs once per delivery (most of a loaded worker's time, the send syscall
+        most of that): the frame is looked up once per encoding, and sockets whose
+        transport holds nothing are written by one ``send_all`` per encoding; what a
+        socket did not take goes back through its transport, in order."""
+        frames: dict[str, bytes] = {}
+        direct: dict[str, tuple[list[int], list[Any]]] = {}
+        sent = nbytes = 0
+        for client in clients:
+            transport = client.transport
+            if (not write_now(client, now) or transport is None
+                    or transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER
+                    or client.proto.state is not OPEN or transport.is_closing()):
+                client.push(out, market=market, delta=delta, now=now, write_through=False)
+                continue
+            enc = client.encoding
+            frame = frames.get(enc)
+            if frame is None:
+                frame = frames[enc] = frame_of(out, enc)
+            client.last_sent = now
+            client.received += 1
+            sent += 1
+            nbytes += len(frame)
+            fd = client.fd
+            if fd >= 0 and not transport.get_write_buffer_size():
+                group = direct.get(enc)
+                if group is None:
+                    group = direct[enc] = ([], [])
+                group[0].append(fd)
+                group[1].append(transport)
+            else:
+                transport.write(frame)
+        for enc, (fds, transports) in direct.items():
+            frame = frames[enc]
+            try:
+                short = send_all(fds, frame)
+            except Exception:  # MemoryError, in practice: fall back to every transport
+                # (a frame already sent arrives twice: the client rule drops the repeat)
+                log.exception("send_all failed; writing through the transports")
+                short = [(i, -1) for i in range(len(fds))]
+            for i, took in short:
+                # a short write's rest, or the whole frame after an error (EAGAIN: buffered;
+                # anything else: the transport's own write reports it and closes)
+                transports[i].write(frame[took:] if took > 0 else frame)
+        if sent:
+            self.count(nbytes, sent, out.t_us, frames=sent)
+
+    def write_or_wake(self, client: Client) -> None:
+        """Fast path: when the connection is open, no writer task running and its socket
+        keeping up, write the queued frames straight to the transport (no task switch).
+        Otherwise a writer task sends with backpressure (awaiting drain)."""
+        ws = client.conn
+        if ws is None or client.writer is not None or client.closed:
+            return  # a running writer picks the new messages up
+        transport = ws.transport
+        if (ws.protocol.state is not OPEN
+                or transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER):
+            self._start_writer(client)
+            return
+        outbox = client.outbox
+        while True:
+            t_us = outbox.oldest_t_us()
+            framed = next_frame(outbox)
+            if framed is None:
+                break
+            frame, n = framed
+            transport.write(frame)
+            self.count(len(frame), n, t_us)
+            if not outbox.queued_bytes:
+                break  # the common case: one frame took everything
+            if transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER:
+                self._start_writer(client)
+                break
+        client.last_sent = time.monotonic()
+
+    def _start_writer(self, client: Client) -> None:
+        if client.writer is None and not client.closed:
+            client.writer = asyncio.get_running_loop().create_task(self._slow_path(client))
+
+    async def _slow_path(self, client: Client) -> None:
+        """Send what the outbox holds with backpressure (awaiting drain); ends when the
+        outbox is empty. A slow client only ever blocks its own writer."""
+        ws = client.conn
+        text = client.encoding == wire.JSON
+        outbox = client.outbox
+        try:
+            while outbox and not client.closed:
+                n = min(len(outbox), SLOW_PATH_ITEMS)
+                t_us = outbox.oldest_t_us()
+                frame = outbox.frame(SLOW_PATH_ITEMS)
+                if frame is None:
+                    break
+                await ws.send(frame, text=text)
+                client.last_sent = time.monotonic()
+                self.count(len(frame), n, t_us)
+        except ConnectionClosed:
+            pass
+        finally:
+            client.writer = None
+
+    def count(self, nbytes: int, messages: int, t_us: int, frames: int = 1) -> None:
+        self.frames += frames
+        self.messages += messages
+        self.bytes += nbytes
+        if t_us and self.frames % 64 < frames:  # a sample is enough for the histogram
+            metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - t_us / 1e6))
+
+    def flush_metrics(self) -> None:
+        """Add what was counted since the last call to the prometheus metrics."""
+        if self.frames:
+            metrics.FRAMES_OUT.inc(self.frames)
+            metrics.MESSAGES_OUT.inc(self.messages)
+            metrics.BYTES_OUT.inc(self.bytes)
+            self.frames = self.messages = self.bytes = 0
