@@ -387,8 +387,11 @@ async def post_odds(request: web.Request) -> web.Response:
         results: list[dict[str, Any]] = []
         valid: list[tuple[dict[str, Any], MarketUpdate]] = []
         for i, raw in enumerate(batch.updates):
+            # Echo the item's market only when it is a string: the result's schema says
+            # `market: string | null`, whatever a bad item carried.
             mid = raw.get("market") if isinstance(raw, dict) else None
-            entry: dict[str, Any] = {"market": mid, "ok": False}
+            entry: dict[str, Any] = {"market": mid if isinstance(mid, str) else None,
+                                     "ok": False}
             results.append(entry)
             try:
                 item = _model(schemas.OddsItem, raw, f"updates.{i}.")

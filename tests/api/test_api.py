@@ -282,6 +282,15 @@ async def test_batch_odds(api: Api) -> None:
     assert (await api.call("POST", "/v1/odds", {"items": []}))[0] == 400
 
 
+async def test_batch_odds_result_market_is_a_string_or_null(api: Api) -> None:
+    """An item whose market is not a string answers market null, as the result schema says
+    (schemathesis found a number echoed back)."""
+    st, res, _ = await api.call("POST", "/v1/odds", {"updates": [{"market": 7, "name": "x"},
+                                                                 {"market": ["m"]}]})
+    assert st == 200
+    assert [(r["market"], r["ok"]) for r in res["results"]] == [(None, False), (None, False)]
+
+
 async def test_writes_are_audit_logged(api: Api) -> None:
     """Every write logs who, which market, old -> new version and what changed."""
     with capture_logs() as logs:
