@@ -247,7 +247,8 @@ def _stream_login(settings: Settings) -> dict[str, Any] | None:
 
 
 async def _stream(run: AdapterRun) -> None:
-    from .betfair import StreamState, run_stream
+    from .betfair import StreamState
+    from .betfair_stream import run_stream
 
     runner, recorder = run.runner, run.recorder
     state = StreamState(mapping=run.mapping)
