@@ -294,7 +294,7 @@ async def _uof(run: AdapterRun) -> None:
 
 
 def _uof_preflight(opts: dict[str, Any]) -> None:
-    from .uof import load_uof_mapping
+    from .uof_mapping import load_uof_mapping
 
     load_uof_mapping(Path(opts["uof_mapping"]))
 
