@@ -27,7 +27,7 @@ from oddsfeed.store import Store
 from tests.deploy.netns import Topology
 
 from .common import environment, pct, table, write_json
-from .fanout.runner import SERVER_ENV, Load, cpu_s
+from .fanout.harness import SERVER_ENV, Load, cpu_s
 
 COLUMNS = ["nodes", "conns", "conns_per_node", "delivered_per_s", "server_cpu_s_per_s",
            "deliveries_per_cpu_s", "haproxy_cpu_s_per_s", "p50_ms", "p99_ms", "gaps",

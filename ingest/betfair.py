@@ -8,29 +8,22 @@ in_play, ``betDelay`` (s) -> bet_delay_ms, runner REMOVED -> removed selection, 
 available-to-back price (``batb`` level 0, else the best of ``atb``) -> selection price; a
 ladder entry of size 0 deletes that level; ``img`` replaces the market.
 
-Thin I/O at the bottom (:func:`run_stream`): connect, log in (``authentication`` with the
-application key and session token, sent before anything else), subscribe (re-subscribing
-with the last ``initialClk``/``clk`` after a disconnect), read lines, treat a link silent
-for 3 heartbeat intervals as dead, and reconnect with jittered exponential backoff. Only a
-connection that carried market data (an ``mcm``) resets the backoff: a refused login or
-subscription is a failure like any other. What a ``status`` FAILURE's ``errorCode`` means
-for the next connection is decided by the pure :func:`failure_action`.
+The thin I/O client (:func:`betfair_stream.run_stream`) connects, logs in
+(``authentication`` with the application key and session token, sent before anything else),
+subscribes (re-subscribing with the last ``initialClk``/``clk`` after a disconnect), reads
+lines, treats a link silent for 3 heartbeat intervals as dead, and reconnects with jittered
+exponential backoff. Only a connection that carried market data (an ``mcm``) resets the
+backoff: a refused login or subscription is a failure like any other. What a ``status``
+FAILURE's ``errorCode`` means for the next connection is decided here, by the pure
+:func:`failure_action`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
-import json
-import random
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
-from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import WebSocketException
 
 from oddsfeed.core.errors import InvalidInput, ProviderDataError
 from oddsfeed.core.model import MAX_BET_DELAY_MS, MarketUpdate
@@ -42,7 +35,6 @@ from .normalised import FeedMapping
 PROVIDER = "betfair"
 STATUS = {"OPEN": "open", "SUSPENDED": "suspended", "CLOSED": "closed", "INACTIVE": "suspended"}
 KINDS = {"MATCH_ODDS": "1x2", "ASIAN_HANDICAP": "handicap", "HANDICAP": "handicap"}
-MAX_LINE_BYTES = 1 << 22
 log = structlog.get_logger("oddsfeed.ingest.betfair")
 
 # The Exchange Stream API's status error codes, by what the next connection should do.
@@ -102,7 +94,7 @@ class StreamOutput:
     closed: bool = False  # the provider said it is closing the connection
 
 
-def _bad(message: str, raw: object) -> ProviderDataError:
+def bad_data(message: str, raw: object) -> ProviderDataError:
     return ProviderDataError(message, provider=PROVIDER, raw=raw)
 
 
@@ -181,7 +173,7 @@ class StreamState:
         """One stream message -> its updates and the market changes that were bad; raises
         ProviderDataError when the whole message is unusable."""
         if not isinstance(msg, dict):
-            raise _bad("a message must be an object", msg)
+            raise bad_data("a message must be an object", msg)
         op = msg.get("op")
         out = StreamOutput()
         if op == "status":
@@ -194,12 +186,12 @@ class StreamState:
             return out
         if op != "mcm":
             if not isinstance(op, str):
-                raise _bad("a message needs op", msg)
+                raise bad_data("a message needs op", msg)
             return out  # connection, authentication acks and others carry no odds
         out.market_data = True
         for key in ("initialClk", "clk"):
             if key in msg and not isinstance(msg[key], str):
-                raise _bad(f"{key} must be a string token", msg)
+                raise bad_data(f"{key} must be a string token", msg)
         if msg.get("status") == 503:
             # A documented lag notice, not bad data: it may come without pt or market
             # changes, and its clocks still count.
@@ -213,13 +205,13 @@ class StreamState:
                 return out
         hb = msg.get("heartbeatMs")
         if hb is not None and (isinstance(hb, bool) or not isinstance(hb, int) or hb <= 0):
-            raise _bad("heartbeatMs must be a positive integer", msg)
+            raise bad_data("heartbeatMs must be a positive integer", msg)
         pt = msg.get("pt")
         if isinstance(pt, bool) or not isinstance(pt, int) or not 0 <= pt < 2**43:
-            raise _bad("mcm needs pt (publish time in ms)", msg)
+            raise bad_data("mcm needs pt (publish time in ms)", msg)
         mcs = msg.get("mc") or []
         if not isinstance(mcs, list):
-            raise _bad("mc must be a list", msg)
+            raise bad_data("mc must be a list", msg)
         if "initialClk" in msg:
             self.initial_clk = msg["initialClk"]
         if "clk" in msg:
@@ -233,7 +225,7 @@ class StreamState:
             try:
                 update = self._market_change(mc, pt)
             except (KeyError, TypeError, ValueError, InvalidInput, ProviderDataError) as exc:
-                out.errors.append(exc if isinstance(exc, ProviderDataError) else _bad(
+                out.errors.append(exc if isinstance(exc, ProviderDataError) else bad_data(
                     f"bad market change: {exc}", mc))
                 continue
             if update is not None:
@@ -334,226 +326,3 @@ class StreamState:
         if self.clk:
             msg["clk"] = self.clk
         return msg
-
-
-# ------------------------------------------------------------------ I/O
-
-
-class _Link(Protocol):
-    async def readline(self) -> bytes: ...
-    async def send(self, data: bytes) -> None: ...
-    async def close(self) -> None: ...
-
-
-class _TcpLink:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    async def readline(self) -> bytes:
-        try:
-            return await self.reader.readline()
-        except ValueError:  # a line over the limit: drop the link, the feed is broken
-            raise ConnectionError("line too long") from None
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data + b"\r\n")
-        await self.writer.drain()
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError):
-            await self.writer.wait_closed()
-
-
-class _WsLink:
-    """One JSON message per WebSocket message (several lines in one message are split)."""
-
-    def __init__(self, ws: Any) -> None:
-        self.ws = ws
-        self.pending: list[bytes] = []
-
-    async def readline(self) -> bytes:
-        while not self.pending:
-            try:
-                data = await self.ws.recv()
-            except WebSocketException:
-                return b""
-            raw = data.encode() if isinstance(data, str) else data
-            self.pending = [x + b"\n" for x in raw.splitlines() if x.strip()]
-        return self.pending.pop(0)
-
-    async def send(self, data: bytes) -> None:
-        await self.ws.send(data.decode())
-
-    async def close(self) -> None:
-        await self.ws.close()
-
-
-async def _open(address: str) -> _Link:
-    if address.startswith(("ws://", "wss://")):
-        return _WsLink(await ws_connect(address, max_size=MAX_LINE_BYTES, open_timeout=10))
-    tls = address.startswith("tls://")  # Betfair's own stream is TLS on port 443
-    host, _, port = address.removeprefix("tls://").rpartition(":")
-    reader, writer = await asyncio.open_connection(host or "127.0.0.1", int(port),
-                                                   limit=MAX_LINE_BYTES, ssl=tls or None)
-    return _TcpLink(reader, writer)
-
-
-@dataclass
-class _LinkEnd:
-    """How one connection ended: whether it carried market data, and the status FAILURE
-    code that ended it (None: closed, silent or stopped)."""
-
-    market_data: bool = False
-    error_code: str | None = None
-
-
-async def run_stream(address: str, state: StreamState,
-                     on_updates: Callable[[list[MarketUpdate]], Awaitable[None]],
-                     on_bad: Callable[[ProviderDataError], None], *,
-                     stop: asyncio.Event,
-                     market_filter: dict[str, Any] | None = None,
-                     authentication: dict[str, Any] | None = None,
-                     on_alive: Callable[[], Awaitable[None]] | None = None,
-                     on_lag: Callable[[bool], None] | None = None,
-                     on_raw: Callable[[Any], None] | None = None,
-                     keep_trying: bool = False,
-                     min_backoff_s: float = 0.1, max_backoff_s: float = 30.0,
-                     rng: random.Random | None = None) -> int:
-    """Stream from ``address`` (``HOST:PORT`` for TCP, ``tls://HOST:PORT``, or a ``ws://`` /
-    ``wss://`` URL) until ``stop``.
-
-    Sends ``authentication`` (if given: ``{"op": "authentication", "appKey", "session"}``,
-    never logged) first and then the subscription on every connect, with the last clocks
-    after a reconnect. Good updates go to ``on_updates``, bad data to ``on_bad``, heartbeats
-    and other signs of life to ``on_alive``, each mcm's lag state (True for a status 503
-    notice) to ``on_lag``, and each raw message to ``on_raw`` (for recording).
-
-    Every failed connection (refused, closed or silent before any mcm, or ended by a status
-    FAILURE) doubles the backoff, with jitter, up to ``max_backoff_s``; SUBSCRIPTION_LIMIT_
-    EXCEEDED and MAX_CONNECTION_LIMIT_EXCEEDED wait ``max_backoff_s``; INVALID_CLOCK drops
-    the clocks for a fresh image. Raises StreamRefused on a fatal code (bad app key, invalid
-    session, ...) unless ``keep_trying``. Returns the number of connections made.
-    """
-    rng = rng or random.Random()
-    backoff = min_backoff_s
-    connects = 0
-    while not stop.is_set():
-        end = _LinkEnd()
-        try:
-            link = await _open(address)
-        except (OSError, WebSocketException, TimeoutError, ValueError) as exc:
-            log.warning("stream connect failed", address=address, error=str(exc))
-        else:
-            connects += 1
-            log.info("stream connected", address=address, connects=connects,
-                     resume=state.clk is not None, login=authentication is not None)
-            try:
-                if authentication:
-                    await link.send(json.dumps({"op": "authentication", "id": 0,
-                                                **authentication}).encode())
-                await link.send(json.dumps(state.subscription(market_filter or {},
-                                                              request_id=connects)).encode())
-                end = await _read(link, state, on_updates, on_bad, on_alive, on_lag, on_raw,
-                                  stop, resubscribe=functools.partial(
-                                      state.subscription, market_filter or {},
-                                      request_id=connects))
-            except (OSError, asyncio.IncompleteReadError, WebSocketException) as exc:
-                log.warning("stream dropped", address=address, error=str(exc))
-            finally:
-                with contextlib.suppress(OSError, WebSocketException):
-                    await link.close()
-        if stop.is_set():
-            break
-        if end.market_data:
-            backoff = min_backoff_s  # the link carried market data: start backoff afresh
-        if end.error_code is not None:
-            action = failure_action(end.error_code)
-            if action == "fatal" and not keep_trying:
-                raise StreamRefused(end.error_code, (
-                    f"the provider refused the stream with {end.error_code}: check the "
-                    "application key and session token (or pass --keep-trying)"))
-            if action == "fresh_image":
-                state.forget_clocks()
-            elif action == "limit":
-                backoff = max_backoff_s
-        wait = backoff * (0.5 + rng.random())  # jitter: reconnects do not arrive in step
-        backoff = min(backoff * 2, max_backoff_s)
-        log.info("stream reconnecting", address=address, in_s=round(wait, 2),
-                 error_code=end.error_code)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), wait)
-    return connects
-
-
-async def _read(link: _Link, state: StreamState,
-                on_updates: Callable[[list[MarketUpdate]], Awaitable[None]],
-                on_bad: Callable[[ProviderDataError], None],
-                on_alive: Callable[[], Awaitable[None]] | None,
-                on_lag: Callable[[bool], None] | None,
-                on_raw: Callable[[Any], None] | None, stop: asyncio.Event, *,
-                resubscribe: Callable[[], dict[str, Any]]) -> _LinkEnd:
-    """Read one connection until it ends, goes silent, fails or ``stop``."""
-    end = _LinkEnd()
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        while not stop.is_set():
-            silent_s = 3 * state.heartbeat_ms / 1000
-            reader = asyncio.ensure_future(link.readline())
-            done, _ = await asyncio.wait([reader, stopper], timeout=silent_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if reader not in done:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await reader
-                if not stop.is_set():
-                    log.warning("stream silent past 3 heartbeats: reconnecting",
-                                silent_s=silent_s)
-                return end
-            line = reader.result()
-            if not line:
-                return end  # closed by the provider
-            try:
-                msg = json.loads(line)
-            except (ValueError, UnicodeDecodeError):
-                on_bad(_bad("malformed or truncated JSON line",
-                            line[:300].decode("utf-8", "replace")))
-                continue
-            if on_raw:
-                on_raw(msg)
-            try:
-                out = state.on_message(msg)
-            except ProviderDataError as exc:
-                on_bad(exc)
-                continue
-            if out.error_code is not None:
-                if out.closed or failure_action(out.error_code) != "fresh_image":
-                    end.error_code = out.error_code
-                    return end
-                # The link stays open: ask again without clocks for a fresh image.
-                state.forget_clocks()
-                await link.send(json.dumps(resubscribe()).encode())
-                continue
-            if isinstance(msg, dict) and msg.get("op") == "connection":
-                log.info("stream connection accepted", connection_id=str(
-                    msg.get("connectionId", ""))[:80])
-            elif isinstance(msg, dict) and msg.get("op") == "status" and msg.get("id") == 0:
-                log.info("stream logged in",
-                         connections_available=msg.get("connectionsAvailable"))
-            for err in out.errors:
-                on_bad(err)
-            if out.updates:
-                await on_updates(out.updates)
-            if out.market_data:
-                end.market_data = True
-                if on_lag is not None:
-                    on_lag(out.lagging)
-                if on_alive is not None:
-                    # Any good mcm proves the link live; a busy link sends no heartbeats,
-                    # so quiet markets on it are still current.
-                    await on_alive()
-            if out.closed:
-                return end
-    finally:
-        stopper.cancel()
-    return end

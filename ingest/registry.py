@@ -247,7 +247,8 @@ def _stream_login(settings: Settings) -> dict[str, Any] | None:
 
 
 async def _stream(run: AdapterRun) -> None:
-    from .betfair import StreamState, run_stream
+    from .betfair import StreamState
+    from .betfair_stream import run_stream
 
     runner, recorder = run.runner, run.recorder
     state = StreamState(mapping=run.mapping)
@@ -293,7 +294,7 @@ async def _uof(run: AdapterRun) -> None:
 
 
 def _uof_preflight(opts: dict[str, Any]) -> None:
-    from .uof import load_uof_mapping
+    from .uof_mapping import load_uof_mapping
 
     load_uof_mapping(Path(opts["uof_mapping"]))
 

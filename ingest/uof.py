@@ -1,7 +1,7 @@
 """A feed in the shape of Sportradar's Unified Odds Feed (UOF): XML messages on an AMQP topic
 exchange; must not write to the store itself (it hands updates to the runner).
 
-Pure part: :class:`UofMapping` (the mapping file, config/uof.toml) and :class:`UofState`,
+Pure part: :class:`UofState` (with the mapping file of ``uof_mapping``, config/uof.toml),
 which turns ``odds_change``, ``bet_stop``, ``bet_settlement``, ``bet_cancel`` and ``alive``
 messages into MarketUpdates and keeps each producer's liveness:
 
@@ -24,25 +24,28 @@ The AMQP I/O is in ingest/uof_amqp.py.
 
 from __future__ import annotations
 
-import re
-import tomllib
-import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from xml.etree.ElementTree import Element, ParseError
 
 import structlog
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 from prometheus_client import Counter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from oddsfeed.core.errors import InvalidInput, PriceError, ProviderDataError
 from oddsfeed.core.model import MarketUpdate
 from oddsfeed.core.prices import from_decimal
 
-from .normalised import safe_id
+from .uof_mapping import (
+    Target,
+    UofEvent,
+    UofMapping,
+    UofMarketMapping,
+    derived_id,
+    fill_template,
+    parse_specifiers,
+)
 
 PROVIDER = "uof"
 MAX_XML_BYTES = 8 << 20
@@ -50,114 +53,9 @@ MAX_MARKETS = 5000  # per message; a real odds_change of a big event has a few h
 STATUS = {"1": "open", "-1": "suspended", "-2": "suspended", "0": "closed", "-3": "settled",
           "-4": "closed"}
 SEQ_PER_MS = 1000  # messages at one provider millisecond still order within a market
-_PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")
 log = structlog.get_logger("oddsfeed.ingest.uof")
 SKIPPED = Counter("oddsfeed_ingest_uof_skipped_markets_total",
                   "UOF markets skipped because the mapping file does not map them", ["source"])
-
-
-# ------------------------------------------------------------------ the mapping file
-
-
-class UofOutcome(BaseModel):
-    """One outcome's mapping: our selection id, its name, and whether its line is the
-    negated specifier (the away side of a home handicap)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    id: str
-    name: str = ""
-    negate_point: bool = False
-
-
-class UofMarketMapping(BaseModel):
-    """How one UOF market id (any specifiers) becomes our market: ``id`` and ``name`` are
-    templates with ``{event}`` (our event id), ``{market}`` and ``{<specifier>}``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    id: str = "{event}:{market}{specifiers}"
-    name: str = "market {market}"
-    kind: str = ""
-    groups: list[str] = Field(default_factory=lambda: ["all"])
-    point: str = ""  # the specifier that is the selections' line (total, hcp)
-    outcomes: dict[str, str | UofOutcome] = Field(default_factory=dict)
-
-
-class UofEvent(BaseModel):
-    """One event urn's mapping: our event id and sport."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    id: str = ""
-    sport: str = ""
-
-
-class UofMapping(BaseModel):
-    """The UOF mapping file (config/uof.toml; data only), see docs/operations.md.
-
-    ``markets`` maps a UOF market id to :class:`UofMarketMapping`; ``ids`` maps
-    ``"<event urn>/<market id>"`` or ``"<event urn>/<market id>/<specifiers>"`` to our market
-    id exactly (it wins over the template); ``events`` maps event urns. A market id not in
-    ``markets`` is skipped and counted (``unmapped = "skip"``), or created with derived ids
-    and names (``unmapped = "derive"``).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    default_sport: str = "unknown"
-    unmapped: Literal["skip", "derive"] = "skip"
-    live_producers: list[str] = Field(default_factory=lambda: ["1"])
-    events: dict[str, UofEvent] = Field(default_factory=dict)
-    markets: dict[str, UofMarketMapping] = Field(default_factory=dict)
-    ids: dict[str, str] = Field(default_factory=dict)
-
-    @classmethod
-    def from_toml(cls, text: str) -> UofMapping:
-        """The mapping in a mapping file's text; raises ValueError naming the bad key."""
-        try:
-            return cls.model_validate(tomllib.loads(text))
-        except (tomllib.TOMLDecodeError, ValidationError) as exc:
-            raise ValueError(f"bad uof mapping: {exc}") from None
-
-
-def derived_id(raw: str) -> str:
-    """``raw`` as one of our ids: unchanged when valid, else made safe with a hash of the raw
-    text appended, so that ids differing only in unsafe characters (``6`` and ``6+``) stay
-    distinct."""
-    safe = safe_id(raw)
-    if safe == raw:
-        return raw
-    return f"{safe[:119]}-{zlib.crc32(raw.encode()):08x}"
-
-
-def _fill(template: str, values: dict[str, str]) -> str:
-    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
-
-
-def parse_specifiers(text: str) -> dict[str, str]:
-    """``"total=2.5|variant=x"`` -> ``{"total": "2.5", "variant": "x"}``; raises ValueError."""
-    out: dict[str, str] = {}
-    for part in filter(None, text.split("|")):
-        key, eq, value = part.partition("=")
-        if not eq or not key:
-            raise ValueError(f"bad specifier {part[:60]!r}")
-        out[key] = value
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    """Where one UOF market of one event goes in our store."""
-
-    market: str
-    event: str
-    sport: str
-    name: str
-    kind: str
-    groups: frozenset[str]
-    point: float | None
-    outcomes: dict[str, str | UofOutcome]
 
 
 # ------------------------------------------------------------------ parsing and state
@@ -313,7 +211,7 @@ class UofState:
         self.last_seq[market] = max(seq, self.last_seq.get(market, 0))
         return seq
 
-    def _target(self, event_urn: str, market_id: str, specifiers: str) -> _Target | None:
+    def _target(self, event_urn: str, market_id: str, specifiers: str) -> Target | None:
         m = self.mapping
         spec = parse_specifiers(specifiers)
         mm = m.markets.get(market_id)
@@ -332,8 +230,8 @@ class UofState:
             if mm.point not in spec:
                 raise ValueError(f"market {market_id} needs specifier {mm.point!r}")
             point = float(spec[mm.point])
-        return _Target(market=exact or derived_id(_fill(mm.id, values)), event=event,
-                       sport=ev.sport or m.default_sport, name=_fill(mm.name, values)[:256],
+        return Target(market=exact or derived_id(fill_template(mm.id, values)), event=event,
+                       sport=ev.sport or m.default_sport, name=fill_template(mm.name, values)[:256],
                        kind=mm.kind, groups=frozenset(mm.groups), point=point,
                        outcomes=mm.outcomes)
 
@@ -403,7 +301,7 @@ class UofState:
         self._set_status(target.market, status)
         return update
 
-    def _outcome(self, target: _Target, raw: str) -> tuple[str | None, str, bool]:
+    def _outcome(self, target: Target, raw: str) -> tuple[str | None, str, bool]:
         if not raw:
             raise ValueError("an outcome needs an id")
         mapped = target.outcomes.get(raw)
@@ -463,11 +361,3 @@ class UofState:
             out.updates.append(MarketUpdate(market=target.market, fields={"status": status},
                                             ts=ts, seq=self._seq(target.market, ts)))
             self._set_status(target.market, status)
-
-
-def load_uof_mapping(path: Path) -> UofMapping:
-    """The mapping in ``path`` (derived ids when there is no file); raises ValueError."""
-    if not path.is_file():
-        log.warning("no uof mapping file: every market is skipped", path=str(path))
-        return UofMapping()
-    return UofMapping.from_toml(path.read_text(encoding="utf-8"))

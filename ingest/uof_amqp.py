@@ -25,7 +25,8 @@ from oddsfeed.core.model import MarketUpdate
 
 from .errors import ProviderRefused
 from .runner import FeedRunner
-from .uof import PROVIDER, UofState, load_uof_mapping
+from .uof import PROVIDER, UofState
+from .uof_mapping import load_uof_mapping
 
 log = structlog.get_logger("oddsfeed.ingest.uof")
 PRODUCER_DOWN = Counter("oddsfeed_ingest_uof_producer_down_total",

@@ -1,12 +1,14 @@
 """Shared fixtures: one embedded Valkey per test session, a clean async client per test,
-and a lazily started 3-node cluster for the tests that ask for it."""
+a lazily started 3-node cluster for the tests that ask for it, and a logging restorer."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio
+import structlog
 
 from oddsfeed.embedded import EmbeddedCluster, EmbeddedValkey
 
@@ -40,3 +42,15 @@ def valkey_cluster() -> Iterator[EmbeddedCluster]:
     """A 3-primary embedded cluster, started on first use and shared by the session."""
     with EmbeddedCluster(n_primaries=3) as cluster:
         yield cluster
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Put the root logger and structlog back as they were (for tests that configure logging)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    config = structlog.get_config()
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.configure(**config)

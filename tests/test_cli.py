@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import queue
 import signal
@@ -18,7 +17,6 @@ from typing import IO, Any
 import psutil
 import pytest
 import redis
-import structlog
 from click.testing import CliRunner
 
 from oddsfeed.cli import main
@@ -62,16 +60,8 @@ class Lines:
                 return record
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """In-process commands configure logging onto CliRunner's streams; undo that."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    config = structlog.get_config()
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.configure(**config)
+# In-process commands configure logging (onto CliRunner's streams); each test undoes it.
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 @pytest.fixture

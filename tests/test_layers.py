@@ -20,7 +20,8 @@ CORE_ALLOWED = {"__future__", "collections", "dataclasses", "decimal", "enum", "
                 "msgpack"}
 # Adapters: each package of oddsfeed/ other than the core and the services, and ingest.
 ADAPTERS = sorted(p.name for p in PKG.iterdir()
-                  if (p / "__init__.py").is_file() and p.name not in {"core", "services"})
+                  if (p / "__init__.py").is_file()
+                  and p.name not in {"core", "services", "embedded"})
 # The composition root wires everything; nothing but itself imports it (nor the embedded
 # Valkey launcher, dev and test tooling that only the root loads, lazily).
 ROOT_MODULES = {"oddsfeed.cli", "oddsfeed.worker", "oddsfeed.__main__", "oddsfeed.allinone",

@@ -6,24 +6,12 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterator
 
 import pytest
-import structlog
 
 from oddsfeed.log import configure_logging, get_logger
 
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """Put the root logger and structlog back as they were."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    config = structlog.get_config()
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.configure(**config)
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def test_json_when_not_a_tty() -> None:

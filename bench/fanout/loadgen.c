@@ -1,4 +1,7 @@
-/* The fan-out benchmark's load generator in C: the same job as loadgen.py (which stays as
+/* Long on purpose (one job, ~600 lines): harness.py compiles this one file with no build
+ * system, so the WebSocket client, msgpack reader and epoll loop stay in one translation unit.
+ *
+ * The fan-out benchmark's load generator in C: the same job as loadgen.py (which stays as
  * the fallback where no C compiler is found), at a fraction of its CPU, so that on a small
  * machine the load generators leave the cores to the server under test.
  *

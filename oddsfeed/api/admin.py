@@ -6,8 +6,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..webkit import metrics
-from .app import errors_mw, hide_server_banner
 from .openapi import ROUTES, openapi_document
+from .plumbing import errors_mw, hide_server_banner
 
 __all__ = ["add_admin_routes", "build_admin_app"]
 

@@ -138,6 +138,27 @@ def _new_selection(sid: str, patch: Mapping[str, Any]) -> Selection | Rejected:
     )
 
 
+def _given_or_default(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The market fields of a market built from scratch: given, else the default."""
+    return {k: fields.get(k, _MARKET_DEFAULTS.get(k)) for k in MARKET_FIELDS}
+
+
+def _fresh_selections(
+    patches: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Selection] | Rejected:
+    """The selections of a market built from scratch (create or replace): a ``removed``
+    patch names nothing to keep, every other patch must be a whole new selection."""
+    sels: dict[str, Selection] = {}
+    for sid, patch in patches.items():
+        if patch.get("status") == "removed":
+            continue
+        made = _new_selection(sid, patch)
+        if isinstance(made, Rejected):
+            return made
+        sels[sid] = made
+    return sels
+
+
 def diff(old: Market, new: Market) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The changed market fields and selection entries from ``old`` to ``new``."""
     fields = {k: getattr(new, k) for k in MARKET_FIELDS if getattr(old, k) != getattr(new, k)}
@@ -172,42 +193,28 @@ def apply_update(state: Market | None, update: MarketUpdate, *, epoch: str, now_
         for key in ("event", "sport", "name"):
             if key not in f:
                 return Rejected("invalid", "is required to create a market", key)
-        sels: dict[str, Selection] = {}
-        for sid, patch in update.selections.items():
-            if patch.get("status") == "removed":
-                continue
-            made = _new_selection(sid, patch)
-            if isinstance(made, Rejected):
-                return made
-            sels[sid] = made
-        market = Market(
+        sels = _fresh_selections(update.selections)
+        if isinstance(sels, Rejected):
+            return sels
+        return Created(Market(
             id=update.market,
             event=f["event"],
             sport=f["sport"],
-            name=f["name"],
-            kind=f.get("kind", ""),
-            status=f.get("status", "open"),
-            in_play=f.get("in_play", False),
-            bet_delay_ms=f.get("bet_delay_ms", 0),
             epoch=epoch,
             version=1,
             ts=ts,
             selections=sels,
-        )
-        return Created(market)
+            **_given_or_default(f),
+        ))
     for key in ("event", "sport"):
         if key in f and f[key] != getattr(state, key):
             return Rejected("conflict", f"{key} cannot change (is {getattr(state, key)!r})", key)
     if update.replace:
-        new_fields = {k: f.get(k, _MARKET_DEFAULTS.get(k)) for k in MARKET_FIELDS}
-        new_sels: dict[str, Selection] = {}
-        for sid, patch in update.selections.items():
-            if patch.get("status") == "removed":
-                continue
-            made = _new_selection(sid, patch)
-            if isinstance(made, Rejected):
-                return made
-            new_sels[sid] = made
+        new_fields = _given_or_default(f)
+        fresh = _fresh_selections(update.selections)
+        if isinstance(fresh, Rejected):
+            return fresh
+        new_sels = fresh
     else:
         new_fields = {k: f.get(k, getattr(state, k)) for k in MARKET_FIELDS}
         new_sels = dict(state.selections)

@@ -165,8 +165,8 @@ class Market:
             if not isinstance(sel, Selection):
                 raise InvalidInput("must be a Selection", path=f"selections.{sid}")
 
-    def to_store(self) -> dict[str, Any]:
-        """The store's map of this market (prices in ticks)."""
+    def _fields(self) -> dict[str, Any]:
+        """Every field but the selections, in the order the store and the wire both use."""
         return {
             "id": self.id,
             "event": self.event,
@@ -179,24 +179,17 @@ class Market:
             "epoch": self.epoch,
             "version": self.version,
             "ts": self.ts,
-            "selections": {k: s.to_store() for k, s in self.selections.items()},
         }
+
+    def to_store(self) -> dict[str, Any]:
+        """The store's map of this market (prices in ticks)."""
+        d = self._fields()
+        d["selections"] = {k: s.to_store() for k, s in self.selections.items()}
+        return d
 
     def to_wire(self, *, with_selections: bool = True) -> dict[str, Any]:
         """The market of protocol.md section 1 as sent on the wire and over HTTP."""
-        d: dict[str, Any] = {
-            "id": self.id,
-            "event": self.event,
-            "sport": self.sport,
-            "name": self.name,
-            "kind": self.kind,
-            "status": self.status,
-            "in_play": self.in_play,
-            "bet_delay_ms": self.bet_delay_ms,
-            "epoch": self.epoch,
-            "version": self.version,
-            "ts": self.ts,
-        }
+        d = self._fields()
         if with_selections:
             d["selections"] = {k: s.to_wire() for k, s in self.selections.items()}
         return d

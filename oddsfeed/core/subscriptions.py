@@ -27,49 +27,52 @@ class SubscriptionIndex(Generic[C]):
             entry = self._by_conn[conn] = (set(), set())
         return entry
 
-    def add_market(self, conn: C, market: str) -> bool:
-        """Subscribe ``conn`` to ``market``; True if it is the market's first local subscriber."""
-        subs = self._markets.get(market)
+    def _add(self, index: dict[str, set[C]], slot: int, conn: C, key: str) -> bool:
+        subs = index.get(key)
         first = subs is None
         if subs is None:
-            subs = self._markets[market] = set()
+            subs = index[key] = set()
         subs.add(conn)
-        self._conn(conn)[0].add(market)
+        self._conn(conn)[slot].add(key)
         return first
+
+    def _remove(self, index: dict[str, set[C]], slot: int, conn: C, key: str) -> bool:
+        subs = index.get(key)
+        if subs is None or conn not in subs:
+            return False
+        subs.discard(conn)
+        self._by_conn[conn][slot].discard(key)
+        if not subs:
+            del index[key]
+            return True
+        return False
+
+    @staticmethod
+    def _forget(index: dict[str, set[C]], conn: C, keys: Iterable[str]) -> list[str]:
+        lost = []
+        for key in keys:
+            subs = index[key]
+            subs.discard(conn)
+            if not subs:
+                del index[key]
+                lost.append(key)
+        return lost
+
+    def add_market(self, conn: C, market: str) -> bool:
+        """Subscribe ``conn`` to ``market``; True if it is the market's first local subscriber."""
+        return self._add(self._markets, 0, conn, market)
 
     def remove_market(self, conn: C, market: str) -> bool:
         """Unsubscribe; True if ``market`` now has no local subscriber at all."""
-        subs = self._markets.get(market)
-        if subs is None or conn not in subs:
-            return False
-        subs.discard(conn)
-        self._by_conn[conn][0].discard(market)
-        if not subs:
-            del self._markets[market]
-            return True
-        return False
+        return self._remove(self._markets, 0, conn, market)
 
     def add_event(self, conn: C, event: str) -> bool:
         """Subscribe ``conn`` to ``event``; True if it is the event's first local subscriber."""
-        subs = self._events.get(event)
-        first = subs is None
-        if subs is None:
-            subs = self._events[event] = set()
-        subs.add(conn)
-        self._conn(conn)[1].add(event)
-        return first
+        return self._add(self._events, 1, conn, event)
 
     def remove_event(self, conn: C, event: str) -> bool:
         """Unsubscribe from an event; True if it now has no local subscriber."""
-        subs = self._events.get(event)
-        if subs is None or conn not in subs:
-            return False
-        subs.discard(conn)
-        self._by_conn[conn][1].discard(event)
-        if not subs:
-            del self._events[event]
-            return True
-        return False
+        return self._remove(self._events, 1, conn, event)
 
     def drop(self, conn: C) -> tuple[list[str], list[str]]:
         """Forget a connection; returns (markets, events) that lost their last subscriber."""
@@ -77,21 +80,7 @@ class SubscriptionIndex(Generic[C]):
         if entry is None:
             return [], []
         markets, events = entry
-        lost_m = []
-        for m in markets:
-            subs = self._markets[m]
-            subs.discard(conn)
-            if not subs:
-                del self._markets[m]
-                lost_m.append(m)
-        lost_e = []
-        for e in events:
-            subs = self._events[e]
-            subs.discard(conn)
-            if not subs:
-                del self._events[e]
-                lost_e.append(e)
-        return lost_m, lost_e
+        return self._forget(self._markets, conn, markets), self._forget(self._events, conn, events)
 
     def market_subscribers(self, market: str) -> Iterable[C]:
         return self._markets.get(market, ())

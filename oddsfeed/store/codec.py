@@ -11,29 +11,35 @@ from ..core.book import Delta
 from ..core.errors import InvalidInput
 from ..core.model import Market
 
+# Every key and channel of one market (or event) carries the same hash tag, so a cluster
+# puts them in one slot and the apply script may touch them in one call.
+_MARKET_TAG = "of:{m:"
+_EVENT_TAG = "of:{e:"
+_CHANNEL = "}:c"
+
 
 def state_key(market: str) -> str:
-    return f"of:{{m:{market}}}"
+    return f"{_MARKET_TAG}{market}}}"
 
 
 def meta_key(market: str) -> str:
-    return f"of:{{m:{market}}}:meta"
+    return f"{state_key(market)}:meta"
 
 
 def history_key(market: str) -> str:
-    return f"of:{{m:{market}}}:h"
+    return f"{state_key(market)}:h"
 
 
 def market_channel(market: str) -> str:
-    return f"of:{{m:{market}}}:c"
+    return f"{_MARKET_TAG}{market}{_CHANNEL}"
 
 
 def event_set_key(event: str) -> str:
-    return f"of:{{e:{event}}}:m"
+    return f"{_EVENT_TAG}{event}}}:m"
 
 
 def event_channel(event: str) -> str:
-    return f"of:{{e:{event}}}:c"
+    return f"{_EVENT_TAG}{event}{_CHANNEL}"
 
 
 def sport_set_key(sport: str) -> str:
@@ -41,14 +47,15 @@ def sport_set_key(sport: str) -> str:
 
 
 ALL_MARKETS_KEY = "of:markets"
+_CHANNEL_KINDS = ((_MARKET_TAG, "market"), (_EVENT_TAG, "event"))
 
 
 def parse_channel(channel: str) -> tuple[str, str] | None:
     """``("market", id)`` or ``("event", id)`` for one of our channels, else None."""
-    if channel.startswith("of:{m:") and channel.endswith("}:c"):
-        return "market", channel[6:-3]
-    if channel.startswith("of:{e:") and channel.endswith("}:c"):
-        return "event", channel[6:-3]
+    if channel.endswith(_CHANNEL):
+        for tag, kind in _CHANNEL_KINDS:
+            if channel.startswith(tag):
+                return kind, channel[len(tag):-len(_CHANNEL)]
     return None
 
 

@@ -23,9 +23,11 @@ from oddsfeed.log import redact_credentials
 from oddsfeed.settings import load_settings
 from oddsfeed.store import Store
 from tests.api.conftest import SECRET, Api, api_settings, mint, serve
-from tests.test_cli import ROOT, Lines, child_env, restore_logging, spawn
+from tests.test_cli import ROOT, Lines, child_env, spawn
 
-__all__ = ["child_env", "restore_logging", "spawn"]  # fixtures shared with tests/test_cli.py
+__all__ = ["child_env", "spawn"]  # fixtures shared with tests/test_cli.py
+# In-process commands configure logging; each test undoes it (fixture in tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 PASSWORD = "hunter2-do-not-print"
 

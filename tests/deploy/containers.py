@@ -15,8 +15,8 @@ import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Self
+
+from .lifecycle import StartedInWith
 
 SECRET = "image-test-secret-0123456789abcdef0123"  # >= 32 bytes
 FANOUTS = ("fanout-1", "fanout-2")
@@ -36,7 +36,7 @@ def docker(*args: str, timeout: float = 120, check: bool = True) -> str:
 
 
 @dataclass
-class DockerTopology:
+class DockerTopology(StartedInWith):
     """Valkey, ingester, two fan-out nodes and HAProxy from ``image`` and ``haproxy_image``."""
 
     image: str
@@ -47,18 +47,6 @@ class DockerTopology:
     stats_port: int = 0
     _containers: list[str] = field(default_factory=list)
     _network: str = ""
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
     def name(self, service: str) -> str:
         return f"{self.prefix}-{service}"

@@ -21,10 +21,11 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Any
 
 from oddsfeed.embedded import EmbeddedCluster, free_port
+
+from .lifecycle import StartedInWith
 
 HAPROXY_CFG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy" / "haproxy.cfg"
 WS_PORT = 8765
@@ -114,7 +115,7 @@ class Node:
 
 
 @dataclass
-class Topology:
+class Topology(StartedInWith):
     """``n_nodes`` fan-out nodes in namespaces, a cluster, an ingester and HAProxy.
 
     Use as a context manager; ``ws_url``/``http_url`` are HAProxy's loopback addresses.
@@ -138,18 +139,6 @@ class Topology:
     _host: str = ""
 
     # ---------------------------------------------------------------- life cycle
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
     def start(self) -> None:
         """Network, store, nodes (ready), ingester, balancer."""

@@ -15,7 +15,8 @@ from websockets.asyncio.server import ServerConnection, serve
 from oddsfeed.core.errors import ProviderDataError
 from oddsfeed.core.model import MarketUpdate
 from oddsfeed.store import Store
-from oddsfeed_ingest.betfair import StreamState, run_stream
+from oddsfeed_ingest.betfair import StreamState
+from oddsfeed_ingest.betfair_stream import run_stream
 from oddsfeed_ingest.runner import FeedRunner
 
 from .conftest import until

@@ -19,7 +19,8 @@ from oddsfeed.cli import main as cli_main
 from oddsfeed.freeport import free_port
 from oddsfeed.settings import Settings, load_settings
 from oddsfeed.store import Store
-from oddsfeed_ingest.betfair import StreamRefused, StreamState, failure_action, run_stream
+from oddsfeed_ingest.betfair import StreamRefused, StreamState, failure_action
+from oddsfeed_ingest.betfair_stream import run_stream
 from oddsfeed_ingest.main import run_adapter
 from oddsfeed_ingest.runner import FeedRunner
 

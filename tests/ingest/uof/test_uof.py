@@ -12,16 +12,9 @@ from oddsfeed.cli import main as cli_main
 from oddsfeed.core.errors import ProviderDataError
 from oddsfeed.store import Store
 from oddsfeed_ingest.runner import FeedRunner
-from oddsfeed_ingest.uof import (
-    MAX_XML_BYTES,
-    STATUS,
-    UofMapping,
-    UofState,
-    load_uof_mapping,
-    parse_specifiers,
-    parse_xml,
-)
+from oddsfeed_ingest.uof import MAX_XML_BYTES, STATUS, UofState, parse_xml
 from oddsfeed_ingest.uof_amqp import masked_url
+from oddsfeed_ingest.uof_mapping import UofMapping, load_uof_mapping, parse_specifiers
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[2]
