@@ -221,8 +221,6 @@ def test_no_import_cycles() -> None:
     assert find_cycle(import_graph()) == []
 
 
-@pytest.mark.xfail(strict=True, reason="the fan-out hub and its helpers (owed) still name each "
-                   "other's types; drop this mark when the helpers see the hub through a protocol")
 def test_no_import_cycles_with_type_only_imports() -> None:
     """No oddsfeed module names itself through others' types either (TYPE_CHECKING imports)."""
     assert find_cycle(import_graph(type_only=True)) == []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..core import wire
 from ..core.book import Delta
@@ -16,9 +16,7 @@ from ..core.errors import StoreError
 from ..core.model import Market
 from .client import Client
 from .delivery import newer, settle_held
-
-if TYPE_CHECKING:
-    from .hub import Hub
+from .hubview import HubView
 
 log = logging.getLogger("oddsfeed.fanout")
 
@@ -26,7 +24,7 @@ KEPT = ("the store is unavailable: the subscription is kept and its markets foll
         "store answers")
 
 
-async def catch_up(hub: Hub, client: Client, markets: list[str],
+async def catch_up(hub: HubView, client: Client, markets: list[str],
                from_: dict[str, wire.Position] | Any, *, reply_id: Any = None,
                events: Iterable[str] = (), named: Iterable[str] = (),
                reply: bool = True) -> None:

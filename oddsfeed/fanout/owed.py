@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from ..core.errors import StoreError
 from .client import Client
-
-if TYPE_CHECKING:
-    from .hub import Hub
+from .hubview import HubView
 
 # Backoff between retries of the owed catch-ups.
 RETRY_S = 0.05
@@ -23,7 +20,7 @@ class Owed:
     ``gone``) and each event's markets a catch-up once the store answers. Call :meth:`add`
     after a failed read; retries run while the bus is connected, until none is left."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: HubView) -> None:
         self._hub = hub
         self._owed: dict[Client, tuple[set[str], set[str]]] = {}
         self._task: asyncio.Task[None] | None = None

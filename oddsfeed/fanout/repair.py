@@ -6,7 +6,6 @@ state it resends, and a failed read is owed (:mod:`.owed`), never skipped."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from ..core import wire
 from ..core.errors import StoreError
@@ -14,9 +13,7 @@ from ..store import Gone
 from . import metrics
 from .client import Client, Held
 from .delivery import hold, settle_held
-
-if TYPE_CHECKING:
-    from .hub import Hub
+from .hubview import HubView
 
 log = logging.getLogger("oddsfeed.fanout")
 
@@ -27,7 +24,7 @@ REREAD_CHUNK = 500
 class Repairs:
     """The hub's re-reads; at most one repair of a market runs at a time."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: HubView) -> None:
         self._hub = hub
         self._repairing: set[str] = set()
 
