@@ -27,7 +27,7 @@ from ..services.validation import validate_slip
 from ..settings import Settings
 from ..store import OutOfOrder, Precondition, Store, StoreOutcome, outcome_name
 from ..webkit import Problem
-from . import schemas
+from . import desk, schemas
 from .body import parse_json
 from .etag import etag
 from .idempotency import idempotent
@@ -470,6 +470,8 @@ HANDLERS: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
     "validate_bets": validate_bets, "healthz": healthz, "readyz": readyz,
     "demo_token": demo_token, "index": index, "static": static,
 }
+HANDLERS.update(desk.handlers(principal_of=principal_of, json_body=_json_body, bad_body=_bad_body,
+                              idempotent=_idempotent, store_key=K_STORE))
 
 
 def build_app(settings: Settings, store: Store, *,

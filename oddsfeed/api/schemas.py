@@ -116,6 +116,11 @@ class SlipIn(_Body):
     accept: Literal["exact", "better", "any"] = "exact"
 
 
+class BetStopIn(_Body):
+    ts: int | None = Field(None, ge=0, le=MAX_INT, description="the change's time, ms "
+                           "(default: now)")
+
+
 # ---- responses (documentation only: the server builds them from core values) -------------
 
 class SelectionOut(BaseModel):
@@ -158,6 +163,17 @@ class BatchItemResult(BaseModel):
 
 class BatchResult(BaseModel):
     results: list[BatchItemResult]
+
+
+class BetStopMarket(BaseModel):
+    market: str
+    version: int = Field(description="the market's version after the call")
+
+
+class BetStopOut(BaseModel):
+    event: str
+    markets: list[BetStopMarket]
+    status: Literal["stopped", "started"]
 
 
 class LegOut(BaseModel):
