@@ -471,7 +471,8 @@ HANDLERS: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
     "demo_token": demo_token, "index": index, "static": static,
 }
 HANDLERS.update(desk.handlers(principal_of=principal_of, json_body=_json_body, bad_body=_bad_body,
-                              idempotent=_idempotent, store_key=K_STORE))
+                              idempotent=_idempotent, store_key=K_STORE,
+                              settings_key=K_SETTINGS))
 
 
 def build_app(settings: Settings, store: Store, *,

@@ -1,4 +1,5 @@
-"""The desk's event routes: bet stop and bet start (protocol.md, extension section 6).
+"""The desk's routes (protocol.md, extension section 6): event bet stop and bet start, a
+market's price history and an event's audit trail.
 
 The helpers of the API (auth, body, idempotency) arrive as arguments of :func:`handlers`,
 so this module does not import the app module that registers it.
@@ -6,6 +7,7 @@ so this module does not import the app module that registers it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,10 +15,11 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from ..auth import WRITE, Principal
+from ..auth import READ, WRITE, Principal
 from ..clock import now_ms
 from ..core.model import ID_RE
-from ..store import Store, set_bet_stop
+from ..settings import Settings
+from ..store import Store, event_audit, market_history, set_bet_stop
 from ..webkit import Problem
 from . import schemas
 
@@ -30,15 +33,13 @@ def handlers(*, principal_of: Callable[[web.Request, str | None], Principal],
              idempotent: Callable[[web.Request, Principal, bytes,
                                    Callable[[], Awaitable[tuple[int, Any]]]],
                                   Awaitable[web.Response]],
-             store_key: web.AppKey[Store]) -> dict[str, Handler]:
+             store_key: web.AppKey[Store], settings_key: web.AppKey[Settings]
+             ) -> dict[str, Handler]:
     """The route handlers by name (the ``handler`` of :data:`oddsfeed.api.openapi.ROUTES`)."""
 
     async def switch(request: web.Request, stopped: bool) -> web.Response:
         principal = principal_of(request, WRITE)
-        event = request.match_info["event"]
-        if not ID_RE.match(event):
-            raise Problem(400, "invalid event id", "event ids are 1-128 chars of A-Za-z0-9._:-",
-                          errors=[{"path": "event", "message": "invalid id"}])
+        event = path_id(request, "event")
         ts = now_ms()
         if request.body_exists:
             try:
@@ -65,4 +66,55 @@ def handlers(*, principal_of: Callable[[web.Request, str | None], Principal],
     async def bet_start(request: web.Request) -> web.Response:
         return await switch(request, False)
 
-    return {"bet_stop": bet_stop, "bet_start": bet_start}
+    def query(request: web.Request, allowed: tuple[str, ...]) -> dict[str, int]:
+        """The integer query parameters: ``limit`` 1..api.max_page_size (default the max),
+        ``before`` a version >= 1; anything else is 400."""
+        q = request.query
+        unknown = sorted(set(q) - set(allowed))
+        if unknown:
+            raise Problem(400, "invalid query", "unknown query parameter",
+                          errors=[{"path": k, "message": "unknown query parameter"}
+                                  for k in unknown])
+        top = request.app[settings_key].api.max_page_size
+        out = {"limit": top}
+        bounds = {"limit": (1, top), "before": (1, schemas.MAX_INT)}
+        for name in allowed:
+            raw = q.get(name)
+            if raw is None:
+                continue
+            lo, hi = bounds[name]
+            if not re.fullmatch(r"[0-9]{1,16}", raw, re.ASCII) or not lo <= int(raw) <= hi:
+                raise Problem(400, "invalid query", f"{name} must be an integer {lo}-{hi}",
+                              errors=[{"path": name, "message": f"an integer {lo}-{hi}"}])
+            out[name] = int(raw)
+        return out
+
+    def path_id(request: web.Request, name: str) -> str:
+        value = request.match_info[name]
+        if not ID_RE.match(value):
+            raise Problem(400, f"invalid {name} id", "ids are 1-128 chars of A-Za-z0-9._:-",
+                          errors=[{"path": name, "message": "invalid id"}])
+        return value
+
+    async def history(request: web.Request) -> web.Response:
+        principal_of(request, READ)
+        mid = path_id(request, "id")
+        q = query(request, ("limit", "before"))
+        store = request.app[store_key]
+        entries = await market_history(store, mid, limit=q["limit"], before=q.get("before"))
+        if not entries and await store.get(mid) is None:
+            raise Problem(404, "market not found", f"market {mid} does not exist")
+        body: dict[str, Any] = {"market": mid, "entries": [e.to_wire() for e in entries]}
+        if len(entries) == q["limit"] and entries[-1].version > 1:
+            body["next_before"] = entries[-1].version
+        return web.json_response(body)
+
+    async def audit_trail(request: web.Request) -> web.Response:
+        principal_of(request, READ)
+        event = path_id(request, "event")
+        q = query(request, ("limit",))
+        entries = await event_audit(request.app[store_key], event, limit=q["limit"])
+        return web.json_response({"event": event, "entries": [e.to_wire() for e in entries]})
+
+    return {"bet_stop": bet_stop, "bet_start": bet_start, "market_history": history,
+            "event_audit": audit_trail}

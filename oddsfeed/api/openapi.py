@@ -70,6 +70,19 @@ ROUTES: tuple[Route, ...] = (
           "the bet stop suspended", "odds:write", schemas.BetStopIn,
           {"200": "{event, markets: [{market, version}], status}",
            "422": "Idempotency-Key reused", **_W}, schemas.BetStopOut),
+    Route("GET", "/v1/markets/{id}/history", "market_history", "A market's kept versions, "
+          "newest first: who changed what, when", "odds:read",
+          responses={"200": "{market, entries: [{market, version, ts, op, writer, changes}], "
+                            "next_before?}: at most `limit` (default and max "
+                            "api.max_page_size) entries below version `before`",
+                     "400": "invalid id, unknown query parameter, limit or before",
+                     "404": "unknown market"}, reply=schemas.HistoryOut),
+    Route("GET", "/v1/events/{event}/audit", "event_audit", "The event's most recent "
+          "changes across its markets, newest ts first", "odds:read",
+          responses={"200": "{event, entries: [...]}: at most `limit` (default and max "
+                            "api.max_page_size)",
+                     "400": "invalid event id, unknown query parameter or limit"},
+          reply=schemas.AuditOut),
     Route("GET", "/healthz", "healthz", "Process alive", responses={"200": "ok"}),
     Route("GET", "/readyz", "readyz", "Ready while the store answers",
           responses={"200": "ready", "503": "store unreachable"}),
@@ -120,6 +133,10 @@ def openapi_document() -> dict[str, Any]:
             op["parameters"] = [{"name": name, "in": "path", "required": True,
                                  "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"
                                             if name == "id" else "^[A-Za-z0-9._-]+$"}}]
+        if r.handler in ("market_history", "event_audit"):
+            op["parameters"].extend({"name": n, "in": "query", "required": False,
+                                     "schema": {"type": "integer", "minimum": 1}}
+                                    for n in ("limit", "before")[:2 if "{id}" in r.path else 1])
         if r.handler == "list_markets":
             op["parameters"] = [{"name": n, "in": "query", "required": False,
                                  "schema": {"type": "string"}}

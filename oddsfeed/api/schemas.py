@@ -176,6 +176,29 @@ class BetStopOut(BaseModel):
     status: Literal["stopped", "started"]
 
 
+class HistoryEntryOut(BaseModel):
+    market: str
+    version: int
+    ts: int = Field(description="the change's time (the update's ts), ms")
+    op: Literal["created", "delta"]
+    writer: str = Field(description="who made it: a feed's source, or desk:<token subject>")
+    changes: dict[str, Any] = Field(description="created: the whole market; delta: the "
+                                    "changed market fields and sel, as in a delta message")
+
+
+class HistoryOut(BaseModel):
+    market: str
+    entries: list[HistoryEntryOut] = Field(description="newest first")
+    next_before: int | None = Field(None, description="present when older versions may "
+                                    "follow: send it as `before`")
+
+
+class AuditOut(BaseModel):
+    event: str
+    entries: list[HistoryEntryOut] = Field(description="newest ts first, across the "
+                                           "event's markets")
+
+
 class LegOut(BaseModel):
     market: str
     selection: str

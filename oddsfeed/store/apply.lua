@@ -151,6 +151,9 @@ local function publish(payload)
 end
 
 local hist_len = tonumber(ARGV[5])
+-- Who made each version, kept beside the delta in the history entry (not published): the
+-- feed's source, or desk:<token subject> for the HTTP API.
+local writer = upd.source or ''
 
 if not raw then
   if not (upd.create or upd.replace) then
@@ -180,7 +183,7 @@ if not raw then
   save_bet_stop()
   remember_source()
   local payload = cmsgpack.pack({op = 'created', market = state, t = now_us()})
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', hist_len, '1-0', 'd', payload)
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', hist_len, '1-0', 'd', payload, 'w', writer)
   publish(payload)
   return {'created', packed}
 end
@@ -299,6 +302,7 @@ redis.call('SET', KEYS[1], packed)
 remember_source()
 delta.t = now_us()
 local payload = cmsgpack.pack(delta)
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', hist_len, string.format('%.0f', version) .. '-0', 'd', payload)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', hist_len, string.format('%.0f', version) .. '-0', 'd',
+           payload, 'w', writer)
 publish(payload)
 return {'changed', packed, payload}
