@@ -54,9 +54,15 @@ async def enter(client: Redis | RedisCluster, pairs: Iterable[tuple[str, str]]
     return [x.decode() if isinstance(x, bytes) else str(x) for x in await pipe.execute()]
 
 
+def queue_leave(pipe: Any, pairs: Iterable[tuple[str, str]]) -> None:
+    """Queue on ``pipe`` the withdrawal of the announcements of :func:`enter` (after the
+    commands indexing the markets, so one of the two always lists them)."""
+    for event, mid in pairs:
+        pipe.execute_command("EVAL", LEAVE, 1, creating_key(event), mid)
+
+
 async def leave(client: Redis | RedisCluster, pairs: Iterable[tuple[str, str]]) -> None:
     """Withdraw the announcements of :func:`enter` (one pipelined round trip)."""
     pipe: Any = client.pipeline(transaction=False)
-    for event, mid in pairs:
-        pipe.execute_command("EVAL", LEAVE, 1, creating_key(event), mid)
+    queue_leave(pipe, pairs)
     await pipe.execute()

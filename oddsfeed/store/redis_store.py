@@ -169,13 +169,16 @@ class Store:
             # A missing market: created (if at all) behind the event's gate.
             pair = [(_gate_event(update), update.market)]
             (record,) = await gate.enter(self.client, pair)
+            left = False
             try:
                 keys, args = self._apply_args(update, expect, now_ms, record)
                 outcome = self._outcome(update.market, await self._apply(keys=keys, args=args))
                 if isinstance(outcome, Created):
-                    await self._index([outcome.market])
+                    left = True
+                    await self._index([outcome.market], leaving=pair)
             finally:
-                await gate.leave(self.client, pair)
+                if not left:
+                    await gate.leave(self.client, pair)
         except (redis_errors.RedisError, OSError) as exc:
             raise StoreError(f"apply failed for market {update.market}: {exc}") from None
         return outcome
@@ -206,16 +209,18 @@ class Store:
             if u.market in gated or _text(r[0]) == "need_gate":
                 gated.add(u.market)
                 late.append(i)
+        late_set = set(late)
         pairs = list(dict.fromkeys((_gate_event(updates[i]), updates[i].market) for i in late
                                    if updates[i].create or updates[i].replace))
         outcomes: list[StoreOutcome | None] = [
-            None if i in late else self._outcome(u.market, r)
+            None if i in late_set else self._outcome(u.market, r)
             for i, (u, r) in enumerate(zip(updates, results))]
         if pairs:
             try:
                 records = dict(zip(pairs, await gate.enter(self.client, pairs)))
             except (redis_errors.RedisError, OSError) as exc:
                 raise StoreError(f"apply failed: {exc}") from None
+            left = False
             try:
                 again = await self._run(
                     [self._apply_args(updates[i], None, now_ms,
@@ -226,12 +231,14 @@ class Store:
                     outcomes[i] = self._outcome(updates[i].market, res)
                 created = [o.market for o in outcomes if isinstance(o, Created)]
                 if created:
-                    await self._index(created)
+                    left = True
+                    await self._index(created, leaving=pairs)
             finally:
-                try:
-                    await gate.leave(self.client, pairs)
-                except (redis_errors.RedisError, OSError) as exc:
-                    raise StoreError(f"apply failed: {exc}") from None
+                if not left:
+                    try:
+                        await gate.leave(self.client, pairs)
+                    except (redis_errors.RedisError, OSError) as exc:
+                        raise StoreError(f"apply failed: {exc}") from None
         return [o for o in outcomes if o is not None]
 
     async def _run(self, calls: Sequence[tuple[list[str], list[Any]]], mids: Sequence[str]
@@ -280,9 +287,11 @@ class Store:
         reason, path, message = (x.decode() if isinstance(x, bytes) else str(x) for x in res[1:4])
         return Rejected(reason, message, path)
 
-    async def _index(self, markets: list[Market]) -> None:
+    async def _index(self, markets: list[Market],
+                      leaving: Sequence[tuple[str, str]] = ()) -> None:
         # Membership keys live in other slots than the markets: a second, plain round trip
-        # (one for all the markets an apply_many created).
+        # (one for all the markets an apply_many created), which also withdraws the
+        # creations' gate announcements (``leaving``), after the event-set additions.
         pipe = self.client.pipeline(transaction=False)
         for market in markets:
             pipe.sadd(event_set_key(market.event), market.id)
@@ -293,6 +302,7 @@ class Store:
                 pipe.execute_command("SPUBLISH", event_channel(market.event), payload)
             else:
                 pipe.publish(event_channel(market.event), payload)
+        gate.queue_leave(pipe, leaving)  # same slot as the event set, so after it
         try:
             await pipe.execute()
         except (redis_errors.RedisError, OSError) as exc:
