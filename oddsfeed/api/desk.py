@@ -24,6 +24,7 @@ from ..webkit import Problem
 from . import schemas
 
 audit = structlog.get_logger("oddsfeed.audit")
+DEFAULT_LIMIT = 100  # history and audit entries per page when no limit is given
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -67,7 +68,7 @@ def handlers(*, principal_of: Callable[[web.Request, str | None], Principal],
         return await switch(request, False)
 
     def query(request: web.Request, allowed: tuple[str, ...]) -> dict[str, int]:
-        """The integer query parameters: ``limit`` 1..api.max_page_size (default the max),
+        """The integer query parameters: ``limit`` 1..api.max_page_size (default 100),
         ``before`` a version >= 1; anything else is 400."""
         q = request.query
         unknown = sorted(set(q) - set(allowed))
@@ -76,7 +77,7 @@ def handlers(*, principal_of: Callable[[web.Request, str | None], Principal],
                           errors=[{"path": k, "message": "unknown query parameter"}
                                   for k in unknown])
         top = request.app[settings_key].api.max_page_size
-        out = {"limit": top}
+        out = {"limit": min(DEFAULT_LIMIT, top)}
         bounds = {"limit": (1, top), "before": (1, schemas.MAX_INT)}
         for name in allowed:
             raw = q.get(name)

@@ -73,13 +73,13 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/markets/{id}/history", "market_history", "A market's kept versions, "
           "newest first: who changed what, when", "odds:read",
           responses={"200": "{market, entries: [{market, version, ts, op, writer, changes}], "
-                            "next_before?}: at most `limit` (default and max "
+                            "next_before?}: at most `limit` (default 100, max "
                             "api.max_page_size) entries below version `before`",
                      "400": "invalid id, unknown query parameter, limit or before",
                      "404": "unknown market"}, reply=schemas.HistoryOut),
     Route("GET", "/v1/events/{event}/audit", "event_audit", "The event's most recent "
           "changes across its markets, newest ts first", "odds:read",
-          responses={"200": "{event, entries: [...]}: at most `limit` (default and max "
+          responses={"200": "{event, entries: [...]}: at most `limit` (default 100, max "
                             "api.max_page_size)",
                      "400": "invalid event id, unknown query parameter or limit"},
           reply=schemas.AuditOut),
