@@ -16,7 +16,7 @@ from ..services.validation import validate_slip
 from ..settings import Settings
 from ..store import Store
 from ..webkit import Problem
-from . import schemas
+from . import desk, schemas
 from .markets import delete_market, get_market, list_markets, patch_market, post_odds, put_market
 from .openapi import ROUTES
 from .plumbing import (
@@ -96,6 +96,7 @@ HANDLERS: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
     "patch_market": patch_market, "delete_market": delete_market, "post_odds": post_odds,
     "validate_bets": validate_bets, "healthz": healthz, "readyz": readyz,
     "demo_token": demo_token, "index": index, "static": static,
+    **desk.HANDLERS,
 }
 
 

@@ -62,6 +62,27 @@ ROUTES: tuple[Route, ...] = (
                                             "503": "api.max_validations in progress "
                                                    "(Retry-After) or store unavailable", **_W},
           schemas.Validation),
+    Route("POST", "/v1/events/{event}/bet-stop", "bet_stop", "Bet stop: suspend every market "
+          "of the event (and any created until bet-start) before answering", "odds:write",
+          schemas.BetStopIn, {"200": "{event, markets: [{market, version}], status}",
+                              "422": "Idempotency-Key reused", **_W}, schemas.BetStopOut),
+    Route("POST", "/v1/events/{event}/bet-start", "bet_start", "Bet start: reopen the markets "
+          "the bet stop suspended", "odds:write", schemas.BetStopIn,
+          {"200": "{event, markets: [{market, version}], status}",
+           "422": "Idempotency-Key reused", **_W}, schemas.BetStopOut),
+    Route("GET", "/v1/markets/{id}/history", "market_history", "A market's kept versions, "
+          "newest first: who changed what, when", "odds:read",
+          responses={"200": "{market, entries: [{market, version, ts, op, writer, changes}], "
+                            "next_before?}: at most `limit` (default 100, max "
+                            "api.max_page_size) entries below version `before`",
+                     "400": "invalid id, unknown query parameter, limit or before",
+                     "404": "unknown market"}, reply=schemas.HistoryOut),
+    Route("GET", "/v1/events/{event}/audit", "event_audit", "The event's most recent "
+          "changes across its markets, newest ts first", "odds:read",
+          responses={"200": "{event, entries: [...]}: at most `limit` (default 100, max "
+                            "api.max_page_size)",
+                     "400": "invalid event id, unknown query parameter or limit"},
+          reply=schemas.AuditOut),
     Route("GET", "/healthz", "healthz", "Process alive", responses={"200": "ok"}),
     Route("GET", "/readyz", "readyz", "Ready while the store answers",
           responses={"200": "ready", "503": "store unreachable"}),
@@ -104,11 +125,18 @@ def openapi_document() -> dict[str, Any]:
     }
     for r in ROUTES:
         op: dict[str, Any] = {"summary": r.summary, "operationId": r.handler, "responses": {}}
+        if "{event}" in r.path:
+            op["parameters"] = [{"name": "event", "in": "path", "required": True,
+                                 "schema": {"type": "string", "pattern": schemas.ID_PATTERN}}]
         if "{id}" in r.path or "{name}" in r.path:
             name = "id" if "{id}" in r.path else "name"
             op["parameters"] = [{"name": name, "in": "path", "required": True,
                                  "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"
                                             if name == "id" else "^[A-Za-z0-9._-]+$"}}]
+        if r.handler in ("market_history", "event_audit"):
+            op["parameters"].extend({"name": n, "in": "query", "required": False,
+                                     "schema": {"type": "integer", "minimum": 1}}
+                                    for n in ("limit", "before")[:2 if "{id}" in r.path else 1])
         if r.handler == "list_markets":
             op["parameters"] = [{"name": n, "in": "query", "required": False,
                                  "schema": {"type": "string"}}
@@ -123,8 +151,9 @@ def openapi_document() -> dict[str, Any]:
                 op["parameters"].append({"name": "If-Match", "in": "header", "required": False,
                                          "schema": {"type": "string"}})
         if r.body is not None:
-            op["requestBody"] = {"required": True, "content": {"application/json": {
-                "schema": _component(components, r.body, "validation")}}}
+            op["requestBody"] = {"required": r.body is not schemas.BetStopIn,  # optional body
+                                 "content": {"application/json": {
+                                     "schema": _component(components, r.body, "validation")}}}
         if r.scope:
             op["security"] = [{"bearer": [r.scope]}, {}] if r.scope == "odds:read" else [
                 {"bearer": [r.scope]}]

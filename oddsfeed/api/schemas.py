@@ -116,6 +116,11 @@ class SlipIn(_Body):
     accept: Literal["exact", "better", "any"] = "exact"
 
 
+class BetStopIn(_Body):
+    ts: int | None = Field(None, ge=0, le=MAX_INT, description="the change's time, ms "
+                           "(default: now)")
+
+
 # ---- responses (documentation only: the server builds them from core values) -------------
 
 class SelectionOut(BaseModel):
@@ -158,6 +163,40 @@ class BatchItemResult(BaseModel):
 
 class BatchResult(BaseModel):
     results: list[BatchItemResult]
+
+
+class BetStopMarket(BaseModel):
+    market: str
+    version: int = Field(description="the market's version after the call")
+
+
+class BetStopOut(BaseModel):
+    event: str
+    markets: list[BetStopMarket]
+    status: Literal["stopped", "started"]
+
+
+class HistoryEntryOut(BaseModel):
+    market: str
+    version: int
+    ts: int = Field(description="the change's time (the update's ts), ms")
+    op: Literal["created", "delta"]
+    writer: str = Field(description="who made it: a feed's source, or desk:<token subject>")
+    changes: dict[str, Any] = Field(description="created: the whole market; delta: the "
+                                    "changed market fields and sel, as in a delta message")
+
+
+class HistoryOut(BaseModel):
+    market: str
+    entries: list[HistoryEntryOut] = Field(description="newest first")
+    next_before: int | None = Field(None, description="present when older versions may "
+                                    "follow: send it as `before`")
+
+
+class AuditOut(BaseModel):
+    event: str
+    entries: list[HistoryEntryOut] = Field(description="newest ts first, across the "
+                                           "event's markets")
 
 
 class LegOut(BaseModel):

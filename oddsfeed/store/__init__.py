@@ -6,9 +6,26 @@ and against Redis Cluster (every key of a market shares the hash tag ``{m:<id>}`
 
 from .bus import Bus
 from .codec import Announced, Gone, decode_payload
+from .desk import BetStopResult, HistoryEntry, event_audit, market_history, set_bet_stop
 from .idempotency import IdempotencyRecord, IdempotencyStoreError, record_key
 from .redis_store import OutOfOrder, Precondition, Store, StoreOutcome, outcome_name
 
-__all__ = ["Announced", "Bus", "Gone", "IdempotencyRecord", "IdempotencyStoreError",
-           "OutOfOrder", "Precondition", "Store", "StoreOutcome", "decode_payload", "outcome_name",
-           "record_key"]
+__all__ = [
+           "Announced",
+           "BetStopResult",
+           "Bus",
+           "Gone",
+           "HistoryEntry",
+           "IdempotencyRecord",
+           "IdempotencyStoreError",
+           "OutOfOrder",
+           "Precondition",
+           "Store",
+           "StoreOutcome",
+           "decode_payload",
+           "event_audit",
+           "market_history",
+           "outcome_name",
+           "record_key",
+           "set_bet_stop",
+]

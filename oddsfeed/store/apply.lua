@@ -5,13 +5,23 @@
 --       5 history length, 6 publish command, 7 expected epoch ('' = none), 8 expected version,
 --       9 the update's seq as a decimal string ('' = none; compared as text, since Lua
 --         numbers are doubles and feed sequences or ns timestamps may exceed 2^53)
+--       10 the event's bet-stop record '<gen>:<0|1>' read in the event's slot by the caller
+--          ('' = not read: a creation of a missing market then answers need_gate, so only
+--          creations pay
+--          for the read; oddsfeed/store/gate.py),
+--       11 '' for an ordinary update, 'stop' or 'start' for a desk's event bet stop / start
+--          carrying the new record in ARGV 10
+-- Bet stop (store-only state, beside book.py): the meta hash keeps the newest record this
+-- market has seen (bs_gen, bs_on) and bs_susp = "open but for the bet stop". While bs_on,
+-- the market is never open: a change to open is held as suspended (bs_susp set); bet-start
+-- reopens only a market with bs_susp. Records are ordered by gen (one counter per event), so
+-- a stale stop or start arriving late changes nothing.
 -- In the msgpack maps a selection's point is absent or false when it has no line
 -- (Lua tables cannot hold nil), and an empty map may arrive as an empty array.
 local upd = cmsgpack.unpack(ARGV[1])
 local raw = redis.call('GET', KEYS[1])
 local FIELDS = {'name', 'kind', 'status', 'in_play', 'bet_delay_ms'}
 local DEFAULTS = {kind = '', status = 'open', in_play = false, bet_delay_ms = 0}
-local f = upd.fields or {}
 local usels = upd.selections or {}
 -- The update's selection ids in their given order (a Lua table forgets it): the first
 -- incomplete new selection is the one reported, as in book.py.
@@ -25,6 +35,58 @@ if ARGV[7] ~= '' then
     return {'precondition', raw}
   end
 end
+
+local gate = ARGV[10] or ''
+local mode = ARGV[11] or ''
+if not raw and gate == '' and (upd.create or upd.replace) then return {'need_gate'} end
+local bs = redis.call('HMGET', KEYS[2], 'bs_gen', 'bs_on', 'bs_susp')
+local bs_gen = tonumber(bs[1]) or 0
+local bs_on = bs[2] == '1'
+local bs_susp = bs[3] == '1'
+local arg_gen, arg_on = 0, false
+if gate ~= '' then
+  local g, o = string.match(gate, '^(%d+):([01])$')
+  if not g then return redis.error_reply('bad bet-stop record ' .. gate) end
+  arg_gen = tonumber(g)
+  arg_on = o == '1'
+end
+
+local function save_bet_stop()
+  if bs_gen > 0 then
+    redis.call('HSET', KEYS[2], 'bs_gen', string.format('%.0f', bs_gen),
+               'bs_on', bs_on and '1' or '0', 'bs_susp', bs_susp and '1' or '0')
+  end
+end
+
+if mode ~= '' then
+  if arg_gen <= bs_gen then
+    -- an older stop or start than one this market has already seen
+    if raw then return {'noop', raw} end
+    return {'rejected', 'unknown_market', '', 'market ' .. upd.market .. ' does not exist'}
+  end
+  if not bs_on then bs_susp = false end
+  bs_gen = arg_gen
+  bs_on = arg_on
+  if raw then
+    local cur = cmsgpack.unpack(raw)
+    if mode == 'stop' and cur.status == 'open' then
+      upd.fields = {status = 'suspended'}
+      bs_susp = true
+    elseif mode == 'start' and bs_susp and cur.status == 'suspended' then
+      upd.fields = {status = 'open'}
+    end
+    if mode == 'start' then bs_susp = false end
+  end
+  save_bet_stop()
+  if not raw then
+    return {'rejected', 'unknown_market', '', 'market ' .. upd.market .. ' does not exist'}
+  end
+elseif not raw and arg_gen > bs_gen then
+  bs_gen = arg_gen
+  bs_on = arg_on
+  bs_susp = false
+end
+local f = upd.fields or {}
 
 -- A decimal string <= another, exactly, at any size.
 local function seq_le(a, b)
@@ -89,6 +151,9 @@ local function publish(payload)
 end
 
 local hist_len = tonumber(ARGV[5])
+-- Who made each version, kept beside the delta in the history entry (not published): the
+-- feed's source, or desk:<token subject> for the HTTP API.
+local writer = upd.source or ''
 
 if not raw then
   if not (upd.create or upd.replace) then
@@ -106,14 +171,19 @@ if not raw then
   for k, v in pairs(DEFAULTS) do
     if f[k] ~= nil then state[k] = f[k] else state[k] = v end
   end
+  if bs_on then
+    bs_susp = state.status == 'open'
+    if bs_susp then state.status = 'suspended' end
+  end
   state.susp_v = 0
   if state.status ~= 'open' then state.susp_v = 1 end
   local packed = cmsgpack.pack(state)
   redis.call('SET', KEYS[1], packed)
   redis.call('DEL', KEYS[2], KEYS[3])
+  save_bet_stop()
   remember_source()
   local payload = cmsgpack.pack({op = 'created', market = state, t = now_us()})
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', hist_len, '1-0', 'd', payload)
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', hist_len, '1-0', 'd', payload, 'w', writer)
   publish(payload)
   return {'created', packed}
 end
@@ -134,6 +204,16 @@ for _, k in ipairs(FIELDS) do
   else
     newf[k] = state[k]
   end
+end
+
+if bs_on and mode == '' then
+  if newf.status == 'open' then
+    newf.status = 'suspended'
+    bs_susp = true
+  elseif f.status ~= nil then
+    bs_susp = false  -- suspended or closed for a reason of its own: bet-start leaves it
+  end
+  save_bet_stop()
 end
 
 local old_sels = state.selections or {}
@@ -222,6 +302,7 @@ redis.call('SET', KEYS[1], packed)
 remember_source()
 delta.t = now_us()
 local payload = cmsgpack.pack(delta)
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', hist_len, string.format('%.0f', version) .. '-0', 'd', payload)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', hist_len, string.format('%.0f', version) .. '-0', 'd',
+           payload, 'w', writer)
 publish(payload)
 return {'changed', packed, payload}

@@ -42,6 +42,16 @@ def event_channel(event: str) -> str:
     return f"{_EVENT_TAG}{event}{_CHANNEL}"
 
 
+def bet_stop_key(event: str) -> str:
+    """The event's bet-stop record: a hash of ``gen`` (a counter) and ``on`` (0 or 1)."""
+    return f"of:{{e:{event}}}:bs"
+
+
+def creating_key(event: str) -> str:
+    """Markets of the event being created right now: a hash of id -> creators in flight."""
+    return f"of:{{e:{event}}}:new"
+
+
 def sport_set_key(sport: str) -> str:
     return f"of:sport:{sport}"
 

@@ -18,7 +18,7 @@ from ..clock import now_ms as clock_now_ms
 from ..core.book import OUTCOME_NAMES, Changed, Created, Delta, NoOp, Rejected
 from ..core.errors import InvalidInput, StoreError
 from ..core.model import Market, MarketUpdate
-from . import codec
+from . import codec, gate
 from .bus import Bus
 from .codec import (
     ALL_MARKETS_KEY,
@@ -71,6 +71,12 @@ def _script(name: str) -> str:
 
 def _new_epoch() -> str:
     return os.urandom(8).hex()
+
+
+def _gate_event(update: MarketUpdate) -> str:
+    """The event whose gate a creation passes (an update without one creates nothing)."""
+    event = update.fields.get("event")
+    return event if isinstance(event, str) else ""
 
 
 def _decode_market(raw: bytes) -> Market:
@@ -135,7 +141,8 @@ class Store:
             return False
 
     def _apply_args(self, update: MarketUpdate, expect: tuple[str, int] | None,
-                    now_ms: int | None) -> tuple[list[str], list[Any]]:
+                    now_ms: int | None, bet_stop: str = "", mode: str = ""
+                    ) -> tuple[list[str], list[Any]]:
         mid = update.market
         now = now_ms if now_ms is not None else clock_now_ms()
         args: list[Any] = [
@@ -143,7 +150,7 @@ class Store:
                           use_bin_type=True), market_channel(mid),
             _new_epoch(), now, self.history_len, self.publish_command,
             expect[0] if expect else "", expect[1] if expect else 0,
-            str(update.seq) if update.seq is not None else "",
+            str(update.seq) if update.seq is not None else "", bet_stop, mode,
         ]
         return [state_key(mid), meta_key(mid), history_key(mid)], args
 
@@ -157,11 +164,23 @@ class Store:
         keys, args = self._apply_args(update, expect, now_ms)
         try:
             res = await self._apply(keys=keys, args=args)
+            if _text(res[0]) != "need_gate":
+                return self._outcome(update.market, res)
+            # A missing market: created (if at all) behind the event's gate.
+            pair = [(_gate_event(update), update.market)]
+            (record,) = await gate.enter(self.client, pair)
+            left = False
+            try:
+                keys, args = self._apply_args(update, expect, now_ms, record)
+                outcome = self._outcome(update.market, await self._apply(keys=keys, args=args))
+                if isinstance(outcome, Created):
+                    left = True
+                    await self._index([outcome.market], leaving=pair)
+            finally:
+                if not left:
+                    await gate.leave(self.client, pair)
         except (redis_errors.RedisError, OSError) as exc:
             raise StoreError(f"apply failed for market {update.market}: {exc}") from None
-        outcome = self._outcome(update.market, res)
-        if isinstance(outcome, Created):
-            await self._index([outcome.market])
         return outcome
 
     async def apply_many(self, updates: Sequence[MarketUpdate], *, now_ms: int | None = None
@@ -180,8 +199,53 @@ class Store:
         if not updates:
             return []
         calls = [self._apply_args(u, None, now_ms) for u in updates]
-        results: list[Any] = [None] * len(updates)
-        todo = list(range(len(updates)))
+        results = await self._run(calls, [u.market for u in updates])
+        # Missing markets (every update of one, in order): again, behind the event's gate.
+        # A later update of such a market was refused as unknown in the first pass (no write):
+        # it goes again too, after the creation.
+        gated: set[str] = set()
+        late: list[int] = []
+        for i, (u, r) in enumerate(zip(updates, results)):
+            if u.market in gated or _text(r[0]) == "need_gate":
+                gated.add(u.market)
+                late.append(i)
+        late_set = set(late)
+        pairs = list(dict.fromkeys((_gate_event(updates[i]), updates[i].market) for i in late
+                                   if updates[i].create or updates[i].replace))
+        outcomes: list[StoreOutcome | None] = [
+            None if i in late_set else self._outcome(u.market, r)
+            for i, (u, r) in enumerate(zip(updates, results))]
+        if pairs:
+            try:
+                records = dict(zip(pairs, await gate.enter(self.client, pairs)))
+            except (redis_errors.RedisError, OSError) as exc:
+                raise StoreError(f"apply failed: {exc}") from None
+            left = False
+            try:
+                again = await self._run(
+                    [self._apply_args(updates[i], None, now_ms,
+                                      records.get((_gate_event(updates[i]), updates[i].market),
+                                                  "0:0"))
+                     for i in late], [updates[i].market for i in late])
+                for i, res in zip(late, again):
+                    outcomes[i] = self._outcome(updates[i].market, res)
+                created = [o.market for o in outcomes if isinstance(o, Created)]
+                if created:
+                    left = True
+                    await self._index(created, leaving=pairs)
+            finally:
+                if not left:
+                    try:
+                        await gate.leave(self.client, pairs)
+                    except (redis_errors.RedisError, OSError) as exc:
+                        raise StoreError(f"apply failed: {exc}") from None
+        return [o for o in outcomes if o is not None]
+
+    async def _run(self, calls: Sequence[tuple[list[str], list[Any]]], mids: Sequence[str]
+                   ) -> list[Any]:
+        """The apply script's replies to ``calls``, pipelined in one round trip, in order."""
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
         for attempt in range(2):  # a second pass only after loading the script (NOSCRIPT)
             pipe = self.client.pipeline(transaction=False)
             for i in todo:
@@ -196,7 +260,7 @@ class Store:
                 if isinstance(reply, redis_errors.NoScriptError) and attempt == 0:
                     missing.append(i)  # this market's later commands failed the same way
                 elif isinstance(reply, Exception):
-                    raise StoreError(f"apply failed for market {updates[i].market}: {reply}")
+                    raise StoreError(f"apply failed for market {mids[i]}: {reply}")
                 else:
                     results[i] = reply
             if not missing:
@@ -206,11 +270,7 @@ class Store:
             except (redis_errors.RedisError, OSError) as exc:
                 raise StoreError(f"apply failed: {exc}") from None
             todo = missing
-        outcomes = [self._outcome(u.market, res) for u, res in zip(updates, results)]
-        created = [o.market for o in outcomes if isinstance(o, Created)]
-        if created:
-            await self._index(created)
-        return outcomes
+        return results
 
     def _outcome(self, mid: str, res: Any) -> StoreOutcome:
         kind = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
@@ -227,9 +287,11 @@ class Store:
         reason, path, message = (x.decode() if isinstance(x, bytes) else str(x) for x in res[1:4])
         return Rejected(reason, message, path)
 
-    async def _index(self, markets: list[Market]) -> None:
+    async def _index(self, markets: list[Market],
+                      leaving: Sequence[tuple[str, str]] = ()) -> None:
         # Membership keys live in other slots than the markets: a second, plain round trip
-        # (one for all the markets an apply_many created).
+        # (one for all the markets an apply_many created), which also withdraws the
+        # creations' gate announcements (``leaving``), after the event-set additions.
         pipe = self.client.pipeline(transaction=False)
         for market in markets:
             pipe.sadd(event_set_key(market.event), market.id)
@@ -240,6 +302,7 @@ class Store:
                 pipe.execute_command("SPUBLISH", event_channel(market.event), payload)
             else:
                 pipe.publish(event_channel(market.event), payload)
+        gate.queue_leave(pipe, leaving)  # same slot as the event set, so after it
         try:
             await pipe.execute()
         except (redis_errors.RedisError, OSError) as exc:
