@@ -5,7 +5,7 @@ markets: req/s, p50/p99 and requests per server CPU-second for 1-leg and 5-leg
 ``GET /healthz`` of the same server in the same run, with ``redis.auto_pipeline`` off and
 on (the store's per-call client, then batched reads).
 
-    python -m bench.requests [--quick] [--json PATH]
+    python -m bench.request_path [--quick] [--json PATH]
 
 Profile a scenario by hand: start the server as :func:`_Server` does, then
 ``.venv/bin/py-spy record --pid <worker pid> --duration 8`` while wrk runs.
@@ -225,7 +225,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    cli("requests", run, __doc__)
+    cli("request_path", run, __doc__)
 
 
 if __name__ == "__main__":
