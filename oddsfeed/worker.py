@@ -70,7 +70,8 @@ class Worker:
         s = self.settings
         stack = self._stack
         store = await Store.connect(self.redis_url, cluster=s.redis.cluster,
-                                    history_len=s.redis.history_len)
+                                    history_len=s.redis.history_len,
+                                    auto_pipeline=s.redis.auto_pipeline)
         stack.push_async_callback(store.close)
         self.store = store
         hub = Hub(store, max_subscriptions=s.fanout.max_subscriptions,

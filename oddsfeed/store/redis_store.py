@@ -19,6 +19,7 @@ from ..core.book import OUTCOME_NAMES, Changed, Created, Delta, NoOp, Rejected
 from ..core.errors import InvalidInput, StoreError
 from ..core.model import Market, MarketUpdate
 from . import codec, gate
+from .autopipe import AutoPipeline
 from .bus import Bus
 from .codec import (
     ALL_MARKETS_KEY,
@@ -87,8 +88,11 @@ class Store:
     """The Redis/Valkey store. Create with :meth:`connect`; share one per process."""
 
     def __init__(self, client: Redis | RedisCluster, *, cluster: bool, history_len: int,
-                 sharded: bool, url: str) -> None:
+                 sharded: bool, url: str, auto_pipeline: bool = True) -> None:
         self.client = client
+        # Market reads (get, get_many, get_for_validation) of one event-loop turn share one
+        # pipeline; None: one round trip per call.
+        self._reads = AutoPipeline(client) if auto_pipeline else None
         self.cluster = cluster
         self.history_len = history_len
         self.sharded = sharded
@@ -100,8 +104,10 @@ class Store:
 
     @classmethod
     async def connect(cls, url: str, *, cluster: bool = False, history_len: int = 1000,
-                      socket_timeout: float | None = 5.0, max_connections: int = 64) -> Store:
-        """Connect to ``url`` (a single server, or a cluster node with ``cluster=True``).
+                      socket_timeout: float | None = 5.0, max_connections: int = 64,
+                      auto_pipeline: bool = True) -> Store:
+        """Connect to ``url`` (a single server, or a cluster node with ``cluster=True``);
+        ``auto_pipeline`` batches concurrent market reads (see :mod:`.autopipe`).
 
         Raises StoreError when the server does not answer.
         """
@@ -124,9 +130,12 @@ class Store:
             raise StoreError(f"cannot reach the store at {url}: {exc}") from None
         version = str(info.get("redis_version", "0"))
         sharded = int(version.split(".")[0]) >= 7
-        return cls(client, cluster=cluster, history_len=history_len, sharded=sharded, url=url)
+        return cls(client, cluster=cluster, history_len=history_len, sharded=sharded, url=url,
+                   auto_pipeline=auto_pipeline)
 
     async def close(self) -> None:
+        if self._reads is not None:
+            await self._reads.close()
         await self.client.aclose()
 
     async def ping(self) -> bool:
@@ -337,6 +346,8 @@ class Store:
     async def _get_raw(self, ids: list[str]) -> list[bytes | None]:
         if not ids:
             return []
+        if self._reads is not None:
+            return await self._reads.get([state_key(mid) for mid in ids])
         try:
             if len(ids) == 1:
                 return [cast(bytes | None, await self.client.get(state_key(ids[0])))]

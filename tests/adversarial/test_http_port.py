@@ -158,7 +158,7 @@ async def test_malformed_requests_get_400_without_banner_or_traceback(
 
 async def test_validation_cap_answers_503_with_retry_after(worker: Callable[..., Any]) -> None:
     """With api.max_validations in-play validations held for their bet delay, one more is
-    503 with Retry-After (nothing queued), and it is accepted again once they answer."""
+    503 with Retry-After (nothing queued), and a slip is accepted again once they answer."""
     w = await worker(**{"api.max_validations": 2})
     base = f"http://127.0.0.1:{w.http_port}"
     headers = {"Authorization": f"Bearer {mint()}"}
@@ -174,16 +174,12 @@ async def test_validation_cap_answers_503_with_retry_after(worker: Callable[...,
                     {"market": market, "selection": "h", "price": 3.5}]}) as r:
                 return r.status, await r.json(), r.headers.get("Retry-After")
 
-        held = [asyncio.create_task(validate("live")) for _ in range(2)]
-        deadline = time.monotonic() + 3.5  # within the bet delay, with slack for a busy host
-        while True:  # the held two are in progress once a quick one is refused
-            status, body, retry = await validate("pre")
-            if status == 503:
-                break
-            assert time.monotonic() < deadline, "no 503 while two validations were held"
+        # Three held at once: whichever arrives third finds two in progress, in any order.
+        answers = await asyncio.gather(*(validate("live") for _ in range(3)))
+        assert sorted(status for status, _, _ in answers) == [200, 200, 503]
+        _, body, retry = next(a for a in answers if a[0] == 503)
         assert retry == "1"
         assert body["title"] == "too many validations"
-        assert [s for s, _, _ in await asyncio.gather(*held)] == [200, 200]
         assert (await validate("pre"))[0] == 200
 
 
