@@ -27,7 +27,7 @@ from ..services.validation import validate_slip
 from ..settings import Settings
 from ..store import OutOfOrder, Precondition, Store, StoreOutcome, outcome_name
 from ..webkit import Problem
-from . import schemas
+from . import risk, schemas
 from .body import parse_json
 from .etag import etag
 from .idempotency import idempotent
@@ -418,7 +418,7 @@ async def post_odds(request: web.Request) -> web.Response:
 # ---- bet slips ------------------------------------------------------------------------------
 
 async def validate_bets(request: web.Request) -> web.Response:
-    principal_of(request, VALIDATE)
+    principal = principal_of(request, VALIDATE)
     slip = _model(schemas.SlipIn, await _json_body(request))
     legs = tuple(leg.leg() for leg in slip.legs)
     # An in-play slip holds its request for the bet delay: bound how many run at once.
@@ -429,8 +429,10 @@ async def validate_bets(request: web.Request) -> web.Response:
                       f"{limit} bet-slip validations are in progress; retry", retry_after=1)
     validating[0] += 1
     try:
-        return web.json_response(await validate_slip(request.app[K_STORE], legs, slip.accept,
-                                                       metrics=VALIDATION_METRICS))
+        body = await validate_slip(request.app[K_STORE], legs, slip.accept,
+                                   metrics=VALIDATION_METRICS)
+        risk.offer(request, principal, legs, body)  # queued, off the answer's path
+        return web.json_response(body)
     finally:
         validating[0] -= 1
 
@@ -471,7 +473,7 @@ HANDLERS: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
     "list_markets": list_markets, "get_market": get_market, "put_market": put_market,
     "patch_market": patch_market, "delete_market": delete_market, "post_odds": post_odds,
     "validate_bets": validate_bets, "healthz": healthz, "readyz": readyz,
-    "demo_token": demo_token, "index": index, "static": static,
+    "demo_token": demo_token, "index": index, "static": static, **risk.HANDLERS,
 }
 
 
@@ -498,6 +500,7 @@ def build_app(settings: Settings, store: Store, *,
         app[K_DEMO] = demo_token
     if ws_port:
         app[K_WS_PORT] = ws_port
+    risk.install(app, settings.risk, store, principal_of)
     for route in ROUTES:
         if route.admin or (route.handler == "demo_token" and not demo_token):
             continue  # admin routes: build_admin_app; no demo: 404 like any unknown path

@@ -8,7 +8,8 @@ from .bus import Bus
 from .codec import Announced, Gone, decode_payload
 from .idempotency import IdempotencyRecord, IdempotencyStoreError, record_key
 from .redis_store import OutOfOrder, Precondition, Store, StoreOutcome, outcome_name
+from .risk import RiskCounts
 
 __all__ = ["Announced", "Bus", "Gone", "IdempotencyRecord", "IdempotencyStoreError",
-           "OutOfOrder", "Precondition", "Store", "StoreOutcome", "decode_payload", "outcome_name",
-           "record_key"]
+           "OutOfOrder", "Precondition", "RiskCounts", "Store", "StoreOutcome", "decode_payload",
+           "outcome_name", "record_key"]

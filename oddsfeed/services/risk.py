@@ -1,0 +1,126 @@
+"""The risk recorder: takes finished bet-slip verdicts off the validation path and, in one
+background task, dates their stale legs from the history and adds the counts.
+
+It never delays or changes a validation: :meth:`RiskQueue.offer` only appends to a bounded
+queue (a full queue drops the slip and counts the drop) and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..core.errors import StoreError
+from ..core.risk import STALE_REASONS, Counts, HistoryEntry, slip_counts, stale_since_ms
+from ..core.wire import Leg
+
+
+class RiskRecorder(Protocol):
+    """Where an adapter hands each finished verdict (call after the answer is decided)."""
+
+    def offer(self, sub: str, legs: Sequence[Leg], body: Mapping[str, Any], at_ms: int
+              ) -> None: ...
+
+
+class RiskStore(Protocol):
+    async def histories(self, legs: Sequence[tuple[str, int | None]]
+                        ) -> list[list[HistoryEntry]]: ...
+
+    async def add(self, sub: str, counts: Counts, at_ms: int) -> bool: ...
+
+
+class RiskMetrics(Protocol):
+    """Aggregate counters (no per-account labels)."""
+
+    def recorded(self, stale_ms: Sequence[int | None], reasons: Sequence[str]) -> None: ...
+
+    def dropped(self, why: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Slip:
+    sub: str
+    legs: tuple[Leg, ...]
+    verdicts: tuple[Mapping[str, Any], ...]
+    at_ms: int
+
+
+async def stale_ms_of(store: RiskStore, legs: Sequence[Leg],
+                      verdicts: Sequence[Mapping[str, Any]], at_ms: int) -> list[int | None]:
+    """Per leg, how long before ``at_ms`` its price or version stopped being current (None:
+    accepted, not applicable, or older than the history read). One round trip."""
+    todo = [i for i, v in enumerate(verdicts)
+            if not v.get("ok") and v.get("reason") in STALE_REASONS]
+    out: list[int | None] = [None] * len(legs)
+    if not todo:
+        return out
+    histories = await store.histories([(legs[i].market, legs[i].version) for i in todo])
+    for i, history in zip(todo, histories, strict=True):
+        leg = legs[i]
+        since = stale_since_ms(history, selection=leg.selection, price=leg.price,
+                               version=leg.version, reason=str(verdicts[i]["reason"]))
+        out[i] = None if since is None else max(at_ms - since, 0)
+    return out
+
+
+class RiskQueue:
+    """A :class:`RiskRecorder` with a bounded queue and one worker task.
+
+    Call :meth:`start` inside the running loop and :meth:`stop` at shutdown; ``on_error``
+    gets an error the worker survived (the adapter logs it); that slip is counted as dropped.
+    """
+
+    def __init__(self, store: RiskStore, metrics: RiskMetrics, *, max_pending: int,
+                 on_error: Callable[[Exception], None] = lambda exc: None) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.on_error = on_error
+        self._queue: asyncio.Queue[_Slip] = asyncio.Queue(max_pending)
+        self._task: asyncio.Task[None] | None = None
+
+    def offer(self, sub: str, legs: Sequence[Leg], body: Mapping[str, Any], at_ms: int
+              ) -> None:
+        try:
+            self._queue.put_nowait(_Slip(sub, tuple(legs), tuple(body["legs"]), at_ms))
+        except asyncio.QueueFull:
+            self.metrics.dropped("queue_full")
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="risk")
+
+    async def stop(self) -> None:
+        """Stop the worker; slips still queued are dropped (not counted as drops)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def drain(self) -> None:
+        """Wait until every slip offered so far is recorded (tests, shutdown)."""
+        await self._queue.join()
+
+    async def _run(self) -> None:
+        while True:
+            slip = await self._queue.get()
+            try:
+                await self.record(slip)
+            except Exception as exc:  # the top of the task: count, report, go on
+                self.metrics.dropped("store_error" if isinstance(exc, StoreError) else "error")
+                self.on_error(exc)
+            finally:
+                self._queue.task_done()
+
+    async def record(self, slip: _Slip) -> None:
+        stale = await stale_ms_of(self.store, slip.legs, slip.verdicts, slip.at_ms)
+        counted = await self.store.add(slip.sub, slip_counts(slip.verdicts, stale), slip.at_ms)
+        if not counted:
+            self.metrics.dropped("bucket_full")
+        self.metrics.recorded(stale, [str(v.get("reason", "")) for v in slip.verdicts
+                                      if not v.get("ok")])
