@@ -23,11 +23,13 @@ from ..clock import now_ms
 from ..core.book import Changed, Created, Rejected
 from ..core.errors import InvalidInput, StoreError
 from ..core.model import ID_RE, Market, MarketUpdate
+from ..services.risk import RiskQueue
 from ..services.validation import validate_slip
 from ..settings import Settings
 from ..store import OutOfOrder, Precondition, Store, StoreOutcome, outcome_name
 from ..webkit import Problem
-from . import risk, schemas
+from . import risk as risk_routes
+from . import schemas
 from .body import parse_json
 from .etag import etag
 from .idempotency import idempotent
@@ -431,7 +433,7 @@ async def validate_bets(request: web.Request) -> web.Response:
     try:
         body = await validate_slip(request.app[K_STORE], legs, slip.accept,
                                    metrics=VALIDATION_METRICS)
-        risk.offer(request, principal, legs, body)  # queued, off the answer's path
+        risk_routes.offer(request, principal, legs, body)  # queued, off the answer's path
         return web.json_response(body)
     finally:
         validating[0] -= 1
@@ -473,20 +475,22 @@ HANDLERS: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
     "list_markets": list_markets, "get_market": get_market, "put_market": put_market,
     "patch_market": patch_market, "delete_market": delete_market, "post_odds": post_odds,
     "validate_bets": validate_bets, "healthz": healthz, "readyz": readyz,
-    "demo_token": demo_token, "index": index, "static": static, **risk.HANDLERS,
+    "demo_token": demo_token, "index": index, "static": static, **risk_routes.HANDLERS,
 }
 
 
 def build_app(settings: Settings, store: Store, *,
               readiness: Callable[[], bool] | None = None,
               auth: Authenticator | None = None,
-              demo_token: str | None = None, ws_port: int | None = None) -> web.Application:
+              demo_token: str | None = None, ws_port: int | None = None,
+              risk: RiskQueue | None = None) -> web.Application:
     """The aiohttp application of the HTTP API; the caller runs it (``web.AppRunner``).
 
     ``readiness`` is an extra condition for /readyz besides
     the store answering a ping, e.g. the fan-out bus being connected. ``auth`` shares one
     Authenticator with the WebSocket tier (default: one built from ``settings.auth``);
-    ``demo_token`` and ``ws_port`` feed the demo page under ``oddsfeed run``.
+    ``demo_token`` and ``ws_port`` feed the demo page under ``oddsfeed run``; ``risk`` is
+    the process's risk recorder (default: one of the app's own when ``settings.risk`` is on).
     """
     app = web.Application(client_max_size=settings.api.max_body_bytes,
                           middlewares=[cors_mw, errors_mw])
@@ -500,7 +504,7 @@ def build_app(settings: Settings, store: Store, *,
         app[K_DEMO] = demo_token
     if ws_port:
         app[K_WS_PORT] = ws_port
-    risk.install(app, settings.risk, store, principal_of)
+    risk_routes.install(app, settings.risk, store, principal_of, queue=risk)
     for route in ROUTES:
         if route.admin or (route.handler == "demo_token" and not demo_token):
             continue  # admin routes: build_admin_app; no demo: 404 like any unknown path

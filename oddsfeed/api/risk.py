@@ -70,17 +70,29 @@ class Risk:
 K_RISK: web.AppKey[Risk] = web.AppKey("risk", Risk)
 
 
-def install(app: web.Application, settings: RiskSettings, store: Store,
-            principal_of: PrincipalOf) -> None:
-    """Give ``app`` the recorder (started and stopped with the app) when risk is enabled;
-    the routes answer 404 otherwise."""
+def _counts(settings: RiskSettings, store: Store) -> RiskCounts:
+    return RiskCounts(store.client, windows_s=settings.windows_s, buckets=settings.buckets,
+                      max_accounts=settings.max_accounts, history_scan=settings.history_scan)
+
+
+def recorder(settings: RiskSettings, store: Store) -> RiskQueue | None:
+    """The process's risk recorder (None when risk signals are off); :func:`install` starts
+    and stops it with the app that gets it."""
     if not settings.enabled:
+        return None
+    return RiskQueue(_counts(settings, store), PrometheusRiskMetrics(),
+                     max_pending=settings.max_pending,
+                     on_error=lambda exc: log.warning("risk.record_failed", error=str(exc)))
+
+
+def install(app: web.Application, settings: RiskSettings, store: Store,
+            principal_of: PrincipalOf, *, queue: RiskQueue | None = None) -> None:
+    """Give ``app`` the recorder ``queue`` (default: a new one), started and stopped with
+    the app, when risk is enabled; the routes answer 404 otherwise."""
+    queue = queue or recorder(settings, store)
+    if queue is None or not settings.enabled:
         return
-    counts = RiskCounts(store.client, windows_s=settings.windows_s, buckets=settings.buckets,
-                        max_accounts=settings.max_accounts, history_scan=settings.history_scan)
-    queue = RiskQueue(counts, PrometheusRiskMetrics(), max_pending=settings.max_pending,
-                      on_error=lambda exc: log.warning("risk.record_failed", error=str(exc)))
-    app[K_RISK] = Risk(settings, counts, queue, principal_of)
+    app[K_RISK] = Risk(settings, _counts(settings, store), queue, principal_of)
 
     async def start(app: web.Application) -> None:
         queue.start()
