@@ -79,6 +79,7 @@ class RiskQueue:
         self.on_error = on_error
         self._queue: asyncio.Queue[_Slip] = asyncio.Queue(max_pending)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def offer(self, sub: str, legs: Sequence[Leg], body: Mapping[str, Any], at_ms: int
               ) -> None:
@@ -97,17 +98,22 @@ class RiskQueue:
 
     async def stop(self) -> None:
         """Stop the worker; slips still queued are dropped (not counted as drops)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        # Cancel until it ends: the store client may swallow a cancellation that lands in
+        # the middle of its I/O, and the task would then wait on the queue for ever.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
 
     async def drain(self) -> None:
         """Wait until every slip offered so far is recorded (tests, shutdown)."""
         await self._queue.join()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             slip = await self._queue.get()
             try:
                 await self.record(slip)
