@@ -28,7 +28,7 @@ class RiskStore(Protocol):
     async def histories(self, legs: Sequence[tuple[str, int | None]]
                         ) -> list[list[HistoryEntry]]: ...
 
-    async def add(self, sub: str, counts: Counts, at_ms: int) -> bool: ...
+    async def add_many(self, items: Sequence[tuple[str, Counts, int]]) -> int: ...
 
 
 class RiskMetrics(Protocol):
@@ -37,6 +37,9 @@ class RiskMetrics(Protocol):
     def recorded(self, stale_ms: Sequence[int | None], reasons: Sequence[str]) -> None: ...
 
     def dropped(self, why: str) -> None: ...
+
+
+MAX_BATCH = 256  # slips recorded in one pair of round trips
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +51,12 @@ class _Slip:
 
 
 async def stale_ms_of(store: RiskStore, legs: Sequence[Leg],
-                      verdicts: Sequence[Mapping[str, Any]], at_ms: int) -> list[int | None]:
-    """Per leg, how long before ``at_ms`` its price or version stopped being current (None:
-    accepted, not applicable, or older than the history read). One round trip."""
+                      verdicts: Sequence[Mapping[str, Any]], at_ms: int | Sequence[int]
+                      ) -> list[int | None]:
+    """Per leg, how long before ``at_ms`` (one for all legs, or one per leg) its price or
+    version stopped being current (None: accepted, not applicable, or older than the
+    history read). One round trip."""
+    ats = [at_ms] * len(legs) if isinstance(at_ms, int) else list(at_ms)
     todo = [i for i, v in enumerate(verdicts)
             if not v.get("ok") and v.get("reason") in STALE_REASONS]
     out: list[int | None] = [None] * len(legs)
@@ -61,7 +67,7 @@ async def stale_ms_of(store: RiskStore, legs: Sequence[Leg],
         leg = legs[i]
         since = stale_since_ms(history, selection=leg.selection, price=leg.price,
                                version=leg.version, reason=str(verdicts[i]["reason"]))
-        out[i] = None if since is None else max(at_ms - since, 0)
+        out[i] = None if since is None else max(ats[i] - since, 0)
     return out
 
 
@@ -114,19 +120,35 @@ class RiskQueue:
 
     async def _run(self) -> None:
         while not self._stopping:
-            slip = await self._queue.get()
+            batch = [await self._queue.get()]
+            # Whatever else is waiting goes in the same round trips.
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
             try:
-                await self.record(slip)
+                await self.record(batch)
             except Exception as exc:  # the top of the task: count, report, go on
-                self.metrics.dropped("store_error" if isinstance(exc, StoreError) else "error")
+                why = "store_error" if isinstance(exc, StoreError) else "error"
+                for _ in batch:
+                    self.metrics.dropped(why)
                 self.on_error(exc)
             finally:
-                self._queue.task_done()
+                for _ in batch:
+                    self._queue.task_done()
 
-    async def record(self, slip: _Slip) -> None:
-        stale = await stale_ms_of(self.store, slip.legs, slip.verdicts, slip.at_ms)
-        counted = await self.store.add(slip.sub, slip_counts(slip.verdicts, stale), slip.at_ms)
-        if not counted:
+    async def record(self, batch: Sequence[_Slip]) -> None:
+        """Date the batch's stale legs (one history round trip) and add its counts (one
+        counts round trip)."""
+        legs = [leg for slip in batch for leg in slip.legs]
+        verdicts = [v for slip in batch for v in slip.verdicts]
+        ats = [slip.at_ms for slip in batch for _ in slip.legs]
+        stale = await stale_ms_of(self.store, legs, verdicts, ats)
+        items = []
+        start = 0
+        for slip in batch:
+            mine = stale[start:start + len(slip.legs)]
+            start += len(slip.legs)
+            items.append((slip.sub, slip_counts(slip.verdicts, mine), slip.at_ms))
+            self.metrics.recorded(mine, [str(v.get("reason", "")) for v in slip.verdicts
+                                         if not v.get("ok")])
+        for _ in range(await self.store.add_many(items)):
             self.metrics.dropped("bucket_full")
-        self.metrics.recorded(stale, [str(v.get("reason", "")) for v in slip.verdicts
-                                      if not v.get("ok")])

@@ -95,20 +95,31 @@ class RiskCounts:
     async def add(self, sub: str, counts: Counts, at_ms: int) -> bool:
         """Add one slip's counts for ``sub`` at ``at_ms`` to every window, atomically per
         bucket; False if a full bucket left the account out. Raises StoreError."""
-        inc = msgpack.packb(list(counts))
-        calls = []
-        for window_s in self.windows_s:
-            step = self.bucket_ms(window_s)
-            bucket = at_ms // step
-            calls.append((bucket_key(window_s, bucket), (bucket + self.buckets + 1) * step))
+        return await self.add_many([(sub, counts, at_ms)]) == 0
+
+    async def add_many(self, items: Sequence[tuple[str, Counts, int]]) -> int:
+        """Add many slips' ``(sub, counts, at_ms)`` in one pipelined round trip, summed per
+        account and bucket first (one atomic script per account and bucket); returns how
+        many (account, bucket) adds a full bucket refused. Raises StoreError."""
+        merged: dict[tuple[str, str], tuple[Counts, int]] = {}
+        for sub, counts, at_ms in items:
+            for window_s in self.windows_s:
+                step = self.bucket_ms(window_s)
+                bucket = at_ms // step
+                where = (bucket_key(window_s, bucket), sub)
+                before = merged.get(where)
+                merged[where] = (add(before[0], counts) if before else tuple(counts),
+                               (bucket + self.buckets + 1) * step)
+        calls = list(merged.items())
         results: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         try:
             for attempt in range(2):  # a second pass only for the buckets that hit NOSCRIPT
                 pipe = self.client.pipeline(transaction=False)
                 for i in todo:
-                    key, expire_at = calls[i]
-                    pipe.evalsha(self._add.sha, 1, key, sub, inc, expire_at, self.max_accounts)
+                    (key, sub), (counts, expire_at) = calls[i]
+                    pipe.evalsha(self._add.sha, 1, key, sub, msgpack.packb(list(counts)),
+                                 expire_at, self.max_accounts)
                 replies = await pipe.execute(raise_on_error=False)
                 missing = []
                 for i, reply in zip(todo, replies, strict=True):
@@ -124,7 +135,7 @@ class RiskCounts:
                 todo = missing
         except (redis_errors.RedisError, OSError) as exc:
             raise StoreError(f"risk counts write failed: {exc}") from None
-        return all(int(r) == 1 for r in results)
+        return sum(1 for r in results if int(r) != 1)
 
     def _keys(self, window_s: int, at_ms: int) -> list[str]:
         step = self.bucket_ms(window_s)
