@@ -18,9 +18,11 @@ from oddsfeed.store.risk import bucket_key
 CREATE = {"fields": {"event": "e1", "sport": "soccer", "name": "A v B"},
           "selections": {"h": {"name": "Home", "price": 25000},
                          "a": {"name": "Away", "price": 30000}}, "create": True}
-# "Now" for the adds: a minute ahead of the real clock (Valkey expires buckets by its own
-# clock, so none of the window's buckets may expire during the test), on a 5 s boundary.
-T0 = (now_ms() // 5000 + 12) * 5000
+def ahead() -> int:
+    """"Now" for the adds: a minute ahead of the real clock (Valkey expires buckets by its
+    own clock, so none of the window's buckets may expire during the test), on a 5 s
+    boundary."""
+    return (now_ms() // 5000 + 12) * 5000
 
 
 def counts_of(store: Store, **kw: Any) -> RiskCounts:
@@ -58,39 +60,41 @@ async def test_stale_ms_is_read_from_the_history_timestamps(store: Store) -> Non
 async def test_counts_are_exact_under_concurrent_adds(store: Store) -> None:
     """Hundreds of concurrent adds from several accounts, over several buckets of one
     window, sum exactly; a bucket older than the window is left out."""
+    t0 = ahead()
     risk = counts_of(store)
     one = slip_counts([{"ok": True}, {"ok": False, "reason": "price_changed"}], [None, 100])
     subs = [f"acct-{i}" for i in range(5)]
-    # 60 s window, 12 buckets of 5 s: T0 - 55 s is the oldest bucket still in the window.
-    times = [T0, T0 - 1, T0 - 30_000, T0 - 55_000]
+    # 60 s window, 12 buckets of 5 s: t0 - 55 s is the oldest bucket still in the window.
+    times = [t0, t0 - 1, t0 - 30_000, t0 - 55_000]
     await asyncio.gather(*(risk.add(sub, one, at) for sub in subs for at in times
                            for _ in range(10)))
-    await risk.add(subs[0], one, T0 - 60_000)  # one bucket too old for the 60 s window
-    window = await risk.window(60, T0)
+    await risk.add(subs[0], one, t0 - 60_000)  # one bucket too old for the 60 s window
+    window = await risk.window(60, t0)
     assert sorted(window) == subs
     for sub in subs:
         c = as_map(window[sub])
         assert (c["slips"], c["legs"], c["accepted"], c["stale_lt250ms"]) == (40, 80, 40, 40)
-        assert as_map(await risk.account(sub, 60, T0) or ()) == c
-    hour = await risk.window(3600, T0)  # 12 buckets of 5 min: T0 - 60 s is inside
+        assert as_map(await risk.account(sub, 60, t0) or ()) == c
+    hour = await risk.window(3600, t0)  # 12 buckets of 5 min: t0 - 60 s is inside
     assert as_map(hour[subs[0]])["slips"] == 41
-    assert await risk.account("nobody", 60, T0) is None
+    assert await risk.account("nobody", 60, t0) is None
 
 
 async def test_memory_is_bounded_by_the_bucket_cap_and_expiry(store: Store) -> None:
     """A bucket holds at most max_accounts accounts (others are refused, not stored), every
     bucket expires once no window reads it, and a bucket already out of every window is
     gone at once."""
+    t0 = ahead()
     risk = counts_of(store, windows_s=[60], max_accounts=100)
     one = slip_counts([{"ok": True}], [None])
-    added = await asyncio.gather(*(risk.add(f"s{i}", one, T0) for i in range(300)))
+    added = await asyncio.gather(*(risk.add(f"s{i}", one, t0) for i in range(300)))
     assert sum(added) == 100
-    key = bucket_key(60, T0 // 5000)
+    key = bucket_key(60, t0 // 5000)
     assert await store.client.hlen(key) == 100
     expire_at = await store.client.execute_command("PEXPIRETIME", key)
-    assert expire_at == (T0 // 5000 + 13) * 5000  # 13 buckets of 5 s after its own
+    assert expire_at == (t0 // 5000 + 13) * 5000  # 13 buckets of 5 s after its own
     usage = await store.client.memory_usage(key)
     assert usage is not None
     assert usage < 100 * 120  # bytes: 100 accounts with their 1-slip counts
-    await risk.add("late", one, T0 - 3_600_000)  # a bucket no window reads any more
-    assert not await store.client.exists(bucket_key(60, (T0 - 3_600_000) // 5000))
+    await risk.add("late", one, t0 - 3_600_000)  # a bucket no window reads any more
+    assert not await store.client.exists(bucket_key(60, (t0 - 3_600_000) // 5000))
