@@ -1,6 +1,7 @@
 """Validation benchmark: bet slips validated per second and p50/p99 latency, 1-leg and
-5-leg, over HTTP and over the WebSocket validate op, against one worker; baseline: a bare
-aiohttp handler doing one Redis GET, in the same run.
+5-leg, over HTTP and over the WebSocket validate op, against one worker with the risk
+signals off and on (``risk.enabled``; the 5-leg slips carry one stale leg, so the recorder
+reads history too); baseline: a bare aiohttp handler doing one Redis GET, in the same run.
 
     python -m bench.validation [--quick] [--json PATH]
 """
@@ -98,23 +99,32 @@ async def run(quick: bool) -> dict[str, Any]:
         await r.aclose()
         rows.append({"impl": "baseline aiohttp + 1 GET", "legs": 1, "transport": "http", **base,
                      "ratio": 1.0})
-        async with Worker(settings, vk.url, reuse_port=False) as w:
-            for i in range(5):
-                await w.store.apply(MarketUpdate(market=f"v{i}", fields={
-                    "event": "e", "sport": "s", "name": "n"},
-                    selections={"h": {"name": "H", "price": 25000}}, create=True))
-            for k in (1, 5):
-                legs = [{"market": f"v{i}", "selection": "h", "price": 2.5} for i in range(k)]
-                res = await _http(f"http://127.0.0.1:{w.http_port}/v1/bets/validate",
-                                  {"legs": legs}, n, conc, {"Authorization": f"Bearer {token}"})
-                rows.append({"impl": "oddsfeed", "legs": k, "transport": "http", **res,
-                             "ratio": round(res["per_s"] / base["per_s"], 2)})
-                res = await _ws(f"ws://127.0.0.1:{w.ws_port}/ws?token={token}", legs, n, conc)
-                rows.append({"impl": "oddsfeed", "legs": k, "transport": "websocket", **res,
-                             "ratio": round(res["per_s"] / base["per_s"], 2)})
+        for risk_on in (False, True):
+            risk = settings.model_copy(update={"risk": settings.risk.model_copy(
+                update={"enabled": risk_on})})
+            async with Worker(risk, vk.url, reuse_port=False) as w:
+                for i in range(5):
+                    await w.store.apply(MarketUpdate(market=f"v{i}", fields={
+                        "event": "e", "sport": "s", "name": "n"},
+                        selections={"h": {"name": "H", "price": 25000}}, create=True))
+                for k in (1, 5):
+                    legs = [{"market": f"v{i}", "selection": "h",
+                             "price": 2.4 if i == 4 else 2.5} for i in range(k)]
+                    res = await _http(f"http://127.0.0.1:{w.http_port}/v1/bets/validate",
+                                      {"legs": legs}, n, conc,
+                                      {"Authorization": f"Bearer {token}"})
+                    rows.append({"impl": "oddsfeed", "risk": risk_on, "legs": k,
+                                 "transport": "http", **res,
+                                 "ratio": round(res["per_s"] / base["per_s"], 2)})
+                    res = await _ws(f"ws://127.0.0.1:{w.ws_port}/ws?token={token}", legs, n,
+                                    conc)
+                    rows.append({"impl": "oddsfeed", "risk": risk_on, "legs": k,
+                                 "transport": "websocket", **res,
+                                 "ratio": round(res["per_s"] / base["per_s"], 2)})
     return {"scenario": "validation", "params": {"requests": n, "concurrency": conc},
             "env": env, "rows": rows,
-            "columns": ["impl", "legs", "transport", "per_s", "p50_ms", "p99_ms", "ratio"]}
+            "columns": ["impl", "risk", "legs", "transport", "per_s", "p50_ms", "p99_ms",
+                        "ratio"]}
 
 
 def main() -> None:

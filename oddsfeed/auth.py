@@ -16,13 +16,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from .core.errors import OddsfeedError
 from .settings import AuthSettings
 
-SCOPES = ("odds:read", "odds:write", "bets:validate")
+SCOPES = ("odds:read", "odds:write", "bets:validate", "risk:read")
 # The secret config/oddsfeed.toml publishes for the laptop demo: anyone can sign with it, so
 # only `oddsfeed run` on a loopback host accepts it.
 DEMO_SECRET = "demo-only-not-a-secret-change-me"  # noqa: S105 - published on purpose
 MIN_HS256_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
 VERIFIED_CACHE_SIZE = 4096  # tokens kept after a successful verification
-READ, WRITE, VALIDATE = SCOPES
+READ, WRITE, VALIDATE, RISK_READ = SCOPES
 
 
 class AuthError(OddsfeedError):

@@ -27,6 +27,7 @@ __all__ = [
     "IngestSettings",
     "LogSettings",
     "RedisSettings",
+    "RiskSettings",
     "ServerSettings",
     "Settings",
     "SettingsError",
@@ -134,6 +135,24 @@ class ApiSettings(_Section):
     max_page_size: int = Field(1000, gt=0)  # GET /v1/markets: the largest (and default) limit
 
 
+class RiskSettings(_Section):
+    """Stale-bet risk signals (docs/operations.md: the memory bound)."""
+
+    enabled: bool = True
+    windows_s: list[int] = Field(default_factory=lambda: [60, 3600, 86400])
+    buckets: int = Field(12, ge=1, le=1440)  # buckets per window: its time resolution
+    max_accounts: int = Field(10_000, gt=0)  # accounts one bucket holds; more are not counted
+    max_pending: int = Field(10_000, gt=0)  # slips waiting for the recorder; more are dropped
+    history_scan: int = Field(200, gt=0)  # history entries read to date one stale leg
+
+    @field_validator("windows_s")
+    @classmethod
+    def _windows(cls, value: list[int]) -> list[int]:
+        if not value or any(w < 1 or w > 7 * 86400 for w in value) or len(set(value)) != len(value):
+            raise ValueError(f"windows_s {value} must be distinct seconds in 1..604800")
+        return value
+
+
 class AuthSettings(_Section):
     """Who may read and write; see protocol section 5."""
 
@@ -190,6 +209,7 @@ class Settings(_Section):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     demo: DemoSettings = Field(default_factory=DemoSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    risk: RiskSettings = Field(default_factory=RiskSettings)
 
 
 def load_settings(

@@ -61,8 +61,10 @@ class Worker:
         from .api.admin import add_admin_routes, build_admin_app
         from .api.app import build_app
         from .api.listener import HttpListener, runner_options
+        from .api.risk import recorder as risk_recorder
         from .api.validation_metrics import VALIDATION_METRICS
         from .auth import Authenticator
+        from .clock import now_ms
         from .fanout import FanoutServer, Hub
         from .services.validation import validate_slip
         from .store import Store
@@ -81,8 +83,13 @@ class Worker:
         self.hub = hub
         auth = Authenticator(s.auth, demo=self.demo)
 
-        async def validate(legs: Any, accept: str) -> dict[str, Any]:
-            return await validate_slip(store, legs, accept, metrics=VALIDATION_METRICS)
+        risk = risk_recorder(s.risk, store)  # one per process, shared by both tiers
+
+        async def validate(legs: Any, accept: str, sub: str) -> dict[str, Any]:
+            body = await validate_slip(store, legs, accept, metrics=VALIDATION_METRICS)
+            if risk is not None:
+                risk.offer(sub, legs, body, now_ms())  # queued, off the answer's path
+            return body
 
         fan = FanoutServer(hub, fanout=s.fanout, auth=auth, host=s.server.host,
                            port=s.server.ws_port, validate=validate, reuse_port=self.reuse_port)
@@ -98,7 +105,7 @@ class Worker:
         self.fanout = fan
         self.ws_port = fan.port
         app = build_app(s, store, auth=auth, readiness=lambda: hub.ready,
-                        demo_token=self.demo_token, ws_port=fan.port)
+                        demo_token=self.demo_token, ws_port=fan.port, risk=risk)
         # No admin port, or the API's own: /metrics on the API port (the contract's place);
         # otherwise the admin routes get their own bind.
         shared_admin = s.server.admin_port is None or (

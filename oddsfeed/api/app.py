@@ -12,11 +12,13 @@ from pathlib import Path
 from aiohttp import web
 
 from ..auth import VALIDATE, Authenticator
+from ..services.risk import RiskQueue
 from ..services.validation import validate_slip
 from ..settings import Settings
 from ..store import Store
 from ..webkit import Problem
 from . import desk, schemas
+from . import risk as risk_routes
 from .markets import delete_market, get_market, list_markets, patch_market, post_odds, put_market
 from .openapi import ROUTES
 from .plumbing import (
@@ -42,7 +44,7 @@ _STATIC_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,100}$")  # no paths, 
 # ---- bet slips ------------------------------------------------------------------------------
 
 async def validate_bets(request: web.Request) -> web.Response:
-    principal_of(request, VALIDATE)
+    principal = principal_of(request, VALIDATE)
     slip = model_of(schemas.SlipIn, await json_body(request))
     legs = tuple(leg.leg() for leg in slip.legs)
     # An in-play slip holds its request for the bet delay: bound how many run at once.
@@ -53,8 +55,10 @@ async def validate_bets(request: web.Request) -> web.Response:
                       f"{limit} bet-slip validations are in progress; retry", retry_after=1)
     validating[0] += 1
     try:
-        return web.json_response(await validate_slip(request.app[K_STORE], legs, slip.accept,
-                                                       metrics=VALIDATION_METRICS))
+        body = await validate_slip(request.app[K_STORE], legs, slip.accept,
+                                   metrics=VALIDATION_METRICS)
+        risk_routes.offer(request, principal, legs, body)  # queued, off the answer's path
+        return web.json_response(body)
     finally:
         validating[0] -= 1
 
@@ -96,20 +100,22 @@ HANDLERS: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
     "patch_market": patch_market, "delete_market": delete_market, "post_odds": post_odds,
     "validate_bets": validate_bets, "healthz": healthz, "readyz": readyz,
     "demo_token": demo_token, "index": index, "static": static,
-    **desk.HANDLERS,
+    **desk.HANDLERS, **risk_routes.HANDLERS,
 }
 
 
 def build_app(settings: Settings, store: Store, *,
               readiness: Callable[[], bool] | None = None,
               auth: Authenticator | None = None,
-              demo_token: str | None = None, ws_port: int | None = None) -> web.Application:
+              demo_token: str | None = None, ws_port: int | None = None,
+              risk: RiskQueue | None = None) -> web.Application:
     """The aiohttp application of the HTTP API; the caller runs it (``web.AppRunner``).
 
     ``readiness`` is an extra condition for /readyz besides
     the store answering a ping, e.g. the fan-out bus being connected. ``auth`` shares one
     Authenticator with the WebSocket tier (default: one built from ``settings.auth``);
-    ``demo_token`` and ``ws_port`` feed the demo page under ``oddsfeed run``.
+    ``demo_token`` and ``ws_port`` feed the demo page under ``oddsfeed run``; ``risk`` is
+    the process's risk recorder (default: one of the app's own when ``settings.risk`` is on).
     """
     app = web.Application(client_max_size=settings.api.max_body_bytes,
                           middlewares=[cors_mw, errors_mw])
@@ -123,6 +129,7 @@ def build_app(settings: Settings, store: Store, *,
         app[K_DEMO] = demo_token
     if ws_port:
         app[K_WS_PORT] = ws_port
+    risk_routes.install(app, settings.risk, store, principal_of, queue=risk)
     for route in ROUTES:
         if route.admin or (route.handler == "demo_token" and not demo_token):
             continue  # admin routes: build_admin_app; no demo: 404 like any unknown path

@@ -83,6 +83,16 @@ ROUTES: tuple[Route, ...] = (
                             "api.max_page_size)",
                      "400": "invalid event id, unknown query parameter or limit"},
           reply=schemas.AuditOut),
+    Route("GET", "/v1/risk/accounts", "risk_accounts", "Top accounts by stale-bet risk score "
+          "over a window, with their counts", "risk:read",
+          responses={"200": "{window_s, at_ms, accounts: [{sub, score, counts}]}",
+                     "400": "unknown query parameter, window or limit",
+                     "404": "risk signals are off"}),
+    Route("GET", "/v1/risk/accounts/{sub}", "risk_account", "One account's risk score and "
+          "counts over a window", "risk:read",
+          responses={"200": "{window_s, at_ms, sub, score, counts}",
+                     "400": "unknown query parameter, window or account",
+                     "404": "risk signals are off"}),
     Route("GET", "/healthz", "healthz", "Process alive", responses={"200": "ok"}),
     Route("GET", "/readyz", "readyz", "Ready while the store answers",
           responses={"200": "ready", "503": "store unreachable"}),
@@ -137,6 +147,18 @@ def openapi_document() -> dict[str, Any]:
             op["parameters"].extend({"name": n, "in": "query", "required": False,
                                      "schema": {"type": "integer", "minimum": 1}}
                                     for n in ("limit", "before")[:2 if "{id}" in r.path else 1])
+        if "{sub}" in r.path:
+            op["parameters"] = [{"name": "sub", "in": "path", "required": True,
+                                 "schema": {"type": "string", "minLength": 1,
+                                            "maxLength": 256}}]
+        if r.handler in ("risk_accounts", "risk_account"):
+            op.setdefault("parameters", []).append(
+                {"name": "window", "in": "query", "required": False,
+                 "schema": {"type": "string"}})
+        if r.handler == "risk_accounts":
+            op["parameters"].append({"name": "limit", "in": "query", "required": False,
+                                     "schema": {"type": "integer", "minimum": 1,
+                                                "maximum": 1000}})
         if r.handler == "list_markets":
             op["parameters"] = [{"name": n, "in": "query", "required": False,
                                  "schema": {"type": "string"}}

@@ -69,7 +69,8 @@ IDLE_GC_EVERY_S = 1.0
 # CPU seconds of this process (user + system: the send syscalls are most of it).
 cpu_time = time.process_time
 
-ValidateFn = Callable[[Sequence[wire.Leg], str], Awaitable[dict[str, Any]]]
+# (legs, accept, the caller's token subject) -> the validation body
+ValidateFn = Callable[[Sequence[wire.Leg], str, str], Awaitable[dict[str, Any]]]
 MAX_VALIDATIONS_IN_FLIGHT = 8
 
 
@@ -266,14 +267,15 @@ class FanoutServer:
             if len(in_flight) >= MAX_VALIDATIONS_IN_FLIGHT:
                 client.push(wire.error("rate_limited", "too many validations in flight", req.id))
                 return
-            task = asyncio.get_running_loop().create_task(self._validate(client, req))
+            task = asyncio.get_running_loop().create_task(
+                self._validate(client, req, principal.sub))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
 
-    async def _validate(self, client: Client, req: wire.Validate) -> None:
+    async def _validate(self, client: Client, req: wire.Validate, sub: str) -> None:
         assert self.validate is not None
         try:
-            body = await self.validate(req.legs, req.accept)
+            body = await self.validate(req.legs, req.accept, sub)
         except StoreError:
             client.push(wire.error("internal", "the store is unavailable; retry", req.id))
             return

@@ -9,23 +9,25 @@ from .codec import Announced, Gone, decode_payload
 from .desk import BetStopResult, HistoryEntry, event_audit, market_history, set_bet_stop
 from .idempotency import IdempotencyRecord, IdempotencyStoreError, record_key
 from .redis_store import OutOfOrder, Precondition, Store, StoreOutcome, outcome_name
+from .risk import RiskCounts
 
 __all__ = [
-           "Announced",
-           "BetStopResult",
-           "Bus",
-           "Gone",
-           "HistoryEntry",
-           "IdempotencyRecord",
-           "IdempotencyStoreError",
-           "OutOfOrder",
-           "Precondition",
-           "Store",
-           "StoreOutcome",
-           "decode_payload",
-           "event_audit",
-           "market_history",
-           "outcome_name",
-           "record_key",
-           "set_bet_stop",
+    "Announced",
+    "BetStopResult",
+    "Bus",
+    "Gone",
+    "HistoryEntry",
+    "IdempotencyRecord",
+    "IdempotencyStoreError",
+    "OutOfOrder",
+    "Precondition",
+    "RiskCounts",
+    "Store",
+    "StoreOutcome",
+    "decode_payload",
+    "event_audit",
+    "market_history",
+    "outcome_name",
+    "record_key",
+    "set_bet_stop",
 ]

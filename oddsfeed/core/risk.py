@@ -1,0 +1,154 @@
+"""Stale-bet risk signals: how late a rejected leg was, per-account counts and their score.
+
+Pure: the caller reads the history and the clock; this module only computes. Times are
+milliseconds passed in as arguments.
+
+Counts (one vector of ints per account and window, :data:`FIELDS` in order): slips, legs,
+accepted legs, rejected legs by reason, rejected legs by ``stale_ms`` bucket, and legs
+accepted shortly before a suspension or an adverse move (``beat``).
+
+Score, in [0, 100)::
+
+    score = 100 * (sum_b W[b] * stale[b] + BEAT_WEIGHT * beat) / (legs + PRIOR_LEGS)
+
+Why this formula:
+
+- A bettor with a faster feed than the book tries the old price just after it moved: the
+  leg is rejected with a small ``stale_ms``. An ordinary bettor is rejected rarely, and
+  late (seconds to minutes after the move: they were reading the page). So a rejection
+  weighs more the fresher it is (``W`` falls from 1 for under 250 ms to 0.05 past 30 s);
+  the weights are the whole model, readable in :data:`STALE_WEIGHTS`.
+- Dividing by the legs makes it a share: an account that bets a lot is not suspicious for
+  volume alone. ``PRIOR_LEGS`` shrinks small samples toward 0 (one unlucky leg out of one
+  is not 100).
+- Every rejected leg lands in at most one stale bucket and every beat leg is an accepted
+  leg, with every weight at most 1: the numerator never exceeds ``legs``, hence < 100.
+- Monotone: turning a leg from accepted to a stale rejection, or making a rejection
+  fresher, or marking an accepted leg as beating a suspension, never lowers the score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .betslip import REASONS
+
+# Upper bounds (exclusive) of the stale_ms buckets; the last bucket is everything above.
+STALE_BOUNDS_MS = (250, 1000, 5000, 30000)
+STALE_BUCKETS = ("lt250ms", "lt1s", "lt5s", "lt30s", "ge30s", "unknown")
+# Weight of one rejected leg per bucket: fresher is likelier a faster feed. "unknown": the
+# history no longer covers the leg's version (trimmed), counted but weighed little.
+STALE_WEIGHTS = (1.0, 0.8, 0.4, 0.15, 0.05, 0.05)
+BEAT_WEIGHT = 1.0
+PRIOR_LEGS = 5
+# Reasons whose leg had a price or version that once was current: they get a stale_ms.
+STALE_REASONS = frozenset({"market_suspended", "market_closed", "selection_suspended",
+                           "market_changed", "price_changed"})
+
+FIELDS: tuple[str, ...] = ("slips", "legs", "accepted",
+                           *(f"rejected_{r}" for r in REASONS),
+                           *(f"stale_{b}" for b in STALE_BUCKETS), "beat")
+_INDEX = {name: i for i, name in enumerate(FIELDS)}
+Counts = tuple[int, ...]
+ZERO: Counts = (0,) * len(FIELDS)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One history version as the risk signals need it.
+
+    ``prices``: the selection prices (ticks) this version set (all of them for a creation);
+    ``status_changed``: the market's or a selection's status changed in it.
+    """
+
+    version: int
+    at_ms: int
+    prices: Mapping[str, int]
+    status_changed: bool
+
+
+def stale_since_ms(history: Sequence[HistoryEntry], *, selection: str, price: int,
+                   version: int | None, reason: str) -> int | None:
+    """When the leg's price or version stopped being current (ms), or None if unknown.
+
+    ``history`` is in version order. With a ``version`` it must start after it: a
+    ``price_changed`` leg went stale at the first version setting another price for its
+    selection, any other reason at the first version after the leg's. Without a version it
+    is the newest stretch of the history: a ``price_changed`` leg went stale when its price
+    was last replaced, another reason at the newest status change.
+    """
+    if reason not in STALE_REASONS:
+        return None
+    if version is not None:
+        later = [e for e in history if e.version > version]
+        if reason == "price_changed":
+            for e in later:
+                moved = e.prices.get(selection)
+                if moved is not None and moved != price:
+                    return e.at_ms
+        return later[0].at_ms if later else None
+    if reason != "price_changed":
+        for e in reversed(history):
+            if e.status_changed:
+                return e.at_ms
+        return None
+    replaced_at: int | None = None
+    for e in reversed(history):
+        set_to = e.prices.get(selection)
+        if set_to is None:
+            continue
+        if set_to == price:
+            return replaced_at
+        replaced_at = e.at_ms
+    return None
+
+
+def stale_bucket(stale_ms: int | None) -> str:
+    """The name of the bucket ``stale_ms`` falls in ("unknown" for None)."""
+    if stale_ms is None:
+        return "unknown"
+    for bound, name in zip(STALE_BOUNDS_MS, STALE_BUCKETS, strict=False):
+        if stale_ms < bound:
+            return name
+    return "ge30s"
+
+
+def slip_counts(legs: Sequence[Mapping[str, Any]], stale_ms: Sequence[int | None]) -> Counts:
+    """The counts one validated slip adds: ``legs`` are the verdicts ``validate_slip``
+    returned, ``stale_ms`` one value per leg (None for accepted or unknown)."""
+    out = list(ZERO)
+    out[_INDEX["slips"]] = 1
+    out[_INDEX["legs"]] = len(legs)
+    for verdict, late in zip(legs, stale_ms, strict=True):
+        if verdict.get("ok"):
+            out[_INDEX["accepted"]] += 1
+            continue
+        reason = str(verdict.get("reason"))
+        if f"rejected_{reason}" in _INDEX:
+            out[_INDEX[f"rejected_{reason}"]] += 1
+        if reason in STALE_REASONS:
+            out[_INDEX[f"stale_{stale_bucket(late)}"]] += 1
+    return tuple(out)
+
+
+def add(a: Sequence[int], b: Sequence[int]) -> Counts:
+    """Element-wise sum of two count vectors (a shorter one is padded with zeros)."""
+    n = max(len(a), len(b), len(FIELDS))
+    return tuple((a[i] if i < len(a) else 0) + (b[i] if i < len(b) else 0) for i in range(n))
+
+
+def as_map(counts: Sequence[int]) -> dict[str, int]:
+    """The counts by field name (what the HTTP API shows)."""
+    return {name: int(counts[i]) if i < len(counts) else 0 for i, name in enumerate(FIELDS)}
+
+
+def score(counts: Sequence[int]) -> float:
+    """The account's score in [0, 100) (formula in the module docstring), rounded to 0.01."""
+    c = as_map(counts)
+    bad = sum(w * c[f"stale_{b}"] for b, w in zip(STALE_BUCKETS, STALE_WEIGHTS, strict=True))
+    bad += BEAT_WEIGHT * c["beat"]
+    legs = max(c["legs"], 0)
+    value = 100.0 * max(bad, 0.0) / (legs + PRIOR_LEGS)
+    return round(min(value, 99.99), 2)

@@ -1,0 +1,176 @@
+"""Risk signals in Valkey: the history reads that date a stale leg, and per-account rolling
+counts in expiring, capped bucket hashes (docs/operations.md states the memory bound).
+
+Keys: ``of:risk:<window_s>:<bucket>`` is a hash, field = token subject, value = msgpack
+array of counts (``oddsfeed.core.risk.FIELDS``); ``bucket`` = ``at_ms // bucket_ms`` with
+``bucket_ms = window_s * 1000 // buckets``. A window's counts are the sum of its last
+``buckets`` buckets (the current one included). Each add is one atomic script on one key, so
+concurrent adds from many workers are exact; each bucket holds at most ``max_accounts``
+accounts and expires once no window reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import msgpack
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from ..core.errors import StoreError
+from ..core.risk import Counts, HistoryEntry, add
+from . import codec
+
+PREFIX = "of:risk:"
+
+
+def bucket_key(window_s: int, bucket: int) -> str:
+    return f"{PREFIX}{window_s}:{bucket}"
+
+
+def _entry(entry_id: bytes, fields: Any) -> HistoryEntry | None:
+    raw = dict(zip(fields[::2], fields[1::2])) if isinstance(fields, list) else fields
+    data = raw.get(b"d")
+    if data is None:
+        return None
+    obj = codec.unpack(data)
+    version = int(entry_id.split(b"-")[0])
+    at_ms = int(obj.get("t") or 0) // 1000
+    if obj.get("op") == "created":
+        sels = (obj.get("market") or {}).get("selections") or {}
+        return HistoryEntry(version, at_ms, {str(k): int(v["price"]) for k, v in sels.items()
+                                             if isinstance(v, dict) and "price" in v}, True)
+    sel = obj.get("sel") or {}
+    prices = {str(k): int(v["price"]) for k, v in sel.items()
+              if isinstance(v, dict) and v.get("price") is not None}
+    status = "status" in obj or any(isinstance(v, dict) and "status" in v for v in sel.values())
+    return HistoryEntry(version, at_ms, prices, status)
+
+
+class RiskCounts:
+    """The risk store adapter over a client of the market store (one per process)."""
+
+    def __init__(self, client: Redis | RedisCluster, *, windows_s: Sequence[int],
+                 buckets: int, max_accounts: int, history_scan: int) -> None:
+        self.client = client
+        self.windows_s = tuple(windows_s)
+        self.buckets = buckets
+        self.max_accounts = max_accounts
+        self.history_scan = history_scan
+        self._add = client.register_script(
+            resources.files(__package__).joinpath("risk_add.lua").read_text())
+
+    def bucket_ms(self, window_s: int) -> int:
+        return max(window_s * 1000 // self.buckets, 1)
+
+    async def histories(self, legs: Sequence[tuple[str, int | None]]
+                        ) -> list[list[HistoryEntry]]:
+        """Per (market, version) leg, the history entries (in version order) after the
+        version, or the newest ones without a version; at most ``history_scan`` each, all in
+        one pipelined round trip. Raises StoreError if the store fails."""
+        if not legs:
+            return []
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for market, version in legs:
+                key = codec.history_key(market)
+                if version is None:
+                    pipe.xrevrange(key, "+", "-", count=self.history_scan)
+                else:
+                    pipe.xrange(key, f"{version + 1}-0", "+", count=self.history_scan)
+            replies = await pipe.execute()
+        except (redis_errors.RedisError, OSError) as exc:
+            raise StoreError(f"risk history read failed: {exc}") from None
+        out: list[list[HistoryEntry]] = []
+        for (_market, version), reply in zip(legs, replies, strict=True):
+            entries = [e for e in (_entry(i, f) for i, f in reply or []) if e is not None]
+            if version is None:
+                entries.reverse()
+            out.append(entries)
+        return out
+
+    async def add(self, sub: str, counts: Counts, at_ms: int) -> bool:
+        """Add one slip's counts for ``sub`` at ``at_ms`` to every window, atomically per
+        bucket; False if a full bucket left the account out. Raises StoreError."""
+        return await self.add_many([(sub, counts, at_ms)]) == 0
+
+    async def add_many(self, items: Sequence[tuple[str, Counts, int]]) -> int:
+        """Add many slips' ``(sub, counts, at_ms)`` in one pipelined round trip, summed per
+        account and bucket first (one atomic script per account and bucket); returns how
+        many (account, bucket) adds a full bucket refused. Raises StoreError."""
+        merged: dict[tuple[str, str], tuple[Counts, int]] = {}
+        for sub, counts, at_ms in items:
+            for window_s in self.windows_s:
+                step = self.bucket_ms(window_s)
+                bucket = at_ms // step
+                where = (bucket_key(window_s, bucket), sub)
+                before = merged.get(where)
+                merged[where] = (add(before[0], counts) if before else tuple(counts),
+                               (bucket + self.buckets + 1) * step)
+        calls = list(merged.items())
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        try:
+            for attempt in range(2):  # a second pass only for the buckets that hit NOSCRIPT
+                pipe = self.client.pipeline(transaction=False)
+                for i in todo:
+                    (key, sub), (counts, expire_at) = calls[i]
+                    pipe.evalsha(self._add.sha, 1, key, sub, msgpack.packb(list(counts)),
+                                 expire_at, self.max_accounts)
+                replies = await pipe.execute(raise_on_error=False)
+                missing = []
+                for i, reply in zip(todo, replies, strict=True):
+                    if isinstance(reply, redis_errors.NoScriptError) and attempt == 0:
+                        missing.append(i)  # not run: retrying it cannot count twice
+                    elif isinstance(reply, Exception):
+                        raise StoreError(f"risk counts write failed: {reply}")
+                    else:
+                        results[i] = reply
+                if not missing:
+                    break
+                await self.client.script_load(self._add.script)
+                todo = missing
+        except (redis_errors.RedisError, OSError) as exc:
+            raise StoreError(f"risk counts write failed: {exc}") from None
+        return sum(1 for r in results if int(r) != 1)
+
+    def _keys(self, window_s: int, at_ms: int) -> list[str]:
+        step = self.bucket_ms(window_s)
+        last = at_ms // step
+        return [bucket_key(window_s, b) for b in range(last - self.buckets + 1, last + 1)]
+
+    async def window(self, window_s: int, at_ms: int) -> dict[str, Counts]:
+        """Every account's counts over the window ending at ``at_ms``. Raises StoreError."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for key in self._keys(window_s, at_ms):
+                pipe.hgetall(key)
+            replies = await pipe.execute()
+        except (redis_errors.RedisError, OSError) as exc:
+            raise StoreError(f"risk counts read failed: {exc}") from None
+        out: dict[str, Counts] = {}
+        for reply in replies:
+            for sub, raw in (reply or {}).items():
+                name = sub.decode() if isinstance(sub, bytes) else str(sub)
+                out[name] = add(out.get(name, ()), msgpack.unpackb(raw))
+        return out
+
+    async def account(self, sub: str, window_s: int, at_ms: int) -> Counts | None:
+        """One account's counts over the window ending at ``at_ms`` (None: no slip in it)."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for key in self._keys(window_s, at_ms):
+                pipe.hget(key, sub)
+            replies = await pipe.execute()
+        except (redis_errors.RedisError, OSError) as exc:
+            raise StoreError(f"risk counts read failed: {exc}") from None
+        found = [msgpack.unpackb(r) for r in replies if r is not None]
+        if not found:
+            return None
+        total: Counts = ()
+        for counts in found:
+            total = add(total, counts)
+        return total

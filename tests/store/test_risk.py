@@ -1,0 +1,100 @@
+"""The risk store adapter on a real Valkey (single server and cluster): stale times from
+the history stream, exact rolling counts under concurrency, bounded memory."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from oddsfeed.clock import now_ms
+from oddsfeed.core.model import MarketUpdate
+from oddsfeed.core.risk import as_map, slip_counts
+from oddsfeed.core.wire import Leg
+from oddsfeed.services.risk import stale_ms_of
+from oddsfeed.store import RiskCounts, Store
+from oddsfeed.store.codec import history_key, unpack
+from oddsfeed.store.risk import bucket_key
+
+CREATE = {"fields": {"event": "e1", "sport": "soccer", "name": "A v B"},
+          "selections": {"h": {"name": "Home", "price": 25000},
+                         "a": {"name": "Away", "price": 30000}}, "create": True}
+def ahead() -> int:
+    """"Now" for the adds: a minute ahead of the real clock (Valkey expires buckets by its
+    own clock, so none of the window's buckets may expire during the test), on a 5 s
+    boundary."""
+    return (now_ms() // 5000 + 12) * 5000
+
+
+def counts_of(store: Store, **kw: Any) -> RiskCounts:
+    args: dict[str, Any] = {"windows_s": [60, 3600], "buckets": 12, "max_accounts": 1000,
+                            "history_scan": 200, **kw}
+    return RiskCounts(store.client, **args)
+
+
+async def entry_ms(store: Store, mid: str, version: int) -> int:
+    ((_id, fields),) = await store.client.xrange(history_key(mid), f"{version}-0",
+                                                 f"{version}-0")
+    return int(unpack(fields[b"d"])["t"]) // 1000
+
+
+async def test_stale_ms_is_read_from_the_history_timestamps(store: Store) -> None:
+    """A rejected leg's stale_ms is the validation time minus the history time of the
+    version that replaced its price (or, for a suspension, of the suspension)."""
+    await store.apply(MarketUpdate(market="m1", **CREATE))  # type: ignore[arg-type]
+    await store.apply(MarketUpdate(market="m1", selections={"h": {"price": 26000}}))  # v2
+    await store.apply(MarketUpdate(market="m1", selections={"a": {"price": 31000}}))  # v3
+    await store.apply(MarketUpdate(market="m1", fields={"status": "suspended"}))  # v4
+    v2, v3, v4 = [await entry_ms(store, "m1", v) for v in (2, 3, 4)]
+    legs = [Leg("m1", "h", 25000, version=1), Leg("m1", "h", 25000),
+            Leg("m1", "a", 30000, version=2), Leg("m1", "h", 26000), Leg("m9", "h", 25000),
+            Leg("m1", "h", 26000, version=3)]
+    verdicts = [{"ok": False, "reason": "price_changed"}, {"ok": False, "reason": "price_changed"},
+                {"ok": False, "reason": "market_changed"},
+                {"ok": False, "reason": "market_suspended"},
+                {"ok": False, "reason": "unknown_market"}, {"ok": True}]
+    at = v4 + 1234
+    got = await stale_ms_of(counts_of(store), legs, verdicts, at)
+    assert got == [at - v2, at - v2, at - v3, at - v4, None, None]
+
+
+async def test_counts_are_exact_under_concurrent_adds(store: Store) -> None:
+    """Hundreds of concurrent adds from several accounts, over several buckets of one
+    window, sum exactly; a bucket older than the window is left out."""
+    t0 = ahead()
+    risk = counts_of(store)
+    one = slip_counts([{"ok": True}, {"ok": False, "reason": "price_changed"}], [None, 100])
+    subs = [f"acct-{i}" for i in range(5)]
+    # 60 s window, 12 buckets of 5 s: t0 - 55 s is the oldest bucket still in the window.
+    times = [t0, t0 - 1, t0 - 30_000, t0 - 55_000]
+    await asyncio.gather(*(risk.add(sub, one, at) for sub in subs for at in times
+                           for _ in range(10)))
+    await risk.add(subs[0], one, t0 - 60_000)  # one bucket too old for the 60 s window
+    window = await risk.window(60, t0)
+    assert sorted(window) == subs
+    for sub in subs:
+        c = as_map(window[sub])
+        assert (c["slips"], c["legs"], c["accepted"], c["stale_lt250ms"]) == (40, 80, 40, 40)
+        assert as_map(await risk.account(sub, 60, t0) or ()) == c
+    hour = await risk.window(3600, t0)  # 12 buckets of 5 min: t0 - 60 s is inside
+    assert as_map(hour[subs[0]])["slips"] == 41
+    assert await risk.account("nobody", 60, t0) is None
+
+
+async def test_memory_is_bounded_by_the_bucket_cap_and_expiry(store: Store) -> None:
+    """A bucket holds at most max_accounts accounts (others are refused, not stored), every
+    bucket expires once no window reads it, and a bucket already out of every window is
+    gone at once."""
+    t0 = ahead()
+    risk = counts_of(store, windows_s=[60], max_accounts=100)
+    one = slip_counts([{"ok": True}], [None])
+    added = await asyncio.gather(*(risk.add(f"s{i}", one, t0) for i in range(300)))
+    assert sum(added) == 100
+    key = bucket_key(60, t0 // 5000)
+    assert await store.client.hlen(key) == 100
+    expire_at = await store.client.execute_command("PEXPIRETIME", key)
+    assert expire_at == (t0 // 5000 + 13) * 5000  # 13 buckets of 5 s after its own
+    usage = await store.client.memory_usage(key)
+    assert usage is not None
+    assert usage < 100 * 120  # bytes: 100 accounts with their 1-slip counts
+    await risk.add("late", one, t0 - 3_600_000)  # a bucket no window reads any more
+    assert not await store.client.exists(bucket_key(60, (t0 - 3_600_000) // 5000))
