@@ -19,7 +19,8 @@ _Entry = tuple[Outgoing, int, float, str | None, Delta | None]
 
 
 # An idle connection holds no deque (about 0.6 KB each): the queue is created on demand and
-# dropped when it empties (memory per idle connection, issue 4).
+# dropped when it empties: idle connections are most of a node's connections, and their
+# memory is what bounds how many one node holds.
 _NO_QUEUE: deque[_Entry] = deque(maxlen=0)
 
 OK = "ok"
@@ -111,7 +112,7 @@ class Outbox:
         # Merge each market's run of pending deltas into one delta (base of the first,
         # v of the last). A snapshot or gone of that market ends the run (and supersedes
         # it); so does a suspension, which merged with a later reopening would vanish: it
-        # is never conflated away (issue 4).
+        # is never conflated away: a client must see that betting stopped, however briefly.
         merged: list[_Entry] = []
         # market -> (where its run's entry sits in merged, the run's deltas, oldest time)
         open_run: dict[str, tuple[int, list[Delta], list[float]]] = {}

@@ -107,7 +107,8 @@ def snapshot(market: Market) -> Outgoing:
 
 
 def delta(d: Delta) -> Outgoing:
-    # A suspension (or close) must never wait behind a batching window (issue 4).
+    # A suspension (or close) must never wait behind a batching window: a client showing
+    # a price that is no longer offered invites bets the server will refuse.
     urgent = d.fields.get("status", "open") != "open"
     return Outgoing(d.to_wire(), urgent=urgent)
 
