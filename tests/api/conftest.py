@@ -51,6 +51,7 @@ class Api:
     store: Store
     settings: Settings
     token: str = field(default_factory=mint)
+    app: web.Application | None = None  # the running aiohttp app (its keys, e.g. K_RISK)
 
     async def call(self, method: str, path: str, body: Any = None, *, token: str | None = "",
                    headers: dict[str, str] | None = None, raw: bytes | None = None,
@@ -88,10 +89,11 @@ async def make_api(valkey_url: str, redis_client: Any) -> AsyncIterator[Callable
     async def make(readiness: Callable[[], bool] | None = None, **overrides: Any) -> Api:
         settings = api_settings(valkey_url, **overrides)
         store = await Store.connect(valkey_url)
-        runner, port = await serve(build_app(settings, store, readiness=readiness))
+        app = build_app(settings, store, readiness=readiness)
+        runner, port = await serve(app)
         session = aiohttp.ClientSession()
         stack.append((session, runner, store))
-        return Api(session, f"http://127.0.0.1:{port}", store, settings)
+        return Api(session, f"http://127.0.0.1:{port}", store, settings, app=app)
 
     try:
         yield make

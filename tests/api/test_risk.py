@@ -4,47 +4,17 @@ path, exact per-account counts under concurrent validations, the risk:read route
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-import pytest
-
-from oddsfeed.api.app import build_app
 from oddsfeed.api.risk import K_RISK
 from oddsfeed.core.wire import Leg
 from oddsfeed.services.risk import RiskQueue
 from oddsfeed.store import RiskCounts, Store
 
-from .conftest import ALL, BODY, Api, api_settings, mint, serve
+from .conftest import ALL, BODY, Api, mint
 
 RISK = "risk:read"
-
-
-@pytest.fixture
-async def make_risk_api(valkey_url: str, redis_client: Any
-                        ) -> AsyncIterator[Callable[..., Any]]:
-    """Running apps (their aiohttp app reachable as ``api.app``) on the emptied Valkey."""
-    stack: list[Any] = []
-
-    async def make(**overrides: Any) -> Api:
-        settings = api_settings(valkey_url, **overrides)
-        store = await Store.connect(valkey_url)
-        app = build_app(settings, store)
-        runner, port = await serve(app)
-        session = aiohttp.ClientSession()
-        stack.append((session, runner, store))
-        api = Api(session, f"http://127.0.0.1:{port}", store, settings)
-        api.app = app  # type: ignore[attr-defined]
-        return api
-
-    try:
-        yield make
-    finally:
-        for session, runner, store in reversed(stack):
-            await session.close()
-            await runner.cleanup()
-            await store.close()
 
 
 async def seed(api: Api) -> None:
@@ -63,10 +33,10 @@ SLIPS: list[dict[str, Any]] = [
 
 
 async def test_counts_are_exact_under_concurrent_validations(
-        make_risk_api: Callable[..., Any]) -> None:
+        make_api: Callable[..., Any]) -> None:
     """Many concurrent validations from several subjects are all counted, exactly, per
     subject; the account chasing the moved price ranks first."""
-    api = await make_risk_api()
+    api = await make_api()
     await seed(api)
     plan = {"sharp": [1, 2] * 15, "normal": [0] * 27 + [2] * 3, "other": [0, 0, 1] * 10}
     tokens = {sub: mint(sub=sub) for sub in plan}
@@ -74,7 +44,8 @@ async def test_counts_are_exact_under_concurrent_validations(
         api.call("POST", "/v1/bets/validate", SLIPS[i], token=tokens[sub])
         for sub, picks in plan.items() for i in picks))
     assert all(status == 200 for status, _, _ in replies)
-    await api.app[K_RISK].queue.drain()  # type: ignore[attr-defined]
+    assert api.app is not None
+    await api.app[K_RISK].queue.drain()
     status, body, _ = await api.call("GET", "/v1/risk/accounts?window=1m&limit=10",
                                      token=mint(RISK))
     assert status == 200
@@ -98,10 +69,10 @@ async def test_counts_are_exact_under_concurrent_validations(
                                                          got["sharp"]["score"])
 
 
-async def test_routes_need_the_risk_read_scope(make_risk_api: Callable[..., Any]) -> None:
+async def test_routes_need_the_risk_read_scope(make_api: Callable[..., Any]) -> None:
     """Without a token 401, with every other scope 403, with risk:read 200; a bad window,
     limit or query parameter is 400; an account without slips scores 0."""
-    api = await make_risk_api()
+    api = await make_api()
     for path in ("/v1/risk/accounts", "/v1/risk/accounts/desk1"):
         assert (await api.call("GET", path, token=None))[0] == 401
         assert (await api.call("GET", path, token=mint(ALL)))[0] == 403
@@ -117,11 +88,11 @@ async def test_routes_need_the_risk_read_scope(make_risk_api: Callable[..., Any]
 
 
 async def test_answers_are_the_same_with_the_recorder_on_or_off(
-        make_risk_api: Callable[..., Any]) -> None:
+        make_api: Callable[..., Any]) -> None:
     """Every slip gets the same validation body with risk signals on and off; off, the risk
     routes are 404."""
-    on = await make_risk_api()
-    off = await make_risk_api(**{"risk.enabled": False})
+    on = await make_api()
+    off = await make_api(**{"risk.enabled": False})
     await seed(on)
     for slip in SLIPS:
         a = await on.call("POST", "/v1/bets/validate", slip)
