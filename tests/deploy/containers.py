@@ -51,14 +51,6 @@ class DockerTopology(StartedInWith):
     def name(self, service: str) -> str:
         return f"{self.prefix}-{service}"
 
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.ws_port}/ws"
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
     def _run(self, service: str, image: str, *args: str, env: dict[str, str] | None = None,
              options: tuple[str, ...] = ()) -> None:
         argv = ["run", "-d", "--name", self.name(service), "--network", self._network,

@@ -218,14 +218,6 @@ class Topology(StartedInWith):
         assert self.cluster is not None
         return self.cluster.url
 
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.ws_port}/ws"
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
     def _spawn(self, name: str, netns: str | None, args: list[str]) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ODDSFEED_")}
         env.update(NODE_ENV)
