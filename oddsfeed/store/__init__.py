@@ -8,7 +8,8 @@ from .bus import Bus
 from .codec import Announced, Gone, decode_payload
 from .desk import BetStopResult, HistoryEntry, event_audit, market_history, set_bet_stop
 from .idempotency import IdempotencyRecord, IdempotencyStoreError, record_key
-from .redis_store import OutOfOrder, Precondition, Store, StoreOutcome, outcome_name
+from .outcomes import OutOfOrder, Precondition, StoreOutcome, outcome_name
+from .redis_store import Store
 from .risk import RiskCounts
 
 __all__ = [

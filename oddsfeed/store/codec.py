@@ -110,3 +110,35 @@ def decode_payload(data: bytes) -> tuple[Delta | Market | Gone | Announced, int]
     if op == "market":
         return Announced(str(obj["m"])), 0
     raise InvalidInput(f"unknown store payload op {str(op)[:40]!r}")
+
+
+def decode_history(res: Any, epoch: str, after_version: int
+                   ) -> tuple[Market, list[Delta]] | None:
+    """The market and its deltas after ``after_version`` in ``epoch`` from the reply of
+    history.lua (state, the stream's first entry, the entries read), or None when they do
+    not cover that position gap-free (see :meth:`Store.history`)."""
+    if not res or not res[0]:
+        return None
+    market = Market.from_store(unpack(res[0]))
+    if market.epoch != epoch or after_version > market.version or after_version < 1:
+        return None
+    first, entries = res[1], res[2]
+    if not first:
+        return None
+    oldest = int(first[0][0].split(b"-")[0])
+    if after_version + 1 < oldest:
+        return None  # trimmed: versions after after_version are no longer all there
+    deltas: list[Delta] = []
+    expected = after_version + 1
+    for _entry_id, fields in entries:
+        obj = unpack(dict(zip(fields[::2], fields[1::2]))[b"d"])
+        if obj.get("op") != "delta":
+            return None
+        d = Delta.from_store(obj)
+        if d.version != expected or d.epoch != epoch:
+            return None
+        deltas.append(d)
+        expected += 1
+    if expected - 1 < market.version:
+        return None  # more than the read's cap behind: a snapshot is cheaper
+    return market, deltas

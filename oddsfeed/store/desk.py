@@ -20,7 +20,8 @@ from ..core.model import Market, MarketUpdate
 from . import codec
 from .codec import bet_stop_key, creating_key, event_set_key, history_key
 from .gate import SWITCH
-from .redis_store import MAX_VERSION, Store, outcome_name
+from .outcomes import outcome_name
+from .redis_store import MAX_VERSION, Store
 
 
 @dataclass(frozen=True, slots=True)

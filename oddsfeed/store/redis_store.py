@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from importlib import resources
 from typing import Any, cast
 
@@ -15,7 +14,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
 from ..clock import now_ms as clock_now_ms
-from ..core.book import OUTCOME_NAMES, Changed, Created, Delta, NoOp, Rejected
+from ..core.book import Changed, Created, Delta, NoOp, Rejected
 from ..core.errors import InvalidInput, StoreError
 from ..core.model import Market, MarketUpdate
 from . import codec, gate
@@ -31,6 +30,7 @@ from .codec import (
     sport_set_key,
     state_key,
 )
+from .outcomes import OutOfOrder, Precondition, StoreOutcome
 
 MAX_HISTORY_READ = 10_000
 # No market reaches this version; a position past it is refused before it becomes a stream id.
@@ -39,31 +39,6 @@ MAX_VERSION = 2**53
 
 def _text(x: bytes | str) -> str:
     return x.decode() if isinstance(x, bytes) else x
-
-
-@dataclass(frozen=True, slots=True)
-class OutOfOrder:
-    """The update's (source, seq) was not newer than the last accepted one: dropped."""
-
-    market: str
-    last_seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class Precondition:
-    """``expect`` did not match: ``current`` is the market now (None if it does not exist)."""
-
-    current: Market | None
-
-
-StoreOutcome = Created | Changed | NoOp | Rejected | OutOfOrder | Precondition
-_NAMES: Mapping[type, str] = {**OUTCOME_NAMES, OutOfOrder: "outoforder",
-                              Precondition: "precondition"}
-
-
-def outcome_name(outcome: StoreOutcome) -> str:
-    """How logs, metrics and answers name an apply outcome ("created", "outoforder", ...)."""
-    return _NAMES[type(outcome)]
 
 
 def _script(name: str) -> str:
@@ -417,31 +392,7 @@ class Store:
                 args=[f"{after_version + 1}-0", MAX_HISTORY_READ])
         except (redis_errors.RedisError, OSError) as exc:
             raise StoreError(f"history read failed for market {market_id}: {exc}") from None
-        if not res or not res[0]:
-            return None
-        market = _decode_market(res[0])
-        if market.epoch != epoch or after_version > market.version or after_version < 1:
-            return None
-        first, entries = res[1], res[2]
-        if not first:
-            return None
-        oldest = int(first[0][0].split(b"-")[0])
-        if after_version + 1 < oldest:
-            return None  # trimmed: versions after after_version are no longer all there
-        deltas: list[Delta] = []
-        expected = after_version + 1
-        for _entry_id, fields in entries:
-            obj = codec.unpack(dict(zip(fields[::2], fields[1::2]))[b"d"])
-            if obj.get("op") != "delta":
-                return None
-            d = Delta.from_store(obj)
-            if d.version != expected or d.epoch != epoch:
-                return None
-            deltas.append(d)
-            expected += 1
-        if expected - 1 < market.version:
-            return None  # more than MAX_HISTORY_READ behind: a snapshot is cheaper
-        return market, deltas
+        return codec.decode_history(res, epoch, after_version)
 
     async def event_market_ids(self, event: str) -> list[str]:
         try:
