@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from oddsfeed.core.model import MarketUpdate
 from oddsfeed.embedded import EmbeddedValkey
 from oddsfeed.freeport import LOOPBACK, free_port
 from oddsfeed.settings import load_settings
+from tests.sysdeps import ensure_debian
 
 from .common import cli, environment, wait_http
 
@@ -82,13 +82,8 @@ end
 
 
 def wrk_binary() -> str:
-    """``wrk``, installed from Debian when missing (as the browser tests install Chromium)."""
-    if not os.path.exists(WRK) and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "wrk"],
-                       check=False, capture_output=True, env=env)
-    if not os.path.exists(WRK):
+    """``wrk``, installed from Debian when missing (as the tests install Chromium)."""
+    if not ensure_debian(WRK, "wrk"):
         raise SystemExit(f"the request benchmark needs wrk ({WRK}): apt-get install wrk")
     return WRK
 

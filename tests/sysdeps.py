@@ -1,8 +1,9 @@
-"""Debian packages some tests need (Chromium, RabbitMQ, HAProxy...): found, or installed.
+"""Debian packages some tests and benchmarks need (Chromium, RabbitMQ, HAProxy, wrk...):
+found, or installed.
 
 On a fresh machine (CI included) nothing was installed by hand, so a test that needs a
-system binary calls :func:`debian_binary`, which installs the package with apt-get when
-we are root and it is missing, and skips the test (saying why) only where that cannot work.
+system binary calls :func:`debian_binary`, and a benchmark :func:`ensure_debian`: both
+install the package with apt-get when we are root and it is missing.
 """
 
 from __future__ import annotations
@@ -18,14 +19,13 @@ _lock = threading.Lock()
 _updated = False
 
 
-def debian_binary(path: str, package: str) -> str:
-    """Return ``path`` once it exists, installing Debian's ``package`` first if needed.
-
-    Skips the calling test when the binary is missing and cannot be installed here."""
+def ensure_debian(path: str, package: str) -> bool:
+    """Install Debian's ``package`` unless ``path`` exists (as root, with apt-get); return
+    whether ``path`` exists afterwards."""
     global _updated
     with _lock:
         if os.path.exists(path):
-            return path
+            return True
         if os.geteuid() == 0 and shutil.which("apt-get"):
             env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
             if not _updated:
@@ -34,6 +34,13 @@ def debian_binary(path: str, package: str) -> str:
                 _updated = True
             subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
                             package], check=False, capture_output=True, env=env, timeout=900)
-    if not os.path.exists(path):
+        return os.path.exists(path)
+
+
+def debian_binary(path: str, package: str) -> str:
+    """Return ``path`` once it exists, installing Debian's ``package`` first if needed.
+
+    Skips the calling test when the binary is missing and cannot be installed here."""
+    if not ensure_debian(path, package):
         pytest.skip(f"Debian {package} ({path}) is not installed and cannot be installed here")
     return path
