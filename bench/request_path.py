@@ -32,6 +32,7 @@ from oddsfeed.core.model import MarketUpdate
 from oddsfeed.embedded import EmbeddedValkey
 from oddsfeed.freeport import LOOPBACK, free_port
 from oddsfeed.settings import load_settings
+from tests.procs import stop_process
 from tests.sysdeps import ensure_debian
 
 from .common import cli, environment, wait_http
@@ -123,12 +124,7 @@ class _Server:
         return max(procs, key=lambda p: sum(p.cpu_times()[:2])).pid
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 @contextmanager

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from oddsfeed.embedded import EmbeddedValkey, free_port
+from tests.procs import stop_process
 from tests.test_cli import ROOT, Lines
 
 SECRET = "supervisor-test-secret-0123456789abcdef"
@@ -70,13 +71,7 @@ def serve() -> Iterator[Callable[[str], tuple[subprocess.Popen[str], Lines, int]
     yield start
     for proc in started:
         remember_children(proc)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
     for child in seen.values():
         with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from oddsfeed.embedded import free_port
+from tests.procs import stop_process
 from tests.sysdeps import debian_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,12 +49,7 @@ def demo_server() -> Iterator[int]:
                 time.sleep(0.1)
         yield http_port
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, signal.SIGINT, 15)
 
 
 def test_demo_page_live_board_and_bet_slip(demo_server: int) -> None:

@@ -13,7 +13,8 @@ import asyncio
 import itertools
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import aiohttp
@@ -163,3 +164,20 @@ async def converged(clients: list[ResumingClient], http_url: str, timeout: float
     await wait_until(lambda: all(c.book.markets.get(m) == w for c in clients
                                  for m, w in want.items()), timeout,
                      "every client holding the store's markets")
+
+
+@asynccontextmanager
+async def resuming_clients(url: str, events: list[str], n: int, timeout: float
+                           ) -> AsyncIterator[list[ResumingClient]]:
+    """``n`` clients of ``events`` through ``url``, yielded once each is connected, holds
+    markets and has had 5 deltas (within ``timeout`` s); all are stopped at the end."""
+    clients = [ResumingClient(url, events) for _ in range(n)]
+    for c in clients:
+        c.start()
+    try:
+        await wait_until(lambda: all(c.connected and c.book.markets and c.deltas >= 5
+                                     for c in clients), timeout, "clients subscribed with deltas")
+        yield clients
+    finally:
+        for c in clients:
+            await c.stop()

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.deploy.containers import FANOUTS, DockerTopology
-from tests.deploy.resuming import ResumingClient, converged, failover
+from tests.deploy.resuming import converged, failover, resuming_clients
 from tests.fanout.mirror import wait_until
 
 IMAGE = os.environ.get("ODDSFEED_IMAGE", "")
@@ -43,12 +43,7 @@ async def test_image_topology_failover_and_store_restart(topology: DockerTopolog
     topo = topology
     report = [f"image {IMAGE}: {topo.image_size_mb(IMAGE):.0f} MB; "
               f"haproxy image: {topo.image_size_mb(HAPROXY_IMAGE):.0f} MB"]
-    clients = [ResumingClient(topo.ws_url, EVENTS) for _ in range(N_CLIENTS)]
-    for c in clients:
-        c.start()
-    try:
-        await wait_until(lambda: all(c.connected and c.book.markets and c.deltas >= 5
-                                     for c in clients), 30, "clients subscribed with deltas")
+    async with resuming_clients(topo.ws_url, EVENTS, N_CLIENTS, 30) as clients:
         counts = [await asyncio.to_thread(topo.connections, f) for f in FANOUTS]
         assert sum(counts) == N_CLIENTS, counts
         assert min(counts) > 0, counts
@@ -97,6 +92,3 @@ async def test_image_topology_failover_and_store_restart(topology: DockerTopolog
             assert c.error is None, repr(c.error)
             assert not c.book.anomalies, c.book.anomalies[:5]
         print("\n" + "\n".join(report))
-    finally:
-        for c in clients:
-            await c.stop()

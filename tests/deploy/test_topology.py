@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.netns import NetnsUnavailable, Topology
-from tests.deploy.resuming import ResumingClient, converged, failover
-from tests.fanout.mirror import wait_until
+from tests.deploy.resuming import converged, failover, resuming_clients
 from tests.sysdeps import debian_binary
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(150)]
@@ -49,12 +48,7 @@ async def test_failover_through_the_balancer(topology: Topology) -> None:
     1001 and resume on the other with no gap; kill -9 that one -> all resume on the
     restarted first; at the end every client holds exactly the store's markets."""
     topo = topology
-    clients = [ResumingClient(topo.ws_url, EVENTS) for _ in range(N_CLIENTS)]
-    for c in clients:
-        c.start()
-    try:
-        await wait_until(lambda: all(c.connected and c.book.markets and c.deltas >= 5
-                                     for c in clients), 20, "clients subscribed with deltas")
+    async with resuming_clients(topo.ws_url, EVENTS, N_CLIENTS, 20) as clients:
         counts = [await asyncio.to_thread(topo.connections, n) for n in topo.nodes]
         assert sum(counts) == N_CLIENTS, counts
         assert min(counts) > 0, counts
@@ -84,6 +78,3 @@ async def test_failover_through_the_balancer(topology: Topology) -> None:
         await converged(clients, topo.http_url)
         for c in clients:
             c.check_clean()
-    finally:
-        for c in clients:
-            await c.stop()

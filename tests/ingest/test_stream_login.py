@@ -8,7 +8,7 @@ import asyncio
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -47,6 +47,18 @@ async def _price(store: Store, market: str, sel: str) -> int | None:
     return m.selections[sel].price if m is not None and sel in m.selections else None
 
 
+_R = TypeVar("_R")
+
+
+async def _end(stop: asyncio.Event, task: asyncio.Task[_R], fake: FakeStream) -> _R:
+    """Stop the adapter, wait for its task (its result), then close the fake provider."""
+    stop.set()
+    try:
+        return await asyncio.wait_for(task, 5)
+    finally:
+        await fake.close()
+
+
 async def test_login_from_the_environment_then_image(store: Store, tmp_path: Path) -> None:
     """With the app key and session from ODDSFEED_INGEST__* the adapter sends authentication
     before its subscription, the market converges, and no log line holds a secret."""
@@ -59,9 +71,7 @@ async def test_login_from_the_environment_then_image(store: Store, tmp_path: Pat
         try:
             await until(lambda: _price(store, "1.1", "11"), what="market 1.1 priced")
         finally:
-            stop.set()
-            await asyncio.wait_for(task, 5)
-            await fake.close()
+            await _end(stop, task, fake)
     assert await _price(store, "1.1", "11") == 25000
     first = fake.received[0]
     assert [m["op"] for m in first[:2]] == ["authentication", "marketSubscription"]
@@ -169,9 +179,7 @@ async def test_timeout_and_connection_limit_retry_then_converge(store: Store,
     try:
         await until(lambda: _price(store, "1.1", "11"), what="market 1.1 priced")
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
-        await fake.close()
+        await _end(stop, task, fake)
     assert len(fake.connects) == 3
     assert fake.connects[2] - fake.connects[1] >= 0.2  # half of max_backoff_s at least
     assert await _price(store, "1.1", "11") == 30000
@@ -203,9 +211,7 @@ async def test_invalid_clock_resubscribes_for_a_fresh_image(store: Store, closed
 
         await until(fresh, what="fresh image applied")
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
-        await fake.close()
+        await _end(stop, task, fake)
     assert feed.counts.get("bad", 0) == 0
 
 
@@ -242,9 +248,7 @@ async def test_lag_notices_are_a_metric_not_bad_data(store: Store, tmp_path: Pat
         assert 'oddsfeed_ingest_bad_messages_total{source="stream:lag"}' not in text
         assert await _price(store, "1.1", "11") == 25000
     finally:
-        stop.set()
-        runner = await asyncio.wait_for(task, 5)
-        await fake.close()
+        runner = await _end(stop, task, fake)
     assert runner.counts.get("bad", 0) == 0
     assert runner.health()["lag_notices"] == 2
 

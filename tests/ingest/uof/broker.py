@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 from oddsfeed.freeport import free_port
+from tests.procs import stop_process
 from tests.sysdeps import debian_binary
 
 # The Debian wrapper (/usr/sbin) switches to the rabbitmq user; the script it runs does not.
@@ -126,10 +127,4 @@ class Broker:
         try:
             self.stop()
         finally:
-            if self.epmd.poll() is None:
-                self.epmd.terminate()
-                try:
-                    self.epmd.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.epmd.kill()
-                    self.epmd.wait(5)
+            stop_process(self.epmd, wait_s=5)
