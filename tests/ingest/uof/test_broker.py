@@ -80,6 +80,7 @@ class Provider:
                 await asyncio.sleep(0.05)
 
 
+
 @pytest.fixture
 async def provider(rabbitmq: Broker) -> AsyncIterator[Provider]:
     """A fake provider with a fresh exchange on the session broker."""
@@ -116,6 +117,16 @@ async def market(store: Store, mid: str) -> Market | None:
 async def status_is(store: Store, mid: str, status: str) -> bool:
     m = await store.get(mid)
     return m is not None and m.status == status
+
+
+async def producer_back(provider: Provider, store: Store, what: str) -> None:
+    """The producer's alive says it is up again and its next odds_change arrives: the
+    markets it had suspended reopen."""
+    await provider.publish(ALIVE_KEY, xml("alive").replace(b"1700000002000",
+                                                           b"1700000008000"))
+    await provider.publish(ODDS_KEY, xml("odds_change_3"))
+    await until(lambda: status_is(store, M1X2, "open"), what=what)
+    assert await status_is(store, CORNERS, "open")
 
 
 async def test_odds_change_bet_stop_settlement_and_cancel(
@@ -225,11 +236,7 @@ async def test_producer_down_when_alives_stop(
     assert await status_is(store, CORNERS, "suspended")
     assert await status_is(store, AH, "closed")
 
-    await provider.publish(ALIVE_KEY, xml("alive").replace(b"1700000002000",
-                                                           b"1700000008000"))
-    await provider.publish(ODDS_KEY, xml("odds_change_3"))
-    await until(lambda: status_is(store, M1X2, "open"), what="reopened by odds_change")
-    assert await status_is(store, CORNERS, "open")
+    await producer_back(provider, store, "reopened by odds_change")
     await adapter.close()
 
 
@@ -260,11 +267,7 @@ async def test_broker_restart_suspends_then_recovers(
     # Backoff 0.5 s doubling (jittered x0.5-1.5) up to 30 s: a handful of attempts, where
     # a fixed 0.1 s retry would make dozens.
     assert 1 <= len(failed) <= 3 + outage_s / 2, (len(failed), outage_s)
-    await provider.publish(ALIVE_KEY, xml("alive").replace(b"1700000002000",
-                                                           b"1700000008000"))
-    await provider.publish(ODDS_KEY, xml("odds_change_3"))
-    await until(lambda: status_is(store, M1X2, "open"), what="reopened after the outage")
-    assert await status_is(store, CORNERS, "open")
+    await producer_back(provider, store, "reopened after the outage")
     await adapter.close()
     await provider.close()
 
