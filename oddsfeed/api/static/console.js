@@ -216,7 +216,8 @@ function render(market, previous) {
     tr.classList.toggle("slocked", selLocked);
     tr.classList.toggle("inactive", sel.status !== "active");
     tr.querySelector(".sname").textContent =
-      `${sel.name}${sel.point !== undefined ? ` ${sel.point}` : ""}`;
+      sel.point === undefined || sel.name.includes(String(sel.point)) ? sel.name
+        : `${sel.name} ${sel.point}`;
     tr.querySelector(".sname").insertAdjacentHTML("beforeend", selLocked
       ? ' <span class="badge lockmark" title="feed updates refused">LOCKED</span>' : "");
     tr.querySelector("[data-act=lock-sel]").textContent =
