@@ -390,6 +390,8 @@ async function toggleLock(mid, sid) {
     const desk = state.desk.get(mid) || {driver: null, refused: {}};
     desk.locks = r.data.locks;
     state.desk.set(mid, desk);
+    const m = state.feed?.markets.get(mid);
+    if (m) render(m, null);
     say(`${mid}${sid === null ? "" : ` ${sid}`} ${what}ed (v${r.data.version})`, "ok");
   } else {
     say(`${what} failed: ${r.status} ${r.data?.detail || r.data?.title || ""}`, "err");
