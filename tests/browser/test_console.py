@@ -3,6 +3,7 @@ API) on the session's embedded Valkey, with a real ingest runner feeding the mar
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -186,6 +187,29 @@ async def test_a_stopped_feed_turns_stale_in_the_health_panel(browser: Any, desk
     # nothing publishes any more: the runner is not fed and not watched
     await console.wait_for_selector(f"{row}.stale", timeout=TIMEOUT_MS)
     assert "STALE" in (await console.text_content(row) or "")
+
+
+async def test_the_risk_panel_needs_risk_read(browser: Any, desk: Desk) -> None:
+    """With risk:read the console lists the accounts that validated slips (the panel is
+    hidden without it, as the price-edit test checks)."""
+    settings = make_settings("redis://unused")
+    bettor = mint_token(settings, "bets:validate", sub="bettor-7")
+    slip = {"legs": [{"market": MARKETS[0], "selection": "h", "price": 9.5}]}
+    async with desk.http.post(f"{desk.base}/v1/bets/validate", json=slip,
+                              headers={"Authorization": f"Bearer {bettor}"}) as r:
+        assert r.status == 200
+    risky = mint_token(settings, "odds:read", "odds:write", "risk:read", sub="head-trader")
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:  # the recorder counts off the answer's path
+        async with desk.http.get(f"{desk.base}/v1/risk/accounts",
+                                 headers={"Authorization": f"Bearer {risky}"}) as r:
+            if any(a["sub"] == "bettor-7" for a in (await r.json())["accounts"]):
+                break
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
+    console = await open_console(browser, desk, risky)
+    await console.wait_for_selector("[data-testid=risk] li:has-text('bettor-7')",
+                                    timeout=TIMEOUT_MS)
 
 
 @pytest.mark.skipif(not LOCK_ROUTES, reason="needs lock routes")

@@ -123,9 +123,12 @@ async function refreshEvents() {
   for (const m of r.data.markets) {
     if (!titles.has(m.event)) titles.set(m.event, title(m.name) || m.event);
   }
-  for (const [ev, title] of titles) {
+  for (const o of [...select.options]) {
+    if (!titles.has(o.value) && o.value !== state.event) o.remove(); // the event is over
+  }
+  for (const [ev, name] of titles) {
     if ([...select.options].some((o) => o.value === ev)) continue;
-    select.add(new Option(`${title} (${ev})`, ev));
+    select.add(new Option(`${name} (${ev})`, ev));
   }
   if (!state.event && titles.size) selectEvent(select.value || [...titles.keys()][0]);
 }
