@@ -56,8 +56,9 @@ class Desk:
 
 
 def created(mid: str, seq: int) -> MarketUpdate:
+    name = f"Reds v Blues: {mid.split(':')[1]}"
     return MarketUpdate(market=mid, create=True, seq=seq, source="x",
-                        fields={"event": EVENT, "sport": "soccer", "name": f"Reds v Blues: {mid.split(':')[1]}"},
+                        fields={"event": EVENT, "sport": "soccer", "name": name},
                         selections={"h": {"name": "Home", "price": 25000},
                                     "a": {"name": "Away", "price": 30000}})
 

@@ -7,6 +7,7 @@ import { OddsFeed } from "/static/oddsfeed.js";
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "oddsfeed.console.token";
 const SPARK_POINTS = 30; // prices kept per selection for its sparkline
+const LOCKED_BADGE = '<span class="badge lockmark" title="feed updates refused">LOCKED</span>';
 const board = $("board");
 const msg = $("msg");
 
@@ -196,7 +197,7 @@ function render(market, previous) {
   row.querySelector(".meta").innerHTML =
     `v${market.version} · <b class="st">${esc(market.status)}</b>` +
     ` · driver <span class="driver" data-testid="driver">${esc(desk.driver || "—")}</span>` +
-    (locks.market ? ' · <span class="badge lockmark" title="feed updates refused">LOCKED</span>' : "") +
+    (locks.market ? ` · ${LOCKED_BADGE}` : "") +
     (refused ? ` · <span class="refused" data-testid="refused">${refused} refused</span>` : "") +
     (market.in_play ? ` · <span class="live">IN PLAY</span>` : "");
   const statusBtn = row.querySelector("[data-act=status]");
@@ -221,8 +222,7 @@ function render(market, previous) {
     tr.querySelector(".sname").textContent =
       sel.point === undefined || sel.name.includes(String(sel.point)) ? sel.name
         : `${sel.name} ${sel.point}`;
-    tr.querySelector(".sname").insertAdjacentHTML("beforeend", selLocked
-      ? ' <span class="badge lockmark" title="feed updates refused">LOCKED</span>' : "");
+    tr.querySelector(".sname").insertAdjacentHTML("beforeend", selLocked ? ` ${LOCKED_BADGE}` : "");
     tr.querySelector("[data-act=lock-sel]").textContent =
       (locks.selections || []).includes(sid) ? "Unlock" : "Lock";
     const ed = state.editing;
@@ -272,7 +272,9 @@ function track(market, delta) {
     state.spark.set(market.id, entry);
   }
   if (delta) {
-    for (const [sid, ch] of Object.entries(delta.sel || {})) addPoint(entry, sid, delta.v, ch.price);
+    for (const [sid, ch] of Object.entries(delta.sel || {})) {
+      addPoint(entry, sid, delta.v, ch.price);
+    }
   } else {
     for (const [sid, sel] of Object.entries(market.selections)) {
       addPoint(entry, sid, market.version, sel.price);
@@ -365,8 +367,9 @@ async function save(input) {
     ed.epoch = cur.epoch;
     ed.version = cur.version;
     tr.classList.add("conflict");
-    tr.querySelector(".note").innerHTML = `changed meanwhile: now <b data-testid="current-price">` +
-      `${fmt(cur.selections?.[ed.sid]?.price)}</b> (v${cur.version}). Enter retries yours, Esc keeps it`;
+    tr.querySelector(".note").innerHTML = "changed meanwhile: now " +
+      `<b data-testid="current-price">${fmt(cur.selections?.[ed.sid]?.price)}</b> ` +
+      `(v${cur.version}). Enter retries yours, Esc keeps it`;
     say(`${ed.mid} moved to v${cur.version} before your change: not saved`, "warn");
     input.focus();
   } else {
@@ -471,7 +474,8 @@ function summary(e) {
   for (const [k, v] of Object.entries(e.changes)) {
     if (k === "sel") {
       for (const [sid, s] of Object.entries(v)) {
-        parts.push(`${sid} ${s.price !== undefined ? fmt(s.price) : ""}${s.status ? ` ${s.status}` : ""}`);
+        const price = s.price !== undefined ? fmt(s.price) : "";
+        parts.push(`${sid} ${price}${s.status ? ` ${s.status}` : ""}`);
       }
     } else if (k === "locks") {
       parts.push(`locks ${v.market ? "market" : (v.selections || []).join(",") || "none"}`);
@@ -488,7 +492,8 @@ async function pollAudit() {
   if (!r.ok) return;
   $("audit").innerHTML = r.data.entries.map((e) => `<li class="${e.writer.startsWith("desk:")
       ? "desk" : ""}"><time>${new Date(e.ts).toLocaleTimeString()}</time>
-    <span class="am">${esc(e.market)}</span> v${e.version} <span class="aw">${esc(e.writer || "?")}</span>
+    <span class="am">${esc(e.market)}</span> v${e.version}
+    <span class="aw">${esc(e.writer || "?")}</span>
     <span class="ac">${esc(summary(e))}</span></li>`).join("");
 }
 
