@@ -6,7 +6,8 @@ Feed health: a market whose source has been silent longer than the staleness lim
 suspended (through ``store.apply``, source ``<source>:health``), and reopened by the next
 good update or sign of life from that source, so no client is shown a dead price as live.
 Only markets the source itself left open are suspended and reopened: a market the provider
-suspended stays suspended.
+suspended stays suspended. The runner also publishes its health to the store's feed health
+(``oddsfeed.store.feeds``) about once a second, for the trader console.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from prometheus_client import Counter, Gauge
 from oddsfeed.core.book import OUTCOME_NAMES, Changed, Created, NoOp, Rejected
 from oddsfeed.core.errors import InvalidInput, ProviderDataError, StoreError
 from oddsfeed.core.model import MarketUpdate
+from oddsfeed.store import FeedHealth, Store, publish_feed_health
 
 log = structlog.get_logger("oddsfeed.ingest")
 
@@ -104,6 +106,8 @@ class FeedRunner:
     store_retries: int = _STORE_RETRIES
     provider_lagging: bool = False
     lag_notices: int = 0
+    health_period_s: float = 1.0  # how often the health is published to the store
+    _health_sent_s: float = field(default=float("-inf"), init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.store_retries < 1:
@@ -154,6 +158,7 @@ class FeedRunner:
             return None
         outcome = await self._apply(item.update)
         await self._record(item, outcome, now)
+        await self.publish_health()
         return outcome
 
     async def submit_many(self, updates: Sequence[MarketUpdate], *, writer: str = ""
@@ -213,6 +218,7 @@ class FeedRunner:
             for (k, item), outcome in zip(chunk, outcomes):
                 await self._record(item, outcome, now)
                 results[k] = outcome
+        await self.publish_health()
         return results
 
     def _prepare(self, update: MarketUpdate, writer: str = "") -> _Prepared | None:
@@ -304,6 +310,7 @@ class FeedRunner:
             for m in wanted:
                 self.last_seen[m] = now
         await self._reopen([m for m in wanted if m in self.auto_suspended])
+        await self.publish_health()
 
     async def _reopen(self, markets: list[str]) -> None:
         for m in markets:
@@ -340,6 +347,27 @@ class FeedRunner:
         self._publish_health()
         return stale
 
+    async def publish_health(self, *, force: bool = False) -> None:
+        """Publish this source's health to the store's feed health, at most once per
+        ``health_period_s`` unless ``force``; called by submits, :meth:`alive` and
+        :meth:`watch`. Skipped when the store is a stand-in (not a Store); a store error is
+        logged, never raised: health must not stop the feed."""
+        now = self.clock()
+        if not isinstance(self.store, Store) or (
+                not force and now - self._health_sent_s < self.health_period_s):
+            return
+        self._health_sent_s = now  # before the await: concurrent lanes publish once
+        entry = FeedHealth(source=self.source, last_message_ms=int(self.last_message_s * 1000),
+                           lag_ms=int(self.lag_s * 1000), markets=len(self.last_seen),
+                           suspended_for_silence=len(self.auto_suspended),
+                           updated_ms=int(now * 1000),
+                           # the source's failover priority where the runner knows it
+                           priority=int(getattr(self, "priority", 0)))
+        try:
+            await publish_feed_health(self.store, entry)
+        except StoreError as exc:
+            log.warning("feed health not published", source=self.source, error=str(exc))
+
     def health(self) -> dict[str, Any]:
         """A summary for logs: counts, lag, silence and stale markets."""
         now = self.clock()
@@ -351,8 +379,8 @@ class FeedRunner:
 
     async def watch(self, *, interval_s: float = 1.0, log_every_s: float = 60.0,
                     stop: asyncio.Event | None = None) -> None:
-        """Check staleness every ``interval_s`` and log the source's health every
-        ``log_every_s`` until ``stop`` is set or the task is cancelled."""
+        """Check staleness and publish the health to the store every ``interval_s``, and
+        log it every ``log_every_s``, until ``stop`` is set or the task is cancelled."""
         logged = self.clock()
         while stop is None or not stop.is_set():
             await self.sleep(interval_s)
@@ -360,6 +388,7 @@ class FeedRunner:
                 await self.check_staleness()
             except StoreError as exc:
                 log.error("staleness check failed", source=self.source, error=str(exc))
+            await self.publish_health(force=True)
             if self.clock() - logged >= log_every_s:
                 logged = self.clock()
                 log.info("feed health", **self.health())

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from .. import __version__
 from . import schemas
+from .console import FeedsOut
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,11 @@ ROUTES: tuple[Route, ...] = (
           responses={"200": "{window_s, at_ms, sub, score, counts}",
                      "400": "unknown query parameter, window or account",
                      "404": "risk signals are off"}),
+    Route("GET", "/v1/desk/feeds", "desk_feeds", "Each ingest source's health as its "
+          "runner last published it: last message age, lag, markets suspended for silence",
+          "odds:read", responses={"200": "{feeds: [{source, age_ms, lag_ms, markets, "
+                                         "suspended_for_silence, stale, priority}]}",
+                                  "400": "unknown query parameter"}, reply=FeedsOut),
     Route("GET", "/healthz", "healthz", "Process alive", responses={"200": "ok"}),
     Route("GET", "/readyz", "readyz", "Ready while the store answers",
           responses={"200": "ready", "503": "store unreachable"}),
@@ -103,6 +109,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/demo/token", "demo_token", "A demo token (only under `oddsfeed run`)",
           responses={"200": "{token}", "404": "not in demo mode"}),
     Route("GET", "/", "index", "The live demo page", responses={"200": "text/html"}),
+    Route("GET", "/console", "console", "The trader console page (needs an odds:write "
+          "token)", responses={"200": "text/html"}),
     Route("GET", "/static/{name}", "static", "Demo page assets",
           responses={"200": "a file", "404": "no such file"}),
 )
@@ -187,7 +195,7 @@ def openapi_document() -> dict[str, Any]:
                 resp["content"] = {"application/problem+json": {
                     "schema": {"$ref": "#/components/schemas/Problem"}}}
             elif status != "204":
-                media = ("text/html" if r.handler == "index" else
+                media = ("text/html" if r.handler in ("index", "console") else
                          "text/plain" if r.handler == "metrics" else
                          "application/octet-stream" if r.handler == "static" else
                          "application/json")

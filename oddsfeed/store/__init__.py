@@ -7,6 +7,7 @@ and against Redis Cluster (every key of a market shares the hash tag ``{m:<id>}`
 from .bus import Bus
 from .codec import Announced, Gone, decode_payload
 from .desk import BetStopResult, HistoryEntry, event_audit, market_history, set_bet_stop
+from .feeds import FeedHealth, feed_health, publish_feed_health
 from .idempotency import IdempotencyRecord, IdempotencyStoreError, record_key
 from .outcomes import OutOfOrder, Precondition, StoreOutcome, outcome_name
 from .redis_store import Store
@@ -16,6 +17,7 @@ __all__ = [
     "Announced",
     "BetStopResult",
     "Bus",
+    "FeedHealth",
     "Gone",
     "HistoryEntry",
     "IdempotencyRecord",
@@ -27,8 +29,10 @@ __all__ = [
     "StoreOutcome",
     "decode_payload",
     "event_audit",
+    "feed_health",
     "market_history",
     "outcome_name",
+    "publish_feed_health",
     "record_key",
     "set_bet_stop",
 ]
