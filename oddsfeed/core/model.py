@@ -239,6 +239,33 @@ class Market:
         return cls.from_store(store)
 
 
+MAX_PRIORITY = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class FeedRank:
+    """How the store weighs a feed's write against the other feeds of a market.
+
+    ``name`` is the feed (one ingest runner's source); ``priority`` 0 is a primary, and a
+    feed yields to any feed of a lower number seen on the market within ``stale_ms``.
+    ``sweep`` marks a silence sweep's write (a suspension or reopening for staleness),
+    which is no sign of life and yields while any other feed is live.
+    """
+
+    name: str
+    priority: int = 0
+    stale_ms: int = 30_000
+    sweep: bool = False
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "feed")
+        check_int(self.priority, "priority", 0, MAX_PRIORITY)
+        check_int(self.stale_ms, "stale_ms", 1, 2**40)
+
+    def to_store(self) -> dict[str, Any]:
+        return {"n": self.name, "p": self.priority, "s": self.stale_ms, "h": self.sweep}
+
+
 # A selection patch maps given field names to values; "status": "removed" deletes it and
 # "point": None clears the line. Only the keys given are changed.
 SelectionPatch = Mapping[str, Any]
@@ -254,6 +281,7 @@ class MarketUpdate:
     left-out optional fields take their defaults). ``create`` allows creating the market when
     it does not exist. ``source``/``seq`` order feed traffic: an update whose ``seq`` is not
     above the last accepted ``seq`` of the same ``source`` for this market is dropped.
+    ``feed`` marks a feed's write (failover and price locks apply to it); None: a desk's.
     """
 
     market: str
@@ -264,6 +292,7 @@ class MarketUpdate:
     ts: int | None = None
     source: str = ""
     seq: int | None = None
+    feed: FeedRank | None = None
 
     def __post_init__(self) -> None:
         check_id(self.market, "market")
@@ -342,4 +371,6 @@ class MarketUpdate:
             d["source"] = self.source
         if self.seq is not None:
             d["seq"] = self.seq
+        if self.feed is not None:
+            d["feed"] = self.feed.to_store()
         return d

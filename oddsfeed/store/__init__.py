@@ -8,7 +8,8 @@ from .bus import Bus
 from .codec import Announced, Gone, decode_payload
 from .desk import BetStopResult, HistoryEntry, event_audit, market_history, set_bet_stop
 from .idempotency import IdempotencyRecord, IdempotencyStoreError, record_key
-from .outcomes import OutOfOrder, Precondition, StoreOutcome, outcome_name
+from .locks import DeskMarket, FeedSeen, desk_markets, set_locks
+from .outcomes import OutOfOrder, Precondition, Standby, StoreOutcome, outcome_name
 from .redis_store import Store
 from .risk import RiskCounts
 
@@ -16,6 +17,8 @@ __all__ = [
     "Announced",
     "BetStopResult",
     "Bus",
+    "DeskMarket",
+    "FeedSeen",
     "Gone",
     "HistoryEntry",
     "IdempotencyRecord",
@@ -23,12 +26,15 @@ __all__ = [
     "OutOfOrder",
     "Precondition",
     "RiskCounts",
+    "Standby",
     "Store",
     "StoreOutcome",
     "decode_payload",
+    "desk_markets",
     "event_audit",
     "market_history",
     "outcome_name",
     "record_key",
     "set_bet_stop",
+    "set_locks",
 ]
