@@ -7,6 +7,13 @@ suspended (through ``store.apply``, source ``<source>:health``), and reopened by
 good update or sign of life from that source, so no client is shown a dead price as live.
 Only markets the source itself left open are suspended and reopened: a market the provider
 suspended stays suspended.
+
+Failover: every write carries the runner's feed rank (its source, ``priority`` and
+staleness), and the store applies a feed's update only while no feed of a higher
+priority was seen on the market within the staleness period; otherwise the answer is a
+``Standby`` (counted as ``standby``; the source is alive). A silence sweep yields while
+any other feed is live on the market, so a market is suspended for silence only when
+every feed of it is silent.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ from prometheus_client import Counter, Gauge
 
 from oddsfeed.core.book import OUTCOME_NAMES, Changed, Created, NoOp, Rejected
 from oddsfeed.core.errors import InvalidInput, ProviderDataError, StoreError
-from oddsfeed.core.model import MarketUpdate
+from oddsfeed.core.model import FeedRank, MarketUpdate
+from oddsfeed.store.outcomes import Standby
 
 log = structlog.get_logger("oddsfeed.ingest")
 
@@ -104,10 +112,15 @@ class FeedRunner:
     store_retries: int = _STORE_RETRIES
     provider_lagging: bool = False
     lag_notices: int = 0
+    priority: int = 0  # 0: a primary; a backup (1, 2, ...) yields to a live lower number
+    _rank: FeedRank = field(init=False, repr=False)
+    _sweep: FeedRank = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.store_retries < 1:
             raise ValueError(f"store_retries must be at least 1, got {self.store_retries}")
+        self._rank = FeedRank(self.source, self.priority, max(1, int(self.staleness_s * 1000)))
+        self._sweep = FeedRank(self.source, self.priority, self._rank.stale_ms, sweep=True)
         HEALTHY.labels(self.source).set(1)
         STALE.labels(self.source).set(0)
         LAGGING.labels(self.source).set(0)
@@ -227,7 +240,7 @@ class FeedRunner:
             upd = MarketUpdate(market=mid, fields=fields, selections=update.selections,
                                replace=update.replace, create=update.create, ts=update.ts,
                                source=f"{self.source}@{writer}" if writer else self.source,
-                               seq=update.seq)
+                               seq=update.seq, feed=self._rank)
         except InvalidInput as exc:
             self.bad(exc, update)
             return None
@@ -255,6 +268,10 @@ class FeedRunner:
             if upd.ts is not None:
                 self.lag_s = max(0.0, now - upd.ts / 1000)
                 LAG.labels(self.source).set(self.lag_s)
+        elif isinstance(outcome, Standby):  # a higher-priority feed drives it: alive, idle
+            self._count("standby")
+            self.last_seen[mid] = now
+            self.status[mid] = outcome.market.status
         elif outcome is None:
             self._count("recorded")
         else:  # OutOfOrder: a duplicate or replay, harmless; the source is still alive
@@ -308,7 +325,8 @@ class FeedRunner:
     async def _reopen(self, markets: list[str]) -> None:
         for m in markets:
             out = await self._apply(MarketUpdate(market=m, fields={"status": "open"},
-                                                 source=self.source + HEALTH_SOURCE_SUFFIX))
+                                                 source=self.source + HEALTH_SOURCE_SUFFIX,
+                                                 feed=self._sweep))
             self.auto_suspended.discard(m)
             if isinstance(out, (Created, Changed, NoOp)):
                 self.status[m] = out.market.status
@@ -330,8 +348,13 @@ class FeedRunner:
                  and self.status.get(m) == "open"]
         for m in stale:
             out = await self._apply(MarketUpdate(market=m, fields={"status": "suspended"},
-                                                 source=self.source + HEALTH_SOURCE_SUFFIX))
-            if isinstance(out, (Created, Changed, NoOp)):
+                                                 source=self.source + HEALTH_SOURCE_SUFFIX,
+                                                 feed=self._sweep))
+            if isinstance(out, Standby):  # another feed is live on it: ours gives it up
+                self.auto_suspended.add(m)
+                log.info("feed silent: market left to another feed", source=self.source,
+                         market=m, driver=out.driver)
+            elif isinstance(out, (Created, Changed, NoOp)):
                 self.auto_suspended.add(m)
                 self.status[m] = out.market.status
                 log.warning("feed silent: market suspended", source=self.source, market=m,
