@@ -123,10 +123,8 @@ if feed then
     end
   end
   if not feed.h then feeds[feed.n] = {feed.p, now} end
-  if standby then
-    save_feeds()
-    return {'standby', standby, raw}
-  end
+  if raw then save_feeds() end  -- seen, whatever the outcome (a creation saves it below)
+  if standby then return {'standby', standby, raw} end
 end
 
 -- A decimal string <= another, exactly, at any size.
@@ -235,7 +233,6 @@ if not raw then
 end
 
 local state = cmsgpack.unpack(raw)
-save_feeds()
 
 -- Locks: a feed's update loses what a lock holds (every field under a whole-market lock,
 -- a locked selection's patch otherwise), counted per selection; the rest applies.
