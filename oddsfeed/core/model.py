@@ -23,6 +23,7 @@ MARKET_FIELDS = ("name", "kind", "status", "in_play", "bet_delay_ms")
 MAX_BET_DELAY_MS = 60_000
 MAX_NAME_CHARS = 256
 MAX_POINT = 10_000.0
+MARKET_EXTENSIONS = ("locks", "src")
 
 
 def check_id(value: object, path: str) -> str:
@@ -146,6 +147,9 @@ class Market:
     in_play: bool = False
     bet_delay_ms: int = 0
     selections: Mapping[str, Selection] = field(default_factory=dict)
+    # Extension members a snapshot carries when set (protocol.md section 6: ``locks``,
+    # ``src``); the market of the HTTP API and of the contract leaves them out.
+    ext: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_id(self.id, "id")
@@ -185,6 +189,7 @@ class Market:
         """The store's map of this market (prices in ticks)."""
         d = self._fields()
         d["selections"] = {k: s.to_store() for k, s in self.selections.items()}
+        d.update(self.ext)
         return d
 
     def to_wire(self, *, with_selections: bool = True) -> dict[str, Any]:
@@ -223,6 +228,7 @@ class Market:
                 version=int(d["version"]),
                 ts=int(d.get("ts", 0)),
                 selections=selections,
+                ext={k: d[k] for k in MARKET_EXTENSIONS if k in d},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInput(f"bad stored market: {exc}") from None

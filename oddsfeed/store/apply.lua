@@ -214,6 +214,7 @@ if not raw then
     bs_susp = state.status == 'open'
     if bs_susp then state.status = 'suspended' end
   end
+  if feed and not feed.h then state.src = feed.n end
   state.susp_v = 0
   if state.status ~= 'open' then state.susp_v = 1 end
   local packed = cmsgpack.pack(state)
@@ -416,12 +417,19 @@ state.version = version
 state.ts = ts
 if newf.status ~= 'open' then state.susp_v = version end
 if delta.locks then
+  -- the state keeps them too, for snapshots (nil: none)
+  if locks_after.market or #locks_after.selections > 0 then
+    state.locks = locks_after
+  else
+    state.locks = nil
+  end
   local kept = {}
   for _, sid in ipairs(locks_after.selections) do kept[sid] = true end
   redis.call('HSET', KEYS[2], 'lk', cmsgpack.pack({m = locks_after.market, s = kept}))
 end
 if feed and not feed.h and driver ~= feed.n then
   delta.src = feed.n
+  state.src = feed.n
   redis.call('HSET', KEYS[2], 'drv', feed.n)
 end
 local packed = cmsgpack.pack(state)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from oddsfeed.core import wire
 from oddsfeed.core.book import Changed, Created, Delta, NoOp
 from oddsfeed.core.model import FeedRank, Market, MarketUpdate
 from oddsfeed.store import OutOfOrder, Standby, Store, decode_payload, desk_markets, set_locks
@@ -210,8 +211,8 @@ async def test_a_backup_never_overrides_a_live_primary(store: Store, seed: int) 
 
 async def test_every_feed_silent_then_the_sweep_suspends(store: Store) -> None:
     """A silence sweep yields while another feed is live on the market and applies once
-    every feed is silent; the delta of a new driver carries src, and the created market's
-    feed is its driver."""
+    every feed is silent; the delta of a new driver carries src, the created market's feed
+    is its driver, and a snapshot names the driver."""
     primary = FeedRank("prov:p", 0, STALE_MS)
     backup = FeedRank("prov:b", 1, STALE_MS)
     sweep = FeedRank("prov:p", 0, STALE_MS, sweep=True)
@@ -239,11 +240,15 @@ async def test_every_feed_silent_then_the_sweep_suspends(store: Store) -> None:
                                          fields={"status": "open"}))
     assert isinstance(out, Changed)
     assert out.delta.ext.get("src") == "prov:p"
-    assert (await store.get(MID)).status == "open"  # type: ignore[union-attr]
+    market = await store.get(MID)
+    assert market is not None
+    assert market.status == "open"
+    assert wire.snapshot(market).message["market"]["src"] == "prov:p"
 
 
 async def test_lock_delta_is_published_with_locks(store: Store) -> None:
-    """A lock's delta reaches the market's subscribers with the locks extension member."""
+    """A lock's delta reaches the market's subscribers with the locks extension member, and
+    a snapshot carries the locks while any is set."""
     await store.apply(creation())
     got: list[Any] = []
     bus = store.bus(lambda kind, ident, data: got.append(decode_payload(data)[0]))
@@ -258,3 +263,10 @@ async def test_lock_delta_is_published_with_locks(store: Store) -> None:
         await bus.stop()
     assert isinstance(got[0], Delta)
     assert got[0].ext == {"locks": {"market": False, "selections": ["d", "h"]}}
+    market = await store.get(MID)
+    assert market is not None
+    snap = wire.snapshot(market).message["market"]
+    assert snap["locks"] == {"market": False, "selections": ["d", "h"]}
+    assert "locks" not in market.to_wire()  # the HTTP API's market is the contract's
+    await set_locks(store, MID, on=False, selections=None, source="desk:t", ts=4)
+    assert "locks" not in wire.snapshot(await store.get(MID)).message["market"]  # type: ignore[arg-type]
