@@ -20,7 +20,9 @@
 --   fd  msgpack {feed name = {priority, last seen ms (server TIME)}} of every feed that
 --       wrote this market; drv the feed whose update made the latest version (the driver);
 --   lk  msgpack {m = whole-market lock, s = {selection id = true}}; rf:<selection> and rf:*
---       count the feed updates whose fields a selection / whole-market lock dropped.
+--       count the feed updates whose fields a selection / whole-market lock dropped;
+--   ss  1 while the market is suspended by a silence sweep: the next update of a feed that
+--       applies reopens it unless it sets a status itself, whichever feed's sweep it was.
 -- upd.feed = {n = name, p = priority, s = staleness ms, h = silence sweep} marks a feed's
 -- write; without it the write is a desk's, which no lock refuses and failover ignores.
 -- upd.lock = {on = bool, sels = ids or absent for the whole market} is a desk's lock/unlock.
@@ -100,7 +102,7 @@ local f = upd.fields or {}
 -- feed of a higher priority (a lower number) was seen within its staleness period; a
 -- silence sweep yields while any other feed was. A sweep is no sign of life.
 local feed = upd.feed
-local fmeta = redis.call('HMGET', KEYS[2], 'fd', 'lk', 'drv')
+local fmeta = redis.call('HMGET', KEYS[2], 'fd', 'lk', 'drv', 'ss')
 local feeds = fmeta[1] and cmsgpack.unpack(fmeta[1]) or {}
 local lk = fmeta[2] and cmsgpack.unpack(fmeta[2]) or {m = false, s = {}}
 local driver = fmeta[3]
@@ -234,6 +236,7 @@ if not raw then
 end
 
 local state = cmsgpack.unpack(raw)
+if feed and not feed.h and fmeta[4] == '1' and f.status == nil then f.status = 'open' end
 
 -- Locks: a feed's update loses what a lock holds (every field under a whole-market lock,
 -- a locked selection's patch otherwise), counted per selection; the rest applies.
@@ -406,6 +409,13 @@ if state.status == 'settled' then
   return {'rejected', 'settled', 'status', 'a settled market accepts no further change'}
 end
 
+if delta.status ~= nil then
+  if feed and feed.h and delta.status == 'suspended' then
+    redis.call('HSET', KEYS[2], 'ss', '1')
+  else
+    redis.call('HDEL', KEYS[2], 'ss')
+  end
+end
 local version = state.version + 1
 delta.v = version
 delta.base = state.version
