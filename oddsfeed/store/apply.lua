@@ -275,6 +275,11 @@ local function same_locks(a, b)
 end
 local locks_before = locks_wire(lk, state.selections or {})
 
+-- A status given (by the provider or a desk) decides from now on, not the sweep.
+if fmeta[4] == '1' and f.status ~= nil and not (feed and feed.h and f.status == 'suspended') then
+  redis.call('HDEL', KEYS[2], 'ss')
+end
+
 -- A desk's lock or unlock (of named selections of the market, or of the whole market).
 local lock = upd.lock
 if lock then
@@ -409,12 +414,8 @@ if state.status == 'settled' then
   return {'rejected', 'settled', 'status', 'a settled market accepts no further change'}
 end
 
-if delta.status ~= nil then
-  if feed and feed.h and delta.status == 'suspended' then
-    redis.call('HSET', KEYS[2], 'ss', '1')
-  else
-    redis.call('HDEL', KEYS[2], 'ss')
-  end
+if feed and feed.h and delta.status == 'suspended' then
+  redis.call('HSET', KEYS[2], 'ss', '1')
 end
 local version = state.version + 1
 delta.v = version
