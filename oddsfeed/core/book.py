@@ -301,7 +301,9 @@ def apply_delta(state: Market, delta: Delta) -> ApplyResult:
         else:
             sels[sid] = replace(current, **dict(change))
     return Applied(
-        replace(state, version=delta.version, ts=delta.ts, selections=sels, **dict(delta.fields))
+        replace(state, version=delta.version, ts=delta.ts, selections=sels,
+                ext={**state.ext, **delta.ext} if delta.ext else state.ext,
+                **dict(delta.fields))
     )
 
 

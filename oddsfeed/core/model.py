@@ -148,8 +148,9 @@ class Market:
     bet_delay_ms: int = 0
     selections: Mapping[str, Selection] = field(default_factory=dict)
     # Extension members a snapshot carries when set (protocol.md section 6: ``locks``,
-    # ``src``); the market of the HTTP API and of the contract leaves them out.
-    ext: Mapping[str, Any] = field(default_factory=dict)
+    # ``src``); the market of the HTTP API and of the contract leaves them out, and two
+    # markets equal but for them are the same market.
+    ext: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         check_id(self.id, "id")
