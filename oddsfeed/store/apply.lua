@@ -49,7 +49,8 @@ end
 local gate = ARGV[10] or ''
 local mode = ARGV[11] or ''
 if not raw and gate == '' and (upd.create or upd.replace) then return {'need_gate'} end
-local bs = redis.call('HMGET', KEYS[2], 'bs_gen', 'bs_on', 'bs_susp')
+-- The meta hash, read once: the bet stop's fields, then those of feeds and locks (below).
+local bs = redis.call('HMGET', KEYS[2], 'bs_gen', 'bs_on', 'bs_susp', 'fd', 'lk', 'drv', 'ss')
 local bs_gen = tonumber(bs[1]) or 0
 local bs_on = bs[2] == '1'
 local bs_susp = bs[3] == '1'
@@ -102,10 +103,10 @@ local f = upd.fields or {}
 -- feed of a higher priority (a lower number) was seen within its staleness period; a
 -- silence sweep yields while any other feed was. A sweep is no sign of life.
 local feed = upd.feed
-local fmeta = redis.call('HMGET', KEYS[2], 'fd', 'lk', 'drv', 'ss')
-local feeds = fmeta[1] and cmsgpack.unpack(fmeta[1]) or {}
-local lk = fmeta[2] and cmsgpack.unpack(fmeta[2]) or {m = false, s = {}}
-local driver = fmeta[3]
+local feeds = bs[4] and cmsgpack.unpack(bs[4]) or {}
+local lk = bs[5] and cmsgpack.unpack(bs[5]) or {m = false, s = {}}
+local driver = bs[6]
+local swept = bs[7] == '1'
 if type(lk.s) ~= 'table' then lk.s = {} end
 
 local function save_feeds()
@@ -236,7 +237,7 @@ if not raw then
 end
 
 local state = cmsgpack.unpack(raw)
-if feed and not feed.h and fmeta[4] == '1' and f.status == nil then f.status = 'open' end
+if feed and not feed.h and swept and f.status == nil then f.status = 'open' end
 
 -- Locks: a feed's update loses what a lock holds (every field under a whole-market lock,
 -- a locked selection's patch otherwise), counted per selection; the rest applies.
@@ -273,10 +274,11 @@ end
 local function same_locks(a, b)
   return a.market == b.market and table.concat(a.selections, ',') == table.concat(b.selections, ',')
 end
-local locks_before = locks_wire(lk, state.selections or {})
+local locked_before = lk.m or next(lk.s) ~= nil
+local locks_before = locked_before and locks_wire(lk, state.selections or {})
 
 -- A status given (by the provider or a desk) decides from now on, not the sweep.
-if fmeta[4] == '1' and f.status ~= nil and not (feed and feed.h and f.status == 'suspended') then
+if swept and f.status ~= nil and not (feed and feed.h and f.status == 'suspended') then
   redis.call('HDEL', KEYS[2], 'ss')
 end
 
@@ -398,9 +400,9 @@ for sid, s in pairs(new_sels) do
 end
 
 local locks_after = locks_before
-if lock or upd.replace or sel_changed then
+if lock or (locked_before and (upd.replace or sel_changed)) then
   locks_after = locks_wire(lk, new_sels)
-  if not same_locks(locks_before, locks_after) then
+  if not same_locks(locks_before or locks_wire({m = false, s = {}}, {}), locks_after) then
     delta.locks = locks_after
     changed = true
   end
