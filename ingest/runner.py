@@ -36,7 +36,8 @@ from oddsfeed.store.outcomes import Standby
 log = structlog.get_logger("oddsfeed.ingest")
 
 MESSAGES = Counter("oddsfeed_ingest_messages_total",
-                   "normalised updates by outcome (applied, noop, out_of_order, rejected, bad)",
+                   "normalised updates by outcome (applied, noop, out_of_order, standby, rejected, "
+                   "bad)",
                    ["source", "outcome"])
 BAD = Counter("oddsfeed_ingest_bad_messages_total", "provider messages skipped as bad data",
               ["source"])

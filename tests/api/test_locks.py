@@ -3,6 +3,8 @@ update does to a locked price, and the errors (400/401/403/404/412)."""
 
 from __future__ import annotations
 
+from prometheus_client import REGISTRY
+
 from oddsfeed.core.model import FeedRank, MarketUpdate
 from oddsfeed.core.prices import parse_price
 
@@ -20,7 +22,8 @@ async def feed(api: Api, seq: int, prices: dict[str, float]) -> None:
 
 async def test_lock_holds_a_price_against_the_feed_until_unlocked(api: Api) -> None:
     """A locked selection keeps the desk's price through feed updates (counted in the desk
-    view), other selections and desk writes still apply, and after unlock the feed applies."""
+    view and the metric), other selections and desk writes still apply, and after unlock
+    the feed applies."""
     st, _, _ = await api.call("PUT", "/v1/markets/m1", BODY)
     assert st == 201
     st, m, _ = await api.call("PATCH", "/v1/markets/m1", {"selections": {"h": {"price": 2.2}}})
@@ -28,7 +31,9 @@ async def test_lock_holds_a_price_against_the_feed_until_unlocked(api: Api) -> N
     assert st == 200, body
     assert body == {"market": "m1", "version": m["version"] + 1,
                     "locks": {"market": False, "selections": ["h"]}}
+    refused_before = REGISTRY.get_sample_value("oddsfeed_lock_refused_total") or 0.0
     await feed(api, 1, {"h": 2.6, "d": 3.6})
+    assert REGISTRY.get_sample_value("oddsfeed_lock_refused_total") == refused_before + 1
     st, got, _ = await api.call("GET", "/v1/markets/m1")
     assert got["selections"]["h"]["price"] == 2.2
     assert got["selections"]["d"]["price"] == 3.6
