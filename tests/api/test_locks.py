@@ -1,14 +1,22 @@
 """Price locks and the desk's market view over HTTP: lock and unlock routes, what a feed
-update does to a locked price, and the errors (400/401/403/404/412)."""
+update does to a locked price, the errors (400/401/403/404/412), and what WebSocket
+subscribers see of locks and of the driving feed."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+import aiohttp
 from prometheus_client import REGISTRY
+from websockets.asyncio.client import connect
 
 from oddsfeed.core.model import FeedRank, MarketUpdate
 from oddsfeed.core.prices import parse_price
+from oddsfeed.worker import Worker
 
-from .conftest import BODY, Api, mint
+from .conftest import BODY, Api, api_settings, mint
+from .test_worker import _next
 
 FEED = FeedRank("sim:main", 0, 30_000)
 
@@ -112,3 +120,37 @@ async def test_lock_errors(api: Api) -> None:
                                  headers={"If-Match": f'"{m["epoch"]}:{m["version"]}"'})
     assert st == 200, body
     assert body["version"] == m["version"] + 1
+
+
+async def test_subscribers_see_locks_and_the_driver(valkey_url: str, redis_client: Any) -> None:
+    """Inside a full worker: a lock reaches WebSocket subscribers as a delta with `locks`,
+    a feed taking over as a delta with `src`, and a later subscriber's snapshot has both."""
+    settings = api_settings(valkey_url, **{"server.ws_port": 0, "server.http_port": 0})
+    token = mint()
+    async with Worker(settings, valkey_url, reuse_port=False) as w, \
+            aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http, \
+            connect(f"ws://127.0.0.1:{w.ws_port}/ws?token={token}",
+                    subprotocols=["oddsfeed.v1.json"]) as ws:  # type: ignore[list-item]
+        base = f"http://127.0.0.1:{w.http_port}"
+        await _next(ws, "hello")
+        async with http.put(f"{base}/v1/markets/m1", json=BODY) as r:
+            assert r.status == 201
+        await ws.send(json.dumps({"op": "subscribe", "id": 1, "markets": ["m1"]}))
+        await _next(ws, "snapshot")
+        async with http.post(f"{base}/v1/markets/m1/lock", json={"selections": ["h"]}) as r:
+            assert r.status == 200
+        delta = await _next(ws, "delta")
+        assert delta["locks"] == {"market": False, "selections": ["h"]}
+        assert "sel" not in delta
+        await w.store.apply(MarketUpdate(market="m1", source="sim:main", seq=1, feed=FEED,
+                                         selections={"h": {"price": 50000},
+                                                     "d": {"price": 40000}}))
+        delta = await _next(ws, "delta")
+        assert (delta["src"], delta["sel"]) == ("sim:main", {"d": {"price": 4.0}})
+        await ws.send(json.dumps({"op": "unsubscribe", "id": 3, "markets": ["m1"]}))
+        await _next(ws, "unsubscribed")
+        await ws.send(json.dumps({"op": "subscribe", "id": 4, "markets": ["m1"]}))
+        snap = (await _next(ws, "snapshot"))["market"]
+        assert snap["locks"] == {"market": False, "selections": ["h"]}
+        assert snap["src"] == "sim:main"
+        assert snap["selections"]["h"]["price"] == 3.5
