@@ -64,9 +64,10 @@ def shape(m: Market) -> dict[str, Any]:
 
 @pytest.mark.parametrize("seed", range(4))
 async def test_a_locked_field_is_never_changed_by_a_feed(store: Store, seed: int) -> None:
-    """Random feed updates, desk writes, locks and unlocks: a feed never changes what a lock
-    holds (and each drop is counted), the rest of its update applies, desk writes always
-    apply, and after an unlock the next feed update applies."""
+    """Random feed updates (some whole-market replaces), desk writes, locks and unlocks: a
+    feed never changes what a lock holds (and each drop is counted), the rest of its
+    update applies, desk writes always apply, and after an unlock the next feed update
+    applies."""
     rng = random.Random(seed)
     feed = FeedRank("feed:a", 0, 10_000_000)
     await store.apply(creation())
@@ -77,11 +78,18 @@ async def test_a_locked_field_is_never_changed_by_a_feed(store: Store, seed: int
         before = await store.get(MID)
         assert before is not None
         op = rng.random()
+        replace = op < 0.1  # a feed's whole market (as a creation or a snapshot sends it)
         if op < 0.5:
             seq += 1
             fields, sels = random_patch(rng)
+            if replace:
+                fields = {"event": "ev", "sport": "soccer", "name": MID,
+                          "status": rng.choice(("open", "suspended"))}
+                sels = {sid: {"name": sid.upper(), "price": rng.randrange(15000, 60000, 100),
+                              "status": "active"} for sid in SELS}
             out = await store.apply(MarketUpdate(market=MID, fields=fields, selections=sels,
-                                                 source="feed:a", seq=seq, feed=feed))
+                                                 source="feed:a", seq=seq, feed=feed,
+                                                 replace=replace, create=replace))
             assert isinstance(out, Changed | NoOp)
             if locked_market:
                 want = shape(before)
@@ -92,6 +100,8 @@ async def test_a_locked_field_is_never_changed_by_a_feed(store: Store, seed: int
                 for sid in set(sels) - set(kept):
                     refused[sid] = refused.get(sid, 0) + 1
                 want = expected_after(before, fields, kept)
+                if replace:  # a replace's left-out fields take their defaults
+                    want["status"] = fields["status"]
         elif op < 0.7:
             fields, sels = random_patch(rng)
             out = await store.apply(MarketUpdate(market=MID, fields=fields, selections=sels,
