@@ -26,6 +26,11 @@
 -- upd.feed = {n = name, p = priority, s = staleness ms, h = silence sweep} marks a feed's
 -- write; without it the write is a desk's, which no lock refuses and failover ignores.
 -- upd.lock = {on = bool, sels = ids or absent for the whole market} is a desk's lock/unlock.
+-- The state keeps `locks` (while any is set) and `src` (the driver) for snapshots; a delta
+-- carries them when they change. Replies: {'changed', state, delta, refused},
+-- {'noop', state, refused} (refused: the lock drops of this update), {'created', state},
+-- {'standby', the live feed, state}, {'out_of_order', last seq}, {'precondition', state},
+-- {'need_gate'}, {'rejected', reason, path, message}.
 -- In the msgpack maps a selection's point is absent or false when it has no line
 -- (Lua tables cannot hold nil), and an empty map may arrive as an empty array.
 local upd = cmsgpack.unpack(ARGV[1])
