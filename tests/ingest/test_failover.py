@@ -5,9 +5,17 @@ manual; the store's staleness is judged on its own clock, waited on with deadlin
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
+import pytest
+
 from oddsfeed.core.model import MarketUpdate
+from oddsfeed.settings import load_settings
 from oddsfeed.store import Store, desk_markets
-from oddsfeed_ingest.normalised import normalize_message
+from oddsfeed_ingest.main import run_adapter
+from oddsfeed_ingest.normalised import normalize_message, to_message
+from oddsfeed_ingest.replay import Recorder
 from oddsfeed_ingest.runner import FeedRunner
 
 from .conftest import ManualClock, until
@@ -84,3 +92,21 @@ async def test_backup_takes_over_and_hands_back(store: Store, clock: ManualClock
     assert await price_and_status(store) == (23000, "suspended")
     await primary.submit(msg(3, 2.5))
     assert await price_and_status(store) == (25000, "open")
+
+
+async def test_priority_option(store: Store, tmp_path: Path) -> None:
+    """`--priority` reaches the runner (and the store's view of the feed); a priority out
+    of 0-1000 is refused before anything runs."""
+    path = tmp_path / "feed.jsonl"
+    with path.open("w") as fh:
+        Recorder(fh)("simulator", to_message(msg(1, 2.0)))
+    cfg = load_settings(None, {}, {"ingest.mapping_file": str(tmp_path / "none.toml")})
+    runner = await run_adapter("replay", {"file": str(path), "speed": 0, "priority": 2},
+                               store, cfg, stop=asyncio.Event())
+    assert runner.priority == 2
+    view = (await desk_markets(store, ["m1"]))["m1"]
+    assert view is not None
+    assert [(f.source, f.priority) for f in view.feeds] == [("replay:1", 2)]
+    with pytest.raises(ValueError, match="priority must be 0-1000, got 1001"):
+        await run_adapter("replay", {"file": str(path), "priority": 1001}, store, cfg,
+                          stop=asyncio.Event())
