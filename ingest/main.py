@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from oddsfeed.core.model import MarketUpdate
+from oddsfeed.core.model import MAX_PRIORITY, MarketUpdate
 from oddsfeed.settings import Settings
 from oddsfeed.webkit import metrics
 
@@ -83,9 +83,12 @@ async def run_adapter(adapter: str, opts: dict[str, Any], store: Applier | None,
     if recorder is None and store is None:
         raise ValueError("run_adapter needs a store unless it records")
     source = f"{adapter}:{opts['feed_id']}"
+    priority = int(opts["priority"])
+    if not 0 <= priority <= MAX_PRIORITY:
+        raise ValueError(f"priority must be 0-{MAX_PRIORITY}, got {priority}")
     runner = FeedRunner(store if recorder is None and store is not None else _Recording(),
                         source, staleness_s=settings.ingest.staleness_s,
-                        store_retries=spec.store_retries)
+                        store_retries=spec.store_retries, priority=priority)
     if mappings is None:
         mappings = load_mappings(Path(settings.ingest.mapping_file))
     mapping = mappings.get(spec.mapping_name, FeedMapping())
@@ -96,7 +99,7 @@ async def run_adapter(adapter: str, opts: dict[str, Any], store: Applier | None,
     if spec.watch and recorder is None:
         watcher = asyncio.create_task(runner.watch(stop=stop), name=f"health {source}")
     log.info("ingest starting", adapter=adapter, source=source,
-             staleness_s=settings.ingest.staleness_s)
+             staleness_s=settings.ingest.staleness_s, priority=runner.priority)
     try:
         await spec.run(AdapterRun(runner=runner, opts=opts, settings=settings, stop=stop,
                                   recorder=recorder, mapping=mapping, mappings=mappings))

@@ -62,6 +62,9 @@ def _result(update: MarketUpdate, outcome: Any) -> dict[str, Any]:
         result["last_seq"] = outcome.last_seq
         result["error"] = (f"out of order: seq {update.seq} is not above {outcome.last_seq}, "
                            f"the last seq this pusher had applied to market {update.market}")
+    elif hasattr(outcome, "driver"):
+        result["error"] = (f"standby: feed {outcome.driver} of a higher priority is live on "
+                           f"market {update.market}")
     return result
 
 

@@ -123,6 +123,9 @@ COMMON_OPTIONS = (
     Option("feed_id", "Names the source.", "1"),
     Option("redis_url", "Overrides redis.url.", setting="redis.url"),
     Option("metrics_port", "Serve /metrics on this port (0: off).", 0, int),
+    Option("priority", "The feed's priority on its markets: 0 is a primary; a backup (1, "
+           "2, ...) applies only while every lower number is silent past the staleness.",
+           0, int),
 )
 BOOKMAKER = Option("bookmaker", "which bookmaker's odds.", "")
 ODDS_FORMAT = Option("odds_format", "the provider's odds format.", "decimal",

@@ -6,7 +6,16 @@ Feed health: a market whose source has been silent longer than the staleness lim
 suspended (through ``store.apply``, source ``<source>:health``), and reopened by the next
 good update or sign of life from that source, so no client is shown a dead price as live.
 Only markets the source itself left open are suspended and reopened: a market the provider
-suspended stays suspended. The runner also publishes its health to the store's feed health
+suspended stays suspended.
+
+Failover: every write carries the runner's feed rank (its source, ``priority`` and
+staleness), and the store applies a feed's update only while no feed of a higher
+priority was seen on the market within the staleness period; otherwise the answer is a
+``Standby`` (counted as ``standby``; the source is alive). A silence sweep yields while
+any other feed is live on the market, so a market is suspended for silence only when
+every feed of it is silent.
+
+The runner also publishes its health to the store's feed health
 (``oddsfeed.store.feeds``) about once a second, for the trader console.
 """
 
@@ -24,13 +33,14 @@ from prometheus_client import Counter, Gauge
 
 from oddsfeed.core.book import OUTCOME_NAMES, Changed, Created, NoOp, Rejected
 from oddsfeed.core.errors import InvalidInput, ProviderDataError, StoreError
-from oddsfeed.core.model import MarketUpdate
-from oddsfeed.store import FeedHealth, Store, publish_feed_health
+from oddsfeed.core.model import FeedRank, MarketUpdate
+from oddsfeed.store import FeedHealth, Standby, Store, publish_feed_health
 
 log = structlog.get_logger("oddsfeed.ingest")
 
 MESSAGES = Counter("oddsfeed_ingest_messages_total",
-                   "normalised updates by outcome (applied, noop, out_of_order, rejected, bad)",
+                   "normalised updates by outcome (applied, noop, out_of_order, standby, rejected, "
+                   "bad)",
                    ["source", "outcome"])
 BAD = Counter("oddsfeed_ingest_bad_messages_total", "provider messages skipped as bad data",
               ["source"])
@@ -106,12 +116,17 @@ class FeedRunner:
     store_retries: int = _STORE_RETRIES
     provider_lagging: bool = False
     lag_notices: int = 0
+    priority: int = 0  # 0: a primary; a backup (1, 2, ...) yields to a live lower number
+    _rank: FeedRank = field(init=False, repr=False)
+    _sweep: FeedRank = field(init=False, repr=False)
     health_period_s: float = 1.0  # how often the health is published to the store
     _health_sent_s: float = field(default=float("-inf"), init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.store_retries < 1:
             raise ValueError(f"store_retries must be at least 1, got {self.store_retries}")
+        self._rank = FeedRank(self.source, self.priority, max(1, int(self.staleness_s * 1000)))
+        self._sweep = FeedRank(self.source, self.priority, self._rank.stale_ms, sweep=True)
         HEALTHY.labels(self.source).set(1)
         STALE.labels(self.source).set(0)
         LAGGING.labels(self.source).set(0)
@@ -233,7 +248,7 @@ class FeedRunner:
             upd = MarketUpdate(market=mid, fields=fields, selections=update.selections,
                                replace=update.replace, create=update.create, ts=update.ts,
                                source=f"{self.source}@{writer}" if writer else self.source,
-                               seq=update.seq)
+                               seq=update.seq, feed=self._rank)
         except InvalidInput as exc:
             self.bad(exc, update)
             return None
@@ -261,6 +276,10 @@ class FeedRunner:
             if upd.ts is not None:
                 self.lag_s = max(0.0, now - upd.ts / 1000)
                 LAG.labels(self.source).set(self.lag_s)
+        elif isinstance(outcome, Standby):  # a higher-priority feed drives it: alive, idle
+            self._count("standby")
+            self.last_seen[mid] = now
+            self.status[mid] = outcome.market.status
         elif outcome is None:
             self._count("recorded")
         else:  # OutOfOrder: a duplicate or replay, harmless; the source is still alive
@@ -315,7 +334,8 @@ class FeedRunner:
     async def _reopen(self, markets: list[str]) -> None:
         for m in markets:
             out = await self._apply(MarketUpdate(market=m, fields={"status": "open"},
-                                                 source=self.source + HEALTH_SOURCE_SUFFIX))
+                                                 source=self.source + HEALTH_SOURCE_SUFFIX,
+                                                 feed=self._sweep))
             self.auto_suspended.discard(m)
             if isinstance(out, (Created, Changed, NoOp)):
                 self.status[m] = out.market.status
@@ -337,8 +357,13 @@ class FeedRunner:
                  and self.status.get(m) == "open"]
         for m in stale:
             out = await self._apply(MarketUpdate(market=m, fields={"status": "suspended"},
-                                                 source=self.source + HEALTH_SOURCE_SUFFIX))
-            if isinstance(out, (Created, Changed, NoOp)):
+                                                 source=self.source + HEALTH_SOURCE_SUFFIX,
+                                                 feed=self._sweep))
+            if isinstance(out, Standby):  # another feed is live on it: ours gives it up
+                self.auto_suspended.add(m)
+                log.info("feed silent: market left to another feed", source=self.source,
+                         market=m, driver=out.driver)
+            elif isinstance(out, (Created, Changed, NoOp)):
                 self.auto_suspended.add(m)
                 self.status[m] = out.market.status
                 log.warning("feed silent: market suspended", source=self.source, market=m,
@@ -362,7 +387,7 @@ class FeedRunner:
                            suspended_for_silence=len(self.auto_suspended),
                            updated_ms=int(now * 1000),
                            # the source's failover priority where the runner knows it
-                           priority=int(getattr(self, "priority", 0)))
+                           priority=self.priority)
         try:
             await publish_feed_health(self.store, entry)
         except StoreError as exc:

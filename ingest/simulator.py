@@ -10,6 +10,11 @@ still to come, with a ~5% margin. Rates random-walk; goals suspend the event's m
 and are replaced by a new event so the demo never runs dry. Must not read the clock or the
 environment in the pure part: start time and seed come in.
 
+Failover (``backup_every``): every Nth event is also fed by a backup source (priority 1)
+at slightly different prices, and the primary goes silent on those markets for
+``outage_s`` of every ``outage_every_s`` seconds, so the backup drives them for a while
+and hands them back (the store decides; see ingest/runner.py).
+
 Entry points: ``run_simulator(store, SimulatorConfig(events=, seed=, rate_per_s=), stop=,
 start_ms=)`` for `oddsfeed run`; ``updates_for(config, ticks)`` for tests and benchmarks.
 """
@@ -20,6 +25,7 @@ import asyncio
 import contextlib
 import math
 import random
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,10 +81,18 @@ class SimulatorConfig:
     suspension_chance: float = 0.01  # per live tick: a VAR check or a dangerous attack
     sport: str = "soccer"
     source: str = "sim"
+    backup_every: int = 0  # 0: no backup; N: about one event in N also has a backup feed
+    backup_skew: float = 0.02  # the backup's prices are this much shorter
+    outage_every_s: float = 120.0  # the primary's outage period on the backed markets ...
+    outage_s: float = 40.0  # ... and its length (longer than the staleness to fail over)
 
     def __post_init__(self) -> None:
         if not 1 <= self.markets_per_event <= len(MARKETS):
             raise ValueError(f"markets_per_event must be 1..{len(MARKETS)}")
+        if self.backup_every < 0 or not 0 <= self.outage_s < self.outage_every_s:
+            raise ValueError("backup_every >= 0 and 0 <= outage_s < outage_every_s are "
+                             f"required, got {self.backup_every}, {self.outage_s}, "
+                             f"{self.outage_every_s}")
         if self.events < 0 or self.rate_per_s <= 0 or not 0 < self.margin < 1:
             raise ValueError("events >= 0, rate_per_s > 0 and 0 < margin < 1 are required")
 
@@ -315,18 +329,50 @@ class Simulator:
                 for mid in chosen]
 
 
+def backed(config: SimulatorConfig, market: str) -> bool:
+    """Whether the backup feed also covers ``market`` (decided by its event id)."""
+    if config.backup_every <= 0:
+        return False
+    event = market.rpartition(":")[0] or market
+    return zlib.crc32(event.encode()) % config.backup_every == 0
+
+
+def primary_out(config: SimulatorConfig, elapsed_s: float) -> bool:
+    """Whether the primary is silent on the backed markets ``elapsed_s`` into the run: the
+    last ``outage_s`` of every ``outage_every_s``."""
+    return elapsed_s % config.outage_every_s >= config.outage_every_s - config.outage_s
+
+
+def backup_update(config: SimulatorConfig, update: MarketUpdate) -> MarketUpdate:
+    """The backup provider's version of ``update``: the same change at slightly shorter
+    prices, under the backup's source."""
+    sels = {sid: ({**p, "price": min(max(round(p["price"] * (1 - config.backup_skew)),
+                                         MIN_PRICE), MAX_PRICE)} if "price" in p else dict(p))
+            for sid, p in update.selections.items()}
+    return MarketUpdate(market=update.market, fields=update.fields, selections=sels,
+                        replace=update.replace, create=update.create, ts=update.ts,
+                        source=f"{config.source}-backup:{config.seed}", seq=update.seq)
+
+
 async def run_simulator(store: Applier, config: SimulatorConfig, *,
                         stop: asyncio.Event | None = None, max_ticks: int | None = None,
-                        start_ms: int = 1_700_000_000_000, count: bool = True) -> int:
+                        start_ms: int = 1_700_000_000_000, count: bool = True,
+                        staleness_s: float = 30.0) -> int:
     """Write the simulated feed through ``store.apply`` at ``config.rate_per_s`` ticks per
     second until ``stop`` is set or ``max_ticks`` ticks ran; returns the ticks run.
 
     Pass the wall-clock ``start_ms`` so a restarted feed orders after the previous run.
     With ``count`` the updates go through a :class:`~oddsfeed_ingest.runner.FeedRunner` (source
-    ``sim:<seed>``): outcomes and lag in the ingest metrics, store errors retried."""
+    ``sim:<seed>``): outcomes and lag in the ingest metrics, store errors retried; with
+    ``backup_every`` too, the backed markets' copies through a second one (source
+    ``sim-backup:<seed>``, priority 1), both judging silence by ``staleness_s``."""
     sim = Simulator(config, start_ms=start_ms)
+    backup: FeedRunner | None = None
     if count:
-        runner = FeedRunner(store, sim.source)
+        runner = FeedRunner(store, sim.source, staleness_s=staleness_s)
+        if config.backup_every > 0:
+            backup = FeedRunner(store, f"{config.source}-backup:{config.seed}",
+                                staleness_s=staleness_s, priority=1)
 
         class _Counted:
             async def apply(self, update: MarketUpdate) -> Any:
@@ -336,15 +382,25 @@ async def run_simulator(store: Applier, config: SimulatorConfig, *,
                 return await runner.submit_many(updates)
 
         store = _Counted()
-    for update in sim.initial():
-        await store.apply(update)
     loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    async def write(update: MarketUpdate) -> None:
+        if backup is None or not backed(config, update.market):
+            await store.apply(update)
+            return
+        if not primary_out(config, loop.time() - started):
+            await store.apply(update)
+        await backup.submit(backup_update(config, update))
+
+    for update in sim.initial():
+        await write(update)
     interval = 1.0 / config.rate_per_s
     next_at = loop.time()
     ticks = 0
     while (stop is None or not stop.is_set()) and (max_ticks is None or ticks < max_ticks):
         for update in sim.step():
-            await store.apply(update)
+            await write(update)
         ticks += 1
         next_at += interval
         delay = next_at - loop.time()

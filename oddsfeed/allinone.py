@@ -86,10 +86,15 @@ async def run_all(settings: Settings, *, stop: asyncio.Event | None = None) -> i
         if settings.demo.events > 0:
             from oddsfeed_ingest.simulator import SimulatorConfig, run_simulator
 
+            # Half the events also have a backup feed; the primary drops out on them for
+            # longer than the staleness period now and then, so failover shows.
+            stale_s = settings.ingest.staleness_s
             sim = SimulatorConfig(events=settings.demo.events, seed=settings.demo.seed,
-                                  rate_per_s=settings.demo.rate_per_s)
+                                  rate_per_s=settings.demo.rate_per_s, backup_every=2,
+                                  outage_s=stale_s + 10, outage_every_s=3 * (stale_s + 10))
             tasks.append(asyncio.create_task(run_simulator(worker.store, sim, stop=stop,
-                                                           start_ms=now_ms()),
+                                                           start_ms=now_ms(),
+                                                           staleness_s=stale_s),
                                              name="demo-simulator"))
         if token:
             click.echo(f"trader token (odds:write, 24 h): {token}", err=True)

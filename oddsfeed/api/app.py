@@ -17,7 +17,7 @@ from ..services.validation import validate_slip
 from ..settings import Settings
 from ..store import Store
 from ..webkit import Problem
-from . import console, desk, schemas
+from . import console, desk, locks, schemas
 from . import risk as risk_routes
 from .markets import delete_market, get_market, list_markets, patch_market, post_odds, put_market
 from .openapi import ROUTES
@@ -100,7 +100,7 @@ HANDLERS: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
     "patch_market": patch_market, "delete_market": delete_market, "post_odds": post_odds,
     "validate_bets": validate_bets, "healthz": healthz, "readyz": readyz,
     "demo_token": demo_token, "index": index, "static": static,
-    **desk.HANDLERS, **risk_routes.HANDLERS, **console.HANDLERS,
+    **desk.HANDLERS, **locks.HANDLERS, **risk_routes.HANDLERS, **console.HANDLERS,
 }
 
 

@@ -84,6 +84,28 @@ ROUTES: tuple[Route, ...] = (
                             "api.max_page_size)",
                      "400": "invalid event id, unknown query parameter or limit"},
           reply=schemas.AuditOut),
+    Route("POST", "/v1/markets/{id}/lock", "lock_market", "Lock selections of a market (or "
+          "the whole market) against feed updates; desk writes still apply", "odds:write",
+          schemas.LockIn, {"200": "{market, version, locks: {market, selections}}",
+                           "404": "unknown market", "409": "settled",
+                           "412": "If-Match failed (current market in `current`)",
+                           "422": "Idempotency-Key reused", **_W}, schemas.LockOut),
+    Route("POST", "/v1/markets/{id}/unlock", "unlock_market", "Release locks of a market "
+          "(no body or null selections: every lock of it)", "odds:write", schemas.LockIn,
+          {"200": "{market, version, locks: {market, selections}}", "404": "unknown market",
+           "409": "settled", "412": "If-Match failed (current market in `current`)",
+           "422": "Idempotency-Key reused", **_W}, schemas.LockOut),
+    Route("GET", "/v1/desk/markets/{id}", "desk_market", "The desk's view of a market: locks, "
+          "feed updates they refused, the driving feed and every feed of it", "odds:read",
+          responses={"200": "{market, event, epoch, version, status, locks, refused, driver, "
+                            "sources}", "400": "invalid id or a query parameter",
+                     "404": "unknown market"}, reply=schemas.DeskMarketOut),
+    Route("GET", "/v1/desk/markets", "desk_market_list", "The desk's view of an event's "
+          "markets (or of the first markets by id)", "odds:read",
+          responses={"200": "{markets: [...]}: at most `limit` (default 100, max "
+                            "api.max_page_size)",
+                     "400": "unknown query parameter, invalid event or limit"},
+          reply=schemas.DeskMarketList),
     Route("GET", "/v1/risk/accounts", "risk_accounts", "Top accounts by stale-bet risk score "
           "over a window, with their counts", "risk:read",
           responses={"200": "{window_s, at_ms, accounts: [{sub, score, counts}]}",
@@ -167,6 +189,12 @@ def openapi_document() -> dict[str, Any]:
             op["parameters"].append({"name": "limit", "in": "query", "required": False,
                                      "schema": {"type": "integer", "minimum": 1,
                                                 "maximum": 1000}})
+        if r.handler == "desk_market_list":
+            op["parameters"] = [
+                {"name": "event", "in": "query", "required": False,
+                 "schema": {"type": "string", "pattern": schemas.ID_PATTERN}},
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1}}]
         if r.handler == "list_markets":
             op["parameters"] = [{"name": n, "in": "query", "required": False,
                                  "schema": {"type": "string"}}
@@ -177,11 +205,12 @@ def openapi_document() -> dict[str, Any]:
             op.setdefault("parameters", []).append(
                 {"name": "Idempotency-Key", "in": "header", "required": False,
                  "schema": {"type": "string", "maxLength": 200}})
-            if r.method in ("PUT", "PATCH", "DELETE"):
+            if r.method in ("PUT", "PATCH", "DELETE") or r.body is schemas.LockIn:
                 op["parameters"].append({"name": "If-Match", "in": "header", "required": False,
                                          "schema": {"type": "string"}})
         if r.body is not None:
-            op["requestBody"] = {"required": r.body is not schemas.BetStopIn,  # optional body
+            op["requestBody"] = {"required": r.body not in (schemas.BetStopIn,  # optional body
+                                                            schemas.LockIn),
                                  "content": {"application/json": {
                                      "schema": _component(components, r.body, "validation")}}}
         if r.scope:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..core.errors import InvalidInput
+from ..core.model import ID_RE
 from ..core.prices import parse_price
 from ..core.wire import MAX_LEGS, Leg
 
@@ -121,6 +122,20 @@ class BetStopIn(_Body):
                            "(default: now)")
 
 
+class LockIn(_Body):
+    selections: list[str] | None = Field(
+        None, max_length=1000, description="the selections to lock or unlock; absent or null: "
+        "the whole market (an unlock of the whole market releases every lock of it)")
+
+    @field_validator("selections")
+    @classmethod
+    def _ids(cls, v: list[str] | None) -> list[str] | None:
+        for i, sid in enumerate(v or ()):
+            if not isinstance(sid, str) or not ID_RE.match(sid):
+                raise ValueError(f"selection {i} is not an id of 1-128 chars of A-Za-z0-9._:-")
+        return v
+
+
 # ---- responses (documentation only: the server builds them from core values) -------------
 
 class SelectionOut(BaseModel):
@@ -197,6 +212,42 @@ class AuditOut(BaseModel):
     event: str
     entries: list[HistoryEntryOut] = Field(description="newest ts first, across the "
                                            "event's markets")
+
+
+class LocksOut(BaseModel):
+    market: bool = Field(description="the whole market is locked")
+    selections: list[str] = Field(description="the locked selections, in id order")
+
+
+class LockOut(BaseModel):
+    market: str
+    version: int = Field(description="the market's version after the call")
+    locks: LocksOut
+
+
+class FeedSourceOut(BaseModel):
+    source: str
+    priority: int = Field(description="0: a primary; a higher number yields to a lower one")
+    last_seen_ms: int = Field(description="when the store last saw an update of it, ms")
+    age_ms: int
+
+
+class DeskMarketOut(BaseModel):
+    market: str
+    event: str
+    epoch: str
+    version: int
+    status: MarketStatus
+    locks: LocksOut
+    refused: dict[str, int] = Field(description="feed updates a lock dropped, per selection "
+                                    "(`*`: under a whole-market lock)")
+    driver: str | None = Field(description="the feed whose update made the latest version")
+    sources: list[FeedSourceOut] = Field(description="every feed that wrote the market, by "
+                                         "priority")
+
+
+class DeskMarketList(BaseModel):
+    markets: list[DeskMarketOut]
 
 
 class LegOut(BaseModel):

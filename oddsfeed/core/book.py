@@ -19,6 +19,7 @@ from .model import MARKET_FIELDS, Market, MarketUpdate, Selection
 from .prices import to_float
 
 REMOVED: Mapping[str, Any] = {"status": "removed"}
+DELTA_EXTENSIONS = ("locks", "src")
 _MARKET_DEFAULTS: Mapping[str, Any] = {
     "kind": "",
     "status": "open",
@@ -38,6 +39,9 @@ class Delta:
     ts: int
     fields: Mapping[str, Any] = field(default_factory=dict)
     sel: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Extension members (protocol.md section 6: ``locks``, ``src``) carried as they are;
+    # a client that does not know them ignores them.
+    ext: Mapping[str, Any] = field(default_factory=dict)
 
     def to_store(self) -> dict[str, Any]:
         """The internal map (prices in ticks), as the store publishes and keeps it."""
@@ -50,6 +54,7 @@ class Delta:
             "ts": self.ts,
         }
         d.update(self.fields)
+        d.update(self.ext)
         if self.sel:
             d["sel"] = {k: dict(v) for k, v in self.sel.items()}
         return d
@@ -76,6 +81,7 @@ class Delta:
                 base=int(d["base"]),
                 ts=int(d["ts"]),
                 fields={k: d[k] for k in MARKET_FIELDS if k in d},
+                ext={k: d[k] for k in DELTA_EXTENSIONS if k in d},
                 sel={
                     str(k): {f: (None if f == "point" and x is False else x) for f, x in v.items()}
                     for k, v in sel.items()
@@ -295,7 +301,9 @@ def apply_delta(state: Market, delta: Delta) -> ApplyResult:
         else:
             sels[sid] = replace(current, **dict(change))
     return Applied(
-        replace(state, version=delta.version, ts=delta.ts, selections=sels, **dict(delta.fields))
+        replace(state, version=delta.version, ts=delta.ts, selections=sels,
+                ext={**state.ext, **delta.ext} if delta.ext else state.ext,
+                **dict(delta.fields))
     )
 
 
@@ -313,12 +321,14 @@ def conflate(deltas: Sequence[Delta]) -> Delta:
         raise InvalidInput("nothing to conflate")
     first = deltas[0]
     fields: dict[str, Any] = dict(first.fields)
+    ext: dict[str, Any] = dict(first.ext)
     sel: dict[str, dict[str, Any]] = {k: dict(v) for k, v in first.sel.items()}
     prev = first
     for d in deltas[1:]:
         if d.epoch != prev.epoch or d.base != prev.version or d.market != prev.market:
             raise InvalidInput(f"deltas are not consecutive at version {d.base}")
         fields.update(d.fields)
+        ext.update(d.ext)
         for sid, change in d.sel.items():
             sel[sid] = _merge_sel(sel[sid], change) if sid in sel else dict(change)
         prev = d
@@ -330,4 +340,5 @@ def conflate(deltas: Sequence[Delta]) -> Delta:
         ts=prev.ts,
         fields=fields,
         sel=sel,
+        ext=ext,
     )

@@ -23,6 +23,7 @@ MARKET_FIELDS = ("name", "kind", "status", "in_play", "bet_delay_ms")
 MAX_BET_DELAY_MS = 60_000
 MAX_NAME_CHARS = 256
 MAX_POINT = 10_000.0
+MARKET_EXTENSIONS = ("locks", "src")
 
 
 def check_id(value: object, path: str) -> str:
@@ -146,6 +147,10 @@ class Market:
     in_play: bool = False
     bet_delay_ms: int = 0
     selections: Mapping[str, Selection] = field(default_factory=dict)
+    # Extension members a snapshot carries when set (protocol.md section 6: ``locks``,
+    # ``src``); the market of the HTTP API and of the contract leaves them out, and two
+    # markets equal but for them are the same market.
+    ext: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         check_id(self.id, "id")
@@ -185,6 +190,7 @@ class Market:
         """The store's map of this market (prices in ticks)."""
         d = self._fields()
         d["selections"] = {k: s.to_store() for k, s in self.selections.items()}
+        d.update(self.ext)
         return d
 
     def to_wire(self, *, with_selections: bool = True) -> dict[str, Any]:
@@ -223,6 +229,7 @@ class Market:
                 version=int(d["version"]),
                 ts=int(d.get("ts", 0)),
                 selections=selections,
+                ext={k: d[k] for k in MARKET_EXTENSIONS if k in d},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInput(f"bad stored market: {exc}") from None
@@ -237,6 +244,33 @@ class Market:
             for k, v in sels.items()
         }
         return cls.from_store(store)
+
+
+MAX_PRIORITY = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class FeedRank:
+    """How the store weighs a feed's write against the other feeds of a market.
+
+    ``name`` is the feed (one ingest runner's source); ``priority`` 0 is a primary, and a
+    feed yields to any feed of a lower number seen on the market within ``stale_ms``.
+    ``sweep`` marks a silence sweep's write (a suspension or reopening for staleness),
+    which is no sign of life and yields while any other feed is live.
+    """
+
+    name: str
+    priority: int = 0
+    stale_ms: int = 30_000
+    sweep: bool = False
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "feed")
+        check_int(self.priority, "priority", 0, MAX_PRIORITY)
+        check_int(self.stale_ms, "stale_ms", 1, 2**40)
+
+    def to_store(self) -> dict[str, Any]:
+        return {"n": self.name, "p": self.priority, "s": self.stale_ms, "h": self.sweep}
 
 
 # A selection patch maps given field names to values; "status": "removed" deletes it and
@@ -254,6 +288,7 @@ class MarketUpdate:
     left-out optional fields take their defaults). ``create`` allows creating the market when
     it does not exist. ``source``/``seq`` order feed traffic: an update whose ``seq`` is not
     above the last accepted ``seq`` of the same ``source`` for this market is dropped.
+    ``feed`` marks a feed's write (failover and price locks apply to it); None: a desk's.
     """
 
     market: str
@@ -264,6 +299,7 @@ class MarketUpdate:
     ts: int | None = None
     source: str = ""
     seq: int | None = None
+    feed: FeedRank | None = None
 
     def __post_init__(self) -> None:
         check_id(self.market, "market")
@@ -342,4 +378,6 @@ class MarketUpdate:
             d["source"] = self.source
         if self.seq is not None:
             d["seq"] = self.seq
+        if self.feed is not None:
+            d["feed"] = self.feed.to_store()
         return d

@@ -103,7 +103,8 @@ def hello(*, server: str, session: str, heartbeat_ms: int, encoding: str) -> Out
 
 
 def snapshot(market: Market) -> Outgoing:
-    return Outgoing({"op": "snapshot", "market": market.to_wire()}, urgent=market.status != "open")
+    return Outgoing({"op": "snapshot", "market": {**market.to_wire(), **market.ext}},
+                    urgent=market.status != "open")
 
 
 def delta(d: Delta) -> Outgoing:

@@ -9,7 +9,8 @@ from .codec import Announced, Gone, decode_payload
 from .desk import BetStopResult, HistoryEntry, event_audit, market_history, set_bet_stop
 from .feeds import FeedHealth, feed_health, publish_feed_health
 from .idempotency import IdempotencyRecord, IdempotencyStoreError, record_key
-from .outcomes import OutOfOrder, Precondition, StoreOutcome, outcome_name
+from .locks import DeskMarket, FeedSeen, desk_markets, set_locks
+from .outcomes import OutOfOrder, Precondition, Standby, StoreOutcome, outcome_name
 from .redis_store import Store
 from .risk import RiskCounts
 
@@ -17,7 +18,9 @@ __all__ = [
     "Announced",
     "BetStopResult",
     "Bus",
+    "DeskMarket",
     "FeedHealth",
+    "FeedSeen",
     "Gone",
     "HistoryEntry",
     "IdempotencyRecord",
@@ -25,9 +28,11 @@ __all__ = [
     "OutOfOrder",
     "Precondition",
     "RiskCounts",
+    "Standby",
     "Store",
     "StoreOutcome",
     "decode_payload",
+    "desk_markets",
     "event_audit",
     "feed_health",
     "market_history",
@@ -35,4 +40,5 @@ __all__ = [
     "publish_feed_health",
     "record_key",
     "set_bet_stop",
+    "set_locks",
 ]

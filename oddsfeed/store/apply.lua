@@ -16,6 +16,21 @@
 -- the market is never open: a change to open is held as suspended (bs_susp set); bet-start
 -- reopens only a market with bs_susp. Records are ordered by gen (one counter per event), so
 -- a stale stop or start arriving late changes nothing.
+-- Feeds and locks (store-only state in the meta hash too; docs/protocol.md section 6):
+--   fd  msgpack {feed name = {priority, last seen ms (server TIME)}} of every feed that
+--       wrote this market; drv the feed whose update made the latest version (the driver);
+--   lk  msgpack {m = whole-market lock, s = {selection id = true}}; rf:<selection> and rf:*
+--       count the feed updates whose fields a selection / whole-market lock dropped;
+--   ss  1 while the market is suspended by a silence sweep: the next update of a feed that
+--       applies reopens it unless it sets a status itself, whichever feed's sweep it was.
+-- upd.feed = {n = name, p = priority, s = staleness ms, h = silence sweep} marks a feed's
+-- write; without it the write is a desk's, which no lock refuses and failover ignores.
+-- upd.lock = {on = bool, sels = ids or absent for the whole market} is a desk's lock/unlock.
+-- The state keeps `locks` (while any is set) and `src` (the driver) for snapshots; a delta
+-- carries them when they change. Replies: {'changed', state, delta, refused},
+-- {'noop', state, refused} (refused: the lock drops of this update), {'created', state},
+-- {'standby', the live feed, state}, {'out_of_order', last seq}, {'precondition', state},
+-- {'need_gate'}, {'rejected', reason, path, message}.
 -- In the msgpack maps a selection's point is absent or false when it has no line
 -- (Lua tables cannot hold nil), and an empty map may arrive as an empty array.
 local upd = cmsgpack.unpack(ARGV[1])
@@ -39,7 +54,8 @@ end
 local gate = ARGV[10] or ''
 local mode = ARGV[11] or ''
 if not raw and gate == '' and (upd.create or upd.replace) then return {'need_gate'} end
-local bs = redis.call('HMGET', KEYS[2], 'bs_gen', 'bs_on', 'bs_susp')
+-- The meta hash, read once: the bet stop's fields, then those of feeds and locks (below).
+local bs = redis.call('HMGET', KEYS[2], 'bs_gen', 'bs_on', 'bs_susp', 'fd', 'lk', 'drv', 'ss')
 local bs_gen = tonumber(bs[1]) or 0
 local bs_on = bs[2] == '1'
 local bs_susp = bs[3] == '1'
@@ -87,6 +103,37 @@ elseif not raw and arg_gen > bs_gen then
   bs_susp = false
 end
 local f = upd.fields or {}
+
+-- Failover: a feed yields (answered 'standby', its seq record untouched) while another
+-- feed of a higher priority (a lower number) was seen within its staleness period; a
+-- silence sweep yields while any other feed was. A sweep is no sign of life.
+local feed = upd.feed
+local feeds = bs[4] and cmsgpack.unpack(bs[4]) or {}
+local lk = bs[5] and cmsgpack.unpack(bs[5]) or {m = false, s = {}}
+local driver = bs[6]
+local swept = bs[7] == '1'
+if type(lk.s) ~= 'table' then lk.s = {} end
+
+local function save_feeds()
+  if feed and not feed.h then redis.call('HSET', KEYS[2], 'fd', cmsgpack.pack(feeds)) end
+end
+
+if feed then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local standby = nil
+  if raw then
+    for name, rec in pairs(feeds) do
+      if name ~= feed.n and now - rec[2] <= feed.s and (feed.h or rec[1] < feed.p) then
+        standby = name
+        break
+      end
+    end
+  end
+  if not feed.h then feeds[feed.n] = {feed.p, now} end
+  if raw then save_feeds() end  -- seen, whatever the outcome (a creation saves it below)
+  if standby then return {'standby', standby, raw} end
+end
 
 -- A decimal string <= another, exactly, at any size.
 local function seq_le(a, b)
@@ -175,6 +222,7 @@ if not raw then
     bs_susp = state.status == 'open'
     if bs_susp then state.status = 'suspended' end
   end
+  if feed and not feed.h then state.src = feed.n end
   state.susp_v = 0
   if state.status ~= 'open' then state.susp_v = 1 end
   local packed = cmsgpack.pack(state)
@@ -182,6 +230,11 @@ if not raw then
   redis.call('DEL', KEYS[2], KEYS[3])
   save_bet_stop()
   remember_source()
+  if feed and not feed.h then
+    feeds = {[feed.n] = feeds[feed.n]}
+    save_feeds()
+    redis.call('HSET', KEYS[2], 'drv', feed.n)
+  end
   local payload = cmsgpack.pack({op = 'created', market = state, t = now_us()})
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', hist_len, '1-0', 'd', payload, 'w', writer)
   publish(payload)
@@ -189,6 +242,70 @@ if not raw then
 end
 
 local state = cmsgpack.unpack(raw)
+if feed and not feed.h and swept and f.status == nil then f.status = 'open' end
+
+-- Locks: a feed's update loses what a lock holds (every field under a whole-market lock,
+-- a locked selection's patch otherwise), counted per selection; the rest applies.
+local refused = 0
+if feed and lk.m then
+  if next(f) ~= nil or #order > 0 or upd.replace then
+    redis.call('HINCRBY', KEYS[2], 'rf:*', 1)
+    refused = 1
+  end
+  f, order, usels = {}, {}, {}
+  upd.replace = false
+elseif feed and next(lk.s) ~= nil then
+  local kept = {}
+  for _, sid in ipairs(order) do
+    if lk.s[sid] then
+      redis.call('HINCRBY', KEYS[2], 'rf:' .. sid, 1)
+      refused = refused + 1
+    else
+      table.insert(kept, sid)
+    end
+  end
+  order = kept
+end
+
+-- The locks as the wire shows them: of selections that exist, in id order.
+local function locks_wire(l, sels)
+  local ids = {}
+  for sid, _ in pairs(l.s) do
+    if sels[sid] ~= nil then table.insert(ids, sid) end
+  end
+  table.sort(ids)
+  return {market = l.m == true, selections = ids}
+end
+local function same_locks(a, b)
+  return a.market == b.market and table.concat(a.selections, ',') == table.concat(b.selections, ',')
+end
+local locked_before = lk.m or next(lk.s) ~= nil
+local locks_before = locked_before and locks_wire(lk, state.selections or {})
+
+-- A status given (by the provider or a desk) decides from now on, not the sweep.
+if swept and f.status ~= nil and not (feed and feed.h and f.status == 'suspended') then
+  redis.call('HDEL', KEYS[2], 'ss')
+end
+
+-- A desk's lock or unlock (of named selections of the market, or of the whole market).
+local lock = upd.lock
+if lock then
+  local have = state.selections or {}
+  for _, sid in ipairs(lock.sels or {}) do
+    if have[sid] == nil then
+      return {'rejected', 'invalid', 'selections', 'unknown selection ' .. sid}
+    end
+  end
+  if lock.sels then
+    for _, sid in ipairs(lock.sels) do lk.s[sid] = lock.on or nil end
+  elseif lock.on then
+    lk.m = true
+  else
+    lk.m = false
+    lk.s = {}
+  end
+end
+
 for _, k in ipairs({'event', 'sport'}) do
   if f[k] ~= nil and f[k] ~= state[k] then
     return {'rejected', 'conflict', k, k .. ' cannot change (is ' .. state[k] .. ')'}
@@ -222,6 +339,14 @@ if upd.replace then
   local bad
   new_sels, bad = whole_selections(usels)
   if not new_sels then return incomplete(bad) end
+  if feed then  -- a locked selection stays as it is, even when the feed left it out
+    for sid, _ in pairs(lk.s) do
+      local s = old_sels[sid]
+      if s then
+        new_sels[sid] = {name = s.name, price = s.price, status = s.status, point = s.point}
+      end
+    end
+  end
 else
   for sid, s in pairs(old_sels) do
     new_sels[sid] = {name = s.name, price = s.price, status = s.status, point = s.point}
@@ -279,14 +404,26 @@ for sid, s in pairs(new_sels) do
   end
 end
 
+local locks_after = locks_before
+if lock or (locked_before and (upd.replace or sel_changed)) then
+  locks_after = locks_wire(lk, new_sels)
+  if not same_locks(locks_before or locks_wire({m = false, s = {}}, {}), locks_after) then
+    delta.locks = locks_after
+    changed = true
+  end
+end
+
 if not changed and not sel_changed then
   remember_source()
-  return {'noop', raw}
+  return {'noop', raw, refused}
 end
 if state.status == 'settled' then
   return {'rejected', 'settled', 'status', 'a settled market accepts no further change'}
 end
 
+if feed and feed.h and delta.status == 'suspended' then
+  redis.call('HSET', KEYS[2], 'ss', '1')
+end
 local version = state.version + 1
 delta.v = version
 delta.base = state.version
@@ -297,6 +434,22 @@ state.selections = new_sels
 state.version = version
 state.ts = ts
 if newf.status ~= 'open' then state.susp_v = version end
+if delta.locks then
+  -- the state keeps them too, for snapshots (nil: none)
+  if locks_after.market or #locks_after.selections > 0 then
+    state.locks = locks_after
+  else
+    state.locks = nil
+  end
+  local kept = {}
+  for _, sid in ipairs(locks_after.selections) do kept[sid] = true end
+  redis.call('HSET', KEYS[2], 'lk', cmsgpack.pack({m = locks_after.market, s = kept}))
+end
+if feed and not feed.h and driver ~= feed.n then
+  delta.src = feed.n
+  state.src = feed.n
+  redis.call('HSET', KEYS[2], 'drv', feed.n)
+end
 local packed = cmsgpack.pack(state)
 redis.call('SET', KEYS[1], packed)
 remember_source()
@@ -305,4 +458,4 @@ local payload = cmsgpack.pack(delta)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', hist_len, string.format('%.0f', version) .. '-0', 'd',
            payload, 'w', writer)
 publish(payload)
-return {'changed', packed, payload}
+return {'changed', packed, payload, refused}

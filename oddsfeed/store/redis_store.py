@@ -30,7 +30,7 @@ from .codec import (
     sport_set_key,
     state_key,
 )
-from .outcomes import OutOfOrder, Precondition, StoreOutcome
+from .outcomes import LOCK_REFUSED, OutOfOrder, Precondition, Standby, StoreOutcome
 
 MAX_HISTORY_READ = 10_000
 # No market reaches this version; a position past it is refused before it becomes a stream id.
@@ -125,13 +125,15 @@ class Store:
             return False
 
     def _apply_args(self, update: MarketUpdate, expect: tuple[str, int] | None,
-                    now_ms: int | None, bet_stop: str = "", mode: str = ""
-                    ) -> tuple[list[str], list[Any]]:
+                    now_ms: int | None, bet_stop: str = "", mode: str = "",
+                    extra: dict[str, Any] | None = None) -> tuple[list[str], list[Any]]:
+        """The apply script's keys and arguments; ``extra`` adds members to the update's map
+        (a desk's ``lock``)."""
         mid = update.market
         now = now_ms if now_ms is not None else clock_now_ms()
         args: list[Any] = [
-            msgpack.packb({**update.to_store(), "order": list(update.selections)},
-                          use_bin_type=True), market_channel(mid),
+            msgpack.packb({**update.to_store(), "order": list(update.selections),
+                           **(extra or {})}, use_bin_type=True), market_channel(mid),
             _new_epoch(), now, self.history_len, self.publish_command,
             expect[0] if expect else "", expect[1] if expect else 0,
             str(update.seq) if update.seq is not None else "", bet_stop, mode,
@@ -258,12 +260,18 @@ class Store:
 
     def _outcome(self, mid: str, res: Any) -> StoreOutcome:
         kind = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
+        if kind in ("changed", "noop") and len(res) > (3 if kind == "changed" else 2):
+            refused = int(res[-1])
+            if refused:
+                LOCK_REFUSED.inc(refused)
         if kind == "changed":
             return Changed(_decode_market(res[1]), Delta.from_store(codec.unpack(res[2])))
         if kind == "noop":
             return NoOp(_decode_market(res[1]))
         if kind == "created":
             return Created(_decode_market(res[1]))
+        if kind == "standby":
+            return Standby(_decode_market(res[2]), _text(res[1]))
         if kind == "out_of_order":
             return OutOfOrder(mid, int(res[1]))
         if kind == "precondition":
@@ -437,4 +445,4 @@ class Store:
         return Bus(self, on_message, on_reconnect, on_lost)
 
 
-__all__ = ["InvalidInput", "OutOfOrder", "Precondition", "Store", "StoreOutcome"]
+__all__ = ["InvalidInput", "OutOfOrder", "Precondition", "Standby", "Store", "StoreOutcome"]

@@ -38,6 +38,7 @@ async def _state(store: Store) -> dict[str, Any]:
         d = m.to_store()
         for k in ("epoch", "version", "ts"):
             d.pop(k)
+        d.pop("src", None)  # the driving feed: the live adapter's name, then the replay's
         out[m.id] = d
     return out
 

@@ -13,9 +13,17 @@ import pytest
 from oddsfeed.core.book import Rejected
 from oddsfeed.core.model import MarketUpdate
 from oddsfeed.core.prices import overround
-from oddsfeed.store import Store
+from oddsfeed.store import Store, desk_markets
 from oddsfeed_ingest.runner import FeedRunner
-from oddsfeed_ingest.simulator import MARKETS, SimulatorConfig, run_simulator, updates_for
+from oddsfeed_ingest.simulator import (
+    MARKETS,
+    SimulatorConfig,
+    backed,
+    backup_update,
+    primary_out,
+    run_simulator,
+    updates_for,
+)
 
 from .conftest import until
 
@@ -116,3 +124,50 @@ def test_bad_config_is_refused() -> None:
         SimulatorConfig(markets_per_event=0)
     with pytest.raises(ValueError, match="rate_per_s"):
         SimulatorConfig(rate_per_s=0)
+
+
+def test_backup_copies_and_outage_schedule() -> None:
+    """The backup covers the configured share of events at slightly shorter prices, and the
+    primary's outage is the last outage_s of every period."""
+    cfg = SimulatorConfig(backup_every=2, outage_every_s=10, outage_s=3)
+    ups = updates_for(cfg, 50)
+    markets = {u.market for u in ups}
+    covered = {m for m in markets if backed(cfg, m)}
+    assert covered
+    assert covered != markets
+    assert not any(backed(SimulatorConfig(), m) for m in markets)
+    first = next(u for u in ups if u.create)
+    copy = backup_update(cfg, first)
+    assert copy.source == "sim-backup:1"
+    assert (copy.seq, copy.fields, copy.create) == (first.seq, first.fields, True)
+    for sid, sel in copy.selections.items():
+        assert sel["price"] < first.selections[sid]["price"]
+    assert [primary_out(cfg, t) for t in (0, 6.9, 7, 9.9, 10, 17.5)] == [
+        False, False, True, True, False, True]
+    with pytest.raises(ValueError, match="outage_s"):
+        SimulatorConfig(outage_s=5, outage_every_s=5)
+
+
+async def test_backup_drives_during_primary_outages(store: Store) -> None:
+    """Under run_simulator with a backup, a backed market's driver goes to the backup during
+    a primary outage and back to the primary after it."""
+    cfg = SimulatorConfig(events=2, rate_per_s=400, backup_every=1, outage_every_s=0.6,
+                          outage_s=0.3)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_simulator(store, cfg, stop=stop, staleness_s=0.05))
+    changes: dict[str, list[str | None]] = {}  # market -> its drivers, as they changed
+
+    async def handed_back() -> bool:
+        views = await desk_markets(store, [m.id for m in await store.list_markets()])
+        for mid, v in views.items():
+            seen = changes.setdefault(mid, [])
+            if v is not None and (not seen or seen[-1] != v.driver):
+                seen.append(v.driver)
+        return any("sim-backup:1" in seen and "sim:1" in seen[seen.index("sim-backup:1"):]
+                   for seen in changes.values())
+
+    try:
+        await until(handed_back, what="a market driven by the backup, then the primary")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
