@@ -48,15 +48,22 @@ class Server:
     """A server under test (``oddsfeed`` or ``naive``) and the pid whose CPU and RSS count."""
 
     def __init__(self, kind: str, redis_url: str, extra_env: dict[str, str] | None = None,
-                 workers: int = 1):
+                 workers: int = 1, tree: str | None = None):
         self.kind = kind
         self.port = free_port()
         if kind == "oddsfeed":
             http_port = self.http_port = free_port()
-            self.proc = spawn(["-m", "oddsfeed", "serve", "--workers", str(workers),
-                               "--redis-url", redis_url, "--ws-port", str(self.port),
-                               "--http-port", str(http_port)],
-                              env={**SERVER_ENV, **(extra_env or {})})
+            args = ["-m", "oddsfeed", "serve", "--workers", str(workers),
+                    "--redis-url", redis_url, "--ws-port", str(self.port),
+                    "--http-port", str(http_port)]
+            env = {**SERVER_ENV, **(extra_env or {})}
+            if tree is None:
+                self.proc = spawn(args, env=env)
+            else:  # another checkout's oddsfeed package (an A/B run): -m imports from cwd
+                self.proc = subprocess.Popen([sys.executable, *args], cwd=tree,
+                                             env={**os.environ, **env},
+                                             stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.DEVNULL)
             wait_http(f"http://127.0.0.1:{http_port}/readyz")
             parent = psutil.Process(self.proc.pid)
             deadline = time.monotonic() + 30

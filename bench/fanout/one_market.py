@@ -12,18 +12,28 @@ servers run under the same load in the same run, with the compiled load generato
    deliveries/s), interleaved runs (three in full mode), the median-p99 run reported.
 
 Every row carries ``valkey_cpu_us_per_update``, the store process's own CPU per update.
+With ``BENCH_AB_TREE=DIR`` (a directory holding another checkout's ``oddsfeed`` package,
+e.g. from ``git archive``), that oddsfeed runs too, as ``oddsfeed-base``, interleaved with
+the others at every step: an A/B comparison within one run.
 
     python -m bench.fanout.one_market [--quick] [--json PATH]
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from .runner import _say, run_scenario, sustained
 
 ENCODING = "json"
 MARKETS = 100
+
+
+def impls() -> list[str]:
+    """The servers measured: naive, oddsfeed, and oddsfeed-base with BENCH_AB_TREE."""
+    return ["naive", "oddsfeed"] + (["oddsfeed-base"] if os.environ.get("BENCH_AB_TREE")
+                                    else [])
 
 
 def saturation(redis_url: str, valkey_pid: int, rates: list[int],
@@ -33,7 +43,7 @@ def saturation(redis_url: str, valkey_pid: int, rates: list[int],
     rows: list[dict[str, Any]] = []
     for rate in rates:
         step: dict[str, dict[str, Any]] = {}
-        for kind in ("naive", "oddsfeed"):
+        for kind in impls():
             if any(r["impl"] == kind and not sustained(r) for r in rows):
                 continue
             r = _one(kind, redis_url, valkey_pid, 1000, rate, duration_s)
@@ -45,10 +55,10 @@ def saturation(redis_url: str, valkey_pid: int, rates: list[int],
             rows.append(r)
             step[kind] = r
             _say(r)
-        if "naive" in step and "oddsfeed" in step and step["naive"]["deliveries_per_cpu_s"]:
-            step["oddsfeed"]["ratio_per_cpu_same_rate"] = round(
-                step["oddsfeed"]["deliveries_per_cpu_s"] / step["naive"]["deliveries_per_cpu_s"],
-                2)
+        naive = step.get("naive", {}).get("deliveries_per_cpu_s")
+        for kind, r in step.items():
+            if naive and kind != "naive":
+                r["ratio_per_cpu_same_rate"] = round(r["deliveries_per_cpu_s"] / naive, 2)
         if not step:
             break
     return rows
@@ -58,7 +68,7 @@ def moderate(redis_url: str, valkey_pid: int, reps: int,
              duration_s: float) -> list[dict[str, Any]]:
     """5,000 connections at 200 updates/s (10,000 deliveries/s), ``reps`` interleaved runs
     per server; returns each server's median-p99 run with every run's p99."""
-    runs: dict[str, list[dict[str, Any]]] = {"naive": [], "oddsfeed": []}
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in impls()}
     for _ in range(reps):
         for kind in runs:
             r = _one(kind, redis_url, valkey_pid, 5000, 200, duration_s)
@@ -72,11 +82,13 @@ def moderate(redis_url: str, valkey_pid: int, reps: int,
     return out
 
 
-def _one(kind: str, redis_url: str, valkey_pid: int, conns: int, rate: float,
+def _one(label: str, redis_url: str, valkey_pid: int, conns: int, rate: float,
          duration_s: float) -> dict[str, Any]:
-    return run_scenario(kind, redis_url, conns=conns, markets=MARKETS, subs_per_conn=1,
-                        rate=rate, duration_s=duration_s, encoding=ENCODING,
-                        valkey_pid=valkey_pid)
+    base = label == "oddsfeed-base"
+    return run_scenario("oddsfeed" if base else label, redis_url, conns=conns,
+                        markets=MARKETS, subs_per_conn=1, rate=rate, duration_s=duration_s,
+                        encoding=ENCODING, valkey_pid=valkey_pid,
+                        tree=os.environ["BENCH_AB_TREE"] if base else None, label=label)
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -93,7 +105,7 @@ def run(quick: bool) -> dict[str, Any]:
         env = environment(vk.url)
         sat = saturation(vk.url, vk.pid, rates, duration)
         rows = []
-        for kind in ("naive", "oddsfeed"):
+        for kind in impls():
             ok = [r for r in sat if r["impl"] == kind and sustained(r)]
             best = max(ok or [r for r in sat if r["impl"] == kind],
                        key=lambda r: r["delivered_per_s"])

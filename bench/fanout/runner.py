@@ -29,7 +29,8 @@ from .harness import (
 def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_per_conn: int,
                  rate: float, duration_s: float, procs: int = 2,
                  workers: int = 1, encoding: str = "msgpack",
-                 valkey_pid: int | None = None) -> dict[str, Any]:
+                 valkey_pid: int | None = None, tree: str | None = None,
+                 label: str | None = None) -> dict[str, Any]:
     """One measurement of one implementation at one offered rate; returns its figures
     (``workers``: oddsfeed worker processes, CPU and RSS summed over them; ``encoding``:
     what the clients ask for; ``valkey_pid``: the store process, whose own CPU per update
@@ -39,7 +40,7 @@ def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_pe
     mids = [f"f{i}" for i in range(markets)]
     if kind == "oddsfeed":
         create_markets(redis_url, mids)
-    server = Server(kind, redis_url, workers=workers if kind == "oddsfeed" else 1)
+    server = Server(kind, redis_url, workers=workers if kind == "oddsfeed" else 1, tree=tree)
     try:
         rng = random.Random(9)
         subs = [rng.sample(mids, subs_per_conn) for _ in range(conns)]
@@ -55,7 +56,7 @@ def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_pe
         me = [psutil.Process()]  # the driver runs in this process
         drv0 = cpu_s(me)
         vk0 = proc_cpu_s(valkey_pid) if valkey_pid else 0.0
-        profiler = profile(server, kind, rate, duration_s)
+        profiler = profile(server, label or kind, rate, duration_s)
         apply_ms: list[float] = []
         sent = uvloop.run(drive(kind, redis_url, mids, rate, duration_s, apply_ms, encoding))
         elapsed = time.monotonic() - t0
@@ -73,7 +74,7 @@ def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_pe
     lat = [x for r in results for x in r["lat_ms"]]
     received = sum(r["messages"] for r in results)
     expected = sent * conns * subs_per_conn / markets
-    return {"impl": kind, "workers": workers if kind == "oddsfeed" else 1,
+    return {"impl": label or kind, "workers": workers if kind == "oddsfeed" else 1,
             "conns": load.connected, "markets": markets,
             "subs_per_conn": subs_per_conn, "offered_updates_per_s": rate, "updates": sent,
             "delivered_per_s": round(received / elapsed),
