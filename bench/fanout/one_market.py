@@ -11,7 +11,9 @@ servers run under the same load in the same run, with the compiled load generato
 2. Moderate load: 5,000 connections x 1 of 100 markets at 200 updates/s (10,000
    deliveries/s), interleaved runs (three in full mode), the median-p99 run reported.
 
-Every row carries ``valkey_cpu_us_per_update``, the store process's own CPU per update.
+Every row carries ``valkey_cpu_us_per_update``, the store process's own CPU per update, and
+``apply_p50_ms``/``apply_p99_ms``, how long the driver's write took (oddsfeed: the apply
+script; naive: a PUBLISH), which is part of every latency figure of that row.
 With ``BENCH_AB_TREE=DIR`` (a directory holding another checkout's ``oddsfeed`` package,
 e.g. from ``git archive``), that oddsfeed runs too, as ``oddsfeed-base``, interleaved with
 the others at every step: an A/B comparison within one run.
@@ -126,7 +128,8 @@ def run(quick: bool) -> dict[str, Any]:
             "columns": ["impl", "scenario", "conns", "offered_updates_per_s", "delivered_per_s",
                         "p50_ms", "p99_ms", "max_ms", "server_cpu_s_per_s",
                         "deliveries_per_cpu_s", "ratio_per_cpu", "ratio_per_cpu_same_rate",
-                        "p99_vs_naive", "valkey_cpu_us_per_update", "gaps", "delivery_ratio",
+                        "p99_vs_naive", "apply_p50_ms", "apply_p99_ms",
+                        "valkey_cpu_us_per_update", "gaps", "delivery_ratio",
                         "machine_busy_cores", "p99_runs_ms"]}
 
 
