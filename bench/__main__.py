@@ -1,7 +1,8 @@
 """`make bench`: every benchmark in one run, one JSON file, a Markdown report with ratios to
 each scenario's baseline, and plots.
 
-    python -m bench [--quick] [--only store,fanout,validation,requests,ingest] [--out DIR]
+    python -m bench [--quick] [--only store,fanout,fanout_one,validation,requests,ingest]
+                    [--out DIR]
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from typing import Any
 
 from . import fanout, ingest, request_path, store, validation
 from .common import RESULTS, table
+from .fanout import one_market
 
 # Each takes `quick` and returns its figures (some as a coroutine).
 SCENARIOS: dict[str, Callable[[bool], Any]] = {
-    "store": store.run, "fanout": fanout.run, "validation": validation.run,
+    "store": store.run, "fanout": fanout.run, "fanout_one": one_market.run,
+    "validation": validation.run,
     "requests": request_path.run, "ingest": ingest.run}
 
 
@@ -85,6 +88,8 @@ def report(results: dict[str, Any], images: list[str], mode: str) -> str:
                       "Idle memory:", "",
                       table(res["memory"], ["impl", "workers", "conns", "rss_mb", "kb_per_conn",
                                             "marginal_kb_per_conn"]), ""]
+        if name == "fanout_one":
+            lines += ["Saturation search:", "", table(res["saturation"], res["columns"]), ""]
     for img in images:
         lines += [f"![{img}]({img})", ""]
     return "\n".join(lines)

@@ -10,6 +10,9 @@ RSS and KB per connection; a saturation search raises P until p99 > 100 ms, deli
 < 95% of expected, or a gap; idle memory against connection count.
 
     python -m bench.fanout [--quick] [--json PATH]
+
+The one-market-per-connection workload (few subscribers per update, JSON) is
+:mod:`bench.fanout.one_market`.
 """
 
 from __future__ import annotations

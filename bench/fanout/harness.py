@@ -48,15 +48,22 @@ class Server:
     """A server under test (``oddsfeed`` or ``naive``) and the pid whose CPU and RSS count."""
 
     def __init__(self, kind: str, redis_url: str, extra_env: dict[str, str] | None = None,
-                 workers: int = 1):
+                 workers: int = 1, tree: str | None = None):
         self.kind = kind
         self.port = free_port()
         if kind == "oddsfeed":
             http_port = self.http_port = free_port()
-            self.proc = spawn(["-m", "oddsfeed", "serve", "--workers", str(workers),
-                               "--redis-url", redis_url, "--ws-port", str(self.port),
-                               "--http-port", str(http_port)],
-                              env={**SERVER_ENV, **(extra_env or {})})
+            args = ["-m", "oddsfeed", "serve", "--workers", str(workers),
+                    "--redis-url", redis_url, "--ws-port", str(self.port),
+                    "--http-port", str(http_port)]
+            env = {**SERVER_ENV, **(extra_env or {})}
+            if tree is None:
+                self.proc = spawn(args, env=env)
+            else:  # another checkout's oddsfeed package (an A/B run): -m imports from cwd
+                self.proc = subprocess.Popen([sys.executable, *args], cwd=tree,
+                                             env={**os.environ, **env},
+                                             stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.DEVNULL)
             wait_http(f"http://127.0.0.1:{http_port}/readyz")
             parent = psutil.Process(self.proc.pid)
             deadline = time.monotonic() + 30
@@ -114,7 +121,8 @@ def create_markets(redis_url: str, mids: list[str]) -> None:
 
 
 async def drive(kind: str, redis_url: str, markets: list[str], rate: float,
-                duration_s: float, apply_ms: list[float] | None = None) -> int:
+                duration_s: float, apply_ms: list[float] | None = None,
+                encoding: str = "msgpack") -> int:
     """Apply (oddsfeed) or publish (naive) ``rate`` updates/s for ``duration_s``; returns the
     number sent.
 
@@ -124,7 +132,8 @@ async def drive(kind: str, redis_url: str, markets: list[str], rate: float,
     server under test shares. At most ``IN_FLIGHT`` batches are out at once; what falls due
     meanwhile joins the next batch. ``ts`` is stamped right before each batch is sent (a
     batch waiting for its turn is not counted as fan-out latency); how long each batch took
-    is appended to ``apply_ms``."""
+    is appended to ``apply_ms``. The naive server broadcasts what is published as is, so
+    its payloads are in ``encoding`` (oddsfeed encodes for each client itself)."""
     import uvloop  # noqa: F401  (the caller runs us on uvloop)
     from redis.asyncio import Redis
 
@@ -149,9 +158,10 @@ async def drive(kind: str, redis_url: str, markets: list[str], rate: float,
             pipe = client.pipeline(transaction=False)
             for m, p in items:
                 versions[m] += 1
-                pipe.publish(f"naive:{m}", msgpack.packb(
-                    {"op": "delta", "m": m, "v": versions[m], "ts": now_ms,
-                     "sel": {"h": {"price": p / 10000}}}))
+                msg = {"op": "delta", "m": m, "v": versions[m], "ts": now_ms,
+                       "sel": {"h": {"price": p / 10000}}}
+                pipe.publish(f"naive:{m}", json.dumps(msg, separators=(",", ":"))
+                             if encoding == "json" else msgpack.packb(msg))
             await pipe.execute()
         if apply_ms is not None:
             apply_ms.append((time.time() - t0) * 1000)
@@ -191,7 +201,9 @@ def c_loadgen() -> str | None:
         print("  no C compiler: the Python load generator is used", file=sys.stderr)
         return None
     src = Path(__file__).with_name("loadgen.c")
-    exe = BUILD / f"loadgen-{hashlib.sha256(src.read_bytes()).hexdigest()[:12]}"
+    digest = hashlib.sha256(src.read_bytes()
+                            + src.with_name("loadgen_json.h").read_bytes()).hexdigest()
+    exe = BUILD / f"loadgen-{digest[:12]}"
     if not exe.exists():
         BUILD.mkdir(parents=True, exist_ok=True)
         tmp = exe.with_suffix(f".{os.getpid()}.tmp")
@@ -206,7 +218,7 @@ class Load:
     measurement, :meth:`finish` ends it and returns each process's figures."""
 
     def __init__(self, kind: str, port: int, subs: list[list[str]], procs: int = 2,
-                 first_ip: int = 2) -> None:
+                 first_ip: int = 2, encoding: str = "msgpack") -> None:
         n = len(subs)
         # each process holds its connections' file descriptors: stay well under the limit
         procs = max(procs, -(-n // int(fd_limit() * 0.75)))
@@ -221,7 +233,8 @@ class Load:
         self.exe = c_loadgen()
         if self.exe is not None:
             self.children = [subprocess.Popen(
-                [self.exe, kind, "127.0.0.1", str(port), ",".join(ips)],
+                [self.exe, kind, "127.0.0.1", str(port), ",".join(ips),
+                 *(["json"] if encoding == "json" else [])],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in parts]
             for child, part in zip(self.children, parts):
                 assert child.stdin is not None
@@ -238,7 +251,7 @@ class Load:
         for part in parts:
             p = ctx.Process(target=run_process, args=(
                 "127.0.0.1", port, kind, part, self.out, self.ready, self.go,
-                self.stop_ev, ips), daemon=True)
+                self.stop_ev, ips, encoding), daemon=True)
             p.start()
             self.procs.append(p)
         self.connected = sum(self.ready.get(timeout=600) for _ in self.procs)
@@ -298,6 +311,17 @@ def cpu_s(processes: Iterable[psutil.Process | int]) -> float:
             continue
         total += t.user + t.system
     return total
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far, read from /proc/<pid>/stat (0 when it
+    cannot be read)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def busy_cpu_s(a: Any, b: Any) -> float:

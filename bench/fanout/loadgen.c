@@ -1,5 +1,6 @@
 /* Long on purpose (one job, ~600 lines): harness.py compiles this one file with no build
- * system, so the WebSocket client, msgpack reader and epoll loop stay in one translation unit.
+ * system, so the WebSocket client, msgpack reader and epoll loop stay in one translation unit
+ * (loadgen_json.h, the JSON reader, is included, not linked).
  *
  * The fan-out benchmark's load generator in C: the same job as loadgen.py (which stays as
  * the fallback where no C compiler is found), at a fraction of its CPU, so that on a small
@@ -13,7 +14,8 @@
  * delivering each version it spans. Latency is receive time minus the ``ts`` the driver
  * stamped (unix ms), recorded from "go" to "stop".
  *
- * Usage: loadgen KIND HOST PORT SRC_IPS (KIND: oddsfeed or naive; SRC_IPS comma-separated).
+ * Usage: loadgen KIND HOST PORT SRC_IPS [json] (KIND: oddsfeed or naive; SRC_IPS
+ * comma-separated; json: oddsfeed.v1.json and JSON payloads instead of msgpack).
  * stdin: a line with the connection count N, N lines of space-separated market ids, then
  * the commands "go" and "stop", one per line. stdout: "ready <connected>" once every
  * connection holds its snapshots (or after SYNC_TIMEOUT_S), then, after "stop", one JSON
@@ -55,7 +57,7 @@ typedef struct {
     size_t len, cap;
 } Conn;
 
-static int naive;
+static int naive, json;
 static Conn *conns;
 static int nconns, connected, failures, synced_count, closed_count, measuring, opening;
 static uint64_t messages, gaps, frames;
@@ -73,6 +75,8 @@ static void *xrealloc(void *p, size_t n) {
     if (!q) { fprintf(stderr, "loadgen: out of memory\n"); exit(1); }
     return q;
 }
+
+#include "loadgen_json.h"
 
 /* ---- msgpack: just enough to walk maps and arrays and read strings and integers ---- */
 
@@ -247,7 +251,11 @@ static void on_item(Conn *c, Rd *r, double now_ms) {
 }
 
 static void on_message(Conn *c, const uint8_t *p, size_t n) {
+    static uint8_t *mp;
+    static size_t mpcap;
     frames++;
+    if (json && !(n = json_to_msgpack(p, n, &mp, &mpcap))) return;
+    if (json) p = mp;
     double now_ms = now_s(CLOCK_REALTIME) * 1000.0;
     Rd r = {p, p + n, 0};
     /* a batch is {op: "batch", items: [...]}: look for "items" first, else one message */
@@ -340,6 +348,14 @@ static void subscribe(Conn *c) {
         p[n++] = c->nmarkets & 0xff;
     }
     for (int i = 0; i < c->nmarkets; i++) n += mp_str(p + n, c->markets[i]);
+    if (json && !naive) {  /* the naive server reads msgpack subscriptions either way */
+        n = (size_t)sprintf((char *)p, "{\"op\":\"subscribe\",\"markets\":[");
+        for (int i = 0; i < c->nmarkets; i++)
+            n += (size_t)sprintf((char *)p + n, "%s\"%s\"", i ? "," : "", c->markets[i]);
+        n += (size_t)sprintf((char *)p + n, "]}");
+        send_frame(c, 0x1, p, n);
+        return;
+    }
     send_frame(c, 0x2, p, n);
 }
 
@@ -454,7 +470,8 @@ static void on_connected(Conn *c, const char *host) {
     int n = snprintf(req, sizeof req,
                      "GET /ws HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s\r\n",
-                     host, b64, naive ? "" : "Sec-WebSocket-Protocol: oddsfeed.v1.msgpack\r\n");
+                     host, b64, naive ? "" : json ? "Sec-WebSocket-Protocol: oddsfeed.v1.json\r\n"
+                                                   : "Sec-WebSocket-Protocol: oddsfeed.v1.msgpack\r\n");
     set_state(c, S_HANDSHAKE);
     send_all(c, (uint8_t *)req, (size_t)n);
 }
@@ -469,11 +486,12 @@ static char *read_line(FILE *f) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 5) {
-        fprintf(stderr, "usage: loadgen oddsfeed|naive HOST PORT SRC_IP[,SRC_IP...]\n");
+    if (argc != 5 && !(argc == 6 && strcmp(argv[5], "json") == 0)) {
+        fprintf(stderr, "usage: loadgen oddsfeed|naive HOST PORT SRC_IP[,SRC_IP...] [json]\n");
         return 2;
     }
     naive = strcmp(argv[1], "naive") == 0;
+    json = argc == 6;
     const char *host = argv[2];
     struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[3]))};
     if (inet_pton(AF_INET, host, &dst.sin_addr) != 1) { fprintf(stderr, "bad host\n"); return 2; }

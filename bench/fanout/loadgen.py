@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import functools
+import json
 import os
 import socket
 import struct
@@ -61,8 +62,9 @@ class Conn(asyncio.Protocol):
     """One subscribed client connection."""
 
     def __init__(self, kind: str, markets: list[str], stats: Stats,
-                 ready: asyncio.Future[None]) -> None:
+                 ready: asyncio.Future[None], encoding: str = "msgpack") -> None:
         self.kind = kind
+        self.json = encoding == "json"
         self.markets = markets
         self.stats = stats
         self.ready = ready
@@ -75,7 +77,8 @@ class Conn(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         key = base64.b64encode(os.urandom(16)).decode()
-        proto = "Sec-WebSocket-Protocol: oddsfeed.v1.msgpack\r\n" if self.kind == "oddsfeed" else ""
+        sub = "json" if self.json else "msgpack"
+        proto = f"Sec-WebSocket-Protocol: oddsfeed.v1.{sub}\r\n" if self.kind == "oddsfeed" else ""
         transport.write((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
                          f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                          f"Sec-WebSocket-Version: 13\r\n{proto}\r\n").encode())
@@ -97,11 +100,14 @@ class Conn(asyncio.Protocol):
                 return
             del buf[:end + 4]
             self.open = True
-            if self.kind == "oddsfeed":
-                sub = {"op": "subscribe", "markets": self.markets}
-            else:
-                sub = {"markets": self.markets}
-            self.transport.write(_client_frame(msgpack.packb(sub)))
+            if self.kind == "oddsfeed" and self.json:
+                self.transport.write(_client_frame(json.dumps(
+                    {"op": "subscribe", "markets": self.markets}).encode(), 0x1))
+            elif self.kind == "oddsfeed":
+                self.transport.write(_client_frame(msgpack.packb(
+                    {"op": "subscribe", "markets": self.markets})))
+            else:  # the naive server reads msgpack subscriptions either way
+                self.transport.write(_client_frame(msgpack.packb({"markets": self.markets})))
             if self.kind != "oddsfeed":  # the naive server sends no catch-up
                 self.synced = True
                 self.stats.synced += 1
@@ -141,7 +147,7 @@ class Conn(asyncio.Protocol):
     def on_message(self, payload: bytes) -> None:
         st = self.stats
         st.frames += 1
-        msg = msgpack.unpackb(payload)
+        msg = json.loads(payload) if self.json else msgpack.unpackb(payload)
         now_ms = time.time() * 1000
         items = msg["items"] if msg.get("op") == "batch" else (msg,)
         last = self.last
@@ -172,7 +178,8 @@ class Conn(asyncio.Protocol):
 
 
 def run_process(url_host: str, port: int, kind: str, subs: list[list[str]], out: Any,
-                ready: Any, go: Any, stop: Any, source_ips: list[str]) -> None:
+                ready: Any, go: Any, stop: Any, source_ips: list[str],
+                encoding: str = "msgpack") -> None:
     """Entry point of one load-generator process: open ``len(subs)`` connections (spread
     over ``source_ips``), report readiness, count until ``stop`` is set, then report."""
     import resource
@@ -196,7 +203,7 @@ def run_process(url_host: str, port: int, kind: str, subs: list[list[str]], out:
             for attempt in range(5):
                 try:
                     tr, _ = await loop.create_connection(
-                        functools.partial(Conn, kind, markets, stats, fut),
+                        functools.partial(Conn, kind, markets, stats, fut, encoding),
                         url_host, port, local_addr=(src, 0))
                     await asyncio.wait_for(fut, 10)
                     conns.append(tr)

@@ -13,25 +13,39 @@ from typing import Any
 import psutil
 
 from ..common import environment, pct
-from .harness import Load, Server, busy_cpu_s, cpu_s, create_markets, drive, fd_limit, profile
+from .harness import (
+    Load,
+    Server,
+    busy_cpu_s,
+    cpu_s,
+    create_markets,
+    drive,
+    fd_limit,
+    proc_cpu_s,
+    profile,
+)
 
 
 def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_per_conn: int,
                  rate: float, duration_s: float, procs: int = 2,
-                 workers: int = 1) -> dict[str, Any]:
+                 workers: int = 1, encoding: str = "msgpack",
+                 valkey_pid: int | None = None, tree: str | None = None,
+                 label: str | None = None) -> dict[str, Any]:
     """One measurement of one implementation at one offered rate; returns its figures
-    (``workers``: oddsfeed worker processes, CPU and RSS summed over them)."""
+    (``workers``: oddsfeed worker processes, CPU and RSS summed over them; ``encoding``:
+    what the clients ask for; ``valkey_pid``: the store process, whose own CPU per update
+    is then reported)."""
     import uvloop
 
     mids = [f"f{i}" for i in range(markets)]
     if kind == "oddsfeed":
         create_markets(redis_url, mids)
-    server = Server(kind, redis_url, workers=workers if kind == "oddsfeed" else 1)
+    server = Server(kind, redis_url, workers=workers if kind == "oddsfeed" else 1, tree=tree)
     try:
         rng = random.Random(9)
         subs = [rng.sample(mids, subs_per_conn) for _ in range(conns)]
         t_ramp = time.monotonic()
-        load = Load(kind, server.port, subs, procs)
+        load = Load(kind, server.port, subs, procs, encoding=encoding)
         ramp_s = time.monotonic() - t_ramp  # every connection open and holding its snapshots
         time.sleep(1.0)  # let snapshots drain
         rss = server.rss()
@@ -41,10 +55,12 @@ def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_pe
         gen0 = load.cpu_s()
         me = [psutil.Process()]  # the driver runs in this process
         drv0 = cpu_s(me)
-        profiler = profile(server, kind, rate, duration_s)
+        vk0 = proc_cpu_s(valkey_pid) if valkey_pid else 0.0
+        profiler = profile(server, label or kind, rate, duration_s)
         apply_ms: list[float] = []
-        sent = uvloop.run(drive(kind, redis_url, mids, rate, duration_s, apply_ms))
+        sent = uvloop.run(drive(kind, redis_url, mids, rate, duration_s, apply_ms, encoding))
         elapsed = time.monotonic() - t0
+        vk_s = proc_cpu_s(valkey_pid) - vk0 if valkey_pid else 0.0
         busy1 = psutil.cpu_times()
         drv_s = cpu_s(me) - drv0
         time.sleep(1.0)  # the tail
@@ -58,7 +74,7 @@ def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_pe
     lat = [x for r in results for x in r["lat_ms"]]
     received = sum(r["messages"] for r in results)
     expected = sent * conns * subs_per_conn / markets
-    return {"impl": kind, "workers": workers if kind == "oddsfeed" else 1,
+    return {"impl": label or kind, "workers": workers if kind == "oddsfeed" else 1,
             "conns": load.connected, "markets": markets,
             "subs_per_conn": subs_per_conn, "offered_updates_per_s": rate, "updates": sent,
             "delivered_per_s": round(received / elapsed),
@@ -76,7 +92,11 @@ def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_pe
             # every process on the machine (server, load generators, driver, Valkey): near
             # the core count, latency also measures the machine's run queue
             "machine_busy_cores": round(busy_cpu_s(busy0, busy1) / elapsed, 2),
-            "ramp_s": round(ramp_s, 1),
+            "ramp_s": round(ramp_s, 1), "encoding": encoding,
+            # the store's own CPU per update (the apply script or PUBLISH, and the pub/sub
+            # writes to the server under test)
+            "valkey_cpu_us_per_update": round(vk_s * 1e6 / sent, 1) if sent and valkey_pid
+            else None,
             "deliveries_per_cpu_s": round(received / server_s) if server_s else 0,
             "frames": sum(r["frames"] for r in results),
             "rss_mb": round(rss / 2**20, 1), "kb_per_conn": round(rss / 1024 / conns, 1),

@@ -93,12 +93,35 @@ class Outbox:
         self.queued_bytes += size
         if out.urgent:
             self.urgent = True
+            if market is not None and len(self._q) > 1:
+                self._promote(market)
         if self.queued_bytes > self.high_water_bytes:
             self._conflate()
         # verdict(), inlined: this runs once per delivery
         if self.queued_bytes > self.max_bytes or now - self._q[0][2] > self.max_lag_s:
             return SLOW
         return FULL if self.queued_bytes >= self.flush_bytes else OK
+
+    def _promote(self, market: str) -> None:
+        # Move the last entry (urgent, of ``market``) ahead of every entry of another market
+        # after the leading urgent ones; the entries of ``market`` keep their order before it.
+        # The head takes the oldest queued time, so the age limit still counts from the
+        # oldest message.
+        q = self._q
+        entries = list(q)
+        lead = 0
+        while lead < len(entries) - 1 and entries[lead][0].urgent:
+            lead += 1
+        rest = entries[lead:-1]
+        mine = [e for e in rest if e[3] == market]
+        if len(mine) == len(rest):
+            return  # nothing of another market to overtake
+        others = [e for e in rest if e[3] != market]
+        ordered = entries[:lead] + mine + [entries[-1]] + others
+        oldest = min(e[2] for e in entries)
+        first = ordered[0]
+        ordered[0] = (first[0], first[1], oldest, first[3], first[4])
+        self._q = deque(ordered)
 
     def verdict(self, now: float) -> str:
         """``"slow"`` if the connection is past its hard limit in bytes or in age."""

@@ -4,18 +4,18 @@ handed to a callback, reconnect with backoff, and a report of every reconnect.""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
+import hiredis
 from redis import exceptions as redis_errors
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import Connection, UnixDomainSocketConnection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.crc import key_slot
 
 from .codec import event_channel, market_channel, parse_channel
@@ -24,33 +24,155 @@ log = logging.getLogger("oddsfeed.store.bus")
 
 _ERRORS = (redis_errors.RedisError, OSError, asyncio.TimeoutError)
 CONFIRM_S = 5.0  # how long a subscribe waits for the server's confirmation
+CONNECT_S = 2.0  # how long opening a pub/sub connection may take
 # How often a connected bus pings the store: a node with no channel subscribed has no
 # pub/sub connection to lose, and must still notice (and report) a lost store.
 PROBE_S = 1.0
 
 
-class _Shard:
-    """One pub/sub connection to one server (a cluster primary, or the single server)."""
+class _Shard(asyncio.Protocol):
+    """One pub/sub connection to one server (a cluster primary, or the single server): a
+    plain asyncio protocol whose bytes go through one ``hiredis.Reader``, each published
+    message handed to the bus's callback from ``data_received`` (no task, no per-message
+    timeout or retry wrapper: what a push stream needs is parsing and dispatch).
+
+    The connection is opened by the first :meth:`subscribe`; its loss (not caused by
+    :meth:`close`) calls ``on_lost`` once, and the bus's supervisor reconnects."""
 
     def __init__(self, connection_class: type[Connection] | type[UnixDomainSocketConnection],
-                 connection_kwargs: dict[str, Any], sharded: bool) -> None:
-        # The store's own connection settings (password, username, TLS, socket path), with
-        # no retries of its own: a failure goes to the supervisor, which reconnects.
-        kwargs = {**connection_kwargs, "retry": Retry(NoBackoff(), 0),
-                  "socket_connect_timeout": 2.0, "socket_timeout": None}
-        self.client = Redis(connection_pool=ConnectionPool(
-            connection_class=connection_class, max_connections=2, **kwargs))
-        # Subscribe confirmations are read (not ignored): subscribe() waits for them.
-        self.pubsub = self.client.pubsub(ignore_subscribe_messages=False)
+                 connection_kwargs: dict[str, Any], sharded: bool,
+                 on_message: Callable[[str, str, bytes], None],
+                 on_lost: Callable[[], None]) -> None:
+        self._connection_class = connection_class
+        self._kwargs = connection_kwargs
         self.sharded = sharded
+        self._on_message = on_message
+        self._on_lost = on_lost
         self.channels: set[str] = set()
         self._confirming: dict[str, asyncio.Future[None]] = {}
+        # channel name as published -> (kind, id), parsed once per channel, not per message
+        self._routes: dict[bytes, tuple[str, str] | None] = {}
+        self._replies: collections.deque[asyncio.Future[object]] = collections.deque()
+        self._reader = hiredis.Reader()
+        self._transport: asyncio.Transport | None = None
+        self._connecting: asyncio.Future[None] | None = None
+        self._closed = False
+
+    # -- connection ---------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        """Open the connection and authenticate with the store's own settings."""
+        loop = asyncio.get_running_loop()
+        kw = self._kwargs
+        if kw.get("path"):
+            connect = loop.create_unix_connection(lambda: self, kw["path"])
+        else:
+            ssl_context = None
+            if issubclass(self._connection_class, SSLConnection):
+                ssl_context = SSLConnection(**kw).ssl_context.get()
+            connect = loop.create_connection(lambda: self, kw.get("host", "localhost"),
+                                             int(kw.get("port", 6379)), ssl=ssl_context)
+        await asyncio.wait_for(connect, CONNECT_S)
+        username, password = kw.get("username"), kw.get("password")
+        provider = kw.get("credential_provider")
+        if provider is not None:
+            creds = await provider.get_credentials_async()
+            username, password = (creds[0], creds[1]) if len(creds) == 2 else (None, creds[0])
+        if password is not None:
+            auth = ("AUTH", username, password) if username else ("AUTH", password)
+            reply = await asyncio.wait_for(self._request(*auth), CONFIRM_S)
+            if isinstance(reply, Exception):
+                raise redis_errors.AuthenticationError(f"pub/sub connection: {reply}")
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check
+        self._transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        lost = ConnectionError(f"pub/sub connection lost: {exc}")
+        waiting: list[asyncio.Future[Any]] = [*self._replies, *self._confirming.values()]
+        for fut in waiting:
+            if not fut.done():
+                fut.set_exception(lost)
+        self._replies.clear()
+        if not self._closed:
+            self._closed = True
+            self._on_lost()
+
+    def _send(self, *args: str | bytes) -> None:
+        if self._transport is None or self._closed:
+            raise ConnectionError("pub/sub connection is closed")
+        self._transport.write(_command(args))
+
+    def _request(self, *args: str) -> asyncio.Future[object]:
+        """Send a command whose reply is not a pub/sub push (before any subscribe)."""
+        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._send(*args)
+        self._replies.append(fut)
+        return fut
+
+    # -- the stream ---------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        try:
+            while True:
+                reply = reader.gets()
+                if reply is False:
+                    return
+                if type(reply) is list and len(reply) == 3:
+                    kind = reply[0]
+                    if kind == b"smessage" or kind == b"message":
+                        self._dispatch(reply[1], reply[2])
+                        continue
+                    if kind == b"subscribe" or kind == b"ssubscribe":
+                        self.confirmed(reply[1].decode())
+                        continue
+                    if kind == b"unsubscribe" or kind == b"sunsubscribe":
+                        continue
+                if self._replies:
+                    fut = self._replies.popleft()
+                    if not fut.done():
+                        fut.set_result(reply)
+                elif isinstance(reply, Exception):
+                    # a refused (s)subscribe (e.g. MOVED: the slot moved): resubscribe anew
+                    log.warning("bus: the store refused a command: %s", reply)
+                    self._fail()
+                    return
+        except hiredis.ProtocolError as exc:
+            log.warning("bus: bad reply stream: %s", exc)
+            self._fail()
+
+    def _dispatch(self, channel: bytes, data: bytes) -> None:
+        route = self._routes.get(channel, _UNSEEN)
+        if route is _UNSEEN:
+            route = self._routes[channel] = parse_channel(channel.decode())
+        if route is None:
+            return
+        try:
+            self._on_message(route[0], route[1], data)
+        except Exception:  # the callback's bug must not kill the bus
+            log.exception("bus callback failed")
+
+    def _fail(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()  # connection_lost follows and reports it
+
+    # -- subscriptions ------------------------------------------------------------------------
 
     async def subscribe(self, *channels: str) -> None:
         """Subscribe and return once the server confirmed it, so that a read made after this
         call is followed by every later publication on the channels (without the wait, a
         catch-up read could overtake the SUBSCRIBE and the node would see a gap). Raises
         TimeoutError when no confirmation comes within CONFIRM_S."""
+        if self._closed:
+            raise ConnectionError("pub/sub connection is closed")
+        if self._transport is None:
+            if self._connecting is None:
+                self._connecting = asyncio.ensure_future(self._connect())
+            await asyncio.shield(self._connecting)
         loop = asyncio.get_running_loop()
         waits = []
         for channel in channels:
@@ -58,11 +180,8 @@ class _Shard:
             if fut is None:
                 fut = self._confirming[channel] = loop.create_future()
             waits.append(fut)
-        if self.sharded:
-            await self.pubsub.ssubscribe(*channels)
-        else:
-            await self.pubsub.subscribe(*channels)
-        self.channels.update(channels)  # only now may the reader read the connection
+        self._send("SSUBSCRIBE" if self.sharded else "SUBSCRIBE", *channels)
+        self.channels.update(channels)
         try:
             await asyncio.wait_for(asyncio.gather(*waits), CONFIRM_S)
         finally:
@@ -70,26 +189,38 @@ class _Shard:
                 self._confirming.pop(channel, None)
 
     def confirmed(self, channel: str) -> None:
-        """The reader saw the server confirm ``channel``'s subscription."""
+        """The server confirmed ``channel``'s subscription."""
         fut = self._confirming.pop(channel, None)
         if fut is not None and not fut.done():
             fut.set_result(None)
 
     async def unsubscribe(self, channel: str) -> None:
         self.channels.discard(channel)
-        if self.sharded:
-            await self.pubsub.sunsubscribe(channel)
-        else:
-            await self.pubsub.unsubscribe(channel)
+        self._routes.pop(channel.encode(), None)
+        if self._transport is not None:
+            self._send("SUNSUBSCRIBE" if self.sharded else "UNSUBSCRIBE", channel)
 
     async def close(self) -> None:
-        with contextlib.suppress(*_ERRORS):
-            # Typed through a variable: redis-py < 8.2 leaves aclose unannotated, newer
-            # releases annotate it, and the call must type-check against both.
-            aclose: Callable[[], Awaitable[object]] = self.pubsub.aclose
-            await aclose()
-        with contextlib.suppress(*_ERRORS):
-            await self.client.aclose()
+        self._closed = True
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await self._connecting
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+
+_UNSEEN: Any = object()
+
+
+def _command(args: tuple[str | bytes, ...]) -> bytes:
+    """One command in RESP."""
+    parts = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a.encode() if isinstance(a, str) else a
+        parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(parts)
 
 
 class BusSource(Protocol):
@@ -123,7 +254,6 @@ class Bus:
         self._on_lost = on_lost
         self._channels: set[str] = set()
         self._shards: dict[str, _Shard] = {}
-        self._readers: list[asyncio.Task[None]] = []
         self._broken = asyncio.Event()
         self._lock = asyncio.Lock()
         self._supervisor: asyncio.Task[None] | None = None
@@ -150,9 +280,13 @@ class Bus:
         name, connection_class, kwargs = self._shard_for(channel)
         shard = self._shards.get(name)
         if shard is None:
-            shard = self._shards[name] = _Shard(connection_class, kwargs, self._store.sharded)
-            self._readers.append(asyncio.create_task(self._read(shard), name=f"bus-read-{name}"))
+            shard = self._shards[name] = _Shard(connection_class, kwargs, self._store.sharded,
+                                                self._on_message, self._shard_lost)
         return shard
+
+    def _shard_lost(self) -> None:
+        log.warning("bus connection lost")
+        self._broken.set()
 
     # -- public -------------------------------------------------------------------------------
 
@@ -215,41 +349,7 @@ class Bus:
             except _ERRORS:
                 self._broken.set()
 
-    async def _read(self, shard: _Shard) -> None:
-        try:
-            while True:
-                if not shard.channels:
-                    await asyncio.sleep(0.05)
-                    continue
-                msg = await shard.pubsub.get_message(timeout=1.0)
-                if msg is None:
-                    continue
-                kind = msg.get("type")
-                channel = msg["channel"]
-                name = channel.decode() if isinstance(channel, bytes) else str(channel)
-                if kind in ("subscribe", "ssubscribe"):
-                    shard.confirmed(name)
-                    continue
-                if kind not in ("message", "smessage"):
-                    continue
-                parsed = parse_channel(name)
-                if parsed is None:
-                    continue
-                try:
-                    self._on_message(parsed[0], parsed[1], msg["data"])
-                except Exception:  # the callback's bug must not kill the bus
-                    log.exception("bus callback failed")
-        except asyncio.CancelledError:
-            raise
-        except _ERRORS as exc:
-            log.warning("bus connection lost: %s", exc)
-            self._broken.set()
-
     async def _teardown(self) -> None:
-        readers, self._readers = self._readers, []
-        for task in readers:
-            task.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
         shards, self._shards = self._shards, {}
         await asyncio.gather(*(s.close() for s in shards.values()), return_exceptions=True)
 

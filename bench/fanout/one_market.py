@@ -1,0 +1,147 @@
+"""Fan-out per message: each connection subscribed to exactly one market, JSON.
+
+With one market per connection an update reaches few subscribers (10 at 1,000 connections
+on 100 markets), so what each update costs the server once (reading it from the store,
+the continuity check, encoding, framing) weighs more than what each delivery costs. Both
+servers run under the same load in the same run, with the compiled load generator:
+
+1. Saturation at 1,000 connections x 1 of 100 markets: rising update rates until a step
+   is not sustained (the rule of the several-markets scenario, ``runner.sustained``); the
+   headline compares each one's best sustained row per server CPU-second.
+2. Moderate load: 5,000 connections x 1 of 100 markets at 200 updates/s (10,000
+   deliveries/s), interleaved runs (three in full mode), the median-p99 run reported.
+
+Every row carries ``valkey_cpu_us_per_update``, the store process's own CPU per update, and
+``apply_p50_ms``/``apply_p99_ms``, how long the driver's write took (oddsfeed: the apply
+script; naive: a PUBLISH), which is part of every latency figure of that row.
+With ``BENCH_AB_TREE=DIR`` (a directory holding another checkout's ``oddsfeed`` package,
+e.g. from ``git archive``), that oddsfeed runs too, as ``oddsfeed-base``, interleaved with
+the others at every step: an A/B comparison within one run.
+
+    python -m bench.fanout.one_market [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .runner import _say, run_scenario, sustained
+
+ENCODING = "json"
+MARKETS = 100
+
+
+def impls() -> list[str]:
+    """The servers measured: naive, oddsfeed, and oddsfeed-base with BENCH_AB_TREE."""
+    return ["naive", "oddsfeed"] + (["oddsfeed-base"] if os.environ.get("BENCH_AB_TREE")
+                                    else [])
+
+
+def saturation(redis_url: str, valkey_pid: int, rates: list[int],
+               duration_s: float) -> list[dict[str, Any]]:
+    """Both servers at each of ``rates`` until each stops being sustained (a failed step is
+    measured once more, the second figure stands); returns every measured row."""
+    rows: list[dict[str, Any]] = []
+    for rate in rates:
+        step: dict[str, dict[str, Any]] = {}
+        for kind in impls():
+            if any(r["impl"] == kind and not sustained(r) for r in rows):
+                continue
+            r = _one(kind, redis_url, valkey_pid, 1000, rate, duration_s)
+            if not sustained(r):
+                _say(r, "(repeating the step)")
+                r = _one(kind, redis_url, valkey_pid, 1000, rate, duration_s)
+                r["repeated"] = True
+            r["scenario"] = "1k x 1 market"
+            rows.append(r)
+            step[kind] = r
+            _say(r)
+        naive = step.get("naive", {}).get("deliveries_per_cpu_s")
+        for kind, r in step.items():
+            if naive and kind != "naive":
+                r["ratio_per_cpu_same_rate"] = round(r["deliveries_per_cpu_s"] / naive, 2)
+        if not step:
+            break
+    return rows
+
+
+def moderate(redis_url: str, valkey_pid: int, reps: int,
+             duration_s: float) -> list[dict[str, Any]]:
+    """5,000 connections at 200 updates/s (10,000 deliveries/s), ``reps`` interleaved runs
+    per server; returns each server's median-p99 run with every run's p99."""
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in impls()}
+    for _ in range(reps):
+        for kind in runs:
+            r = _one(kind, redis_url, valkey_pid, 5000, 200, duration_s)
+            runs[kind].append(r)
+            _say(r, "(moderate)")
+    out = []
+    for done in runs.values():
+        ranked = sorted(done, key=lambda r: r["p99_ms"])
+        out.append({**ranked[len(ranked) // 2], "runs": reps, "scenario": "5k x 1 market, 10k/s",
+                    "p99_runs_ms": [x["p99_ms"] for x in done]})
+    return out
+
+
+def _one(label: str, redis_url: str, valkey_pid: int, conns: int, rate: float,
+         duration_s: float) -> dict[str, Any]:
+    base = label == "oddsfeed-base"
+    return run_scenario("oddsfeed" if base else label, redis_url, conns=conns,
+                        markets=MARKETS, subs_per_conn=1, rate=rate, duration_s=duration_s,
+                        encoding=ENCODING, valkey_pid=valkey_pid,
+                        tree=os.environ["BENCH_AB_TREE"] if base else None, label=label)
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """The whole one-market-per-connection benchmark; returns rows for the report."""
+    from oddsfeed.embedded import EmbeddedValkey
+
+    from ..common import environment
+
+    duration = 3.0 if quick else 8.0
+    rates = ([2000, 4000, 8000, 12000, 16000] if quick
+             else [2000, 4000, 6000, 8000, 10000, 12000, 14000, 16000, 20000, 24000])
+    reps = 1 if quick else 3
+    with EmbeddedValkey(extra_args=("--maxclients", "100000")) as vk:
+        env = environment(vk.url)
+        sat = saturation(vk.url, vk.pid, rates, duration)
+        rows = []
+        for kind in impls():
+            ok = [r for r in sat if r["impl"] == kind and sustained(r)]
+            best = max(ok or [r for r in sat if r["impl"] == kind],
+                       key=lambda r: r["delivered_per_s"])
+            rows.append({**best, "sustained": bool(ok)})
+        base = rows[0]["deliveries_per_cpu_s"] or 1
+        for r in rows:
+            r["ratio_per_cpu"] = round(r["deliveries_per_cpu_s"] / base, 2)
+        mod = moderate(vk.url, vk.pid, reps, duration)
+        p99_naive = mod[0]["p99_ms"] or 1
+        for r in mod:
+            r["p99_vs_naive"] = round(r["p99_ms"] / p99_naive, 2)
+        rows += mod
+    return {"scenario": "fanout_one",
+            "params": {"conns": 1000, "markets": MARKETS, "subs_per_conn": 1,
+                       "encoding": ENCODING, "duration_s": duration, "rates": rates,
+                       "moderate": {"conns": 5000, "rate": 200, "runs": reps}},
+            "env": env, "rows": rows, "saturation": sat,
+            "columns": ["impl", "scenario", "conns", "offered_updates_per_s", "delivered_per_s",
+                        "p50_ms", "p99_ms", "max_ms", "server_cpu_s_per_s",
+                        "deliveries_per_cpu_s", "ratio_per_cpu", "ratio_per_cpu_same_rate",
+                        "p99_vs_naive", "apply_p50_ms", "apply_p99_ms",
+                        "valkey_cpu_us_per_update", "gaps", "delivery_ratio",
+                        "machine_busy_cores", "p99_runs_ms"]}
+
+
+def main() -> None:
+    import signal
+    import sys
+
+    from ..common import cli
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    cli("fanout_one", run, __doc__)
+
+
+if __name__ == "__main__":
+    main()
