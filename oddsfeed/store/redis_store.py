@@ -65,9 +65,6 @@ class Store:
     def __init__(self, client: Redis | RedisCluster, *, cluster: bool, history_len: int,
                  sharded: bool, url: str, auto_pipeline: bool = True) -> None:
         self.client = client
-        # Market reads (get, get_many, get_for_validation) of one event-loop turn share one
-        # pipeline; None: one round trip per call.
-        self._reads = AutoPipeline(client) if auto_pipeline else None
         self.cluster = cluster
         self.history_len = history_len
         self.sharded = sharded
@@ -76,6 +73,10 @@ class Store:
         self._apply = client.register_script(_script("apply.lua"))
         self._delete = client.register_script(_script("delete.lua"))
         self._history = client.register_script(_script("history.lua"))
+        # Market reads and apply scripts of one loop turn share a pipeline (see .autopipe).
+        self._reads = AutoPipeline(client) if auto_pipeline else None
+        self._writes = AutoPipeline(client, ordered=True, scripts={
+            self._apply.sha: self._apply.script}) if auto_pipeline else None
 
     @classmethod
     async def connect(cls, url: str, *, cluster: bool = False, history_len: int = 1000,
@@ -109,8 +110,9 @@ class Store:
                    auto_pipeline=auto_pipeline)
 
     async def close(self) -> None:
-        if self._reads is not None:
-            await self._reads.close()
+        for pipeline in (self._reads, self._writes):
+            if pipeline is not None:
+                await pipeline.close()
         await self.client.aclose()
 
     async def ping(self) -> bool:
@@ -147,7 +149,12 @@ class Store:
         """
         keys, args = self._apply_args(update, expect, now_ms)
         try:
-            res = await self._apply(keys=keys, args=args)
+            if self._writes is not None:
+                (res,) = await self._writes.run(
+                    [("EVALSHA", self._apply.sha, len(keys), *keys, *args)], keys[:1],
+                    f"apply for market {update.market}")
+            else:
+                res = await self._apply(keys=keys, args=args)
             if _text(res[0]) != "need_gate":
                 return self._outcome(update.market, res)
             # A missing market: created (if at all) behind the event's gate.
@@ -228,6 +235,10 @@ class Store:
     async def _run(self, calls: Sequence[tuple[list[str], list[Any]]], mids: Sequence[str]
                    ) -> list[Any]:
         """The apply script's replies to ``calls``, pipelined in one round trip, in order."""
+        if self._writes is not None:
+            return await self._writes.run(
+                [("EVALSHA", self._apply.sha, len(k), *k, *a) for k, a in calls],
+                [k[0] for k, _ in calls], "apply")
         results: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         for attempt in range(2):  # a second pass only after loading the script (NOSCRIPT)
