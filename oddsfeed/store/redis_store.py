@@ -14,6 +14,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
 from ..clock import now_ms as clock_now_ms
+from ..core.betslip import Record, record_from_store
 from ..core.book import Changed, Created, Delta, NoOp, Rejected
 from ..core.errors import InvalidInput, StoreError
 from ..core.model import Market, MarketUpdate
@@ -370,8 +371,9 @@ class Store:
         raws = await self._get_raw(wanted)
         return {mid: (_decode_market(raw) if raw else None) for mid, raw in zip(wanted, raws)}
 
-    async def get_for_validation(self, ids: Iterable[str]) -> dict[str, tuple[Market, int] | None]:
-        """(market, susp_v) of each market, each read atomically, all in one round trip.
+    async def get_for_validation(self, ids: Iterable[str]) -> dict[str, Record | None]:
+        """(view, susp_v) of each market (``core.betslip.MarketView``: what validation
+        reads of it), each read atomically, all in one round trip.
 
         ``susp_v`` is the last version at which the market was not open (0: never), so "was
         it suspended at any moment after version X" is exactly ``susp_v >= X`` (a market suspended
@@ -379,14 +381,8 @@ class Store:
         """
         wanted = list(dict.fromkeys(ids))
         raws = await self._get_raw(wanted)
-        out: dict[str, tuple[Market, int] | None] = {}
-        for mid, raw in zip(wanted, raws):
-            if raw is None:
-                out[mid] = None
-                continue
-            obj = codec.unpack(raw)
-            out[mid] = (Market.from_store(obj), int(obj.get("susp_v") or 0))
-        return out
+        return {mid: None if raw is None else record_from_store(codec.unpack(raw))
+                for mid, raw in zip(wanted, raws)}
 
     async def history(self, market_id: str, epoch: str, after_version: int
                       ) -> tuple[Market, list[Delta]] | None:
