@@ -1,7 +1,8 @@
 """Auto-pipelining: the commands that callers issue within one event-loop turn go to the
 store as one pipeline (one per node in cluster mode), so N concurrent requests cost one
 round trip and one client call instead of N. The Store uses one instance for market reads
-(GETs) and one for applies (EVALSHA of the apply script).
+(GETs: on a single server one MGET per batch) and one for applies (EVALSHA of the apply
+script).
 
 Each caller still reaches the store after it asked (a batch is sent only after its last
 caller joined, and never answered from an earlier batch), gets its own replies in its own
@@ -146,6 +147,13 @@ class AutoPipeline:
 
     async def _send_group(self, commands: list[Command]) -> list[Any]:
         """The replies of one node's commands, in order; raises when the pipeline fails."""
+        if not isinstance(self._client, RedisCluster) and all(
+                c[0] == "GET" for c in commands):
+            # One MGET instead of N GETs: one reply to parse (the client's per-reply cost
+            # is most of a pipeline's). A key of another type reads as absent, as MGET
+            # answers; a cluster keeps GETs (MGET's keys must share a slot).
+            (values,) = await self._pipeline([("MGET", *(c[1] for c in commands))])
+            return list(values) if isinstance(values, list) else [values] * len(commands)
         replies = await self._pipeline(commands)
         lost = [i for i, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)]
         if lost:
