@@ -9,7 +9,7 @@ of its saturated rate (fewer connections paced by a ``delay()`` Lua script: a cl
 with think time, as Debian's wrk has no fixed-rate mode); with ``--workers 1`` and
 ``--workers 2``, and ``redis.auto_pipeline`` off then on for one worker. Figures: req/s,
 p50/p99 and requests per server CPU-second (the whole process tree), with ratios to
-``/healthz`` of the same server in the same run.
+``/healthz`` of the same server in the same run, and the Valkey CPU per request.
 
     python -m bench.request_path [--quick] [--json PATH]
 
@@ -168,7 +168,9 @@ def ws_loadgen() -> str:
 class _Server:
     """``oddsfeed serve --workers N`` in a process group of its own; CPU of the whole tree."""
 
-    def __init__(self, redis_url: str, auto_pipeline: bool, workers: int) -> None:
+    def __init__(self, redis_url: str, auto_pipeline: bool, workers: int,
+                 store_pid: int | None = None) -> None:
+        self.store = psutil.Process(store_pid) if store_pid else None
         self.http_port = free_port()
         self.ws_port = free_port()
         env = {**os.environ, "ODDSFEED_AUTH__HS256_SECRET": SECRET,
@@ -195,6 +197,13 @@ class _Server:
             pass
         return total
 
+    def store_cpu_s(self) -> float:
+        """CPU seconds of the Valkey process so far (0 when it is not known)."""
+        if self.store is None:
+            return 0.0
+        t = self.store.cpu_times()
+        return t.user + t.system
+
     def worker_pid(self) -> int:
         """The busiest process of the tree (the worker, not the supervisor or helpers)."""
         procs = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(True)]
@@ -205,8 +214,9 @@ class _Server:
 
 
 @contextmanager
-def _server(redis_url: str, auto_pipeline: bool, workers: int = 1) -> Iterator[_Server]:
-    server = _Server(redis_url, auto_pipeline, workers)
+def _server(redis_url: str, auto_pipeline: bool, workers: int = 1,
+            store_pid: int | None = None) -> Iterator[_Server]:
+    server = _Server(redis_url, auto_pipeline, workers, store_pid)
     try:
         yield server
     finally:
@@ -217,12 +227,12 @@ def _wrk(server: _Server, path: str, script: str, seconds: int, conns: int) -> d
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script + _DONE_LUA)
     try:
-        cpu0 = server.cpu_s()
+        cpu0, store0 = server.cpu_s(), server.store_cpu_s()
         out = subprocess.run(
             [wrk_binary(), "-t1", f"-c{conns}", f"-d{seconds}s", "-s", f.name,
              f"http://{LOOPBACK}:{server.http_port}{path}"],
             capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
-        cpu = server.cpu_s() - cpu0
+        cpu, store_cpu = server.cpu_s() - cpu0, server.store_cpu_s() - store0
     finally:
         Path(f.name).unlink()
     m = re.search(r"^RESULT (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)$", out, re.M)
@@ -231,12 +241,13 @@ def _wrk(server: _Server, path: str, script: str, seconds: int, conns: int) -> d
     n, dur_us, p50, p99, bad_status, sock_errors = (int(x) for x in m.groups())
     return {"per_s": round(n / (dur_us / 1e6)), "p50_ms": round(p50 / 1000, 2),
             "p99_ms": round(p99 / 1000, 2), "per_cpu_s": round(n / cpu) if cpu > 0 else 0,
-            "server_cpu_s": round(cpu, 2), "errors": bad_status + sock_errors}
+            "server_cpu_s": round(cpu, 2), "valkey_us_per_req": round(store_cpu / n * 1e6, 1),
+            "errors": bad_status + sock_errors}
 
 
 def _ws(server: _Server, token: str, legs: int, seconds: int) -> dict[str, Any]:
     """The compiled WebSocket client: 32 connections x 8 validations in flight."""
-    cpu0 = server.cpu_s()
+    cpu0, store0 = server.cpu_s(), server.store_cpu_s()
     t0 = time.monotonic()
     out = subprocess.run(
         [ws_loadgen(), LOOPBACK, str(server.ws_port), token, str(CONNS), str(WS_DEPTH),
@@ -244,14 +255,16 @@ def _ws(server: _Server, token: str, legs: int, seconds: int) -> dict[str, Any]:
         capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
     # The client's warm-up second is in the CPU window too: count the requests of the
     # whole window at the measured rate.
-    cpu = server.cpu_s() - cpu0
+    cpu, store_cpu = server.cpu_s() - cpu0, server.store_cpu_s() - store0
     res = json.loads(out)
     per_s = res["requests"] / res["seconds"]
     window_requests = per_s * (time.monotonic() - t0)
     return {"per_s": round(per_s), "p50_ms": round(res["p50_us"] / 1000, 2),
             "p99_ms": round(res["p99_us"] / 1000, 2),
             "per_cpu_s": round(window_requests / cpu) if cpu > 0 else 0,
-            "server_cpu_s": round(cpu, 2), "errors": res["errors"]}
+            "server_cpu_s": round(cpu, 2),
+            "valkey_us_per_req": round(store_cpu / window_requests * 1e6, 1)
+            if window_requests else 0, "errors": res["errors"]}
 
 
 def _paced_wrk(server: _Server, path: str, script: str, seconds: int, target_per_s: float
@@ -338,7 +351,7 @@ def run(quick: bool) -> dict[str, Any]:
         with redis.Redis.from_url(vk.url) as c:
             assert c.exists("of:{m:m0}")
         for workers, auto in ((1, False), (1, True), (2, True)):
-            with _server(vk.url, auto, workers) as server:
+            with _server(vk.url, auto, workers, vk.pid) as server:
                 rows += _pass(server, token, workers, auto, seconds, half=auto)
     return {"scenario": "requests",
             "params": {"tool": "wrk -t1; bench/request_loadgen.c", "connections": CONNS,
@@ -346,9 +359,8 @@ def run(quick: bool) -> dict[str, Any]:
                        "markets": MARKETS},
             "env": env, "rows": rows,
             "columns": ["request", "workers", "auto_pipeline", "load", "target_per_s", "per_s",
-                        "p50_ms",
-                        "p99_ms", "per_cpu_s", "x_healthz_per_s", "x_healthz_per_cpu_s",
-                        "errors"]}
+                        "p50_ms", "p99_ms", "per_cpu_s", "x_healthz_per_s", "x_healthz_per_cpu_s",
+                        "valkey_us_per_req", "errors"]}
 
 
 def main() -> None:
