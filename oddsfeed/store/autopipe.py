@@ -108,20 +108,22 @@ class AutoPipeline:
             return
         # (call index, command index) of each command, grouped by the node it goes to.
         groups: dict[str, list[tuple[int, int]]] = {}
-        for ci, call in enumerate(calls):
-            for k, key in enumerate(call.keys):
-                groups.setdefault(self._node_of(key), []).append((ci, k))
         replies: list[list[Any]] = [[None] * len(c.commands) for c in calls]
         failed: dict[int, str] = {}
         try:
+            for ci, call in enumerate(calls):
+                for k, key in enumerate(call.keys):
+                    groups.setdefault(self._node_of(key), []).append((ci, k))
             outcomes = await asyncio.gather(
                 *(self._send_group([calls[ci].commands[k] for ci, k in where])
                   for where in groups.values()), return_exceptions=True)
-        except BaseException as exc:  # cancelled (the store closes): nobody waits forever
+        except BaseException as exc:  # no node known, or cancelled: nobody waits forever
             for call in calls:
                 if not call.future.done():
                     call.future.set_exception(StoreError(f"{call.what} failed: {exc!r}"))
-            raise
+            if not isinstance(exc, Exception):
+                raise
+            return
         for where, got in zip(groups.values(), outcomes):
             if isinstance(got, BaseException):
                 for ci, _ in where:
