@@ -7,7 +7,9 @@ Rows: the normalising alone (no store), the full replay -> FeedRunner path one u
 time (FeedRunner.submit -> Store.apply, a round trip each), through one lane and through 8
 lanes (markets applied concurrently, in order within each market, as `oddsfeed ingest
 replay` does by default; each lane sends what waits in it, up to 64 updates, as one
-FeedRunner.submit_many -> Store.apply_many round trip), the push endpoint (HTTP POSTs of
+FeedRunner.submit_many -> Store.apply_many call), each with ``redis.auto_pipeline`` off
+(a pipeline per call) and on (the lanes' calls of one loop turn in one pipeline), the push
+endpoint (HTTP POSTs of
 100 messages on loopback, each one submit_many), and a baseline of one plain HSET per
 message (the floor a round trip per update costs).
 The file is a simulator recording (`oddsfeed record simulator` shape, 20 events x 3
@@ -90,16 +92,19 @@ async def run(quick: bool, messages: int | None = None) -> dict[str, Any]:
         applied = await replay(lines, runner.submit, runner.bad, speed=0)
         ours_s = time.perf_counter() - t0
         markets = len(await store.list_markets())
-        laned: dict[int, tuple[FeedRunner, int, float, int]] = {}
-        for n_lanes in (1, LANES):
-            await store.client.flushall()
-            feed = FeedRunner(store, "replay:bench")
-            lanes = Lanes(feed.submit_many, lanes=n_lanes)
-            t0 = time.perf_counter()
-            count = await replay(lines, lanes.put, feed.bad, speed=0)
-            await lanes.close()
-            laned[n_lanes] = (feed, count, time.perf_counter() - t0,
-                              len(await store.list_markets()))
+        laned: dict[tuple[bool, int], tuple[FeedRunner, int, float, int]] = {}
+        for auto in (False, True):  # the lanes' apply_many calls: one pipeline each, or shared
+            laned_store = await Store.connect(vk.url, auto_pipeline=auto)
+            for n_lanes in (1, LANES):
+                await store.client.flushall()
+                feed = FeedRunner(laned_store, "replay:bench")
+                lanes = Lanes(feed.submit_many, lanes=n_lanes)
+                t0 = time.perf_counter()
+                count = await replay(lines, lanes.put, feed.bad, speed=0)
+                await lanes.close()
+                laned[auto, n_lanes] = (feed, count, time.perf_counter() - t0,
+                                        len(await store.list_markets()))
+            await laned_store.close()
         await store.client.flushall()
         push_feed = FeedRunner(store, "push:bench")
         pushed, push_s = await _push(lines, push_feed)
@@ -114,11 +119,11 @@ async def run(quick: bool, messages: int | None = None) -> dict[str, Any]:
             row("oddsfeed: parse + normalise only", n, norm_s),
             row("oddsfeed: replay -> runner.submit -> Store.apply (one at a time)", applied,
                 ours_s, outcomes=runner.counts, markets=markets)]
-    for n_lanes, (feed, count, secs, n_markets) in laned.items():
+    for (auto, n_lanes), (feed, count, secs, n_markets) in laned.items():
         what = "1 lane" if n_lanes == 1 else f"{n_lanes} lanes (order kept per market)"
         rows.append(row(f"oddsfeed: replay -> {what} -> submit_many -> Store.apply_many "
-                        "(batches <= 64)", count, secs, outcomes=feed.counts,
-                        markets=n_markets))
+                        f"(batches <= 64; auto_pipeline {'on' if auto else 'off'})", count,
+                        secs, outcomes=feed.counts, markets=n_markets))
     rows.append(row(f"oddsfeed: HTTP POST /v1/push, {PUSH_BATCH} messages per request "
                     "-> submit_many -> Store.apply_many", pushed, push_s,
                     outcomes=push_feed.counts, markets=push_markets))

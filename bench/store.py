@@ -1,6 +1,7 @@
 """Store benchmark: applies per second through the one atomic path, and p50/p99 apply
 latency, on a single server and on a 3-primary cluster, against a plain HSET + SPUBLISH
-pipeline baseline in the same run.
+pipeline baseline in the same run; the applies with ``auto_pipeline`` off (one client call
+per apply) and on (the applies of one loop turn in one pipeline).
 
     python -m bench.store [--quick] [--json PATH]
 """
@@ -40,8 +41,8 @@ async def _drive(call: Any, n: int, concurrency: int) -> dict[str, Any]:
 
 
 async def bench_store(url: str, *, cluster: bool, n: int, markets: int,
-                      concurrency: int) -> dict[str, Any]:
-    store = await Store.connect(url, cluster=cluster)
+                      concurrency: int, auto_pipeline: bool = True) -> dict[str, Any]:
+    store = await Store.connect(url, cluster=cluster, auto_pipeline=auto_pipeline)
     for m in range(markets):
         await store.apply(MarketUpdate(market=f"b{m}", fields={
             "event": f"e{m % 10}", "sport": "soccer", "name": "bench"},
@@ -78,20 +79,21 @@ async def bench_baseline(url: str, *, cluster: bool, n: int, markets: int,
 async def run(quick: bool) -> dict[str, Any]:
     n = 5_000 if quick else 50_000
     params = {"updates": n, "markets": 100, "concurrency": 64}
-    rows = []
-    with EmbeddedValkey() as single:
-        base = await bench_baseline(single.url, cluster=False, n=n, markets=100, concurrency=64)
-        ours = await bench_store(single.url, cluster=False, n=n, markets=100, concurrency=64)
+    rows: list[dict[str, Any]] = []
+    env: dict[str, Any] = {}
+    with EmbeddedValkey() as single, EmbeddedCluster(n_primaries=3) as cl:
         env = environment(single.url)
-    rows += [{"scenario": "single", "impl": "baseline HSET+SPUBLISH", **base, "ratio": 1.0},
-             {"scenario": "single", "impl": "oddsfeed apply", **ours,
-              "ratio": round(ours["ops_per_s"] / base["ops_per_s"], 2)}]
-    with EmbeddedCluster(n_primaries=3) as cl:
-        base = await bench_baseline(cl.url, cluster=True, n=n, markets=100, concurrency=64)
-        ours = await bench_store(cl.url, cluster=True, n=n, markets=100, concurrency=64)
-    rows += [{"scenario": "cluster-3", "impl": "baseline HSET+SPUBLISH", **base, "ratio": 1.0},
-             {"scenario": "cluster-3", "impl": "oddsfeed apply", **ours,
-              "ratio": round(ours["ops_per_s"] / base["ops_per_s"], 2)}]
+        for scenario, url, cluster in (("single", single.url, False),
+                                       ("cluster-3", cl.url, True)):
+            base = await bench_baseline(url, cluster=cluster, n=n, markets=100, concurrency=64)
+            rows.append({"scenario": scenario, "impl": "baseline HSET+SPUBLISH", **base,
+                         "ratio": 1.0})
+            for auto in (False, True):
+                ours = await bench_store(url, cluster=cluster, n=n, markets=100,
+                                         concurrency=64, auto_pipeline=auto)
+                rows.append({"scenario": scenario,
+                             "impl": f"oddsfeed apply (auto_pipeline {'on' if auto else 'off'})",
+                             **ours, "ratio": round(ours["ops_per_s"] / base["ops_per_s"], 2)})
     return {"scenario": "store", "params": params, "env": env, "rows": rows,
             "columns": ["scenario", "impl", "ops_per_s", "p50_ms", "p99_ms", "ratio"]}
 

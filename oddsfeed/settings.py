@@ -57,8 +57,8 @@ class RedisSettings(_Section):
     url: str = ""  # empty: start an embedded Valkey (all-in-one `run` only)
     cluster: bool = False
     history_len: int = Field(1000, ge=500)  # protocol 1: keep at least 500 versions
-    # Market reads issued within one event-loop turn go to the store as one pipeline (per
-    # node in cluster mode); false: one round trip per call.
+    # Market reads, and separately applies, issued within one event-loop turn go to the
+    # store as one pipeline per node; false: one round trip per call.
     auto_pipeline: bool = True
 
 

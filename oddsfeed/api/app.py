@@ -17,7 +17,7 @@ from ..services.validation import validate_slip
 from ..settings import Settings
 from ..store import Store
 from ..webkit import Problem
-from . import console, desk, locks, schemas
+from . import console, desk, locks
 from . import risk as risk_routes
 from .markets import delete_market, get_market, list_markets, patch_market, post_odds, put_market
 from .openapi import ROUTES
@@ -33,9 +33,9 @@ from .plumbing import (
     errors_mw,
     hide_server_banner,
     json_body,
-    model_of,
     principal_of,
 )
+from .slip import slip_of
 from .validation_metrics import VALIDATION_METRICS
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -45,8 +45,7 @@ _STATIC_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,100}$")  # no paths, 
 
 async def validate_bets(request: web.Request) -> web.Response:
     principal = principal_of(request, VALIDATE)
-    slip = model_of(schemas.SlipIn, await json_body(request))
-    legs = tuple(leg.leg() for leg in slip.legs)
+    legs, accept = slip_of(await json_body(request))
     # An in-play slip holds its request for the bet delay: bound how many run at once.
     validating = request.app[K_VALIDATING]
     limit = request.app[K_SETTINGS].api.max_validations
@@ -55,7 +54,7 @@ async def validate_bets(request: web.Request) -> web.Response:
                       f"{limit} bet-slip validations are in progress; retry", retry_after=1)
     validating[0] += 1
     try:
-        body = await validate_slip(request.app[K_STORE], legs, slip.accept,
+        body = await validate_slip(request.app[K_STORE], legs, accept,
                                    metrics=VALIDATION_METRICS)
         risk_routes.offer(request, principal, legs, body)  # queued, off the answer's path
         return web.json_response(body)

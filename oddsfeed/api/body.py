@@ -31,8 +31,19 @@ def parse_json(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     except (ValueError, UnicodeDecodeError) as exc:
         # ValueError covers bad syntax, bad UTF-8 and integers past int's digit limit.
         raise InvalidInput(f"not valid json: {_reason(exc)}") from None
-    check_json(value, max_depth=max_depth)
+    if not _plainly_fine(raw, max_depth):
+        check_json(value, max_depth=max_depth)
     return value
+
+
+def _plainly_fine(raw: bytes | str, max_depth: int) -> bool:
+    """True when ``raw`` alone shows what check_json would find: UTF-8 bytes (JSON text
+    in UTF-16 or UTF-32 always holds a NUL) with no escape (no \\u, so no escaped
+    surrogate) and no 0xED byte (the lead byte of every UTF-8-encoded surrogate, which the
+    parser's surrogatepass would let in), and at most ``max_depth`` brackets (so no
+    deeper nesting, whatever the strings hold)."""
+    return (isinstance(raw, bytes) and b"\\u" not in raw and b"\xed" not in raw
+            and b"\x00" not in raw and raw.count(b"[") + raw.count(b"{") <= max_depth)
 
 
 def check_json(value: Any, *, max_depth: int = MAX_JSON_DEPTH) -> None:

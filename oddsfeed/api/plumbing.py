@@ -170,11 +170,15 @@ def principal_of(request: web.Request, scope: str | None) -> Principal:
 async def json_body(request: web.Request) -> Any:
     if request.content_type != "application/json":
         raise Problem(415, "unsupported media type", "send Content-Type: application/json")
-    try:
-        async with asyncio.timeout(request.app[K_SETTINGS].api.body_timeout_s):
-            raw = await request.read()
-    except TimeoutError:
-        raise Problem(408, "request timeout", "the request body did not arrive in time") from None
+    if request.content.is_eof():
+        raw = await request.read()  # all of it arrived with the headers: nothing to wait for
+    else:
+        try:
+            async with asyncio.timeout(request.app[K_SETTINGS].api.body_timeout_s):
+                raw = await request.read()
+        except TimeoutError:
+            raise Problem(408, "request timeout",
+                          "the request body did not arrive in time") from None
     try:
         return parse_json(raw)
     except InvalidInput as exc:

@@ -37,8 +37,13 @@ class PrometheusValidationMetrics:
     """Counts each slip's legs by result and reason, the slip by result, and its time."""
 
     def record(self, body: dict[str, Any], *, delayed: bool, seconds: float) -> None:
+        # One increment per distinct (result, reason): each is a write to a shared mmap.
+        counts: dict[tuple[bool, str], int] = {}
         for leg in body["legs"]:
-            _legs(leg["ok"], leg.get("reason", "")).inc()
+            key = (leg["ok"], leg.get("reason", ""))
+            counts[key] = counts.get(key, 0) + 1
+        for (ok, reason), n in counts.items():
+            _legs(ok, reason).inc(n)
         _slips(body["ok"]).inc()
         _seconds(delayed).observe(seconds)
 

@@ -7,15 +7,79 @@ in-play delay; this module only decides.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple, Protocol
 
-from .model import Market
+from .errors import InvalidInput
 from .prices import to_float
 from .wire import Leg
 
+
+class Priced(Protocol):
+    """What validation reads of a selection (a ``model.Selection`` has it)."""
+
+    @property
+    def price(self) -> int: ...
+    @property
+    def status(self) -> str: ...
+
+
+class MarketLike(Protocol):
+    """What validation reads of a market (a ``model.Market`` has it)."""
+
+    @property
+    def epoch(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def in_play(self) -> bool: ...
+    @property
+    def bet_delay_ms(self) -> int: ...
+    @property
+    def selections(self) -> Mapping[str, Priced]: ...
+
+
 # (market, susp_v): susp_v is the last version at which the market was not open (0: never).
-Record = tuple[Market, int]
+Record = tuple[MarketLike, int]
+
+
+class Quote(NamedTuple):
+    """A selection's price (ticks) and status, as validation reads it."""
+
+    price: int
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class MarketView:
+    """The fields of a stored market that validation reads, taken from the store's map
+    without rebuilding (and so re-checking) a whole ``Market``: the store holds only what
+    the apply script wrote from checked updates."""
+
+    epoch: str
+    version: int
+    status: str
+    in_play: bool
+    bet_delay_ms: int
+    selections: Mapping[str, Quote]
+
+
+def record_from_store(d: Mapping[str, Any]) -> Record:
+    """The (view, susp_v) of a market's store map; raises InvalidInput on a bad map."""
+    sels = d.get("selections") or {}
+    if isinstance(sels, list):  # Lua's cmsgpack encodes an empty table as an array
+        sels = {}
+    try:
+        view = MarketView(
+            epoch=d["epoch"], version=int(d["version"]), status=d.get("status", "open"),
+            in_play=bool(d.get("in_play", False)), bet_delay_ms=int(d.get("bet_delay_ms", 0)),
+            selections={str(k): Quote(int(v["price"]), v.get("status", "active"))
+                        for k, v in sels.items()})
+        return view, int(d.get("susp_v") or 0)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidInput(f"bad stored market: {exc}") from None
 
 REASONS = ("unknown_market", "unknown_selection", "market_suspended", "market_closed",
            "selection_suspended", "market_changed", "price_changed")

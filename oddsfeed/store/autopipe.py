@@ -1,21 +1,30 @@
-"""Auto-pipelining of market reads: the GETs that callers issue within one event-loop turn
-go to the store as one pipeline, so N concurrent requests cost one round trip and one
-client call instead of N.
+"""Auto-pipelining: the commands that callers issue within one event-loop turn go to the
+store as one pipeline (one per node in cluster mode), so N concurrent requests cost one
+round trip and one client call instead of N. The Store uses one instance for market reads
+(GETs: on a single server one MGET per batch) and one for applies (EVALSHA of the apply
+script).
 
-Each caller still reads the store after it asked (a batch is sent only after its last
+Each caller still reaches the store after it asked (a batch is sent only after its last
 caller joined, and never answered from an earlier batch), gets its own replies in its own
-order, and fails alone when one of its commands fails. When the whole batch fails (the
-store is down, a connection drops), every caller in it gets a StoreError at once; nothing
-is retried here beyond what the client itself does for one call. In cluster mode the
-client's cluster pipeline splits a batch by node and sends each node's part as one
-pipeline, in parallel.
+order, and fails alone when one of its commands fails. In cluster mode a batch is split by
+node and each node's part sent on its own, in parallel: a node that fails fails only the
+callers with a command on it. When a node's part fails as a whole (the store is down, a
+connection drops), every caller in it gets a StoreError at once; nothing is retried here
+beyond what the client itself does for one call, except a script the server lost
+(NOSCRIPT), which is loaded and the refused commands sent again, in their order.
+
+An ``ordered`` pipeline (the applies) keeps one batch in flight at a time: the commands of
+a caller that issued after another's were sent reach the server after them (a pipeline of
+the next turn never overtakes one still in flight), and callers arriving meanwhile gather
+into the next batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -23,24 +32,32 @@ from redis.asyncio.cluster import RedisCluster
 
 from ..core.errors import StoreError
 
+# One command as ``execute_command`` takes it, and the key that routes it to its node.
+Command = tuple[Any, ...]
+
 
 @dataclass(slots=True)
 class _Call:
+    commands: Sequence[Command]
     keys: Sequence[str]
-    future: asyncio.Future[list[bytes | None]]
-
-
-@dataclass(slots=True)
-class _Batch:
-    calls: list[_Call] = field(default_factory=list)
+    what: str
+    future: asyncio.Future[list[Any]]
 
 
 class AutoPipeline:
-    """Batches ``GET``s of concurrent callers; one per Store (and so per event loop)."""
+    """Batches the commands of concurrent callers; one per Store (and so per event loop).
 
-    def __init__(self, client: Redis | RedisCluster) -> None:
+    ``scripts`` maps the SHA1 of each script sent with EVALSHA to its source, loaded again
+    when a server answers NOSCRIPT.
+    """
+
+    def __init__(self, client: Redis | RedisCluster, *, ordered: bool = False,
+                 scripts: Mapping[Any, Any] | None = None) -> None:
         self._client = client
-        self._open: _Batch | None = None
+        self._ordered = ordered
+        self._scripts = dict(scripts or {})
+        self._open: list[_Call] | None = None
+        self._busy = False  # an ordered batch is in flight
         self._sending: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -49,66 +66,126 @@ class AutoPipeline:
 
         Raises StoreError when the store fails this caller's commands or the whole batch.
         """
+        return await self.run([("GET", k) for k in keys], keys, "read")
+
+    async def run(self, commands: Sequence[Command], keys: Sequence[str], what: str
+                  ) -> list[Any]:
+        """The replies to ``commands`` (``keys[i]`` routes ``commands[i]``), sent in the next
+        batch, in order. Raises StoreError ("<what> failed ...") when the store fails one of
+        them or the whole batch."""
         if self._closed:
             raise StoreError("the store is closed")
         loop = asyncio.get_running_loop()
+        call = _Call(commands, keys, what, loop.create_future())
         if self._open is None:
-            self._open = _Batch()
-            # Runs after every callback already ready in this turn, so every request the
-            # loop resumed in this turn joins the batch before it is sent.
-            loop.call_soon(self._flush)
-        call = _Call(keys, loop.create_future())
-        self._open.calls.append(call)
+            self._open = []
+            if not self._busy:
+                # Runs after every callback already ready in this turn, so every request the
+                # loop resumed in this turn joins the batch before it is sent.
+                loop.call_soon(self._flush)
+        self._open.append(call)
         return await call.future
 
     def _flush(self) -> None:
         batch, self._open = self._open, None
-        if batch is None:
+        if not batch:
             return
+        self._busy = self._ordered
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        task.add_done_callback(self._sent)
 
-    async def _send(self, batch: _Batch) -> None:
-        calls = [c for c in batch.calls if not c.future.done()]  # cancelled callers drop out
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        if self._ordered:
+            self._busy = False
+            if self._open and not self._closed:
+                self._flush()  # the callers that gathered while the last batch was out
+
+    async def _send(self, batch: list[_Call]) -> None:
+        calls = [c for c in batch if not c.future.done()]  # cancelled callers drop out
         if not calls:
             return
-        pipe = self._client.pipeline(transaction=False)
-        for call in calls:
-            for key in call.keys:
-                pipe.get(key)
+        # (call index, command index) of each command, grouped by the node it goes to.
+        groups: dict[str, list[tuple[int, int]]] = {}
+        replies: list[list[Any]] = [[None] * len(c.commands) for c in calls]
+        failed: dict[int, str] = {}
         try:
-            replies = await pipe.execute(raise_on_error=False)
-        except (redis_errors.RedisError, OSError) as exc:
-            error = f"read failed: {exc}"
+            for ci, call in enumerate(calls):
+                for k, key in enumerate(call.keys):
+                    groups.setdefault(self._node_of(key), []).append((ci, k))
+            outcomes = await asyncio.gather(
+                *(self._send_group([calls[ci].commands[k] for ci, k in where])
+                  for where in groups.values()), return_exceptions=True)
+        except BaseException as exc:  # no node known, or cancelled: nobody waits forever
             for call in calls:
                 if not call.future.done():
-                    call.future.set_exception(StoreError(error))
+                    call.future.set_exception(StoreError(f"{call.what} failed: {exc!r}"))
+            if not isinstance(exc, Exception):
+                raise
             return
-        except BaseException as exc:  # cancelled (the store closes): nobody waits forever
-            for call in calls:
-                if not call.future.done():
-                    call.future.set_exception(StoreError(f"read failed: {exc!r}"))
-            raise
-        at = 0
-        for call in calls:
-            mine = replies[at:at + len(call.keys)]
-            at += len(call.keys)
+        for where, got in zip(groups.values(), outcomes):
+            if isinstance(got, BaseException):
+                for ci, _ in where:
+                    failed.setdefault(ci, f"{calls[ci].what} failed: {got}")
+                continue
+            for (ci, k), reply in zip(where, got):
+                replies[ci][k] = reply
+                if isinstance(reply, Exception) and ci not in failed:
+                    failed[ci] = f"{calls[ci].what} of {calls[ci].keys[k]} failed: {reply}"
+        for ci, call in enumerate(calls):
             if call.future.done():
                 continue
-            bad = next(((k, r) for k, r in zip(call.keys, mine) if isinstance(r, Exception)),
-                       None)
-            if bad is not None:
-                call.future.set_exception(StoreError(f"read of {bad[0]} failed: {bad[1]}"))
+            if ci in failed:
+                call.future.set_exception(StoreError(failed[ci]))
             else:
-                call.future.set_result(list(mine))
+                call.future.set_result(replies[ci])
+
+    def _node_of(self, key: str) -> str:
+        if not isinstance(self._client, RedisCluster):
+            return ""
+        node = self._client.get_node_from_key(key)
+        return node.name if node is not None else ""
+
+    async def _send_group(self, commands: list[Command]) -> list[Any]:
+        """The replies of one node's commands, in order; raises when the pipeline fails."""
+        if not isinstance(self._client, RedisCluster) and all(
+                c[0] == "GET" for c in commands):
+            # One MGET instead of N GETs: one reply to parse (the client's per-reply cost
+            # is most of a pipeline's). A key of another type reads as absent, as MGET
+            # answers; a cluster keeps GETs (MGET's keys must share a slot).
+            (values,) = await self._pipeline([("MGET", *(c[1] for c in commands))])
+            return list(values) if isinstance(values, list) else [values] * len(commands)
+        replies = await self._pipeline(commands)
+        lost = [i for i, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)]
+        if lost:
+            for sha in {commands[i][1] for i in lost}:
+                if sha in self._scripts:
+                    await self._client.script_load(self._scripts[sha])
+            again = await self._pipeline([commands[i] for i in lost])
+            for i, reply in zip(lost, again):
+                replies[i] = reply
+        return replies
+
+    async def _pipeline(self, commands: list[Command]) -> list[Any]:
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute(raise_on_error=False))
+        except (redis_errors.RedisError, OSError) as exc:
+            raise _GroupFailed(str(exc)) from None
 
     async def close(self) -> None:
         """Fail the callers not sent yet, wait for the batches in flight."""
         self._closed = True
         batch, self._open = self._open, None
-        for call in batch.calls if batch else []:
+        for call in batch or []:
             if not call.future.done():
                 call.future.set_exception(StoreError("the store is closed"))
         if self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
+
+
+class _GroupFailed(Exception):
+    """One node's pipeline failed as a whole (its text is the client's error)."""

@@ -14,6 +14,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
 from ..clock import now_ms as clock_now_ms
+from ..core.betslip import Record, record_from_store
 from ..core.book import Changed, Created, Delta, NoOp, Rejected
 from ..core.errors import InvalidInput, StoreError
 from ..core.model import Market, MarketUpdate
@@ -65,9 +66,6 @@ class Store:
     def __init__(self, client: Redis | RedisCluster, *, cluster: bool, history_len: int,
                  sharded: bool, url: str, auto_pipeline: bool = True) -> None:
         self.client = client
-        # Market reads (get, get_many, get_for_validation) of one event-loop turn share one
-        # pipeline; None: one round trip per call.
-        self._reads = AutoPipeline(client) if auto_pipeline else None
         self.cluster = cluster
         self.history_len = history_len
         self.sharded = sharded
@@ -76,6 +74,10 @@ class Store:
         self._apply = client.register_script(_script("apply.lua"))
         self._delete = client.register_script(_script("delete.lua"))
         self._history = client.register_script(_script("history.lua"))
+        # Market reads and apply scripts of one loop turn share a pipeline (see .autopipe).
+        self._reads = AutoPipeline(client) if auto_pipeline else None
+        self._writes = AutoPipeline(client, ordered=True, scripts={
+            self._apply.sha: self._apply.script}) if auto_pipeline else None
 
     @classmethod
     async def connect(cls, url: str, *, cluster: bool = False, history_len: int = 1000,
@@ -109,8 +111,9 @@ class Store:
                    auto_pipeline=auto_pipeline)
 
     async def close(self) -> None:
-        if self._reads is not None:
-            await self._reads.close()
+        for pipeline in (self._reads, self._writes):
+            if pipeline is not None:
+                await pipeline.close()
         await self.client.aclose()
 
     async def ping(self) -> bool:
@@ -149,7 +152,12 @@ class Store:
         """
         keys, args = self._apply_args(update, expect, now_ms)
         try:
-            res = await self._apply(keys=keys, args=args)
+            if self._writes is not None:
+                (res,) = await self._writes.run(
+                    [("EVALSHA", self._apply.sha, len(keys), *keys, *args)], keys[:1],
+                    f"apply for market {update.market}")
+            else:
+                res = await self._apply(keys=keys, args=args)
             if _text(res[0]) != "need_gate":
                 return self._outcome(update.market, res)
             # A missing market: created (if at all) behind the event's gate.
@@ -230,6 +238,10 @@ class Store:
     async def _run(self, calls: Sequence[tuple[list[str], list[Any]]], mids: Sequence[str]
                    ) -> list[Any]:
         """The apply script's replies to ``calls``, pipelined in one round trip, in order."""
+        if self._writes is not None:
+            return await self._writes.run(
+                [("EVALSHA", self._apply.sha, len(k), *k, *a) for k, a in calls],
+                [k[0] for k, _ in calls], "apply")
         results: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         for attempt in range(2):  # a second pass only after loading the script (NOSCRIPT)
@@ -367,8 +379,9 @@ class Store:
         raws = await self._get_raw(wanted)
         return {mid: (_decode_market(raw) if raw else None) for mid, raw in zip(wanted, raws)}
 
-    async def get_for_validation(self, ids: Iterable[str]) -> dict[str, tuple[Market, int] | None]:
-        """(market, susp_v) of each market, each read atomically, all in one round trip.
+    async def get_for_validation(self, ids: Iterable[str]) -> dict[str, Record | None]:
+        """(view, susp_v) of each market (``core.betslip.MarketView``: what validation
+        reads of it), each read atomically, all in one round trip.
 
         ``susp_v`` is the last version at which the market was not open (0: never), so "was
         it suspended at any moment after version X" is exactly ``susp_v >= X`` (a market suspended
@@ -376,14 +389,8 @@ class Store:
         """
         wanted = list(dict.fromkeys(ids))
         raws = await self._get_raw(wanted)
-        out: dict[str, tuple[Market, int] | None] = {}
-        for mid, raw in zip(wanted, raws):
-            if raw is None:
-                out[mid] = None
-                continue
-            obj = codec.unpack(raw)
-            out[mid] = (Market.from_store(obj), int(obj.get("susp_v") or 0))
-        return out
+        return {mid: None if raw is None else record_from_store(codec.unpack(raw))
+                for mid, raw in zip(wanted, raws)}
 
     async def history(self, market_id: str, epoch: str, after_version: int
                       ) -> tuple[Market, list[Delta]] | None:
