@@ -6,7 +6,8 @@ the continuity check, encoding, framing) weighs more than what each delivery cos
 servers run under the same load in the same run, with the compiled load generator:
 
 1. Saturation at 1,000 connections x 1 of 100 markets: rising update rates until a step
-   is not sustained (the rule of the several-markets scenario, ``runner.sustained``); the
+   is not sustained (the issue's rule for this workload: under 95% delivered or p99 over
+   ``P99_LIMIT_MS``, 250 ms, or a gap; the several-markets scenario keeps its 100 ms); the
    headline compares each one's best sustained row per server CPU-second.
 2. Moderate load: 5,000 connections x 1 of 100 markets at 200 updates/s (10,000
    deliveries/s), interleaved runs (three in full mode), the median-p99 run reported.
@@ -30,6 +31,13 @@ from .runner import _say, run_scenario, sustained
 
 ENCODING = "json"
 MARKETS = 100
+# A step whose p99 exceeds this is not sustained (this workload's failure rule).
+P99_LIMIT_MS = 250.0
+
+
+def ok(r: dict[str, Any]) -> bool:
+    """Whether row ``r`` is sustained under this scenario's rule."""
+    return sustained(r, P99_LIMIT_MS)
 
 
 def impls() -> list[str]:
@@ -46,17 +54,18 @@ def saturation(redis_url: str, valkey_pid: int, rates: list[int],
     for rate in rates:
         step: dict[str, dict[str, Any]] = {}
         for kind in impls():
-            if any(r["impl"] == kind and not sustained(r) for r in rows):
+            if any(r["impl"] == kind and not ok(r) for r in rows):
                 continue
             r = _one(kind, redis_url, valkey_pid, 1000, rate, duration_s)
-            if not sustained(r):
+            if not ok(r):
                 _say(r, "(repeating the step)")
                 r = _one(kind, redis_url, valkey_pid, 1000, rate, duration_s)
                 r["repeated"] = True
             r["scenario"] = "1k x 1 market"
+            r["p99_limit_ms"] = P99_LIMIT_MS
             rows.append(r)
             step[kind] = r
-            _say(r)
+            _say(r, "" if ok(r) else f"not sustained (p99 limit {P99_LIMIT_MS:g} ms)")
         naive = step.get("naive", {}).get("deliveries_per_cpu_s")
         for kind, r in step.items():
             if naive and kind != "naive":
@@ -108,10 +117,10 @@ def run(quick: bool) -> dict[str, Any]:
         sat = saturation(vk.url, vk.pid, rates, duration)
         rows = []
         for kind in impls():
-            ok = [r for r in sat if r["impl"] == kind and sustained(r)]
-            best = max(ok or [r for r in sat if r["impl"] == kind],
+            good = [r for r in sat if r["impl"] == kind and ok(r)]
+            best = max(good or [r for r in sat if r["impl"] == kind],
                        key=lambda r: r["delivered_per_s"])
-            rows.append({**best, "sustained": bool(ok)})
+            rows.append({**best, "sustained": bool(good)})
         base = rows[0]["deliveries_per_cpu_s"] or 1
         for r in rows:
             r["ratio_per_cpu"] = round(r["deliveries_per_cpu_s"] / base, 2)
@@ -123,12 +132,13 @@ def run(quick: bool) -> dict[str, Any]:
     return {"scenario": "fanout_one",
             "params": {"conns": 1000, "markets": MARKETS, "subs_per_conn": 1,
                        "encoding": ENCODING, "duration_s": duration, "rates": rates,
+                       "p99_limit_ms": P99_LIMIT_MS,
                        "moderate": {"conns": 5000, "rate": 200, "runs": reps}},
             "env": env, "rows": rows, "saturation": sat,
             "columns": ["impl", "scenario", "conns", "offered_updates_per_s", "delivered_per_s",
                         "p50_ms", "p99_ms", "max_ms", "server_cpu_s_per_s",
                         "deliveries_per_cpu_s", "ratio_per_cpu", "ratio_per_cpu_same_rate",
-                        "p99_vs_naive", "apply_p50_ms", "apply_p99_ms",
+                        "p99_vs_naive", "p99_limit_ms", "sustained", "apply_p50_ms", "apply_p99_ms",
                         "valkey_cpu_us_per_update", "gaps", "delivery_ratio",
                         "machine_busy_cores", "p99_runs_ms"]}
 

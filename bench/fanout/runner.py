@@ -151,11 +151,16 @@ def idle_memory(redis_url: str, steps: list[int], kind: str = "oddsfeed") -> lis
     return rows
 
 
-def sustained(r: dict[str, Any]) -> bool:
-    """p99 <= 100 ms and >= 95% delivered; for oddsfeed also no gap. The naive baseline is
-    at-most-once by design (Valkey drops a pub/sub reader that falls behind, broadcast skips
-    busy connections): its gaps are reported, not held against its throughput."""
-    ok = r["p99_ms"] <= 100 and r["delivery_ratio"] >= 0.95
+# The several-markets scenario's failure rule: p99 over this fails a step.
+P99_LIMIT_MS = 100.0
+
+
+def sustained(r: dict[str, Any], p99_limit_ms: float = P99_LIMIT_MS) -> bool:
+    """p99 <= ``p99_limit_ms`` and >= 95% delivered; for oddsfeed also no gap. The naive
+    baseline is at-most-once by design (Valkey drops a pub/sub reader that falls behind,
+    broadcast skips busy connections): its gaps are reported, not held against its
+    throughput."""
+    ok = r["p99_ms"] <= p99_limit_ms and r["delivery_ratio"] >= 0.95
     return bool(ok and (r["gaps"] == 0 or r["impl"] == "naive"))
 
 
@@ -240,7 +245,7 @@ def run(quick: bool) -> dict[str, Any]:
             memory += idle_memory(vk.url, steps, kind="naive")
     return {"scenario": "fanout",
             "params": {"conns": conns, "markets": 100, "subs_per_conn": 5,
-                       "duration_s": duration, "rates": rates,
+                       "duration_s": duration, "rates": rates, "p99_limit_ms": P99_LIMIT_MS,
                        "c10k": {"conns": 10_000, "rate": 100}, "idle_steps": steps},
             "env": env, "rows": rows, "saturation": saturation, "memory": memory,
             "columns": ["impl", "scenario", "workers", "conns", "offered_updates_per_s",
