@@ -17,7 +17,9 @@ Every row carries ``valkey_cpu_us_per_update``, the store process's own CPU per 
 script; naive: a PUBLISH), which is part of every latency figure of that row.
 With ``BENCH_AB_TREE=DIR`` (a directory holding another checkout's ``oddsfeed`` package,
 e.g. from ``git archive``), that oddsfeed runs too, as ``oddsfeed-base``, interleaved with
-the others at every step: an A/B comparison within one run.
+the others at every step: an A/B comparison within one run. ``BENCH_AB_ENV="K=V K2=V2"``
+adds settings to oddsfeed-base's environment only (e.g. the same code with another
+``ODDSFEED_FANOUT__BATCH_WINDOW_MAX_MS``).
 
     python -m bench.fanout.one_market [--quick] [--json PATH]
 """
@@ -96,10 +98,12 @@ def moderate(redis_url: str, valkey_pid: int, reps: int,
 def _one(label: str, redis_url: str, valkey_pid: int, conns: int, rate: float,
          duration_s: float) -> dict[str, Any]:
     base = label == "oddsfeed-base"
+    env = dict(kv.split("=", 1) for kv in os.environ.get("BENCH_AB_ENV", "").split())
     return run_scenario("oddsfeed" if base else label, redis_url, conns=conns,
                         markets=MARKETS, subs_per_conn=1, rate=rate, duration_s=duration_s,
                         encoding=ENCODING, valkey_pid=valkey_pid,
-                        tree=os.environ["BENCH_AB_TREE"] if base else None, label=label)
+                        tree=os.environ["BENCH_AB_TREE"] if base else None, label=label,
+                        extra_env=env if base else None)
 
 
 def run(quick: bool) -> dict[str, Any]:

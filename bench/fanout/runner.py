@@ -30,17 +30,19 @@ def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_pe
                  rate: float, duration_s: float, procs: int = 2,
                  workers: int = 1, encoding: str = "msgpack",
                  valkey_pid: int | None = None, tree: str | None = None,
-                 label: str | None = None) -> dict[str, Any]:
+                 label: str | None = None,
+                 extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """One measurement of one implementation at one offered rate; returns its figures
     (``workers``: oddsfeed worker processes, CPU and RSS summed over them; ``encoding``:
     what the clients ask for; ``valkey_pid``: the store process, whose own CPU per update
-    is then reported)."""
+    is then reported; ``extra_env``: added to the oddsfeed server's environment)."""
     import uvloop
 
     mids = [f"f{i}" for i in range(markets)]
     if kind == "oddsfeed":
         create_markets(redis_url, mids)
-    server = Server(kind, redis_url, workers=workers if kind == "oddsfeed" else 1, tree=tree)
+    server = Server(kind, redis_url, extra_env=extra_env,
+                    workers=workers if kind == "oddsfeed" else 1, tree=tree)
     try:
         rng = random.Random(9)
         subs = [rng.sample(mids, subs_per_conn) for _ in range(conns)]
