@@ -19,7 +19,10 @@ With ``BENCH_AB_TREE=DIR`` (a directory holding another checkout's ``oddsfeed`` 
 e.g. from ``git archive``), that oddsfeed runs too, as ``oddsfeed-base``, interleaved with
 the others at every step: an A/B comparison within one run. ``BENCH_AB_ENV="K=V K2=V2"``
 adds settings to oddsfeed-base's environment only (e.g. the same code with another
-``ODDSFEED_FANOUT__BATCH_WINDOW_MAX_MS``).
+``ODDSFEED_FANOUT__BATCH_WINDOW_MAX_MS``). ``BENCH_RATES="4000 8000"`` measures every
+server at exactly those rates (no stop at the first failed step, no repeat: CPU per
+delivery at equal rates on a busy machine), ``BENCH_MODERATE_RUNS=N`` sets the moderate
+load's runs per server (0: none).
 
     python -m bench.fanout.one_market [--quick] [--json PATH]
 """
@@ -49,17 +52,18 @@ def impls() -> list[str]:
 
 
 def saturation(redis_url: str, valkey_pid: int, rates: list[int],
-               duration_s: float) -> list[dict[str, Any]]:
+               duration_s: float, fixed: bool = False) -> list[dict[str, Any]]:
     """Both servers at each of ``rates`` until each stops being sustained (a failed step is
-    measured once more, the second figure stands); returns every measured row."""
+    measured once more, the second figure stands; ``fixed``: every rate once, whatever
+    fails); returns every measured row."""
     rows: list[dict[str, Any]] = []
     for rate in rates:
         step: dict[str, dict[str, Any]] = {}
         for kind in impls():
-            if any(r["impl"] == kind and not ok(r) for r in rows):
+            if not fixed and any(r["impl"] == kind and not ok(r) for r in rows):
                 continue
             r = _one(kind, redis_url, valkey_pid, 1000, rate, duration_s)
-            if not ok(r):
+            if not fixed and not ok(r):
                 _say(r, "(repeating the step)")
                 r = _one(kind, redis_url, valkey_pid, 1000, rate, duration_s)
                 r["repeated"] = True
@@ -115,10 +119,13 @@ def run(quick: bool) -> dict[str, Any]:
     duration = 3.0 if quick else 8.0
     rates = ([2000, 4000, 8000, 12000, 16000] if quick
              else [2000, 4000, 6000, 8000, 10000, 12000, 14000, 16000, 20000, 24000])
-    reps = 1 if quick else 3
+    if os.environ.get("BENCH_RATES"):
+        rates = [int(x) for x in os.environ["BENCH_RATES"].split()]
+    reps = int(os.environ.get("BENCH_MODERATE_RUNS", 1 if quick else 3))
     with EmbeddedValkey(extra_args=("--maxclients", "100000")) as vk:
         env = environment(vk.url)
-        sat = saturation(vk.url, vk.pid, rates, duration)
+        sat = saturation(vk.url, vk.pid, rates, duration,
+                         fixed=bool(os.environ.get("BENCH_RATES")))
         rows = []
         for kind in impls():
             good = [r for r in sat if r["impl"] == kind and ok(r)]
@@ -128,8 +135,8 @@ def run(quick: bool) -> dict[str, Any]:
         base = rows[0]["deliveries_per_cpu_s"] or 1
         for r in rows:
             r["ratio_per_cpu"] = round(r["deliveries_per_cpu_s"] / base, 2)
-        mod = moderate(vk.url, vk.pid, reps, duration)
-        p99_naive = mod[0]["p99_ms"] or 1
+        mod = moderate(vk.url, vk.pid, reps, duration) if reps else []
+        p99_naive = (mod[0]["p99_ms"] or 1) if mod else 1
         for r in mod:
             r["p99_vs_naive"] = round(r["p99_ms"] / p99_naive, 2)
         rows += mod
