@@ -149,7 +149,8 @@ def run(quick: bool) -> dict[str, Any]:
             "columns": ["impl", "scenario", "conns", "offered_updates_per_s", "delivered_per_s",
                         "p50_ms", "p99_ms", "max_ms", "server_cpu_s_per_s",
                         "deliveries_per_cpu_s", "ratio_per_cpu", "ratio_per_cpu_same_rate",
-                        "p99_vs_naive", "p99_limit_ms", "sustained", "apply_p50_ms", "apply_p99_ms",
+                        "messages_per_frame", "p99_vs_naive", "p99_limit_ms", "sustained",
+                        "apply_p50_ms", "apply_p99_ms",
                         "valkey_cpu_us_per_update", "gaps", "delivery_ratio",
                         "machine_busy_cores", "p99_runs_ms"]}
 

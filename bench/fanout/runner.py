@@ -101,6 +101,8 @@ def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_pe
             else None,
             "deliveries_per_cpu_s": round(received / server_s) if server_s else 0,
             "frames": sum(r["frames"] for r in results),
+            # live messages per frame the clients read (several share a `batch` frame)
+            "messages_per_frame": round(received / max(1, sum(r["frames"] for r in results)), 2),
             "rss_mb": round(rss / 2**20, 1), "kb_per_conn": round(rss / 1024 / conns, 1),
             "gaps": sum(r["gaps"] for r in results)}
 
