@@ -1,6 +1,6 @@
 """The many-socket send (the C loop oddsfeed/fanout/_send.c and its portable drop-in
 oddsfeed/fanout/writer_py.py) and send_many's use of it: one frame to many sockets in one
-call, a short write's rest and a failed write handed back to the transport in order, the
+call (send_all) or each socket its own frame (send_each, a batching window's end), a short write's rest and a failed write handed back to the transport in order, the
 same deliveries through either implementation, and TLS transports written through."""
 
 from __future__ import annotations
