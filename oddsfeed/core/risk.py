@@ -5,7 +5,8 @@ milliseconds passed in as arguments.
 
 Counts (one vector of ints per account and window, :data:`FIELDS` in order): slips, legs,
 accepted legs, rejected legs by reason, rejected legs by ``stale_ms`` bucket, and legs
-accepted shortly before a suspension or an adverse move (``beat``).
+accepted shortly before a suspension or an adverse move (``beat``: :func:`beat` decides it
+from the history after the accepted version, once the beat window has passed).
 
 Score, in [0, 100)::
 
@@ -60,13 +61,31 @@ class HistoryEntry:
     """One history version as the risk signals need it.
 
     ``prices``: the selection prices (ticks) this version set (all of them for a creation);
-    ``status_changed``: the market's or a selection's status changed in it.
+    ``status_changed``: the market's or a selection's status changed in it; ``halted``: it
+    suspended, closed or settled the market; ``halted_selections``: the selections it
+    suspended or removed.
     """
 
     version: int
     at_ms: int
     prices: Mapping[str, int]
     status_changed: bool
+    halted: bool = False
+    halted_selections: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class DueLeg:
+    """An accepted leg waiting for its beat window to end: ``price`` (ticks) and
+    ``version`` as accepted at ``at_ms``; it is judged by :func:`beat` at ``due_ms``."""
+
+    sub: str
+    market: str
+    selection: str
+    price: int
+    version: int
+    at_ms: int
+    due_ms: int
 
 
 def stale_since_ms(history: Sequence[HistoryEntry], *, selection: str, price: int,
@@ -103,6 +122,33 @@ def stale_since_ms(history: Sequence[HistoryEntry], *, selection: str, price: in
             return replaced_at
         replaced_at = e.at_ms
     return None
+
+
+def beat(history: Sequence[HistoryEntry], *, selection: str, price: int, until_ms: int
+         ) -> bool:
+    """Whether an accepted leg beat a suspension or an adverse move: ``history`` holds the
+    versions after the accepted one (in version order); an entry at or before ``until_ms``
+    (acceptance + the beat window) that halted the market or the leg's selection, or set
+    the selection a shorter price than the accepted ``price`` (the bettor got better odds
+    than the book offers now), makes it a beat. A longer price is the book's gain: not one.
+    """
+    for e in history:
+        if e.at_ms > until_ms:
+            return False  # versions are in time order: nothing later is inside the window
+        if e.halted or selection in e.halted_selections:
+            return True
+        moved = e.prices.get(selection)
+        if moved is not None and moved < price:
+            return True
+    return False
+
+
+def beat_counts() -> Counts:
+    """The counts one beat leg adds (to its acceptance-time bucket): ``beat`` only, since
+    its slip and legs were counted when it was validated."""
+    out = list(ZERO)
+    out[_INDEX["beat"]] = 1
+    return tuple(out)
 
 
 def stale_bucket(stale_ms: int | None) -> str:

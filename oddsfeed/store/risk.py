@@ -6,7 +6,8 @@ array of counts (``oddsfeed.core.risk.FIELDS``); ``bucket`` = ``at_ms // bucket_
 ``bucket_ms = window_s * 1000 // buckets``. A window's counts are the sum of its last
 ``buckets`` buckets (the current one included). Each add is one atomic script on one key, so
 concurrent adds from many workers are exact; each bucket holds at most ``max_accounts``
-accounts and expires once no window reads it.
+accounts and expires once no window reads it. ``of:risk:flag:<window_s>:<sub>`` marks an
+account whose score is over the alert threshold (expires with the window).
 """
 
 from __future__ import annotations
@@ -31,6 +32,16 @@ def bucket_key(window_s: int, bucket: int) -> str:
     return f"{PREFIX}{window_s}:{bucket}"
 
 
+def flag_key(window_s: int, sub: str) -> str:
+    """The mark of an account over the score threshold in a window (one crossing, one
+    event); it expires with the window."""
+    return f"{PREFIX}flag:{window_s}:{sub}"
+
+
+_HALTED = frozenset({"suspended", "closed", "settled"})
+_SEL_HALTED = frozenset({"suspended", "removed"})
+
+
 def _entry(entry_id: bytes, fields: Any) -> HistoryEntry | None:
     raw = dict(zip(fields[::2], fields[1::2])) if isinstance(fields, list) else fields
     data = raw.get(b"d")
@@ -40,14 +51,19 @@ def _entry(entry_id: bytes, fields: Any) -> HistoryEntry | None:
     version = int(entry_id.split(b"-")[0])
     at_ms = int(obj.get("t") or 0) // 1000
     if obj.get("op") == "created":
-        sels = (obj.get("market") or {}).get("selections") or {}
+        market = obj.get("market") or {}
+        sels = market.get("selections") or {}
         return HistoryEntry(version, at_ms, {str(k): int(v["price"]) for k, v in sels.items()
-                                             if isinstance(v, dict) and "price" in v}, True)
+                                             if isinstance(v, dict) and "price" in v}, True,
+                            market.get("status") in _HALTED)
     sel = obj.get("sel") or {}
     prices = {str(k): int(v["price"]) for k, v in sel.items()
               if isinstance(v, dict) and v.get("price") is not None}
     status = "status" in obj or any(isinstance(v, dict) and "status" in v for v in sel.values())
-    return HistoryEntry(version, at_ms, prices, status)
+    halted_sels = frozenset(str(k) for k, v in sel.items()
+                            if isinstance(v, dict) and v.get("status") in _SEL_HALTED)
+    return HistoryEntry(version, at_ms, prices, status, obj.get("status") in _HALTED,
+                        halted_sels)
 
 
 class RiskCounts:
@@ -157,6 +173,40 @@ class RiskCounts:
                 name = sub.decode() if isinstance(sub, bytes) else str(sub)
                 out[name] = add(out.get(name, ()), msgpack.unpackb(raw))
         return out
+
+    async def accounts(self, subs: Sequence[str], windows_s: Sequence[int], at_ms: int
+                       ) -> dict[tuple[int, str], Counts]:
+        """Per (window, account), the counts over the window ending at ``at_ms`` (accounts
+        without a slip in it left out), in one round trip. Raises StoreError."""
+        asks = [(w, sub, key) for w in windows_s for key in self._keys(w, at_ms) for sub in subs]
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for _w, sub, key in asks:
+                pipe.hget(key, sub)
+            replies = await pipe.execute()
+        except (redis_errors.RedisError, OSError) as exc:
+            raise StoreError(f"risk counts read failed: {exc}") from None
+        out: dict[tuple[int, str], Counts] = {}
+        for (w, sub, _key), raw in zip(asks, replies, strict=True):
+            if raw is not None:
+                out[w, sub] = add(out.get((w, sub), ()), msgpack.unpackb(raw))
+        return out
+
+    async def flag(self, window_s: int, above: Sequence[str], below: Sequence[str]
+                   ) -> list[str]:
+        """Mark the ``above`` accounts as over the threshold in the window (for as long as
+        the window) and unmark the ``below`` ones; returns the accounts newly marked (each
+        mark is set by exactly one caller), in one round trip. Raises StoreError."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for sub in above:
+                pipe.set(flag_key(window_s, sub), b"1", nx=True, px=window_s * 1000)
+            for sub in below:
+                pipe.delete(flag_key(window_s, sub))
+            replies = await pipe.execute()
+        except (redis_errors.RedisError, OSError) as exc:
+            raise StoreError(f"risk flag write failed: {exc}") from None
+        return [sub for sub, set_ in zip(above, replies, strict=False) if set_]
 
     async def account(self, sub: str, window_s: int, at_ms: int) -> Counts | None:
         """One account's counts over the window ending at ``at_ms`` (None: no slip in it)."""
