@@ -128,11 +128,12 @@ def install(app: web.Application, settings: RiskSettings, store: Store,
 
 
 def offer(request: web.Request, principal: Principal, legs: Sequence[Leg],
-          body: Mapping[str, Any]) -> None:
-    """Hand a finished verdict to the recorder (no-op when risk is off); never waits."""
+          body: Mapping[str, Any], arrived_ms: int | None = None) -> None:
+    """Hand a finished verdict (of a slip that arrived at ``arrived_ms``) to the recorder
+    (no-op when risk is off); never waits."""
     risk = request.app.get(K_RISK)
     if risk is not None:
-        risk.queue.offer(principal.sub, legs, body, now_ms())
+        risk.queue.offer(principal.sub, legs, body, now_ms(), arrived_ms)
 
 
 def _risk(request: web.Request) -> Risk:

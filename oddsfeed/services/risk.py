@@ -30,10 +30,13 @@ from ..core.wire import Leg
 
 
 class RiskRecorder(Protocol):
-    """Where an adapter hands each finished verdict (call after the answer is decided)."""
+    """Where an adapter hands each finished verdict (call after the answer is decided):
+    ``at_ms`` when it was answered (its bucket; a beat window starts there), ``arrived_ms``
+    when the slip arrived (stale times are measured to it: an in-play slip is answered a
+    bet delay later)."""
 
-    def offer(self, sub: str, legs: Sequence[Leg], body: Mapping[str, Any], at_ms: int
-              ) -> None: ...
+    def offer(self, sub: str, legs: Sequence[Leg], body: Mapping[str, Any], at_ms: int,
+              arrived_ms: int | None = None) -> None: ...
 
 
 class RiskStore(Protocol):
@@ -87,6 +90,7 @@ class _Slip:
     legs: tuple[Leg, ...]
     verdicts: tuple[Mapping[str, Any], ...]
     at_ms: int
+    arrived_ms: int
 
 
 async def stale_ms_of(store: RiskStore, legs: Sequence[Leg],
@@ -136,10 +140,11 @@ class RiskQueue:
         self._sweeper: asyncio.Task[None] | None = None
         self._stopping = False
 
-    def offer(self, sub: str, legs: Sequence[Leg], body: Mapping[str, Any], at_ms: int
-              ) -> None:
+    def offer(self, sub: str, legs: Sequence[Leg], body: Mapping[str, Any], at_ms: int,
+              arrived_ms: int | None = None) -> None:
         try:
-            self._queue.put_nowait(_Slip(sub, tuple(legs), tuple(body["legs"]), at_ms))
+            self._queue.put_nowait(_Slip(sub, tuple(legs), tuple(body["legs"]), at_ms,
+                                         at_ms if arrived_ms is None else arrived_ms))
         except asyncio.QueueFull:
             self.metrics.dropped("queue_full")
 
@@ -198,7 +203,7 @@ class RiskQueue:
         with the counts)."""
         legs = [leg for slip in batch for leg in slip.legs]
         verdicts = [v for slip in batch for v in slip.verdicts]
-        ats = [slip.at_ms for slip in batch for _ in slip.legs]
+        ats = [slip.arrived_ms for slip in batch for _ in slip.legs]
         stale = await stale_ms_of(self.store, legs, verdicts, ats)
         items = []
         signalled = []
