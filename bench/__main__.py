@@ -1,7 +1,7 @@
 """`make bench`: every benchmark in one run, one JSON file, a Markdown report with ratios to
 each scenario's baseline, and plots.
 
-    python -m bench [--quick] [--only store,fanout,validation,requests,ingest] [--out DIR]
+    python -m bench [--quick] [--only store,fanout,validation,requests,ingest,risk] [--out DIR]
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from . import fanout, ingest, request_path, store, validation
+from . import fanout, ingest, request_path, risk_precision, store, validation
 from .common import RESULTS, table
 
 # Each takes `quick` and returns its figures (some as a coroutine).
 SCENARIOS: dict[str, Callable[[bool], Any]] = {
     "store": store.run, "fanout": fanout.run, "validation": validation.run,
-    "requests": request_path.run, "ingest": ingest.run}
+    "requests": request_path.run, "ingest": ingest.run, "risk": risk_precision.run}
 
 
 def plots(results: dict[str, Any], stem: Path) -> list[str]:

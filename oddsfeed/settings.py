@@ -160,6 +160,11 @@ class RiskSettings(_Section):
     webhook_url: str = ""
     webhook_timeout_s: float = Field(2.0, gt=0)
     webhook_max_inflight: int = Field(4, gt=0)  # posts at once; a crossing past it is not posted
+    # `oddsfeed run` only (the demo, with its published secret): simulated sharp and normal
+    # bettors validate slips under their own subjects so the signals show.
+    demo_bettors: bool = True
+    demo_sharps: int = Field(3, ge=0, le=100)
+    demo_normals: int = Field(20, ge=0, le=1000)
 
     @field_validator("windows_s")
     @classmethod
