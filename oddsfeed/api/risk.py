@@ -20,8 +20,7 @@ from ..core.wire import Leg
 from ..services.risk import Beat, RiskQueue
 from ..services.risk_alerts import ThresholdWatch
 from ..settings import RiskSettings
-from ..store import RiskCounts, Store
-from ..store.risk_due import DueQueue
+from ..store import DueQueue, RiskCounts, Store
 from ..webkit import Problem
 from .risk_hook import ThresholdAlerts
 

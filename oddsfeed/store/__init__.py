@@ -11,11 +11,13 @@ from .idempotency import IdempotencyRecord, IdempotencyStoreError, record_key
 from .outcomes import OutOfOrder, Precondition, StoreOutcome, outcome_name
 from .redis_store import Store
 from .risk import RiskCounts
+from .risk_due import DueQueue
 
 __all__ = [
     "Announced",
     "BetStopResult",
     "Bus",
+    "DueQueue",
     "Gone",
     "HistoryEntry",
     "IdempotencyRecord",
