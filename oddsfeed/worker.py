@@ -84,6 +84,7 @@ class Worker:
         auth = Authenticator(s.auth, demo=self.demo)
 
         risk = risk_recorder(s.risk, store)  # one per process, shared by both tiers
+        self.risk = risk
 
         async def validate(legs: Any, accept: str, sub: str) -> dict[str, Any]:
             arrived = now_ms()

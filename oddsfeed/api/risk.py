@@ -51,8 +51,9 @@ PrincipalOf = Callable[[web.Request, str | None], Principal]
 class PrometheusRiskMetrics:
     """The recorder's aggregate counters."""
 
-    def recorded(self, stale_ms: Sequence[int | None], reasons: Sequence[str]) -> None:
-        RECORDED.inc()
+    def recorded(self, slips: int, stale_ms: Sequence[int | None], reasons: Sequence[str]
+                 ) -> None:
+        RECORDED.inc(slips)
         for late in stale_ms:
             if late is not None:
                 STALE.observe(late / 1000)

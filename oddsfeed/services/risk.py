@@ -55,7 +55,8 @@ class DueStore(Protocol):
 class RiskMetrics(Protocol):
     """Aggregate counters (no per-account labels)."""
 
-    def recorded(self, stale_ms: Sequence[int | None], reasons: Sequence[str]) -> None: ...
+    def recorded(self, slips: int, stale_ms: Sequence[int | None], reasons: Sequence[str]
+                 ) -> None: ...
 
     def dropped(self, why: str) -> None: ...
 
@@ -215,8 +216,8 @@ class RiskQueue:
             items.append((slip.sub, counts, slip.at_ms))
             if any(late is not None for late in mine):
                 signalled.append(slip.sub)
-            self.metrics.recorded(mine, [str(v.get("reason", "")) for v in slip.verdicts
-                                         if not v.get("ok")])
+        self.metrics.recorded(len(batch), stale, [str(v.get("reason", "")) for v in verdicts
+                                                  if not v.get("ok")])
         due = self._due_legs(batch) if self.beat is not None else []
         if due and self.beat is not None:
             full, refused = await asyncio.gather(self.store.add_many(items),

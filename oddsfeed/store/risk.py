@@ -24,6 +24,7 @@ from redis.asyncio.cluster import RedisCluster
 from ..core.errors import StoreError
 from ..core.risk import Counts, HistoryEntry, add
 from . import codec
+from .risk_due import eval_many
 
 PREFIX = "of:risk:"
 
@@ -117,41 +118,23 @@ class RiskCounts:
         """Add many slips' ``(sub, counts, at_ms)`` in one pipelined round trip, summed per
         account and bucket first (one atomic script per account and bucket); returns how
         many (account, bucket) adds a full bucket refused. Raises StoreError."""
-        merged: dict[tuple[str, str], tuple[Counts, int]] = {}
+        merged: dict[tuple[str, str], tuple[list[int], int]] = {}
+        steps = [(window_s, self.bucket_ms(window_s)) for window_s in self.windows_s]
         for sub, counts, at_ms in items:
-            for window_s in self.windows_s:
-                step = self.bucket_ms(window_s)
+            nonzero = [(i, v) for i, v in enumerate(counts) if v]
+            for window_s, step in steps:
                 bucket = at_ms // step
                 where = (bucket_key(window_s, bucket), sub)
-                before = merged.get(where)
-                merged[where] = (add(before[0], counts) if before else tuple(counts),
-                               (bucket + self.buckets + 1) * step)
-        calls = list(merged.items())
-        results: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        try:
-            for attempt in range(2):  # a second pass only for the buckets that hit NOSCRIPT
-                pipe = self.client.pipeline(transaction=False)
-                for i in todo:
-                    (key, sub), (counts, expire_at) = calls[i]
-                    pipe.evalsha(self._add.sha, 1, key, sub, msgpack.packb(list(counts)),
-                                 expire_at, self.max_accounts)
-                replies = await pipe.execute(raise_on_error=False)
-                missing = []
-                for i, reply in zip(todo, replies, strict=True):
-                    if isinstance(reply, redis_errors.NoScriptError) and attempt == 0:
-                        missing.append(i)  # not run: retrying it cannot count twice
-                    elif isinstance(reply, Exception):
-                        raise StoreError(f"risk counts write failed: {reply}")
-                    else:
-                        results[i] = reply
-                if not missing:
-                    break
-                await self.client.script_load(self._add.script)
-                todo = missing
-        except (redis_errors.RedisError, OSError) as exc:
-            raise StoreError(f"risk counts write failed: {exc}") from None
-        return sum(1 for r in results if int(r) != 1)
+                found = merged.get(where)
+                if found is None:
+                    found = merged[where] = ([0] * len(counts), (bucket + self.buckets + 1) * step)
+                total = found[0]
+                for i, v in nonzero:
+                    total[i] += v
+        calls = [((key,), (sub, msgpack.packb(counts), expire_at, self.max_accounts))
+                 for (key, sub), (counts, expire_at) in merged.items()]
+        replies = await eval_many(self.client, self._add, calls)
+        return sum(1 for r in replies if int(r) != 1)
 
     def _keys(self, window_s: int, at_ms: int) -> list[str]:
         step = self.bucket_ms(window_s)

@@ -1,13 +1,15 @@
 """The beat queue in Valkey: accepted legs waiting for their beat window to end.
 
 Keys: ``of:{rdue:<shard>}`` for shard 0..shards-1, a sorted set per shard (the hash tag
-puts the shards in different cluster slots, so they spread over the primaries); member =
-msgpack ``[sub, market, selection, price, version, at_ms, due_ms, nonce]`` (the nonce keeps
-two equal legs apart), score = ``due_ms``. A push adds to one shard (round robin) only while
-it holds fewer than ``max_due // shards`` legs: a full shard refuses the new legs (counted
-by the caller), the old ones stay. A pop takes the due legs of every shard, each shard's
-in one atomic script that reads and removes them, so one leg is judged by exactly one
-worker. A leg popped by a worker that dies before adding its count is lost (at most once).
+puts the shards in different cluster slots, so they spread over the primaries), and beside
+it ``of:{rdue:<shard>}:n``, the legs it holds. One member per push (one recorder batch):
+``<legs>|`` then msgpack ``[nonce, [[sub, market, selection, price, version, at_ms,
+due_ms], ...]]`` (the nonce keeps two equal batches apart), score = the latest ``due_ms``
+in it. A push goes to one shard (round robin) and only if the shard then holds at most
+``max_due // shards`` legs: a push past that is refused whole (its legs counted by the
+caller), the queued ones stay. A pop takes the due members of every shard, each shard's in
+one atomic script that reads and removes them, so one leg is judged by exactly one worker.
+Legs popped by a worker that dies before adding their counts are lost (at most once).
 """
 
 from __future__ import annotations
@@ -26,20 +28,24 @@ from ..core.errors import StoreError
 from ..core.risk import DueLeg
 
 _PUSH = """
--- KEYS: 1 the shard; ARGV: 1 the cap, then (due_ms, member) pairs. Returns how many fit.
-local room = tonumber(ARGV[1]) - redis.call('ZCARD', KEYS[1])
-local n = 0
-for i = 2, #ARGV, 2 do
-  if n >= room then break end
-  redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1])
-  n = n + 1
-end
-return n
+-- KEYS: 1 the shard, 2 its leg count; ARGV: 1 the cap (legs), 2 legs, 3 due_ms, 4 member.
+-- Returns 1 when queued, 0 when it would take the shard past the cap.
+local legs = tonumber(ARGV[2])
+if tonumber(redis.call('GET', KEYS[2]) or '0') + legs > tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+redis.call('INCRBY', KEYS[2], legs)
+return 1
 """
 _POP = """
--- KEYS: 1 the shard; ARGV: 1 now (ms), 2 the most legs to take. Returns the legs taken.
+-- KEYS: 1 the shard, 2 its leg count; ARGV: 1 now (ms), 2 the most members to take.
+-- Returns the members taken.
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
+if #due > 0 then
+  redis.call('ZREM', KEYS[1], unpack(due))
+  local legs = 0
+  for _, m in ipairs(due) do legs = legs + tonumber(string.match(m, '^(%d+)|')) end
+  redis.call('DECRBY', KEYS[2], legs)
+end
 return due
 """
 
@@ -48,9 +54,13 @@ def due_key(shard: int) -> str:
     return f"of:{{rdue:{shard}}}"
 
 
+def count_key(shard: int) -> str:
+    return f"of:{{rdue:{shard}}}:n"
+
+
 async def eval_many(client: Redis | RedisCluster, script: Any,
-                    calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
-    """Run ``script`` (from ``register_script``) once per ``(key, args)`` in one pipelined
+                    calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+    """Run ``script`` (from ``register_script``) once per ``(keys, args)`` in one pipelined
     round trip (a second one only for the calls a server answered NOSCRIPT: those did not
     run, so retrying them cannot apply anything twice). Raises StoreError."""
     results: list[Any] = [None] * len(calls)
@@ -59,8 +69,8 @@ async def eval_many(client: Redis | RedisCluster, script: Any,
         for attempt in range(2):
             pipe = client.pipeline(transaction=False)
             for i in todo:
-                key, args = calls[i]
-                pipe.evalsha(script.sha, 1, key, *args)
+                keys, args = calls[i]
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
             replies = await pipe.execute(raise_on_error=False)
             missing = []
             for i, reply in zip(todo, replies, strict=True):
@@ -95,29 +105,31 @@ class DueQueue:
         self._nonce = int.from_bytes(os.urandom(4), "big") << 32
 
     async def push(self, legs: Sequence[DueLeg]) -> int:
-        """Queue ``legs`` (one shard per call, round robin) in one round trip; returns how
-        many a full shard refused. Raises StoreError."""
+        """Queue ``legs`` as one member of one shard (round robin) in one round trip;
+        returns how many legs a full shard refused (all or none). Raises StoreError."""
         if not legs:
             return 0
         shard = next(self._shard) % self.shards
-        args: list[Any] = [self.per_shard]
-        for leg in legs:
-            nonce = self._nonce | (next(self._nonces) & 0xFFFFFFFF)
-            args += [leg.due_ms, msgpack.packb([leg.sub, leg.market, leg.selection, leg.price,
-                                                leg.version, leg.at_ms, leg.due_ms, nonce])]
-        (added,) = await eval_many(self.client, self._push, [(due_key(shard), args)])
-        return len(legs) - int(added)
+        nonce = self._nonce | (next(self._nonces) & 0xFFFFFFFF)
+        body = msgpack.packb([nonce, [[leg.sub, leg.market, leg.selection, leg.price,
+                                       leg.version, leg.at_ms, leg.due_ms] for leg in legs]])
+        member = b"%d|" % len(legs) + body
+        due = max(leg.due_ms for leg in legs)
+        (added,) = await eval_many(self.client, self._push, [(
+            (due_key(shard), count_key(shard)), (self.per_shard, len(legs), due, member))])
+        return 0 if int(added) == 1 else len(legs)
 
     async def pop(self, now_ms: int, limit: int) -> list[DueLeg]:
-        """Take (and remove) up to ``limit`` legs per shard whose window ended by
-        ``now_ms``, from every shard in one round trip. Raises StoreError."""
-        replies = await eval_many(self.client, self._pop,
-                                  [(due_key(s), [now_ms, limit]) for s in range(self.shards)])
+        """Take (and remove) up to ``limit`` members per shard whose latest window ended
+        by ``now_ms``, from every shard in one round trip; returns their legs. Raises
+        StoreError."""
+        replies = await eval_many(self.client, self._pop, [
+            ((due_key(s), count_key(s)), (now_ms, limit)) for s in range(self.shards)])
         out = []
         for reply in replies:
             for raw in reply or []:
-                sub, market, selection, price, version, at_ms, due_ms, _ = msgpack.unpackb(raw)
-                out.append(DueLeg(sub, market, selection, price, version, at_ms, due_ms))
+                _, legs = msgpack.unpackb(raw[raw.index(b"|") + 1:])
+                out += [DueLeg(*leg) for leg in legs]
         return out
 
     async def size(self) -> int:
@@ -125,7 +137,7 @@ class DueQueue:
         try:
             pipe = self.client.pipeline(transaction=False)
             for s in range(self.shards):
-                pipe.zcard(due_key(s))
-            return sum(int(n) for n in await pipe.execute())
+                pipe.get(count_key(s))
+            return sum(int(n or 0) for n in await pipe.execute())
         except (redis_errors.RedisError, OSError) as exc:
             raise StoreError(f"risk due size failed: {exc}") from None

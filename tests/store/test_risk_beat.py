@@ -33,7 +33,7 @@ class Metrics:
         self.judged_legs = 0
         self.beats = 0
 
-    def recorded(self, stale_ms: Any, reasons: Any) -> None:
+    def recorded(self, slips: int, stale_ms: Any, reasons: Any) -> None:
         pass
 
     def dropped(self, why: str) -> None:
@@ -145,12 +145,12 @@ async def test_a_leg_is_judged_once_and_counted_exactly_by_concurrent_workers(
 
 
 async def test_the_queue_is_capped_and_a_full_shard_refuses_new_legs(store: Store) -> None:
-    """Past max_due the new legs are refused and counted (due_full), the queued ones kept;
-    a leg is not taken before its window ends."""
+    """A push that would take a shard past max_due legs is refused whole and counted
+    (due_full), the queued ones kept; a leg is not taken before its window ends."""
     due = DueQueue(store.client, shards=1, max_due=10)
     t = now_ms()
     legs = [DueLeg(f"s{i}", "m1", "h", 25000, 1, t, t + WINDOW_MS) for i in range(15)]
-    assert await due.push(legs) == 5
+    assert [await due.push(legs[i:i + 5]) for i in (0, 5, 10)] == [0, 0, 5]
     assert await due.size() == 10
     assert await due.pop(t + WINDOW_MS - 1, 100) == []
     taken = await due.pop(t + WINDOW_MS, 100)
