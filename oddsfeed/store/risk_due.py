@@ -111,8 +111,7 @@ class DueQueue:
             return 0
         shard = next(self._shard) % self.shards
         nonce = self._nonce | (next(self._nonces) & 0xFFFFFFFF)
-        body = msgpack.packb([nonce, [[leg.sub, leg.market, leg.selection, leg.price,
-                                       leg.version, leg.at_ms, leg.due_ms] for leg in legs]])
+        body = msgpack.packb([nonce, legs])  # each leg a tuple: packed as an array
         member = b"%d|" % len(legs) + body
         due = max(leg.due_ms for leg in legs)
         (added,) = await eval_many(self.client, self._push, [(
