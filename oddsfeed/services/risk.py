@@ -238,7 +238,16 @@ class RiskQueue:
         for _ in range(full):
             self.metrics.dropped("bucket_full")
         if signalled and self.watch is not None:
-            await self.watch.check(signalled, batch[-1].at_ms)
+            await self._check(signalled, batch[-1].at_ms)
+
+    async def _check(self, subs: Sequence[str], at_ms: int) -> None:
+        """Hand the accounts to the threshold watch; its failure is reported, not counted
+        as a dropped slip (the counts are in by now)."""
+        assert self.watch is not None
+        try:
+            await self.watch.check(subs, at_ms)
+        except Exception as exc:  # the alert is best effort; the counts stand
+            self.on_error(exc)
 
     def _due_legs(self, batch: Sequence[_Slip]) -> list[DueLeg]:
         assert self.beat is not None
@@ -292,5 +301,5 @@ class RiskQueue:
             for _ in range(await self.store.add_many(items)):
                 self.metrics.dropped("bucket_full")
             if self.watch is not None:
-                await self.watch.check(list(dict.fromkeys(s for s, _, _ in items)), now_ms)
+                await self._check(list(dict.fromkeys(s for s, _, _ in items)), now_ms)
         return len(due)
