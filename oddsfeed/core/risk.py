@@ -74,18 +74,18 @@ class HistoryEntry:
     halted_selections: frozenset[str] = frozenset()
 
 
-class DueLeg(NamedTuple):
-    """An accepted leg waiting for its beat window to end: ``price`` (ticks) and
-    ``version`` as accepted at ``at_ms``; it is judged by :func:`beat` at ``due_ms``. (A
-    named tuple: the recorder makes one per accepted leg, and these are cheap to make.)"""
+class DueGroup(NamedTuple):
+    """Accepted legs on one price of one selection at one market version, waiting for their
+    beat windows to end: ``legs`` holds ``(sub, at_ms, due_ms)`` per leg (accepted at
+    ``at_ms``, judged by :func:`beat` at ``due_ms``), ``price`` in ticks. (Grouped: a busy
+    market takes many bets between two versions, and the history after a version is read
+    and scanned once for all of them.)"""
 
-    sub: str
     market: str
     selection: str
     price: int
     version: int
-    at_ms: int
-    due_ms: int
+    legs: list[tuple[str, int, int]]
 
 
 def stale_since_ms(history: Sequence[HistoryEntry], *, selection: str, price: int,
@@ -124,23 +124,29 @@ def stale_since_ms(history: Sequence[HistoryEntry], *, selection: str, price: in
     return None
 
 
-def beat(history: Sequence[HistoryEntry], *, selection: str, price: int, until_ms: int
-         ) -> bool:
-    """Whether an accepted leg beat a suspension or an adverse move: ``history`` holds the
-    versions after the accepted one (in version order); an entry at or before ``until_ms``
-    (acceptance + the beat window) that halted the market or the leg's selection, or set
-    the selection a shorter price than the accepted ``price`` (the bettor got better odds
-    than the book offers now), makes it a beat. A longer price is the book's gain: not one.
-    """
+def first_adverse_ms(history: Sequence[HistoryEntry], *, selection: str, price: int
+                     ) -> int | None:
+    """When the book first turned against a leg accepted at ``price`` (ticks): ``history``
+    holds the versions after the accepted one (in version order); the first that halted
+    the market or the leg's selection, or set the selection a shorter price than ``price``
+    (the bettor got better odds than the book offers now). None: none did. A longer price
+    is the book's gain, not adverse."""
     for e in history:
-        if e.at_ms > until_ms:
-            return False  # versions are in time order: nothing later is inside the window
         if e.halted or selection in e.halted_selections:
-            return True
+            return e.at_ms
         moved = e.prices.get(selection)
         if moved is not None and moved < price:
-            return True
-    return False
+            return e.at_ms
+    return None
+
+
+def beat(history: Sequence[HistoryEntry], *, selection: str, price: int, until_ms: int
+         ) -> bool:
+    """Whether an accepted leg beat a suspension or an adverse move: the book turned
+    against it (:func:`first_adverse_ms`) at or before ``until_ms`` (acceptance + the beat
+    window)."""
+    at = first_adverse_ms(history, selection=selection, price=price)
+    return at is not None and at <= until_ms
 
 
 def beat_counts() -> Counts:

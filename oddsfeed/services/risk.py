@@ -19,10 +19,10 @@ from ..core.prices import from_decimal, to_float
 from ..core.risk import (
     STALE_REASONS,
     Counts,
-    DueLeg,
+    DueGroup,
     HistoryEntry,
-    beat,
     beat_counts,
+    first_adverse_ms,
     slip_counts,
     stale_since_ms,
 )
@@ -47,9 +47,9 @@ class RiskStore(Protocol):
 
 
 class DueStore(Protocol):
-    async def push(self, legs: Sequence[DueLeg]) -> int: ...
+    async def push(self, groups: Sequence[DueGroup]) -> int: ...
 
-    async def pop(self, now_ms: int, limit: int) -> list[DueLeg]: ...
+    async def pop(self, now_ms: int, limit: int) -> list[DueGroup]: ...
 
 
 class RiskMetrics(Protocol):
@@ -249,10 +249,10 @@ class RiskQueue:
         except Exception as exc:  # the alert is best effort; the counts stand
             self.on_error(exc)
 
-    def _due_legs(self, batch: Sequence[_Slip]) -> list[DueLeg]:
+    def _due_legs(self, batch: Sequence[_Slip]) -> list[DueGroup]:
         assert self.beat is not None
         window = self.beat.window_ms
-        out = []
+        groups: dict[tuple[str, str, int, int], list[tuple[str, int, int]]] = {}
         for slip in batch:
             for leg, verdict in zip(slip.legs, slip.verdicts, strict=True):
                 version = verdict.get("version")
@@ -262,9 +262,12 @@ class RiskQueue:
                 # The price the bettor got: the leg's own unless accept allowed another.
                 price = (leg.price if shown is None or to_float(leg.price) == shown
                          else from_decimal(shown))
-                out.append(DueLeg(slip.sub, leg.market, leg.selection, price, int(version),
-                                  slip.at_ms, slip.at_ms + window))
-        return out
+                key = (leg.market, leg.selection, price, int(version))
+                found = groups.get(key)
+                if found is None:
+                    found = groups[key] = []
+                found.append((slip.sub, slip.at_ms, slip.at_ms + window))
+        return [DueGroup(*key, legs) for key, legs in groups.items()]
 
     async def _sweep_loop(self) -> None:
         beat, clock = self.beat, self.clock
@@ -291,15 +294,21 @@ class RiskQueue:
         due = await self.beat.due.pop(now_ms, self.beat.sweep_limit)
         if not due:
             return 0
-        reads = list(dict.fromkeys((leg.market, leg.version) for leg in due))
+        reads = list(dict.fromkeys((g.market, g.version) for g in due))
         histories = dict(zip(reads, await self.store.histories(reads), strict=True))
-        items = [(leg.sub, beat_counts(), leg.at_ms) for leg in due
-                 if beat(histories[leg.market, leg.version], selection=leg.selection,
-                         price=leg.price, until_ms=leg.due_ms)]
-        self.metrics.judged(len(due), len(items))
+        items = []
+        judged = 0
+        for g in due:
+            judged += len(g.legs)
+            turned = first_adverse_ms(histories[g.market, g.version], selection=g.selection,
+                                      price=g.price)
+            if turned is not None:
+                items += [(sub, beat_counts(), at) for sub, at, until in g.legs
+                          if turned <= until]
+        self.metrics.judged(judged, len(items))
         if items:
             for _ in range(await self.store.add_many(items)):
                 self.metrics.dropped("bucket_full")
             if self.watch is not None:
                 await self._check(list(dict.fromkeys(s for s, _, _ in items)), now_ms)
-        return len(due)
+        return judged

@@ -3,9 +3,10 @@
 Keys: ``of:{rdue:<shard>}`` for shard 0..shards-1, a sorted set per shard (the hash tag
 puts the shards in different cluster slots, so they spread over the primaries), and beside
 it ``of:{rdue:<shard>}:n``, the legs it holds. One member per push (one recorder batch):
-``<legs>|`` then msgpack ``[nonce, [[sub, market, selection, price, version, at_ms,
-due_ms], ...]]`` (the nonce keeps two equal batches apart), score = the latest ``due_ms``
-in it. A push goes to one shard (round robin) and only if the shard then holds at most
+``<legs>|`` then msgpack ``[nonce, [[market, selection, price, version, [[sub, at_ms,
+due_ms], ...]], ...]]`` (legs grouped by market version, selection and price; the nonce
+keeps two equal batches apart), score = the latest ``due_ms`` in it. A push goes to one
+shard (round robin) and only if the shard then holds at most
 ``max_due // shards`` legs: a push past that is refused whole (its legs counted by the
 caller), the queued ones stay. A pop takes the due members of every shard, each shard's in
 one atomic script that reads and removes them, so one leg is judged by exactly one worker.
@@ -25,7 +26,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from ..core.errors import StoreError
-from ..core.risk import DueLeg
+from ..core.risk import DueGroup
 
 _PUSH = """
 -- KEYS: 1 the shard, 2 its leg count; ARGV: 1 the cap (legs), 2 legs, 3 due_ms, 4 member.
@@ -104,31 +105,31 @@ class DueQueue:
         self._nonces = itertools.count()
         self._nonce = int.from_bytes(os.urandom(4), "big") << 32
 
-    async def push(self, legs: Sequence[DueLeg]) -> int:
-        """Queue ``legs`` as one member of one shard (round robin) in one round trip;
+    async def push(self, groups: Sequence[DueGroup]) -> int:
+        """Queue ``groups`` as one member of one shard (round robin) in one round trip;
         returns how many legs a full shard refused (all or none). Raises StoreError."""
+        legs = sum(len(g.legs) for g in groups)
         if not legs:
             return 0
         shard = next(self._shard) % self.shards
         nonce = self._nonce | (next(self._nonces) & 0xFFFFFFFF)
-        body = msgpack.packb([nonce, legs])  # each leg a tuple: packed as an array
-        member = b"%d|" % len(legs) + body
-        due = max(leg.due_ms for leg in legs)
+        member = b"%d|" % legs + msgpack.packb([nonce, groups])  # tuples pack as arrays
+        due = max(leg[2] for g in groups for leg in g.legs)
         (added,) = await eval_many(self.client, self._push, [(
-            (due_key(shard), count_key(shard)), (self.per_shard, len(legs), due, member))])
-        return 0 if int(added) == 1 else len(legs)
+            (due_key(shard), count_key(shard)), (self.per_shard, legs, due, member))])
+        return 0 if int(added) == 1 else legs
 
-    async def pop(self, now_ms: int, limit: int) -> list[DueLeg]:
+    async def pop(self, now_ms: int, limit: int) -> list[DueGroup]:
         """Take (and remove) up to ``limit`` members per shard whose latest window ended
-        by ``now_ms``, from every shard in one round trip; returns their legs. Raises
+        by ``now_ms``, from every shard in one round trip; returns their groups. Raises
         StoreError."""
         replies = await eval_many(self.client, self._pop, [
             ((due_key(s), count_key(s)), (now_ms, limit)) for s in range(self.shards)])
         out = []
         for reply in replies:
             for raw in reply or []:
-                _, legs = msgpack.unpackb(raw[raw.index(b"|") + 1:])
-                out += [DueLeg(*leg) for leg in legs]
+                _, groups = msgpack.unpackb(raw[raw.index(b"|") + 1:])
+                out += [DueGroup(*g) for g in groups]
         return out
 
     async def size(self) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 
 from oddsfeed.clock import now_ms
 from oddsfeed.core.model import MarketUpdate
-from oddsfeed.core.risk import DueLeg, as_map
+from oddsfeed.core.risk import DueGroup, as_map
 from oddsfeed.core.wire import Leg
 from oddsfeed.services.risk import Beat, RiskQueue
 from oddsfeed.store import RiskCounts, Store
@@ -149,12 +149,13 @@ async def test_the_queue_is_capped_and_a_full_shard_refuses_new_legs(store: Stor
     (due_full), the queued ones kept; a leg is not taken before its window ends."""
     due = DueQueue(store.client, shards=1, max_due=10)
     t = now_ms()
-    legs = [DueLeg(f"s{i}", "m1", "h", 25000, 1, t, t + WINDOW_MS) for i in range(15)]
-    assert [await due.push(legs[i:i + 5]) for i in (0, 5, 10)] == [0, 0, 5]
+    legs = [(f"s{i}", t, t + WINDOW_MS) for i in range(15)]
+    assert [await due.push([DueGroup("m1", "h", 25000, 1, legs[i:i + 5])])
+            for i in (0, 5, 10)] == [0, 0, 5]
     assert await due.size() == 10
     assert await due.pop(t + WINDOW_MS - 1, 100) == []
     taken = await due.pop(t + WINDOW_MS, 100)
-    assert sorted(leg.sub for leg in taken) == sorted(f"s{i}" for i in range(10))
+    assert sorted(leg[0] for g in taken for leg in g.legs) == sorted(f"s{i}" for i in range(10))
     assert await due.size() == 0
     metrics = Metrics()
     queue = recorder(store, metrics, max_due=4)
