@@ -14,6 +14,7 @@ from oddsfeed.core.risk import (
     as_map,
     beat,
     beat_counts,
+    first_adverse_ms,
     score,
     slip_counts,
     stale_bucket,
@@ -163,3 +164,14 @@ def test_beat_is_a_halt_or_a_shorter_price_inside_the_window() -> None:
     assert not beat([], selection="h", price=25000, until_ms=10**12)
     assert as_map(beat_counts())["beat"] == 1
     assert sum(beat_counts()) == 1
+
+
+def test_first_adverse_is_the_first_halt_or_shorter_price() -> None:
+    """The time of the first entry that halted the market or the selection or shortened the
+    leg's price; None when the book never turned against it."""
+    after = [HistoryEntry(2, 2_000, {"h": 26000}, False),
+             HistoryEntry(3, 3_000, {"h": 24000}, False),
+             HistoryEntry(4, 4_000, {}, True, halted=True)]
+    assert first_adverse_ms(after, selection="h", price=25000) == 3_000
+    assert first_adverse_ms(after, selection="h", price=24000) == 4_000
+    assert first_adverse_ms(after[:2], selection="a", price=25000) is None
