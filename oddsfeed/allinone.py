@@ -87,11 +87,12 @@ async def run_all(settings: Settings, *, stop: asyncio.Event | None = None) -> i
             from oddsfeed_ingest.simulator import SimulatorConfig, run_simulator
 
             # Half the events also have a backup feed; the primary drops out on them for
-            # longer than the staleness period now and then, so failover shows.
+            # half of every period, 30 s longer than the staleness, so the backup drives
+            # for 30 s of it and failover (and the primary's return) shows on the console.
             stale_s = settings.ingest.staleness_s
             sim = SimulatorConfig(events=settings.demo.events, seed=settings.demo.seed,
                                   rate_per_s=settings.demo.rate_per_s, backup_every=2,
-                                  outage_s=stale_s + 10, outage_every_s=3 * (stale_s + 10))
+                                  outage_s=stale_s + 30, outage_every_s=2 * (stale_s + 30))
             tasks.append(asyncio.create_task(run_simulator(worker.store, sim, stop=stop,
                                                            start_ms=now_ms(),
                                                            staleness_s=stale_s),
