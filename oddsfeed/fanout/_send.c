@@ -24,6 +24,58 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
+/* fds[i] from a sequence of ints; 0, or -1 with an exception set. */
+static int
+parse_fds(PyObject *fast, Py_ssize_t n, int *fds, const char *who)
+{
+    Py_ssize_t i;
+    for (i = 0; i < n; i++) {
+        long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (fd == -1 && PyErr_Occurred())
+            return -1;
+        if (fd < 0 || fd > INT_MAX) {
+            PyErr_Format(PyExc_ValueError, "%s: bad file descriptor", who);
+            return -1;
+        }
+        fds[i] = (int)fd;
+    }
+    return 0;
+}
+
+/* bufs[i] (lens[i] bytes) to fds[i], one send each, with the GIL released; returns
+   [(index, bytes sent or -errno), ...] for the sockets that did not take theirs whole. */
+static PyObject *
+send_many(const int *fds, const char *const *bufs, const Py_ssize_t *lens, Py_ssize_t n)
+{
+    PyObject *out;
+    Py_ssize_t i;
+    Py_ssize_t *sent = PyMem_New(Py_ssize_t, n > 0 ? n : 1);
+
+    if (sent == NULL)
+        return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    for (i = 0; i < n; i++) {
+        ssize_t r;
+        do {
+            r = send(fds[i], bufs[i], (size_t)lens[i], MSG_DONTWAIT | MSG_NOSIGNAL);
+        } while (r < 0 && errno == EINTR);
+        sent[i] = r < 0 ? -(Py_ssize_t)errno : (Py_ssize_t)r;
+    }
+    Py_END_ALLOW_THREADS
+
+    out = PyList_New(0);
+    for (i = 0; out != NULL && i < n; i++) {
+        if (sent[i] != lens[i]) {
+            PyObject *item = Py_BuildValue("(nn)", i, sent[i]);
+            if (item == NULL || PyList_Append(out, item) < 0)
+                Py_CLEAR(out);
+            Py_XDECREF(item);
+        }
+    }
+    PyMem_Free(sent);
+    return out;
+}
+
 static PyObject *
 send_all(PyObject *self, PyObject *args)
 {
@@ -31,7 +83,8 @@ send_all(PyObject *self, PyObject *args)
     Py_buffer frame;
     Py_ssize_t n, i;
     int *fds = NULL;
-    Py_ssize_t *sent = NULL;
+    const char **bufs = NULL;
+    Py_ssize_t *lens = NULL;
 
     if (!PyArg_ParseTuple(args, "Oy*:send_all", &seq, &frame))
         return NULL;
@@ -40,51 +93,24 @@ send_all(PyObject *self, PyObject *args)
         goto done;
     n = PySequence_Fast_GET_SIZE(fast);
     fds = PyMem_New(int, n > 0 ? n : 1);
-    sent = PyMem_New(Py_ssize_t, n > 0 ? n : 1);
-    if (fds == NULL || sent == NULL) {
+    bufs = PyMem_New(const char *, n > 0 ? n : 1);
+    lens = PyMem_New(Py_ssize_t, n > 0 ? n : 1);
+    if (fds == NULL || bufs == NULL || lens == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    for (i = 0; i < n; i++) {
-        long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
-        if (fd == -1 && PyErr_Occurred())
-            goto done;
-        if (fd < 0 || fd > INT_MAX) {
-            PyErr_SetString(PyExc_ValueError, "send_all: bad file descriptor");
-            goto done;
-        }
-        fds[i] = (int)fd;
-    }
-
-    Py_BEGIN_ALLOW_THREADS
-    for (i = 0; i < n; i++) {
-        ssize_t r;
-        do {
-            r = send(fds[i], frame.buf, (size_t)frame.len, MSG_DONTWAIT | MSG_NOSIGNAL);
-        } while (r < 0 && errno == EINTR);
-        sent[i] = r < 0 ? -(Py_ssize_t)errno : (Py_ssize_t)r;
-    }
-    Py_END_ALLOW_THREADS
-
-    /* [(index, bytes sent or -errno), ...] for the sockets that did not take it all */
-    out = PyList_New(0);
-    if (out == NULL)
+    if (parse_fds(fast, n, fds, "send_all") < 0)
         goto done;
     for (i = 0; i < n; i++) {
-        if (sent[i] != frame.len) {
-            PyObject *item = Py_BuildValue("(nn)", i, sent[i]);
-            if (item == NULL || PyList_Append(out, item) < 0) {
-                Py_XDECREF(item);
-                Py_CLEAR(out);
-                goto done;
-            }
-            Py_DECREF(item);
-        }
+        bufs[i] = frame.buf;
+        lens[i] = frame.len;
     }
+    out = send_many(fds, bufs, lens, n);
 
 done:
     PyMem_Free(fds);
-    PyMem_Free(sent);
+    PyMem_Free(bufs);
+    PyMem_Free(lens);
     Py_XDECREF(fast);
     PyBuffer_Release(&frame);
     return out;
@@ -99,8 +125,9 @@ send_each(PyObject *self, PyObject *args)
     PyObject *fd_seq, *frame_seq, *fast_fds = NULL, *fast_frames = NULL, *out = NULL;
     Py_ssize_t n, i, got = 0;
     int *fds = NULL;
-    Py_buffer *bufs = NULL;
-    Py_ssize_t *sent = NULL;
+    Py_buffer *views = NULL;
+    const char **bufs = NULL;
+    Py_ssize_t *lens = NULL;
 
     if (!PyArg_ParseTuple(args, "OO:send_each", &fd_seq, &frame_seq))
         return NULL;
@@ -117,61 +144,31 @@ send_each(PyObject *self, PyObject *args)
         goto done;
     }
     fds = PyMem_New(int, n > 0 ? n : 1);
-    bufs = PyMem_New(Py_buffer, n > 0 ? n : 1);
-    sent = PyMem_New(Py_ssize_t, n > 0 ? n : 1);
-    if (fds == NULL || bufs == NULL || sent == NULL) {
+    views = PyMem_New(Py_buffer, n > 0 ? n : 1);
+    bufs = PyMem_New(const char *, n > 0 ? n : 1);
+    lens = PyMem_New(Py_ssize_t, n > 0 ? n : 1);
+    if (fds == NULL || views == NULL || bufs == NULL || lens == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    for (i = 0; i < n; i++) {
-        long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast_fds, i));
-        if (fd == -1 && PyErr_Occurred())
-            goto done;
-        if (fd < 0 || fd > INT_MAX) {
-            PyErr_SetString(PyExc_ValueError, "send_each: bad file descriptor");
-            goto done;
-        }
-        fds[i] = (int)fd;
-    }
+    if (parse_fds(fast_fds, n, fds, "send_each") < 0)
+        goto done;
     for (got = 0; got < n; got++) {
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast_frames, got), &bufs[got],
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast_frames, got), &views[got],
                                PyBUF_SIMPLE) < 0)
             goto done;
+        bufs[got] = views[got].buf;
+        lens[got] = views[got].len;
     }
-
-    Py_BEGIN_ALLOW_THREADS
-    for (i = 0; i < n; i++) {
-        ssize_t r;
-        do {
-            r = send(fds[i], bufs[i].buf, (size_t)bufs[i].len, MSG_DONTWAIT | MSG_NOSIGNAL);
-        } while (r < 0 && errno == EINTR);
-        sent[i] = r < 0 ? -(Py_ssize_t)errno : (Py_ssize_t)r;
-    }
-    Py_END_ALLOW_THREADS
-
-    out = PyList_New(0);
-    if (out == NULL)
-        goto done;
-    for (i = 0; i < n; i++) {
-        if (sent[i] != bufs[i].len) {
-            PyObject *item = Py_BuildValue("(nn)", i, sent[i]);
-            if (item == NULL || PyList_Append(out, item) < 0) {
-                Py_XDECREF(item);
-                Py_CLEAR(out);
-                goto done;
-            }
-            Py_DECREF(item);
-        }
-    }
+    out = send_many(fds, bufs, lens, n);
 
 done:
-    if (bufs != NULL) {
-        for (i = 0; i < got; i++)
-            PyBuffer_Release(&bufs[i]);
-    }
+    for (i = 0; i < got; i++)
+        PyBuffer_Release(&views[i]);
     PyMem_Free(fds);
+    PyMem_Free(views);
     PyMem_Free(bufs);
-    PyMem_Free(sent);
+    PyMem_Free(lens);
     Py_XDECREF(fast_fds);
     Py_XDECREF(fast_frames);
     return out;
