@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -13,10 +15,12 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp import web
+from websockets.asyncio.client import connect
 
 from oddsfeed.api.app import build_app
 from oddsfeed.settings import Settings, load_settings
 from oddsfeed.store import Store
+from oddsfeed.worker import Worker
 
 SECRET = "api-test-secret-0123456789-0123456789-abcdef"
 ALL = "odds:read odds:write bets:validate"
@@ -108,3 +112,43 @@ async def make_api(valkey_url: str, redis_client: Any) -> AsyncIterator[Callable
 async def api(make_api: Callable[..., Any]) -> Api:
     """One running app, anonymous reading off, a token with every scope."""
     return cast(Api, await make_api())
+
+
+@dataclass
+class Live:
+    """A whole worker's HTTP base URL, an HTTP session and a JSON WebSocket, both holding a
+    token with every scope."""
+
+    base: str
+    http: aiohttp.ClientSession
+    ws: Any
+    store: Store
+
+
+@contextlib.asynccontextmanager
+async def live_worker(valkey_url: str) -> AsyncIterator[Live]:
+    """A Worker (fan-out and API) on free ports over ``valkey_url``, its ``hello`` read."""
+    settings = api_settings(valkey_url, **{"server.ws_port": 0, "server.http_port": 0})
+    token = mint()
+    async with Worker(settings, valkey_url, reuse_port=False) as w, \
+            aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http, \
+            connect(f"ws://127.0.0.1:{w.ws_port}/ws?token={token}",
+                    subprotocols=["oddsfeed.v1.json"]) as ws:  # type: ignore[list-item]
+        await next_op(ws, "hello")
+        yield Live(f"http://127.0.0.1:{w.http_port}", http, ws, w.store)
+
+
+async def next_op(ws: Any, op: str) -> dict[str, Any]:
+    """The next message ``op`` on ``ws`` (inside batches too), skipping others; fails after
+    10 s naming what came instead."""
+    seen: list[str] = []
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                msg = json.loads(await ws.recv())
+                for m in msg["items"] if msg["op"] == "batch" else [msg]:
+                    if m["op"] == op:
+                        return dict(m)
+                    seen.append(m["op"])
+    except TimeoutError:
+        raise AssertionError(f"no {op} within 10 s; got {seen}") from None

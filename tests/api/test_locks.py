@@ -7,16 +7,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import aiohttp
 from prometheus_client import REGISTRY
-from websockets.asyncio.client import connect
 
 from oddsfeed.core.model import FeedRank, MarketUpdate
 from oddsfeed.core.prices import parse_price
-from oddsfeed.worker import Worker
 
-from .conftest import BODY, Api, api_settings, mint
-from .test_worker import _next
+from .conftest import BODY, Api, live_worker, mint, next_op
 
 FEED = FeedRank("sim:main", 0, 30_000)
 
@@ -125,32 +121,26 @@ async def test_lock_errors(api: Api) -> None:
 async def test_subscribers_see_locks_and_the_driver(valkey_url: str, redis_client: Any) -> None:
     """Inside a full worker: a lock reaches WebSocket subscribers as a delta with `locks`,
     a feed taking over as a delta with `src`, and a later subscriber's snapshot has both."""
-    settings = api_settings(valkey_url, **{"server.ws_port": 0, "server.http_port": 0})
-    token = mint()
-    async with Worker(settings, valkey_url, reuse_port=False) as w, \
-            aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http, \
-            connect(f"ws://127.0.0.1:{w.ws_port}/ws?token={token}",
-                    subprotocols=["oddsfeed.v1.json"]) as ws:  # type: ignore[list-item]
-        base = f"http://127.0.0.1:{w.http_port}"
-        await _next(ws, "hello")
+    async with live_worker(valkey_url) as live:
+        base, http, ws = live.base, live.http, live.ws
         async with http.put(f"{base}/v1/markets/m1", json=BODY) as r:
             assert r.status == 201
         await ws.send(json.dumps({"op": "subscribe", "id": 1, "markets": ["m1"]}))
-        await _next(ws, "snapshot")
+        await next_op(ws, "snapshot")
         async with http.post(f"{base}/v1/markets/m1/lock", json={"selections": ["h"]}) as r:
             assert r.status == 200
-        delta = await _next(ws, "delta")
+        delta = await next_op(ws, "delta")
         assert delta["locks"] == {"market": False, "selections": ["h"]}
         assert "sel" not in delta
-        await w.store.apply(MarketUpdate(market="m1", source="sim:main", seq=1, feed=FEED,
+        await live.store.apply(MarketUpdate(market="m1", source="sim:main", seq=1, feed=FEED,
                                          selections={"h": {"price": 50000},
                                                      "d": {"price": 40000}}))
-        delta = await _next(ws, "delta")
+        delta = await next_op(ws, "delta")
         assert (delta["src"], delta["sel"]) == ("sim:main", {"d": {"price": 4.0}})
         await ws.send(json.dumps({"op": "unsubscribe", "id": 3, "markets": ["m1"]}))
-        await _next(ws, "unsubscribed")
+        await next_op(ws, "unsubscribed")
         await ws.send(json.dumps({"op": "subscribe", "id": 4, "markets": ["m1"]}))
-        snap = (await _next(ws, "snapshot"))["market"]
+        snap = (await next_op(ws, "snapshot"))["market"]
         assert snap["locks"] == {"market": False, "selections": ["h"]}
         assert snap["src"] == "sim:main"
         assert snap["selections"]["h"]["price"] == 3.5
