@@ -16,6 +16,7 @@ from ..services.risk import RiskQueue
 from ..services.validation import validate_slip
 from ..settings import Settings
 from ..store import Store
+from ..tally import flush_all
 from ..webkit import Problem
 from . import console, desk, locks
 from . import risk as risk_routes
@@ -119,6 +120,11 @@ def build_app(settings: Settings, store: Store, *,
     app = web.Application(client_max_size=settings.api.max_body_bytes,
                           middlewares=[cors_mw, errors_mw])
     app.on_response_prepare.append(hide_server_banner)
+
+    async def flush_tallies(app: web.Application) -> None:
+        flush_all()  # the last second's request counts reach the metrics before exit
+
+    app.on_cleanup.append(flush_tallies)
     app[K_VALIDATING] = [0]
     app[K_STORE] = store
     app[K_SETTINGS] = settings
