@@ -20,6 +20,7 @@ from ..tally import flush_all
 from ..webkit import Problem
 from . import console, desk, locks
 from . import risk as risk_routes
+from .jsonout import json_answer
 from .markets import delete_market, get_market, list_markets, patch_market, post_odds, put_market
 from .openapi import ROUTES
 from .plumbing import (
@@ -58,7 +59,7 @@ async def validate_bets(request: web.Request) -> web.Response:
         body = await validate_slip(request.app[K_STORE], legs, accept,
                                    metrics=VALIDATION_METRICS)
         risk_routes.offer(request, principal, legs, body)  # queued, off the answer's path
-        return web.json_response(body)
+        return json_answer(body)
     finally:
         validating[0] -= 1
 

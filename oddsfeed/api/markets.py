@@ -19,6 +19,7 @@ from ..store import OutOfOrder, Precondition, StoreOutcome, outcome_name
 from ..webkit import Problem
 from . import schemas
 from .etag import etag
+from .jsonout import json_answer
 from .plumbing import (
     K_SETTINGS,
     K_STORE,
@@ -41,7 +42,7 @@ def _market_id(request: web.Request) -> str:
 
 
 def _market_response(market: Market, status: int = 200) -> web.Response:
-    return web.json_response(market.to_wire(), status=status,
+    return json_answer(market.to_wire(), status=status,
                              headers={"ETag": etag(market.epoch, market.version)})
 
 
@@ -75,7 +76,7 @@ async def list_markets(request: web.Request) -> web.Response:
                                         for m in markets[:limit]]}
     if len(markets) > limit:
         body["next_cursor"] = markets[limit - 1].id  # the next page starts after it
-    return web.json_response(body)
+    return json_answer(body)
 
 
 async def get_market(request: web.Request) -> web.Response:
