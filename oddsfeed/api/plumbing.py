@@ -137,6 +137,8 @@ def cors_headers(request: web.Request) -> dict[str, str]:
 async def cors_mw(request: web.Request,
                   handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                   ) -> web.StreamResponse:
+    if request.method != "OPTIONS" and "Origin" not in request.headers:
+        return await handler(request)  # no Origin: no CORS header to add (cors_headers)
     headers = cors_headers(request)
     if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
         return web.Response(status=204, headers=headers)
