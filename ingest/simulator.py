@@ -264,16 +264,20 @@ class Simulator:
             out.extend(self._create(ev))
         return out
 
-    def step(self) -> list[MarketUpdate]:
+    def step(self, now_ms: int | None = None) -> list[MarketUpdate]:
         """One tick of one randomly chosen event: what changed in its markets.
 
         Pre-match prices random-walk; at kick-off the markets go in play with the bet
         delay; a goal suspends them for 1-3 ticks and reopens them at sharply moved prices;
         at full time they close, then settle, and a new event takes the slot.
+        The source time advances by a random 200-1500 ms per tick, or, given the wall
+        clock's ``now_ms`` (a live feed), follows it, so stamps never run ahead of real time.
         """
         if not self.events:
             return self.initial()
-        self.clock_ms += self.rng.randint(200, 1500)
+        advance = self.rng.randint(200, 1500)  # drawn either way: the same seed, the same feed
+        self.clock_ms = (self.clock_ms + advance if now_ms is None
+                         else max(self.clock_ms + 1, now_ms))
         idx = self.rng.randrange(len(self.events))
         ev = self.events[idx]
         ev.ticks += 1
@@ -399,7 +403,7 @@ async def run_simulator(store: Applier, config: SimulatorConfig, *,
     next_at = loop.time()
     ticks = 0
     while (stop is None or not stop.is_set()) and (max_ticks is None or ticks < max_ticks):
-        for update in sim.step():
+        for update in sim.step(now_ms=start_ms + int((loop.time() - started) * 1000)):
             await write(update)
         ticks += 1
         next_at += interval

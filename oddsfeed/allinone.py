@@ -74,7 +74,7 @@ async def run_all(settings: Settings, *, stop: asyncio.Event | None = None) -> i
         token = None
         if demo:
             token = Authenticator(settings.auth, demo=True).mint(
-                "demo-trader", ["odds:read", "odds:write", "bets:validate"],
+                "demo-trader", ["odds:read", "odds:write", "bets:validate", "risk:read"],
                 ttl_s=min(86_400, settings.auth.max_token_lifetime_s), now_s=int(time.time()))
         else:
             log.info("not the demo (no demo secret on a loopback host): GET /v1/demo/token "
@@ -96,8 +96,11 @@ async def run_all(settings: Settings, *, stop: asyncio.Event | None = None) -> i
                                                            start_ms=now_ms(),
                                                            staleness_s=stale_s),
                                              name="demo-simulator"))
+        if demo and settings.risk.enabled and settings.risk.demo_bettors:
+            tasks.append(asyncio.create_task(_bettors(settings, worker, stop),
+                                             name="demo-bettors"))
         if token:
-            click.echo(f"trader token (odds:write, 24 h): {token}", err=True)
+            click.echo(f"trader token (odds:write, risk:read, 24 h): {token}", err=True)
 
         host = settings.server.host
         log.info(
@@ -114,6 +117,26 @@ async def run_all(settings: Settings, *, stop: asyncio.Event | None = None) -> i
         await asyncio.gather(*tasks, return_exceptions=True)
     log.info("oddsfeed stopped", exit_code=code)
     return code
+
+
+async def _bettors(settings: Settings, worker: Any, stop: asyncio.Event) -> None:
+    """The demo's simulated bettors (sharp and normal) until ``stop``; each bettor gets a
+    token of its own subject, minted with the demo secret."""
+    from oddsfeed.auth import Authenticator
+    from oddsfeed_ingest.bettors import BettorsConfig, run_bettors
+
+    auth = Authenticator(settings.auth, demo=True)
+    ttl = min(86_400, settings.auth.max_token_lifetime_s)
+
+    def token_for(sub: str) -> str:
+        return auth.mint(sub, ["odds:read", "bets:validate"], ttl_s=ttl, now_s=int(time.time()))
+
+    host = settings.server.host
+    config = BettorsConfig(sharps=settings.risk.demo_sharps,
+                           normals=settings.risk.demo_normals, seed=settings.demo.seed)
+    await run_bettors(f"http://{host}:{worker.http_port}", f"ws://{host}:{worker.ws_port}/ws",
+                      token_for, config, stop=stop)
+    await stop.wait()
 
 
 async def _wait_for_stop(stop: asyncio.Event, tasks: list[asyncio.Task[Any]], log: Any) -> int:

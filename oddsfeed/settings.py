@@ -144,6 +144,27 @@ class RiskSettings(_Section):
     max_accounts: int = Field(10_000, gt=0)  # accounts one bucket holds; more are not counted
     max_pending: int = Field(10_000, gt=0)  # slips waiting for the recorder; more are dropped
     history_scan: int = Field(200, gt=0)  # history entries read to date one stale leg
+    # An accepted leg followed within this by a suspension or a shorter price counts as a
+    # beat (0: off); each waits in the store's beat queue of at most max_due legs in
+    # due_shards sorted sets (a full shard refuses new legs, counted); a worker takes up to
+    # sweep_limit due legs per shard every sweep_ms.
+    beat_window_ms: int = Field(10_000, ge=0, le=3_600_000)
+    max_due: int = Field(100_000, gt=0)
+    due_shards: int = Field(8, ge=1, le=1024)
+    sweep_ms: int = Field(500, gt=0)
+    sweep_limit: int = Field(1000, gt=0)
+    # A score reaching this in a window raises one alert (log event risk_threshold_crossed,
+    # and a POST to webhook_url when set) per crossing; 100: never (scores stay below).
+    threshold: float = Field(50.0, gt=0, le=100)
+    threshold_check_ms: int = Field(1000, gt=0)  # accounts are checked at most this often
+    webhook_url: str = ""
+    webhook_timeout_s: float = Field(2.0, gt=0)
+    webhook_max_inflight: int = Field(4, gt=0)  # posts at once; a crossing past it is not posted
+    # `oddsfeed run` only (the demo, with its published secret): simulated sharp and normal
+    # bettors validate slips under their own subjects so the signals show.
+    demo_bettors: bool = True
+    demo_sharps: int = Field(3, ge=0, le=100)
+    demo_normals: int = Field(20, ge=0, le=1000)
 
     @field_validator("windows_s")
     @classmethod

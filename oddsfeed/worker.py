@@ -84,11 +84,13 @@ class Worker:
         auth = Authenticator(s.auth, demo=self.demo)
 
         risk = risk_recorder(s.risk, store)  # one per process, shared by both tiers
+        self.risk = risk
 
         async def validate(legs: Any, accept: str, sub: str) -> dict[str, Any]:
+            arrived = now_ms()
             body = await validate_slip(store, legs, accept, metrics=VALIDATION_METRICS)
             if risk is not None:
-                risk.offer(sub, legs, body, now_ms())  # queued, off the answer's path
+                risk.offer(sub, legs, body, now_ms(), arrived)  # queued, off the answer's path
             return body
 
         fan = FanoutServer(hub, fanout=s.fanout, auth=auth, host=s.server.host,

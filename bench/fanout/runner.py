@@ -30,17 +30,19 @@ def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_pe
                  rate: float, duration_s: float, procs: int = 2,
                  workers: int = 1, encoding: str = "msgpack",
                  valkey_pid: int | None = None, tree: str | None = None,
-                 label: str | None = None) -> dict[str, Any]:
+                 label: str | None = None,
+                 extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """One measurement of one implementation at one offered rate; returns its figures
     (``workers``: oddsfeed worker processes, CPU and RSS summed over them; ``encoding``:
     what the clients ask for; ``valkey_pid``: the store process, whose own CPU per update
-    is then reported)."""
+    is then reported; ``extra_env``: added to the oddsfeed server's environment)."""
     import uvloop
 
     mids = [f"f{i}" for i in range(markets)]
     if kind == "oddsfeed":
         create_markets(redis_url, mids)
-    server = Server(kind, redis_url, workers=workers if kind == "oddsfeed" else 1, tree=tree)
+    server = Server(kind, redis_url, extra_env=extra_env,
+                    workers=workers if kind == "oddsfeed" else 1, tree=tree)
     try:
         rng = random.Random(9)
         subs = [rng.sample(mids, subs_per_conn) for _ in range(conns)]
@@ -99,6 +101,8 @@ def run_scenario(kind: str, redis_url: str, *, conns: int, markets: int, subs_pe
             else None,
             "deliveries_per_cpu_s": round(received / server_s) if server_s else 0,
             "frames": sum(r["frames"] for r in results),
+            # live messages per frame the clients read (several share a `batch` frame)
+            "messages_per_frame": round(received / max(1, sum(r["frames"] for r in results)), 2),
             "rss_mb": round(rss / 2**20, 1), "kb_per_conn": round(rss / 1024 / conns, 1),
             "gaps": sum(r["gaps"] for r in results)}
 
@@ -151,11 +155,16 @@ def idle_memory(redis_url: str, steps: list[int], kind: str = "oddsfeed") -> lis
     return rows
 
 
-def sustained(r: dict[str, Any]) -> bool:
-    """p99 <= 100 ms and >= 95% delivered; for oddsfeed also no gap. The naive baseline is
-    at-most-once by design (Valkey drops a pub/sub reader that falls behind, broadcast skips
-    busy connections): its gaps are reported, not held against its throughput."""
-    ok = r["p99_ms"] <= 100 and r["delivery_ratio"] >= 0.95
+# The several-markets scenario's failure rule: p99 over this fails a step.
+P99_LIMIT_MS = 100.0
+
+
+def sustained(r: dict[str, Any], p99_limit_ms: float = P99_LIMIT_MS) -> bool:
+    """p99 <= ``p99_limit_ms`` and >= 95% delivered; for oddsfeed also no gap. The naive
+    baseline is at-most-once by design (Valkey drops a pub/sub reader that falls behind,
+    broadcast skips busy connections): its gaps are reported, not held against its
+    throughput."""
+    ok = r["p99_ms"] <= p99_limit_ms and r["delivery_ratio"] >= 0.95
     return bool(ok and (r["gaps"] == 0 or r["impl"] == "naive"))
 
 
@@ -240,7 +249,7 @@ def run(quick: bool) -> dict[str, Any]:
             memory += idle_memory(vk.url, steps, kind="naive")
     return {"scenario": "fanout",
             "params": {"conns": conns, "markets": 100, "subs_per_conn": 5,
-                       "duration_s": duration, "rates": rates,
+                       "duration_s": duration, "rates": rates, "p99_limit_ms": P99_LIMIT_MS,
                        "c10k": {"conns": 10_000, "rate": 100}, "idle_steps": steps},
             "env": env, "rows": rows, "saturation": saturation, "memory": memory,
             "columns": ["impl", "scenario", "workers", "conns", "offered_updates_per_s",

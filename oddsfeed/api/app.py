@@ -12,6 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..auth import VALIDATE, Authenticator
+from ..clock import now_ms
 from ..services.risk import RiskQueue
 from ..services.validation import validate_slip
 from ..settings import Settings
@@ -55,10 +56,11 @@ async def validate_bets(request: web.Request) -> web.Response:
         raise Problem(503, "too many validations",
                       f"{limit} bet-slip validations are in progress; retry", retry_after=1)
     validating[0] += 1
+    arrived = now_ms()
     try:
         body = await validate_slip(request.app[K_STORE], legs, accept,
                                    metrics=VALIDATION_METRICS)
-        risk_routes.offer(request, principal, legs, body)  # queued, off the answer's path
+        risk_routes.offer(request, principal, legs, body, arrived)  # queued, off the path
         return json_answer(body)
     finally:
         validating[0] -= 1

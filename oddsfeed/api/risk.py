@@ -17,10 +17,12 @@ from ..auth import RISK_READ, Principal
 from ..clock import now_ms
 from ..core.risk import Counts, as_map, score
 from ..core.wire import Leg
-from ..services.risk import RiskQueue
+from ..services.risk import Beat, RiskQueue
+from ..services.risk_alerts import ThresholdWatch
 from ..settings import RiskSettings
-from ..store import RiskCounts, Store
+from ..store import DueQueue, RiskCounts, Store
 from ..webkit import Problem
+from .risk_hook import ThresholdAlerts
 
 log = structlog.get_logger("oddsfeed.risk")
 
@@ -31,7 +33,13 @@ UNDATED = Counter("oddsfeed_risk_stale_unknown_total",
                   "rejected legs whose stale time the history no longer covered")
 RECORDED = Counter("oddsfeed_risk_slips_total", "bet slips added to the risk counts")
 DROPPED = Counter("oddsfeed_risk_dropped_total",
-                  "bet slips left out of the risk counts, by why", ["why"])
+                  "bet slips (or beat legs: due_full) left out of the risk counts, by why",
+                  ["why"])
+JUDGED = Counter("oddsfeed_risk_beat_judged_total",
+                 "accepted legs judged once their beat window ended")
+BEATS = Counter("oddsfeed_risk_beats_total",
+                "accepted legs followed within the beat window by a suspension or a shorter "
+                "price")
 MAX_LIMIT = 1000
 _SUB = re.compile(r"^.{1,256}$", re.DOTALL)
 _WINDOW = re.compile(r"^([0-9]{1,7})([smhd]?)$", re.ASCII)
@@ -43,8 +51,9 @@ PrincipalOf = Callable[[web.Request, str | None], Principal]
 class PrometheusRiskMetrics:
     """The recorder's aggregate counters."""
 
-    def recorded(self, stale_ms: Sequence[int | None], reasons: Sequence[str]) -> None:
-        RECORDED.inc()
+    def recorded(self, slips: int, stale_ms: Sequence[int | None], reasons: Sequence[str]
+                 ) -> None:
+        RECORDED.inc(slips)
         for late in stale_ms:
             if late is not None:
                 STALE.observe(late / 1000)
@@ -55,6 +64,10 @@ class PrometheusRiskMetrics:
 
     def dropped(self, why: str) -> None:
         DROPPED.labels(why).inc()
+
+    def judged(self, legs: int, beats: int) -> None:
+        JUDGED.inc(legs)
+        BEATS.inc(beats)
 
 
 @dataclass
@@ -80,9 +93,19 @@ def recorder(settings: RiskSettings, store: Store) -> RiskQueue | None:
     and stops it with the app that gets it."""
     if not settings.enabled:
         return None
-    return RiskQueue(_counts(settings, store), PrometheusRiskMetrics(),
-                     max_pending=settings.max_pending,
-                     on_error=lambda exc: log.warning("risk.record_failed", error=str(exc)))
+    counts = _counts(settings, store)
+    beat = None
+    if settings.beat_window_ms > 0:
+        due = DueQueue(store.client, shards=settings.due_shards, max_due=settings.max_due)
+        beat = Beat(due, settings.beat_window_ms, settings.sweep_ms, settings.sweep_limit)
+    alerts = ThresholdAlerts(settings.webhook_url, timeout_s=settings.webhook_timeout_s,
+                             max_inflight=settings.webhook_max_inflight)
+    watch = ThresholdWatch(counts, alerts, windows_s=settings.windows_s,
+                           threshold=settings.threshold,
+                           min_interval_ms=settings.threshold_check_ms)
+    return RiskQueue(counts, PrometheusRiskMetrics(), max_pending=settings.max_pending,
+                     on_error=lambda exc: log.warning("risk.record_failed", error=str(exc)),
+                     beat=beat, watch=watch, clock=now_ms, on_stop=alerts.close)
 
 
 def install(app: web.Application, settings: RiskSettings, store: Store,
@@ -105,11 +128,12 @@ def install(app: web.Application, settings: RiskSettings, store: Store,
 
 
 def offer(request: web.Request, principal: Principal, legs: Sequence[Leg],
-          body: Mapping[str, Any]) -> None:
-    """Hand a finished verdict to the recorder (no-op when risk is off); never waits."""
+          body: Mapping[str, Any], arrived_ms: int | None = None) -> None:
+    """Hand a finished verdict (of a slip that arrived at ``arrived_ms``) to the recorder
+    (no-op when risk is off); never waits."""
     risk = request.app.get(K_RISK)
     if risk is not None:
-        risk.queue.offer(principal.sub, legs, body, now_ms())
+        risk.queue.offer(principal.sub, legs, body, now_ms(), arrived_ms)
 
 
 def _risk(request: web.Request) -> Risk:

@@ -5,7 +5,8 @@ milliseconds passed in as arguments.
 
 Counts (one vector of ints per account and window, :data:`FIELDS` in order): slips, legs,
 accepted legs, rejected legs by reason, rejected legs by ``stale_ms`` bucket, and legs
-accepted shortly before a suspension or an adverse move (``beat``).
+accepted shortly before a suspension or an adverse move (``beat``: :func:`beat` decides it
+from the history after the accepted version, once the beat window has passed).
 
 Score, in [0, 100)::
 
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .betslip import REASONS
 
@@ -60,13 +61,31 @@ class HistoryEntry:
     """One history version as the risk signals need it.
 
     ``prices``: the selection prices (ticks) this version set (all of them for a creation);
-    ``status_changed``: the market's or a selection's status changed in it.
+    ``status_changed``: the market's or a selection's status changed in it; ``halted``: it
+    suspended, closed or settled the market; ``halted_selections``: the selections it
+    suspended or removed.
     """
 
     version: int
     at_ms: int
     prices: Mapping[str, int]
     status_changed: bool
+    halted: bool = False
+    halted_selections: frozenset[str] = frozenset()
+
+
+class DueGroup(NamedTuple):
+    """Accepted legs on one price of one selection at one market version, waiting for their
+    beat windows to end: ``legs`` holds ``(sub, at_ms, due_ms)`` per leg (accepted at
+    ``at_ms``, judged by :func:`beat` at ``due_ms``), ``price`` in ticks. (Grouped: a busy
+    market takes many bets between two versions, and the history after a version is read
+    and scanned once for all of them.)"""
+
+    market: str
+    selection: str
+    price: int
+    version: int
+    legs: list[tuple[str, int, int]]
 
 
 def stale_since_ms(history: Sequence[HistoryEntry], *, selection: str, price: int,
@@ -103,6 +122,39 @@ def stale_since_ms(history: Sequence[HistoryEntry], *, selection: str, price: in
             return replaced_at
         replaced_at = e.at_ms
     return None
+
+
+def first_adverse_ms(history: Sequence[HistoryEntry], *, selection: str, price: int
+                     ) -> int | None:
+    """When the book first turned against a leg accepted at ``price`` (ticks): ``history``
+    holds the versions after the accepted one (in version order); the first that halted
+    the market or the leg's selection, or set the selection a shorter price than ``price``
+    (the bettor got better odds than the book offers now). None: none did. A longer price
+    is the book's gain, not adverse."""
+    for e in history:
+        if e.halted or selection in e.halted_selections:
+            return e.at_ms
+        moved = e.prices.get(selection)
+        if moved is not None and moved < price:
+            return e.at_ms
+    return None
+
+
+def beat(history: Sequence[HistoryEntry], *, selection: str, price: int, until_ms: int
+         ) -> bool:
+    """Whether an accepted leg beat a suspension or an adverse move: the book turned
+    against it (:func:`first_adverse_ms`) at or before ``until_ms`` (acceptance + the beat
+    window)."""
+    at = first_adverse_ms(history, selection=selection, price=price)
+    return at is not None and at <= until_ms
+
+
+def beat_counts() -> Counts:
+    """The counts one beat leg adds (to its acceptance-time bucket): ``beat`` only, since
+    its slip and legs were counted when it was validated."""
+    out = list(ZERO)
+    out[_INDEX["beat"]] = 1
+    return tuple(out)
 
 
 def stale_bucket(stale_ms: int | None) -> str:

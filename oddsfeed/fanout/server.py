@@ -318,9 +318,7 @@ class FanoutServer:
     def _flush(self, batch: _Batch) -> None:
         batch.handle = None
         clients, batch.clients = batch.clients, set()
-        write_or_wake = self.writer.write_or_wake
-        for client in clients:
-            write_or_wake(client)
+        self.writer.flush(clients)
 
     def _leave_batches(self, client: Client) -> None:
         self._batch.clients.discard(client)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
@@ -26,9 +26,9 @@ from .frames import frame_of, next_frame
 from .wsinternals import OPEN
 
 try:
-    from ._send import send_all
+    from ._send import send_all, send_each
 except ImportError:  # pragma: no cover - built by `pip install` where a compiler is
-    from .writer_py import send_all
+    from .writer_py import send_all, send_each
 
 # Whether the many-socket send is the C loop (reported by the worker when it is ready).
 C_SEND_LOOP = send_all.__module__.endswith("._send")
@@ -122,6 +122,55 @@ class Writer:
                 transports[i].write(frame[took:] if took > 0 else frame)
         if sent:
             self.count(nbytes, sent, out.t_us, frames=sent)
+
+    def flush(self, clients: Iterable[Client]) -> None:
+        """A batching window's end: each client's queued messages as one frame, the frames
+        of every socket that holds nothing in its transport sent by one ``send_each`` call
+        (what a socket did not take goes back through its transport, in order); the others
+        (a TLS socket, something buffered, more than one frame queued) through
+        :meth:`write_or_wake`."""
+        fds: list[int] = []
+        frames: list[bytes] = []
+        transports: list[Any] = []
+        now = time.monotonic()
+        for client in clients:
+            ws = client.conn
+            if ws is None or client.writer is not None or client.closed:
+                continue
+            transport = ws.transport
+            outbox = client.outbox
+            if (client.fd < 0 or ws.protocol.state is not OPEN or transport.is_closing()
+                    or transport.get_write_buffer_size()
+                    or outbox.queued_bytes >= outbox.flush_bytes):
+                self.write_or_wake(client)
+                continue
+            t_us = outbox.oldest_t_us()
+            framed = next_frame(outbox)
+            if framed is None:
+                continue
+            frame, n = framed
+            if outbox.queued_bytes:  # past one frame's items: the rest in order, as usual
+                transport.write(frame)
+                self.count(len(frame), n, t_us)
+                self.write_or_wake(client)
+                continue
+            fds.append(client.fd)
+            frames.append(frame)
+            transports.append(transport)
+            client.last_sent = now
+            self.count(len(frame), n, t_us)
+        if not fds:
+            return
+        try:
+            short = send_each(fds, frames)
+        except Exception:  # MemoryError, in practice: fall back to every transport
+            # (raised before any send but for a failure to build the result: a frame
+            # already sent would then arrive twice, its deltas dropped by the client rule)
+            log.exception("send_each failed; writing through the transports")
+            short = [(i, -1) for i in range(len(fds))]
+        for i, took in short:
+            frame = frames[i]
+            transports[i].write(frame[took:] if took > 0 else frame)
 
     def write_or_wake(self, client: Client) -> None:
         """Fast path: when the connection is open, no writer task running and its socket

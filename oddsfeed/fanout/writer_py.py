@@ -34,3 +34,14 @@ def send_all(fds: Sequence[int], frame: bytes, /) -> list[tuple[int, int]]:
         if sent != n:
             short.append((i, sent))
     return short
+
+
+def send_each(fds: Sequence[int], frames: Sequence[bytes], /) -> list[tuple[int, int]]:
+    """Send ``frames[i]`` to ``fds[i]`` for every ``i``; returns what :func:`send_all`
+    returns (the sockets that did not take their whole frame)."""
+    if len(fds) != len(frames):
+        raise ValueError(f"send_each: {len(fds)} fds but {len(frames)} frames")
+    short: list[tuple[int, int]] = []
+    for i, (fd, frame) in enumerate(zip(fds, frames, strict=True)):
+        short += [(i, took) for _, took in send_all((fd,), frame)]
+    return short

@@ -13,12 +13,14 @@ from .locks import DeskMarket, FeedSeen, desk_markets, set_locks
 from .outcomes import OutOfOrder, Precondition, Standby, StoreOutcome, outcome_name
 from .redis_store import Store
 from .risk import RiskCounts
+from .risk_due import DueQueue
 
 __all__ = [
     "Announced",
     "BetStopResult",
     "Bus",
     "DeskMarket",
+    "DueQueue",
     "FeedHealth",
     "FeedSeen",
     "Gone",

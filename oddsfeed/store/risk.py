@@ -6,7 +6,8 @@ array of counts (``oddsfeed.core.risk.FIELDS``); ``bucket`` = ``at_ms // bucket_
 ``bucket_ms = window_s * 1000 // buckets``. A window's counts are the sum of its last
 ``buckets`` buckets (the current one included). Each add is one atomic script on one key, so
 concurrent adds from many workers are exact; each bucket holds at most ``max_accounts``
-accounts and expires once no window reads it.
+accounts and expires once no window reads it. ``of:risk:flag:<window_s>:<sub>`` marks an
+account whose score is over the alert threshold (expires with the window).
 """
 
 from __future__ import annotations
@@ -23,12 +24,23 @@ from redis.asyncio.cluster import RedisCluster
 from ..core.errors import StoreError
 from ..core.risk import Counts, HistoryEntry, add
 from . import codec
+from .risk_due import eval_many
 
 PREFIX = "of:risk:"
 
 
 def bucket_key(window_s: int, bucket: int) -> str:
     return f"{PREFIX}{window_s}:{bucket}"
+
+
+def flag_key(window_s: int, sub: str) -> str:
+    """The mark of an account over the score threshold in a window (one crossing, one
+    event); it expires with the window."""
+    return f"{PREFIX}flag:{window_s}:{sub}"
+
+
+_HALTED = frozenset({"suspended", "closed", "settled"})
+_SEL_HALTED = frozenset({"suspended", "removed"})
 
 
 def _entry(entry_id: bytes, fields: Any) -> HistoryEntry | None:
@@ -40,14 +52,19 @@ def _entry(entry_id: bytes, fields: Any) -> HistoryEntry | None:
     version = int(entry_id.split(b"-")[0])
     at_ms = int(obj.get("t") or 0) // 1000
     if obj.get("op") == "created":
-        sels = (obj.get("market") or {}).get("selections") or {}
+        market = obj.get("market") or {}
+        sels = market.get("selections") or {}
         return HistoryEntry(version, at_ms, {str(k): int(v["price"]) for k, v in sels.items()
-                                             if isinstance(v, dict) and "price" in v}, True)
+                                             if isinstance(v, dict) and "price" in v}, True,
+                            market.get("status") in _HALTED)
     sel = obj.get("sel") or {}
     prices = {str(k): int(v["price"]) for k, v in sel.items()
               if isinstance(v, dict) and v.get("price") is not None}
     status = "status" in obj or any(isinstance(v, dict) and "status" in v for v in sel.values())
-    return HistoryEntry(version, at_ms, prices, status)
+    halted_sels = frozenset(str(k) for k, v in sel.items()
+                            if isinstance(v, dict) and v.get("status") in _SEL_HALTED)
+    return HistoryEntry(version, at_ms, prices, status, obj.get("status") in _HALTED,
+                        halted_sels)
 
 
 class RiskCounts:
@@ -101,41 +118,23 @@ class RiskCounts:
         """Add many slips' ``(sub, counts, at_ms)`` in one pipelined round trip, summed per
         account and bucket first (one atomic script per account and bucket); returns how
         many (account, bucket) adds a full bucket refused. Raises StoreError."""
-        merged: dict[tuple[str, str], tuple[Counts, int]] = {}
+        merged: dict[tuple[str, str], tuple[list[int], int]] = {}
+        steps = [(window_s, self.bucket_ms(window_s)) for window_s in self.windows_s]
         for sub, counts, at_ms in items:
-            for window_s in self.windows_s:
-                step = self.bucket_ms(window_s)
+            nonzero = [(i, v) for i, v in enumerate(counts) if v]
+            for window_s, step in steps:
                 bucket = at_ms // step
                 where = (bucket_key(window_s, bucket), sub)
-                before = merged.get(where)
-                merged[where] = (add(before[0], counts) if before else tuple(counts),
-                               (bucket + self.buckets + 1) * step)
-        calls = list(merged.items())
-        results: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        try:
-            for attempt in range(2):  # a second pass only for the buckets that hit NOSCRIPT
-                pipe = self.client.pipeline(transaction=False)
-                for i in todo:
-                    (key, sub), (counts, expire_at) = calls[i]
-                    pipe.evalsha(self._add.sha, 1, key, sub, msgpack.packb(list(counts)),
-                                 expire_at, self.max_accounts)
-                replies = await pipe.execute(raise_on_error=False)
-                missing = []
-                for i, reply in zip(todo, replies, strict=True):
-                    if isinstance(reply, redis_errors.NoScriptError) and attempt == 0:
-                        missing.append(i)  # not run: retrying it cannot count twice
-                    elif isinstance(reply, Exception):
-                        raise StoreError(f"risk counts write failed: {reply}")
-                    else:
-                        results[i] = reply
-                if not missing:
-                    break
-                await self.client.script_load(self._add.script)
-                todo = missing
-        except (redis_errors.RedisError, OSError) as exc:
-            raise StoreError(f"risk counts write failed: {exc}") from None
-        return sum(1 for r in results if int(r) != 1)
+                found = merged.get(where)
+                if found is None:
+                    found = merged[where] = ([0] * len(counts), (bucket + self.buckets + 1) * step)
+                total = found[0]
+                for i, v in nonzero:
+                    total[i] += v
+        calls = [((key,), (sub, msgpack.packb(counts), expire_at, self.max_accounts))
+                 for (key, sub), (counts, expire_at) in merged.items()]
+        replies = await eval_many(self.client, self._add, calls)
+        return sum(1 for r in replies if int(r) != 1)
 
     def _keys(self, window_s: int, at_ms: int) -> list[str]:
         step = self.bucket_ms(window_s)
@@ -157,6 +156,40 @@ class RiskCounts:
                 name = sub.decode() if isinstance(sub, bytes) else str(sub)
                 out[name] = add(out.get(name, ()), msgpack.unpackb(raw))
         return out
+
+    async def accounts(self, subs: Sequence[str], windows_s: Sequence[int], at_ms: int
+                       ) -> dict[tuple[int, str], Counts]:
+        """Per (window, account), the counts over the window ending at ``at_ms`` (accounts
+        without a slip in it left out), in one round trip. Raises StoreError."""
+        asks = [(w, sub, key) for w in windows_s for key in self._keys(w, at_ms) for sub in subs]
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for _w, sub, key in asks:
+                pipe.hget(key, sub)
+            replies = await pipe.execute()
+        except (redis_errors.RedisError, OSError) as exc:
+            raise StoreError(f"risk counts read failed: {exc}") from None
+        out: dict[tuple[int, str], Counts] = {}
+        for (w, sub, _key), raw in zip(asks, replies, strict=True):
+            if raw is not None:
+                out[w, sub] = add(out.get((w, sub), ()), msgpack.unpackb(raw))
+        return out
+
+    async def flag(self, window_s: int, above: Sequence[str], below: Sequence[str]
+                   ) -> list[str]:
+        """Mark the ``above`` accounts as over the threshold in the window (for as long as
+        the window) and unmark the ``below`` ones; returns the accounts newly marked (each
+        mark is set by exactly one caller), in one round trip. Raises StoreError."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for sub in above:
+                pipe.set(flag_key(window_s, sub), b"1", nx=True, px=window_s * 1000)
+            for sub in below:
+                pipe.delete(flag_key(window_s, sub))
+            replies = await pipe.execute()
+        except (redis_errors.RedisError, OSError) as exc:
+            raise StoreError(f"risk flag write failed: {exc}") from None
+        return [sub for sub, set_ in zip(above, replies, strict=False) if set_]
 
     async def account(self, sub: str, window_s: int, at_ms: int) -> Counts | None:
         """One account's counts over the window ending at ``at_ms`` (None: no slip in it)."""

@@ -77,11 +77,14 @@ def restartable(data_dir: Path) -> Iterator[RestartableStore]:
 
 
 async def store_digest(url: str) -> str:
-    """A digest of every key and value in the store (to prove nothing changed)."""
+    """A digest of every key and value in the store (to prove nothing changed), except the
+    risk signals: the recorder counts every validated slip a moment after its answer."""
     client = redis.asyncio.Redis.from_url(url)
     try:
         h = hashlib.sha256()
         for key in sorted(await client.keys("*")):
+            if key.startswith((b"of:risk:", b"of:{rdue:")):
+                continue
             h.update(key)
             h.update(await client.dump(key) or b"")
         return h.hexdigest()

@@ -67,10 +67,12 @@ class ServerThread:
 
 
 def snapshot(r: redis.Redis) -> dict[bytes, Any]:
-    """Every key and value of the store, except idempotency records (which are not state)."""
+    """Every key and value of the store, except idempotency records and the risk signals
+    (not market state; the risk recorder writes them a moment after an earlier validation's
+    answer, so they may land during a later request)."""
     out: dict[bytes, Any] = {}
     for key in sorted(r.keys("*")):
-        if key.startswith(b"of:idem:"):
+        if key.startswith((b"of:idem:", b"of:risk:", b"of:{rdue:")):
             continue
         kind = r.type(key)
         out[key] = {b"string": r.get, b"hash": r.hgetall, b"set": r.smembers,

@@ -108,8 +108,8 @@ class Drops:
         self.why: list[str] = []
         self.slips = 0
 
-    def recorded(self, stale_ms: Any, reasons: Any) -> None:
-        self.slips += 1
+    def recorded(self, slips: int, stale_ms: Any, reasons: Any) -> None:
+        self.slips += slips
 
     def dropped(self, why: str) -> None:
         self.why.append(why)

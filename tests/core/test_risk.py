@@ -12,6 +12,9 @@ from oddsfeed.core.risk import (
     HistoryEntry,
     add,
     as_map,
+    beat,
+    beat_counts,
+    first_adverse_ms,
     score,
     slip_counts,
     stale_bucket,
@@ -143,3 +146,32 @@ def test_small_samples_are_shrunk() -> None:
 def test_add_is_elementwise(a: list[int], b: list[int]) -> None:
     """add sums field by field."""
     assert as_map(add(a, b)) == {f: x + y for f, x, y in zip(FIELDS, a, b, strict=True)}
+
+
+def test_beat_is_a_halt_or_a_shorter_price_inside_the_window() -> None:
+    """A suspension, a halted selection or a shorter price at or before the window's end is
+    a beat; a longer price, another selection's move or anything after the end is not."""
+    after = [HistoryEntry(2, 2_000, {"h": 26000}, False),
+             HistoryEntry(3, 3_000, {"a": 20000}, False),
+             HistoryEntry(4, 4_000, {"h": 24000}, False),
+             HistoryEntry(5, 5_000, {}, True, halted=True)]
+    assert not beat(after, selection="h", price=25000, until_ms=3_999)
+    assert beat(after, selection="h", price=25000, until_ms=4_000)
+    assert not beat(after, selection="h", price=23000, until_ms=4_999)
+    assert beat(after, selection="h", price=23000, until_ms=5_000)
+    assert beat([HistoryEntry(2, 2_000, {}, True, halted_selections=frozenset({"h"}))],
+                selection="h", price=25000, until_ms=2_000)
+    assert not beat([], selection="h", price=25000, until_ms=10**12)
+    assert as_map(beat_counts())["beat"] == 1
+    assert sum(beat_counts()) == 1
+
+
+def test_first_adverse_is_the_first_halt_or_shorter_price() -> None:
+    """The time of the first entry that halted the market or the selection or shortened the
+    leg's price; None when the book never turned against it."""
+    after = [HistoryEntry(2, 2_000, {"h": 26000}, False),
+             HistoryEntry(3, 3_000, {"h": 24000}, False),
+             HistoryEntry(4, 4_000, {}, True, halted=True)]
+    assert first_adverse_ms(after, selection="h", price=25000) == 3_000
+    assert first_adverse_ms(after, selection="h", price=24000) == 4_000
+    assert first_adverse_ms(after[:2], selection="a", price=25000) is None

@@ -1,6 +1,6 @@
 """The many-socket send (the C loop oddsfeed/fanout/_send.c and its portable drop-in
 oddsfeed/fanout/writer_py.py) and send_many's use of it: one frame to many sockets in one
-call, a short write's rest and a failed write handed back to the transport in order, the
+call (send_all) or each socket its own frame (send_each, a batching window's end), a short write's rest and a failed write handed back to the transport in order, the
 same deliveries through either implementation, and TLS transports written through."""
 
 from __future__ import annotations
@@ -75,6 +75,54 @@ def test_send_all_reports_the_sockets_that_did_not_take_everything(send_all: Sen
             send_all(5, frame)  # type: ignore[arg-type]
         with pytest.raises(TypeError):
             send_all(["3"], frame)  # type: ignore[list-item]
+    finally:
+        for s in (ok1, peer1, ok2, peer2, gone, full, peer_full):
+            s.close()
+
+
+SendEach = Callable[[Sequence[int], Sequence[bytes]], list[tuple[int, int]]]
+send_each: SendEach | None
+try:
+    from oddsfeed.fanout._send import send_each
+except ImportError:  # pragma: no cover - built by `pip install` where a compiler is
+    send_each = None
+EACH = [pytest.param(send_each, id="c", marks=needs_c),
+        pytest.param(writer_py.send_each, id="python")]
+
+
+@pytest.mark.parametrize("send_each", EACH)
+def test_send_each_sends_every_socket_its_own_frame(send_each: SendEach) -> None:
+    """Each socket gets its own frame; the result lists only the exceptions (a peer that is
+    gone, a full buffer, a closed descriptor), and mismatched lengths are refused."""
+    ok1, peer1 = socket.socketpair()
+    ok2, peer2 = socket.socketpair()
+    gone, peer_gone = socket.socketpair()
+    peer_gone.close()
+    full, peer_full = socket.socketpair()
+    full.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        while True:
+            full.send(b"x" * 4096)
+    dead = socket.socket()
+    bad_fd = dead.fileno()
+    dead.close()
+    frames = [b"\x82\x03one", b"\x82\x04gone", b"\x82\x04full", b"\x82\x03two",
+              b"\x82\x03bad"]
+    try:
+        res = send_each([ok1.fileno(), gone.fileno(), full.fileno(), ok2.fileno(), bad_fd],
+                        frames)
+        assert peer1.recv(100) == frames[0]
+        assert peer2.recv(100) == frames[3]
+        got = dict(res)
+        assert sorted(got) == [1, 2, 4]
+        assert got[1] == -errno.EPIPE
+        assert got[2] == -errno.EAGAIN or 0 <= got[2] < len(frames[2])
+        assert got[4] == -errno.EBADF
+        assert send_each([], []) == []
+        with pytest.raises(ValueError, match="1 fds but 2 frames"):
+            send_each([ok1.fileno()], frames[:2])
+        with pytest.raises(ValueError, match="bad file descriptor"):
+            send_each([-1], frames[:1])
     finally:
         for s in (ok1, peer1, ok2, peer2, gone, full, peer_full):
             s.close()

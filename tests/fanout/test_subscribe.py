@@ -229,6 +229,37 @@ async def test_bursts_are_batched_in_order(start_worker: WorkerFactory) -> None:
         await c.close()
 
 
+async def test_a_window_end_sends_each_connection_its_own_batch(
+        start_worker: WorkerFactory) -> None:
+    """At a batching window's end every waiting connection gets its own frame in one
+    many-socket call: eight connections on eight markets, both encodings, each receive
+    exactly their market's versions, in order, packed into batch frames."""
+    async with start_worker(**{"fanout.batch_window_ms": 25,
+                               "fanout.batch_min_busy": 0}) as w:
+        names = [f"w{i}" for i in range(8)]
+        for m in names:
+            await w.store.apply(create(m))
+        clients = [await Mirror.open(ws_url(w), "msgpack" if i % 2 else "json")
+                   for i in range(len(names))]
+        for c, m in zip(clients, names, strict=True):
+            await c.request({"op": "subscribe", "markets": [m]})
+        await wait_until(lambda: all(m in c.markets for c, m in zip(clients, names,
+                                                                      strict=True)))
+        for i in range(20):
+            await w.store.apply_many([price(m, 20000 + i) for m in names])
+        truths = [await w.store.get(m) for m in names]
+        for c, m, truth in zip(clients, names, truths, strict=True):
+            assert truth is not None
+            await wait_until(lambda c=c, m=m, truth=truth: c.markets.get(m) == truth,
+                             what=f"{m} delivered")
+            assert c.book.delta_versions(m) == list(range(2, truth.version + 1))
+            assert set(c.markets) == {m}
+            assert max(c.batch_sizes) > 1
+            c.check_clean()
+        for c in clients:
+            await c.close()
+
+
 async def test_burst_of_concurrent_subscribes(worker: Worker) -> None:
     """300 clients subscribing at the same moment all get their snapshots (reads wait for a
     store connection instead of failing)."""

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from oddsfeed.clock import now_ms
 from oddsfeed.core.book import Rejected
 from oddsfeed.core.model import MarketUpdate
 from oddsfeed.core.prices import overround
@@ -109,13 +110,19 @@ async def test_run_simulator_stops_on_event(store: Store) -> None:
         async def apply_many(self, updates: Sequence[MarketUpdate]) -> list[Any]:
             return [await self.apply(u) for u in updates]
 
+    start = now_ms()
     task = asyncio.create_task(run_simulator(Counting(), SimulatorConfig(rate_per_s=500),
-                                             stop=stop))
+                                             stop=stop, start_ms=start))
     await until(lambda: len(seen) > 40, what="simulated updates")
     stop.set()
     ticks = await asyncio.wait_for(task, 5)
     assert ticks > 0
     assert len(await store.list_markets()) == 4 * 3
+    # a live feed's source stamps follow the wall clock, in order, never ahead of it
+    stamps = [u.ts for u in seen]
+    assert stamps == sorted(stamps)
+    assert start <= stamps[0]
+    assert stamps[-1] <= now_ms()
 
 
 def test_bad_config_is_refused() -> None:
