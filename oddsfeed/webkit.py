@@ -3,7 +3,8 @@ ingest push and metrics endpoints): the RFC 9457 problem every HTTP error is ans
 (protocol.md section 3) and the one ``/metrics`` handler. Owns no route and no state.
 
 The ``/metrics`` handler serves Prometheus text; with PROMETHEUS_MULTIPROC_DIR set it
-aggregates every worker process's samples, otherwise it serves this process's registry.
+aggregates every worker process's samples, otherwise it serves this process's registry;
+either way after flushing this process's request tallies (:mod:`oddsfeed.tally`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client import multiprocess as prom_multiprocess
+
+from .tally import flush_all
 
 __all__ = ["PROBLEM", "Problem", "metrics"]
 
@@ -44,6 +47,7 @@ class Problem(Exception):
 
 async def metrics(request: web.Request) -> web.Response:
     """The metrics exposition of this process, or of all of them under multiprocess mode."""
+    flush_all()  # this process's tallies; the other workers' are at most a second behind
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         prom_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

@@ -17,9 +17,11 @@ from ..services.risk import RiskQueue
 from ..services.validation import validate_slip
 from ..settings import Settings
 from ..store import Store
+from ..tally import flush_all
 from ..webkit import Problem
 from . import console, desk, locks
 from . import risk as risk_routes
+from .jsonout import json_answer
 from .markets import delete_market, get_market, list_markets, patch_market, post_odds, put_market
 from .openapi import ROUTES
 from .plumbing import (
@@ -59,7 +61,7 @@ async def validate_bets(request: web.Request) -> web.Response:
         body = await validate_slip(request.app[K_STORE], legs, accept,
                                    metrics=VALIDATION_METRICS)
         risk_routes.offer(request, principal, legs, body, arrived)  # queued, off the path
-        return web.json_response(body)
+        return json_answer(body)
     finally:
         validating[0] -= 1
 
@@ -121,6 +123,11 @@ def build_app(settings: Settings, store: Store, *,
     app = web.Application(client_max_size=settings.api.max_body_bytes,
                           middlewares=[cors_mw, errors_mw])
     app.on_response_prepare.append(hide_server_banner)
+
+    async def flush_tallies(app: web.Application) -> None:
+        flush_all()  # the last second's request counts reach the metrics before exit
+
+    app.on_cleanup.append(flush_tallies)
     app[K_VALIDATING] = [0]
     app[K_STORE] = store
     app[K_SETTINGS] = settings

@@ -16,6 +16,7 @@ from ..auth import Principal
 from ..store import IdempotencyRecord, Store, record_key
 from ..webkit import PROBLEM, Problem
 from .etag import etag
+from .jsonout import json_answer
 
 __all__ = ["IN_FLIGHT_WAIT_S", "idempotent", "json_or_empty"]
 
@@ -78,4 +79,4 @@ def json_or_empty(status: int, payload: Any) -> web.Response:
     headers = {}
     if isinstance(payload, dict) and "epoch" in payload and "version" in payload:
         headers["ETag"] = etag(payload["epoch"], payload["version"])
-    return web.json_response(payload, status=status, headers=headers)
+    return json_answer(payload, status=status, headers=headers)

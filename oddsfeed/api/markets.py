@@ -19,6 +19,7 @@ from ..store import OutOfOrder, Precondition, StoreOutcome, outcome_name
 from ..webkit import Problem
 from . import schemas
 from .etag import etag
+from .jsonout import json_answer
 from .plumbing import (
     K_SETTINGS,
     K_STORE,
@@ -41,7 +42,7 @@ def _market_id(request: web.Request) -> str:
 
 
 def _market_response(market: Market, status: int = 200) -> web.Response:
-    return web.json_response(market.to_wire(), status=status,
+    return json_answer(market.to_wire(), status=status,
                              headers={"ETag": etag(market.epoch, market.version)})
 
 
@@ -75,7 +76,7 @@ async def list_markets(request: web.Request) -> web.Response:
                                         for m in markets[:limit]]}
     if len(markets) > limit:
         body["next_cursor"] = markets[limit - 1].id  # the next page starts after it
-    return web.json_response(body)
+    return json_answer(body)
 
 
 async def get_market(request: web.Request) -> web.Response:
@@ -107,11 +108,12 @@ async def _apply(request: web.Request, update: MarketUpdate, principal: Principa
                  expect: tuple[str, int] | None = None, created_status: int = 201
                  ) -> tuple[int, dict[str, Any]]:
     outcome = await request.app[K_STORE].apply(update, expect=expect)
-    return _result(update, outcome, principal, created_status)
+    status, market = _result(update, outcome, principal, created_status)
+    return status, market.to_wire()
 
 
 def _result(update: MarketUpdate, outcome: StoreOutcome, principal: Principal,
-            created_status: int = 201) -> tuple[int, dict[str, Any]]:
+            created_status: int = 201) -> tuple[int, Market]:
     """The HTTP status and market of a store outcome (audited), or a Problem."""
     if isinstance(outcome, Precondition):
         raise Problem(412, "precondition failed", "the market moved since If-Match",
@@ -135,7 +137,7 @@ def _result(update: MarketUpdate, outcome: StoreOutcome, principal: Principal,
                epoch=market.epoch, old_version=old_version, new_version=market.version,
                outcome=outcome_name(outcome), changed=changed)
     status = created_status if isinstance(outcome, Created) else 200
-    return status, market.to_wire()
+    return status, market
 
 
 _IF_MATCH = re.compile(r'^(?:W/)?"?([^"]+):([0-9]{1,16})"?$', re.ASCII)
@@ -235,7 +237,7 @@ async def post_odds(request: web.Request) -> web.Response:
         for (entry, update), outcome in zip(valid, outcomes):
             try:
                 _, market = _result(update, outcome, principal)
-                entry.update(ok=True, version=market["version"])
+                entry.update(ok=True, version=market.version)  # no wire map of the market
             except Problem as p:
                 entry["error"] = p.body
         return 200, {"results": results}

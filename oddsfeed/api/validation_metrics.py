@@ -7,6 +7,8 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
+from ..tally import CounterTally, HistogramTally
+
 LEGS = Counter("oddsfeed_validations_total", "bet-slip legs validated, by result and reason",
                ["result", "reason"])
 SLIPS = Counter("oddsfeed_bet_slips_total", "bet slips validated, by result", ["result"])
@@ -17,33 +19,29 @@ SECONDS = Histogram("oddsfeed_validation_seconds",
                              5, 10, 30, 61))
 
 
-# Label children looked up once: .labels() costs more than the increment.
+# In-process tallies of the label children, flushed into them about once a second and
+# before every scrape (oddsfeed.tally): a slip costs integer increments.
 @functools.cache
-def _legs(ok: bool, reason: str) -> Any:
-    return LEGS.labels("accepted" if ok else "rejected", reason)
-
-
-@functools.cache
-def _slips(ok: bool) -> Any:
-    return SLIPS.labels("accepted" if ok else "rejected")
+def _legs(ok: bool, reason: str) -> CounterTally:
+    return CounterTally(LEGS.labels("accepted" if ok else "rejected", reason))
 
 
 @functools.cache
-def _seconds(delayed: bool) -> Any:
-    return SECONDS.labels("true" if delayed else "false")
+def _slips(ok: bool) -> CounterTally:
+    return CounterTally(SLIPS.labels("accepted" if ok else "rejected"))
+
+
+@functools.cache
+def _seconds(delayed: bool) -> HistogramTally:
+    return HistogramTally(SECONDS.labels("true" if delayed else "false"))
 
 
 class PrometheusValidationMetrics:
     """Counts each slip's legs by result and reason, the slip by result, and its time."""
 
     def record(self, body: dict[str, Any], *, delayed: bool, seconds: float) -> None:
-        # One increment per distinct (result, reason): each is a write to a shared mmap.
-        counts: dict[tuple[bool, str], int] = {}
         for leg in body["legs"]:
-            key = (leg["ok"], leg.get("reason", ""))
-            counts[key] = counts.get(key, 0) + 1
-        for (ok, reason), n in counts.items():
-            _legs(ok, reason).inc(n)
+            _legs(leg["ok"], leg.get("reason", "")).inc()
         _slips(body["ok"]).inc()
         _seconds(delayed).observe(seconds)
 

@@ -32,6 +32,7 @@ from .codec import (
     state_key,
 )
 from .outcomes import LOCK_REFUSED, OutOfOrder, Precondition, Standby, StoreOutcome
+from .packing import pool_options
 
 MAX_HISTORY_READ = 10_000
 # No market reaches this version; a position past it is refused before it becomes a stream id.
@@ -100,7 +101,7 @@ class Store:
                 # failing with "Too many connections".
                 pool = BlockingConnectionPool.from_url(
                     url, max_connections=max_connections, timeout=socket_timeout,
-                    socket_timeout=socket_timeout)
+                    socket_timeout=socket_timeout, **pool_options(url))
                 client = Redis(connection_pool=pool)
                 info = await client.info("server")
         except (redis_errors.RedisError, OSError) as exc:
