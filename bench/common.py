@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -17,6 +18,23 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+BUILD = Path(__file__).resolve().parent / "build"
+
+
+def build_c(cc: str, src: Path, *headers: Path) -> str:
+    """``src`` compiled with ``cc`` into ``bench/build``, once per version of its sources
+    (the name carries their digest); built under a temporary name and renamed, so runs
+    that build at the same time never execute a half-written file."""
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in (src, *headers))).hexdigest()
+    exe = BUILD / f"{src.stem}-{digest[:12]}"
+    if not exe.exists():
+        BUILD.mkdir(parents=True, exist_ok=True)
+        tmp = exe.with_suffix(f".{os.getpid()}.tmp")
+        subprocess.run([cc, "-O2", "-Wall", "-o", str(tmp), str(src)], check=True)
+        tmp.replace(exe)
+    return str(exe)
 
 
 def pct(values: Sequence[float], q: float) -> float:

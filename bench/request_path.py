@@ -19,7 +19,6 @@ Profile a scenario by hand: start the server as :func:`_Server` does, then
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -44,12 +43,11 @@ from oddsfeed.settings import load_settings
 from tests.procs import stop_process
 from tests.sysdeps import ensure_debian
 
-from .common import cli, environment, wait_http
+from .common import build_c, cli, environment, wait_http
 
 SECRET = "bench-secret-0123456789-0123456789"
 MARKETS = 20
 WRK = "/usr/bin/wrk"
-BUILD = Path(__file__).resolve().parent.parent / "build"
 CONNS = 32
 WS_DEPTH = 8  # validations in flight per WebSocket connection
 
@@ -155,14 +153,7 @@ def ws_loadgen() -> str:
     if cc is None and not ensure_debian("/usr/bin/gcc", "gcc"):
         raise SystemExit("the request benchmark needs a C compiler: apt-get install gcc")
     cc = cc or "/usr/bin/gcc"
-    src = Path(__file__).with_name("request_loadgen.c")
-    exe = BUILD / f"request_loadgen-{hashlib.sha256(src.read_bytes()).hexdigest()[:12]}"
-    if not exe.exists():
-        BUILD.mkdir(parents=True, exist_ok=True)
-        tmp = exe.with_suffix(f".{os.getpid()}.tmp")
-        subprocess.run([cc, "-O2", "-Wall", "-o", str(tmp), str(src)], check=True)
-        tmp.replace(exe)
-    return str(exe)
+    return build_c(cc, Path(__file__).with_name("request_loadgen.c"))
 
 
 class _Server:

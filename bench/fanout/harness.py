@@ -4,7 +4,6 @@ the market driver, the load generator processes and the CPU accounting."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -23,7 +22,7 @@ import psutil
 
 from oddsfeed.freeport import free_port
 
-from ..common import spawn, wait_http
+from ..common import build_c, spawn, wait_http
 from .loadgen import run_process
 
 SERVER_ENV = {"ODDSFEED_AUTH__ANONYMOUS_READ": "true",
@@ -38,7 +37,6 @@ SERVER_ENV = {"ODDSFEED_AUTH__ANONYMOUS_READ": "true",
 
 
 # where the C load generator is built (ignored by git)
-BUILD = Path(__file__).resolve().parent.parent / "build"
 
 # pipelined batches the driver has out at once
 IN_FLIGHT = 4
@@ -201,15 +199,7 @@ def c_loadgen() -> str | None:
         print("  no C compiler: the Python load generator is used", file=sys.stderr)
         return None
     src = Path(__file__).with_name("loadgen.c")
-    digest = hashlib.sha256(src.read_bytes()
-                            + src.with_name("loadgen_json.h").read_bytes()).hexdigest()
-    exe = BUILD / f"loadgen-{digest[:12]}"
-    if not exe.exists():
-        BUILD.mkdir(parents=True, exist_ok=True)
-        tmp = exe.with_suffix(f".{os.getpid()}.tmp")
-        subprocess.run([cc, "-O2", "-Wall", "-o", str(tmp), str(src)], check=True)
-        tmp.replace(exe)
-    return str(exe)
+    return build_c(cc, src, src.with_name("loadgen_json.h"))
 
 
 class Load:
