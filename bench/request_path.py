@@ -160,13 +160,13 @@ class _Server:
     """``oddsfeed serve --workers N`` in a process group of its own; CPU of the whole tree."""
 
     def __init__(self, redis_url: str, auto_pipeline: bool, workers: int,
-                 store_pid: int | None = None) -> None:
+                 store_pid: int | None = None, extra_env: dict[str, str] | None = None) -> None:
         self.store = psutil.Process(store_pid) if store_pid else None
         self.http_port = free_port()
         self.ws_port = free_port()
         env = {**os.environ, "ODDSFEED_AUTH__HS256_SECRET": SECRET,
                "ODDSFEED_REDIS__AUTO_PIPELINE": "true" if auto_pipeline else "false",
-               "ODDSFEED_LOG__LEVEL": "warning"}
+               "ODDSFEED_LOG__LEVEL": "warning", **(extra_env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "oddsfeed", "serve", "--workers", str(workers),
              "--host", LOOPBACK, "--http-port", str(self.http_port),
