@@ -2,7 +2,7 @@
 each scenario's baseline, and plots.
 
     python -m bench [--quick]
-                    [--only store,fanout,fanout_one,validation,requests,ingest,risk]
+                    [--only store,fanout,fanout_one,validation,requests,risk_cost,ingest,risk]
                     [--out DIR]
 """
 
@@ -19,14 +19,15 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from . import fanout, ingest, request_path, risk_precision, store, validation
+from . import fanout, ingest, request_path, risk_cost, risk_precision, store, validation
 from .common import RESULTS, table
 from .fanout import one_market
 
 # Each takes `quick` and returns its figures (some as a coroutine).
 SCENARIOS: dict[str, Callable[[bool], Any]] = {
     "store": store.run, "fanout": fanout.run, "fanout_one": one_market.run,
-    "validation": validation.run, "requests": request_path.run, "ingest": ingest.run,
+    "validation": validation.run, "requests": request_path.run, "risk_cost": risk_cost.run,
+    "ingest": ingest.run,
     "risk": risk_precision.run}
 
 
