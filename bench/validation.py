@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import aiohttp
@@ -32,22 +33,64 @@ from oddsfeed.worker import Worker
 from .common import cli, environment, summary_ms
 
 SECRET = "bench-secret-0123456789-0123456789"
+# The longest a slip's answer may take: past it the run fails rather than hang (a slip is
+# answered in milliseconds; a store outage fails it within the store's socket timeout).
+REPLY_TIMEOUT_S = 30.0
+
+
+class BenchError(Exception):
+    """A slip the server refused, or did not answer within REPLY_TIMEOUT_S."""
+
+
+async def _all(workers: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run the load workers together; the first that fails cancels the rest (no worker is
+    left waiting on a server the run has stopped) and its error ends the run."""
+    tasks = [asyncio.ensure_future(w) for w in workers]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _answer(ws: Any, request_id: int) -> dict[str, Any]:
+    """The ``validation`` reply to ``request_id``, alone or inside a ``batch`` frame; an
+    ``error`` for it, or no answer within REPLY_TIMEOUT_S, raises BenchError (the server's
+    answer to a slip is either, and waiting for a validation after an error never ends)."""
+    try:
+        async with asyncio.timeout(REPLY_TIMEOUT_S):
+            while True:
+                msg = json.loads(await ws.recv())
+                for item in msg.get("items", []) if msg.get("op") == "batch" else [msg]:
+                    if item.get("id") != request_id:
+                        continue
+                    if item.get("op") == "validation":
+                        return dict(item)
+                    if item.get("op") == "error":
+                        raise BenchError(f"validate {request_id} answered error "
+                                         f"{item.get('code')}: {item.get('message')}")
+    except TimeoutError:
+        raise BenchError(f"validate {request_id} not answered within {REPLY_TIMEOUT_S} s"
+                         ) from None
 
 
 async def _http(url: str, body: Any, n: int, conc: int, headers: dict[str, str]
                 ) -> dict[str, Any]:
     lat: list[float] = []
     it = iter(range(n))
-    async with aiohttp.ClientSession(headers=headers) as s:
+    timeout = aiohttp.ClientTimeout(total=REPLY_TIMEOUT_S)
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as s:
         async def worker() -> None:
             for _ in it:
                 t0 = time.perf_counter()
                 async with s.post(url, json=body) as r:
-                    await r.read()
-                    assert r.status == 200
+                    text = await r.text()
+                    if r.status != 200:
+                        raise BenchError(f"validate answered {r.status}: {text[:200]}")
                 lat.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(conc)))
+        await _all(worker() for _ in range(conc))
         elapsed = time.perf_counter() - t0
     return {"per_s": round(n / elapsed), **summary_ms(lat)}
 
@@ -62,12 +105,11 @@ async def _ws(url: str, legs: Any, n: int, conc: int) -> dict[str, Any]:
             for i in it:
                 t0 = time.perf_counter()
                 await ws.send(json.dumps({"op": "validate", "id": i, "legs": legs}))
-                while json.loads(await ws.recv()).get("op") != "validation":
-                    pass
+                await _answer(ws, i)
                 lat.append(time.perf_counter() - t0)
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(conc)))
+    await _all(worker() for _ in range(conc))
     elapsed = time.perf_counter() - t0
     return {"per_s": round(n / elapsed), **summary_ms(lat)}
 

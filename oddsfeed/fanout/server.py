@@ -279,6 +279,10 @@ class FanoutServer:
         except StoreError:
             client.push(wire.error("internal", "the store is unavailable; retry", req.id))
             return
+        except Exception:  # every validate is answered: the client waits for its id
+            log.exception("validate %s failed", req.id)
+            client.push(wire.error("internal", "the validation failed", req.id))
+            return
         client.push(wire.reply("validation", req.id, **body))
 
     # ---- the hub's Sink -------------------------------------------------------------------

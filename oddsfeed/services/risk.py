@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ..core.errors import StoreError
 from ..core.prices import from_decimal, to_float
@@ -27,6 +27,8 @@ from ..core.risk import (
     stale_since_ms,
 )
 from ..core.wire import Leg
+
+T = TypeVar("T")
 
 
 class RiskRecorder(Protocol):
@@ -87,6 +89,11 @@ MAX_BATCH = 256  # slips recorded in one pair of round trips
 # few round trips and scripts whatever its size, so under load fewer, fuller batches cost
 # less per slip; the counts only show up this much later.
 LINGER_S = 0.05
+# The longest one batch (or one sweep) may take: its store calls are bounded only by the
+# client's own timeouts, which a caller may configure long or off, and a stuck batch would
+# leave every slip offered after it queued (then dropped) with no error reported. Past it
+# the batch fails as a store error and the worker goes on with the next one.
+DEADLINE_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,14 +134,19 @@ class RiskQueue:
 
     Call :meth:`start` inside the running loop and :meth:`stop` at shutdown; ``on_error``
     gets an error the worker survived (the adapter logs it); that slip is counted as dropped.
+    A batch or sweep that takes longer than ``deadline_s`` fails as a StoreError.
     """
 
     def __init__(self, store: RiskStore, metrics: RiskMetrics, *, max_pending: int,
                  on_error: Callable[[Exception], None] = lambda exc: None,
                  beat: Beat | None = None, watch: Watch | None = None,
                  clock: Callable[[], int] | None = None,
-                 on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+                 on_stop: Callable[[], Awaitable[None]] | None = None,
+                 deadline_s: float = DEADLINE_S) -> None:
+        if not deadline_s > 0:
+            raise ValueError(f"deadline_s {deadline_s} must be > 0")
         self.store = store
+        self.deadline_s = deadline_s
         self.metrics = metrics
         self.on_error = on_error
         self.beat = beat
@@ -197,7 +209,7 @@ class RiskQueue:
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                await self.record(batch)
+                await self._bounded(self.record(batch), "risk record")
             except Exception as exc:  # the top of the task: count, report, go on
                 why = "store_error" if isinstance(exc, StoreError) else "error"
                 for _ in batch:
@@ -206,6 +218,17 @@ class RiskQueue:
             finally:
                 for _ in batch:
                     self._queue.task_done()
+
+    async def _bounded(self, work: Awaitable[T], what: str) -> T:
+        """``work``'s result, or StoreError once it ran ``deadline_s`` (it is cancelled)."""
+        deadline = asyncio.timeout(self.deadline_s)
+        try:
+            async with deadline:
+                return await work
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the work's own timeout, not the deadline
+            raise StoreError(f"{what} did not finish within {self.deadline_s} s") from None
 
     async def record(self, batch: Sequence[_Slip]) -> None:
         """Date the batch's stale legs (one history round trip), add its counts (one counts
@@ -276,9 +299,9 @@ class RiskQueue:
             taken = 0
             try:
                 if beat is not None:
-                    taken = await self.sweep(clock())
+                    taken = await self._bounded(self.sweep(clock()), "risk beat sweep")
                 if self.watch is not None:
-                    await self.watch.tick(clock())
+                    await self._bounded(self.watch.tick(clock()), "risk threshold tick")
             except Exception as exc:  # the top of the task: report, wait, go on
                 self.metrics.dropped("store_error" if isinstance(exc, StoreError) else "error")
                 self.on_error(exc)
