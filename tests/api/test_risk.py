@@ -11,6 +11,7 @@ from oddsfeed.api.risk import K_RISK
 from oddsfeed.core.wire import Leg
 from oddsfeed.services.risk import RiskQueue
 from oddsfeed.store import RiskCounts, Store
+from tests.riskports import RiskMetrics
 
 from .conftest import ALL, BODY, Api, mint
 
@@ -101,20 +102,6 @@ async def test_answers_are_the_same_with_the_recorder_on_or_off(
     assert (await off.call("GET", "/v1/risk/accounts", token=mint(RISK)))[0] == 404
 
 
-class Drops:
-    """The recorder's metrics port, remembering drops."""
-
-    def __init__(self) -> None:
-        self.why: list[str] = []
-        self.slips = 0
-
-    def recorded(self, slips: int, stale_ms: Any, reasons: Any) -> None:
-        self.slips += slips
-
-    def dropped(self, why: str) -> None:
-        self.why.append(why)
-
-
 async def test_a_full_queue_drops_and_counts_instead_of_waiting(valkey_url: str,
                                                                 redis_client: Any) -> None:
     """offer never waits: past max_pending a slip is dropped and counted; the queued ones
@@ -123,7 +110,7 @@ async def test_a_full_queue_drops_and_counts_instead_of_waiting(valkey_url: str,
     try:
         counts = RiskCounts(store.client, windows_s=[60], buckets=12, max_accounts=10,
                             history_scan=10)
-        metrics = Drops()
+        metrics = RiskMetrics()
         queue = RiskQueue(counts, metrics, max_pending=2)
         body = {"ok": False, "legs": [{"ok": False, "reason": "unknown_market"}]}
         for _ in range(5):

@@ -4,7 +4,6 @@ the store's beat queue, judged from the history once their window ended, counted
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from oddsfeed.clock import now_ms
 from oddsfeed.core.model import MarketUpdate
@@ -14,6 +13,7 @@ from oddsfeed.services.risk import Beat, RiskQueue
 from oddsfeed.store import RiskCounts, Store
 from oddsfeed.store.codec import history_key, unpack
 from oddsfeed.store.risk_due import DueQueue
+from tests.riskports import RiskMetrics
 
 WINDOW_MS = 10_000
 FAR = 2**50  # a sweep "now" after every window
@@ -25,26 +25,7 @@ def create(mid: str) -> MarketUpdate:
                                     "a": {"name": "Away", "price": 30000}}, create=True)
 
 
-class Metrics:
-    """The recorder's metrics port, remembering what it was told."""
-
-    def __init__(self) -> None:
-        self.why: list[str] = []
-        self.judged_legs = 0
-        self.beats = 0
-
-    def recorded(self, slips: int, stale_ms: Any, reasons: Any) -> None:
-        pass
-
-    def dropped(self, why: str) -> None:
-        self.why.append(why)
-
-    def judged(self, legs: int, beats: int) -> None:
-        self.judged_legs += legs
-        self.beats += beats
-
-
-def recorder(store: Store, metrics: Metrics, *, limit: int = 1000, max_due: int = 10_000
+def recorder(store: Store, metrics: RiskMetrics, *, limit: int = 1000, max_due: int = 10_000
              ) -> RiskQueue:
     """A recorder whose own sweeper never finds a leg due (its clock says 0): the test
     sweeps explicitly."""
@@ -91,7 +72,7 @@ async def test_suspension_or_shorter_price_inside_the_window_is_a_beat(store: St
     await store.apply(MarketUpdate(market="m2", selections={"h": {"price": 26000}}))
     await store.apply(MarketUpdate(market="m3", selections={"h": {"price": 24000}}))
     s1, s2, s3 = [await entry_ms(store, m, 2) for m in ("m1", "m2", "m3")]
-    metrics = Metrics()
+    metrics = RiskMetrics()
     queue = recorder(store, metrics)
     queue.start()
     try:
@@ -122,7 +103,7 @@ async def test_a_leg_is_judged_once_and_counted_exactly_by_concurrent_workers(
     await store.apply(create("m1"))
     await store.apply(MarketUpdate(market="m1", selections={"h": {"price": 24000}}))
     moved = await entry_ms(store, "m1", 2)
-    metrics = [Metrics(), Metrics()]
+    metrics = [RiskMetrics(), RiskMetrics()]
     queues = [recorder(store, m, limit=3) for m in metrics]
     for q in queues:
         q.start()
@@ -157,7 +138,7 @@ async def test_the_queue_is_capped_and_a_full_shard_refuses_new_legs(store: Stor
     taken = await due.pop(t + WINDOW_MS, 100)
     assert sorted(leg[0] for g in taken for leg in g.legs) == sorted(f"s{i}" for i in range(10))
     assert await due.size() == 0
-    metrics = Metrics()
+    metrics = RiskMetrics()
     queue = recorder(store, metrics, max_due=4)
     queue.start()
     try:

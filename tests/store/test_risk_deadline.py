@@ -8,7 +8,6 @@ import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import pytest
 
@@ -20,26 +19,10 @@ from oddsfeed.embedded import EmbeddedValkey
 from oddsfeed.services.risk import Beat, RiskQueue
 from oddsfeed.store import RiskCounts, Store
 from oddsfeed.store.risk_due import DueQueue
+from tests.riskports import RiskMetrics
 
 DEADLINE_S = 0.3
 REJECTED = {"ok": False, "legs": [{"ok": False, "reason": "unknown_market"}]}
-
-
-class Metrics:
-    """The recorder's metrics port, remembering drops and recorded slips."""
-
-    def __init__(self) -> None:
-        self.why: list[str] = []
-        self.slips = 0
-
-    def recorded(self, slips: int, stale_ms: Any, reasons: Any) -> None:
-        self.slips += slips
-
-    def dropped(self, why: str) -> None:
-        self.why.append(why)
-
-    def judged(self, legs: int, beats: int) -> None:
-        pass
 
 
 class Errors:
@@ -86,7 +69,7 @@ async def test_a_stuck_batch_fails_at_the_deadline_and_the_next_one_records(
         server: EmbeddedValkey, store: Store) -> None:
     """With the store stopped, a batch fails as a store error within the deadline (counted,
     reported); once the store answers again the next slip is recorded, with correct counts."""
-    counts, metrics, errors = counts_of(store), Metrics(), Errors()
+    counts, metrics, errors = counts_of(store), RiskMetrics(), Errors()
     queue = RiskQueue(counts, metrics, max_pending=100, on_error=errors,
                       deadline_s=DEADLINE_S)
     at = now_ms()  # a live bucket (an old one expires at once)
@@ -114,7 +97,7 @@ async def test_a_stuck_beat_sweep_fails_at_the_deadline_and_stops_promptly(
         server: EmbeddedValkey, store: Store) -> None:
     """With the store stopped, the beat sweep fails as a store error within the deadline and
     the recorder still stops at once."""
-    metrics, errors = Metrics(), Errors()
+    metrics, errors = RiskMetrics(), Errors()
     due = DueQueue(store.client, shards=2, max_due=100)
     queue = RiskQueue(counts_of(store), metrics, max_pending=100, on_error=errors,
                       beat=Beat(due, 1_000, 20, 100), clock=lambda: 2**50,
@@ -133,4 +116,4 @@ async def test_a_stuck_beat_sweep_fails_at_the_deadline_and_stops_promptly(
 async def test_a_deadline_must_be_positive(store: Store) -> None:
     """A deadline of 0 or less is refused, naming the value."""
     with pytest.raises(ValueError, match="deadline_s 0 must be > 0"):
-        RiskQueue(counts_of(store), Metrics(), max_pending=1, deadline_s=0)
+        RiskQueue(counts_of(store), RiskMetrics(), max_pending=1, deadline_s=0)
