@@ -29,6 +29,11 @@ class Route:
 _W = {"400": "invalid body (problem+json with errors[])", "401": "missing or bad token",
       "403": "token lacks the scope", "413": "body too large", "415": "not application/json"}
 
+# The answers of lock and unlock (one lock change each).
+_LOCK = {"200": "{market, version, locks: {market, selections}}", "404": "unknown market",
+         "409": "settled", "412": "If-Match failed (current market in `current`)",
+         "422": "Idempotency-Key reused", **_W}
+
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/markets", "list_markets", "List market summaries (no selections), "
           "filtered by event, sport and status", "odds:read",
@@ -86,15 +91,10 @@ ROUTES: tuple[Route, ...] = (
           reply=schemas.AuditOut),
     Route("POST", "/v1/markets/{id}/lock", "lock_market", "Lock selections of a market (or "
           "the whole market) against feed updates; desk writes still apply", "odds:write",
-          schemas.LockIn, {"200": "{market, version, locks: {market, selections}}",
-                           "404": "unknown market", "409": "settled",
-                           "412": "If-Match failed (current market in `current`)",
-                           "422": "Idempotency-Key reused", **_W}, schemas.LockOut),
+          schemas.LockIn, _LOCK, schemas.LockOut),
     Route("POST", "/v1/markets/{id}/unlock", "unlock_market", "Release locks of a market "
           "(no body or null selections: every lock of it)", "odds:write", schemas.LockIn,
-          {"200": "{market, version, locks: {market, selections}}", "404": "unknown market",
-           "409": "settled", "412": "If-Match failed (current market in `current`)",
-           "422": "Idempotency-Key reused", **_W}, schemas.LockOut),
+          _LOCK, schemas.LockOut),
     Route("GET", "/v1/desk/markets/{id}", "desk_market", "The desk's view of a market: locks, "
           "feed updates they refused, the driving feed and every feed of it", "odds:read",
           responses={"200": "{market, event, epoch, version, status, locks, refused, driver, "
