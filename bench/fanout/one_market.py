@@ -27,7 +27,8 @@ adds settings to oddsfeed-base's environment only (e.g. the same code with anoth
 ``ODDSFEED_FANOUT__BATCH_WINDOW_MAX_MS``). ``BENCH_RATES="4000 8000"`` measures every
 server at exactly those rates (no stop at the first failed step, no repeat: CPU per
 delivery at equal rates on a busy machine), ``BENCH_MODERATE_RUNS=N`` sets the moderate
-load's runs per server (0: none).
+load's runs per server (0: none), ``BENCH_IMPLS="oddsfeed oddsfeed-base"`` measures only
+those servers (an A/B of CPU per delivery without the naive rows).
 
     python -m bench.fanout.one_market [--quick] [--json PATH]
 """
@@ -53,8 +54,10 @@ def ok(r: dict[str, Any]) -> bool:
 def impls() -> list[str]:
     """The servers measured: naive fed by PUBLISH, naive fed by the apply script
     (``naive-script``), oddsfeed, and oddsfeed-base with BENCH_AB_TREE."""
-    return ["naive", "naive-script", "oddsfeed"] + (
+    every = ["naive", "naive-script", "oddsfeed"] + (
         ["oddsfeed-base"] if os.environ.get("BENCH_AB_TREE") else [])
+    chosen = os.environ.get("BENCH_IMPLS", "").split()
+    return [k for k in every if k in chosen] if chosen else every
 
 
 def saturation(redis_url: str, valkey_pid: int, rates: list[int],
@@ -142,14 +145,16 @@ def run(quick: bool) -> dict[str, Any]:
             best = max(good or [r for r in sat if r["impl"] == kind],
                        key=lambda r: r["delivered_per_s"])
             rows.append({**best, "sustained": bool(good)})
-        base = rows[0]["deliveries_per_cpu_s"] or 1
-        scripted = rows[1]["deliveries_per_cpu_s"] or 1
+        by = {r["impl"]: r["deliveries_per_cpu_s"] or 1 for r in rows}
+        base = by.get("naive", 1)
+        scripted = by.get("naive-script", 1)
         for r in rows:
             r["ratio_per_cpu"] = round(r["deliveries_per_cpu_s"] / base, 2)
             r["ratio_per_cpu_vs_script"] = round(r["deliveries_per_cpu_s"] / scripted, 2)
         mod = moderate(vk.url, vk.pid, reps, duration) if reps else []
-        p99_naive = (mod[0]["p99_ms"] or 1) if mod else 1
-        p99_scripted = (mod[1]["p99_ms"] or 1) if mod else 1
+        p99 = {r["impl"]: r["p99_ms"] or 1 for r in mod}
+        p99_naive = p99.get("naive", 1)
+        p99_scripted = p99.get("naive-script", 1)
         for r in mod:
             r["p99_vs_naive"] = round(r["p99_ms"] / p99_naive, 2)
             r["p99_vs_naive_script"] = round(r["p99_ms"] / p99_scripted, 2)
