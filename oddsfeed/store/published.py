@@ -20,7 +20,6 @@ from ..core.wire import Outgoing
 MARK = 0xC1  # the payload's first byte: never the first byte of a msgpack value
 _HEADER = struct.Struct(">BBQQQHI")  # mark, flags, version, base, t_us, epoch and JSON lengths
 _URGENT = 1
-_LAZY = frozenset(("ts", "fields", "sel", "ext"))
 _ERRORS = (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, TypeError)
 
 
@@ -28,7 +27,7 @@ class Encoded(Outgoing):
     """A ``delta`` message whose payloads came encoded from the store; its ``message`` map is
     decoded from the msgpack body on first use."""
 
-    __slots__ = ()
+    __slots__ = ("_message",)
 
     def __init__(self, json_body: bytes, msgpack_body: bytes, urgent: bool, t_us: int) -> None:
         self._json = json_body
@@ -36,29 +35,67 @@ class Encoded(Outgoing):
         self.urgent = urgent
         self.t_us = t_us
         self._frames = {}
+        self._message: dict[str, Any] | None = None
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "message":  # the slot is filled on first use
-            message = _unpack(self._msgpack or b"")
-            self.message = message
-            return message
-        raise AttributeError(name)
+    def _decode(self) -> Mapping[str, Any]:
+        if self._message is None:
+            self._message = _unpack(self._msgpack or b"")
+        return self._message
+
+    message = property(_decode)  # the Outgoing slot, decoded on first use
+
+
+# The members a LiveDelta is made with, set through their slots (the frozen dataclass's
+# __setattr__ refuses them, and object.__setattr__ costs a lookup per member).
+_SET_MARKET = Delta.__dict__["market"].__set__
+_SET_EPOCH = Delta.__dict__["epoch"].__set__
+_SET_VERSION = Delta.__dict__["version"].__set__
+_SET_BASE = Delta.__dict__["base"].__set__
 
 
 class LiveDelta(Delta):
     """A published delta: market, epoch, version and base from the header, its shared
     message in ``out``; the other members are decoded from the message on first use."""
 
-    __slots__ = ("out",)
+    __slots__ = ("out", "_full")
     out: Encoded
+    _full: Delta | None
 
-    def __getattr__(self, name: str) -> Any:
-        if name in _LAZY:  # an unset slot: decode them all once
-            d = from_wire(self.out.message)
-            for k in _LAZY:
-                object.__setattr__(self, k, getattr(d, k))
-            return getattr(d, name)
-        raise AttributeError(name)
+    def __init__(self, market: str, epoch: str, version: int, base: int,
+                 out: Encoded) -> None:
+        _SET_MARKET(self, market)
+        _SET_EPOCH(self, epoch)
+        _SET_VERSION(self, version)
+        _SET_BASE(self, base)
+        _SET_OUT(self, out)
+        _SET_FULL(self, None)
+
+    def _decoded(self) -> Delta:
+        full: Delta | None = self._full
+        if full is None:
+            full = from_wire(self.out.message)
+            _SET_FULL(self, full)
+        return full
+
+    @property
+    def ts(self) -> int:
+        return self._decoded().ts
+
+    @property
+    def fields(self) -> Mapping[str, Any]:
+        return self._decoded().fields
+
+    @property
+    def sel(self) -> Mapping[str, Mapping[str, Any]]:
+        return self._decoded().sel
+
+    @property
+    def ext(self) -> Mapping[str, Any]:
+        return self._decoded().ext
+
+
+_SET_OUT = LiveDelta.__dict__["out"].__set__
+_SET_FULL = LiveDelta.__dict__["_full"].__set__
 
 
 def _unpack(data: bytes) -> dict[str, Any]:
@@ -96,15 +133,9 @@ def live_delta(market: str, data: bytes) -> LiveDelta:
     body = start + n_epoch + n_json
     if mark != MARK or body >= len(data):
         raise InvalidInput("bad published delta: bad header")
-    d = object.__new__(LiveDelta)
-    setattr_ = object.__setattr__
-    setattr_(d, "market", market)
-    setattr_(d, "epoch", data[start:start + n_epoch].decode())
-    setattr_(d, "version", version)
-    setattr_(d, "base", base)
-    setattr_(d, "out", Encoded(data[start + n_epoch:body], data[body:], bool(flags & _URGENT),
-                               t_us))
-    return d
+    end = start + n_epoch
+    return LiveDelta(market, data[start:end].decode(), version, base,
+                     Encoded(data[end:body], data[body:], flags == _URGENT, t_us))
 
 
 def decode_published(data: bytes) -> tuple[Delta, int]:
