@@ -10,6 +10,8 @@ Rules the hub enforces (with the modules that hold them):
   a gap on the Redis -> node hop (pub/sub is at-most-once) is repaired with a snapshot,
   never skipped (:mod:`.repair`);
 - each message is one shared :class:`~oddsfeed.core.wire.Outgoing`, encoded once per encoding;
+  a live delta arrives encoded from the store (:mod:`oddsfeed.store.published`) and is
+  forwarded as it came;
 - a subscription never waits silently: a catch-up whose store read fails leaves the market
   subscribed and owed (:mod:`.owed`: a snapshot or ``gone`` follows once the store
   answers), items held during a catch-up count against the connection's outbox limit, and
