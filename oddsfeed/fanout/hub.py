@@ -33,9 +33,7 @@ from ..core.errors import InvalidInput, StoreError
 from ..core.model import Market
 from ..core.ports import MarketSource
 from ..core.subscriptions import SubscriptionIndex
-from ..store import Announced, decode_payload
-from ..store.codec import PUBLISHED_MARK
-from ..store.published import live_delta
+from ..store import PUBLISHED_MARK, Announced, decode_payload, live_delta
 from . import metrics
 from .catchup import catch_up
 from .client import Client, Held, Sink
