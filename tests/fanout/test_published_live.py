@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import msgpack
 import pytest
 
 from oddsfeed.core import wire
@@ -14,8 +15,12 @@ from oddsfeed.core.session import Outbox
 from oddsfeed.fanout.client import Client
 from oddsfeed.fanout.delivery import deliver
 from oddsfeed.store import LiveDelta, Store, decode_payload, live_delta
+from oddsfeed.store.codec import market_channel
+from oddsfeed.worker import Worker
 
 from .builders import create, price
+from .conftest import ws_url
+from .mirror import Mirror, wait_until
 
 MID = "m.live"
 
@@ -79,3 +84,26 @@ async def test_released_published_delta_keeps_its_bytes(published: list[bytes]) 
     (payload,) = client.outbox.take(10)
     assert payload is d.out.payload(wire.JSON)
     assert d._full is None  # nothing read its members
+
+
+@pytest.mark.parametrize("encoding", ["json", "msgpack"])
+async def test_stored_form_delta_still_delivered(worker: Worker, encoding: str) -> None:
+    """A delta published in its stored form (msgpack, prices in ticks: a script from before
+    the published payload) still reaches subscribers, with the same message."""
+    store = worker.store
+    await store.apply(create(MID))
+    client = await Mirror.open(ws_url(worker), encoding)
+    try:
+        await client.request({"op": "subscribe", "markets": [MID]})
+        await wait_until(lambda: MID in client.markets)
+        market = client.markets[MID]
+        stored = Delta(market=MID, epoch=market.epoch, version=market.version + 1,
+                       base=market.version, ts=7, sel={"h": {"price": 25001}})
+        payload = msgpack.packb({**stored.to_store(), "t": 1})
+        await store.client.execute_command(store.publish_command, market_channel(MID), payload)
+        await wait_until(lambda: client.ops("delta"))
+        (got,) = client.ops("delta")
+        assert got == wire.decode_message(wire.delta(stored).payload(encoding), encoding)
+        client.check_clean()
+    finally:
+        await client.close()
