@@ -2,7 +2,7 @@
 header with what the fan-out's continuity check and routing need, then the ``delta``
 message already encoded for JSON and for msgpack (docs/internals.md, "The published
 payload"). The fan-out forwards the bodies; the delta's members are decoded only where
-someone reads them (conflation, a held item's release, tests)."""
+someone reads them (conflating a slow connection's queue, tests)."""
 
 from __future__ import annotations
 
@@ -128,14 +128,21 @@ def live_delta(market: str, data: bytes) -> LiveDelta:
     try:
         mark, flags, version, base, t_us, n_epoch, n_json = _HEADER.unpack_from(data)
     except struct.error:
-        raise InvalidInput("bad published delta: short header") from None
+        raise InvalidInput(f"bad published delta: {len(data)} bytes, shorter than its "
+                           "header") from None
     start = _HEADER.size
-    body = start + n_epoch + n_json
-    if mark != MARK or body >= len(data):
-        raise InvalidInput("bad published delta: bad header")
     end = start + n_epoch
-    return LiveDelta(market, data[start:end].decode(), version, base,
-                     Encoded(data[end:body], data[body:], flags == _URGENT, t_us))
+    body = end + n_json
+    if mark != MARK or body >= len(data):
+        raise InvalidInput(f"bad published delta: header {data[:start].hex()} does not fit "
+                           f"its {len(data)} bytes")
+    try:
+        epoch = data[start:end].decode()
+    except UnicodeDecodeError:
+        raise InvalidInput(f"bad published delta: epoch {data[start:end]!r} is not "
+                           "UTF-8") from None
+    return LiveDelta(market, epoch, version, base,
+                     Encoded(data[end:body], data[body:], bool(flags & _URGENT), t_us))
 
 
 def decode_published(data: bytes) -> tuple[Delta, int]:

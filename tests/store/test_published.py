@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from oddsfeed.core import wire
 from oddsfeed.core.book import Changed, Delta
+from oddsfeed.core.errors import InvalidInput
 from oddsfeed.core.model import FeedRank, MarketUpdate
 from oddsfeed.core.prices import MAX_PRICE, MIN_PRICE
 from oddsfeed.store import Store, decode_payload
@@ -166,3 +167,17 @@ def test_published_bodies_are_the_python_encodings(
         assert history[1] == changed  # the history keeps the stored delta
 
     loop.run_until_complete(check())
+
+
+@pytest.mark.parametrize("data", [
+    b"\xc1",  # shorter than the header
+    b"\xc1" + bytes(27) + b"\x00\x00\x00\x09" + b"{}",  # the JSON body past the end
+    b"\xc1" + bytes(25) + b"\x00\x01" + bytes(4) + b"\xff" + b"\x80",  # epoch not UTF-8
+    b"\xc1" + bytes(27) + b"\x00\x00\x00\x01" + b"{" + b"\x01",  # msgpack body not a map
+    b"\xc1" + bytes(40),  # msgpack body with bytes after its value
+])
+def test_not_a_published_delta_is_refused(data: bytes) -> None:
+    """A payload that is not a whole published delta (short, lengths past its end, an
+    epoch that is not UTF-8, a msgpack body that is not a map) is refused as InvalidInput."""
+    with pytest.raises(InvalidInput):
+        decode_payload(data)
