@@ -43,10 +43,11 @@ IN_FLIGHT = 4
 
 
 class Server:
-    """A server under test (``oddsfeed`` or ``naive``) and the pid whose CPU and RSS count."""
+    """A server under test (``oddsfeed``, ``naive`` or ``naive-script``) and the pid whose CPU
+    and RSS count."""
 
     def __init__(self, kind: str, redis_url: str, extra_env: dict[str, str] | None = None,
-                 workers: int = 1, tree: str | None = None):
+                 workers: int = 1, tree: str | None = None, markets: list[str] | None = None):
         self.kind = kind
         self.port = free_port()
         if kind == "oddsfeed":
@@ -73,8 +74,9 @@ class Server:
                     break
                 time.sleep(0.2)
             self.targets = kids[:workers] or [parent]
-        else:
-            self.proc = spawn(["-m", "bench.fanout.naive", str(self.port), redis_url])
+        else:  # naive; naive-script listens on the store channels of ``markets``
+            self.proc = spawn(["-m", "bench.fanout.naive", str(self.port), redis_url,
+                               *(markets or [] if kind == "naive-script" else [])])
             deadline = time.monotonic() + 20
             while True:
                 try:
@@ -104,6 +106,20 @@ class Server:
             self.proc.wait()
 
 
+def use_scripts_of(store: Any, tree: str) -> None:
+    """Make ``store`` apply with the apply script of the checkout in ``tree`` (its
+    published.lua in front when it has one): what that checkout's server reads from the
+    store is then what its own script publishes."""
+    from oddsfeed.store.autopipe import AutoPipeline
+
+    lua = Path(tree, "oddsfeed", "store")
+    text = "".join(f.read_text() for f in (lua / "published.lua", lua / "apply.lua")
+                   if f.exists())
+    store._apply = store.client.register_script(text)
+    store._writes = AutoPipeline(store.client, ordered=True,
+                                 scripts={store._apply.sha: store._apply.script})
+
+
 def create_markets(redis_url: str, mids: list[str]) -> None:
     async def main() -> None:
         from oddsfeed.core.model import MarketUpdate
@@ -120,9 +136,10 @@ def create_markets(redis_url: str, mids: list[str]) -> None:
 
 async def drive(kind: str, redis_url: str, markets: list[str], rate: float,
                 duration_s: float, apply_ms: list[float] | None = None,
-                encoding: str = "msgpack") -> int:
-    """Apply (oddsfeed) or publish (naive) ``rate`` updates/s for ``duration_s``; returns the
-    number sent.
+                encoding: str = "msgpack", tree: str | None = None) -> int:
+    """Apply (oddsfeed, naive-script) or publish (naive) ``rate`` updates/s for
+    ``duration_s``; returns the number sent. ``tree``: apply with that checkout's scripts
+    (an A/B run's oddsfeed-base reads what its own apply script publishes).
 
     Every millisecond the updates due are sent as one pipelined batch (``Store.apply_many``,
     or a pipeline of PUBLISH), as a feed adapter with a backlog would: one update per round
@@ -138,8 +155,11 @@ async def drive(kind: str, redis_url: str, markets: list[str], rate: float,
     from oddsfeed.core.model import MarketUpdate
     from oddsfeed.store import Store
 
-    store = await Store.connect(redis_url) if kind == "oddsfeed" else None
-    client = Redis.from_url(redis_url) if kind != "oddsfeed" else None
+    scripted = kind != "naive"
+    store = await Store.connect(redis_url) if scripted else None
+    client = Redis.from_url(redis_url) if not scripted else None
+    if store is not None and tree is not None:
+        use_scripts_of(store, tree)
     versions = dict.fromkeys(markets, 0)
     rng = random.Random(5)
     loop = asyncio.get_running_loop()

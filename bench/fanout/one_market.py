@@ -13,8 +13,13 @@ servers run under the same load in the same run, with the compiled load generato
    deliveries/s), interleaved runs (three in full mode), the median-p99 run reported.
 
 Every row carries ``valkey_cpu_us_per_update``, the store process's own CPU per update, and
-``apply_p50_ms``/``apply_p99_ms``, how long the driver's write took (oddsfeed: the apply
-script; naive: a PUBLISH), which is part of every latency figure of that row.
+``apply_p50_ms``/``apply_p99_ms``, how long the driver's write took (oddsfeed and
+naive-script: the apply script; naive: a PUBLISH), which is part of every latency figure of
+that row. ``naive`` is fed by a bare PUBLISH of a prebuilt JSON message; ``naive-script``
+is the same server fed as oddsfeed is, by the apply script, listening with redis-py on the
+channels the script publishes on and broadcasting each delta's JSON body: the issue's
+workload, where latency includes the script's time. Ratios are against both
+(``ratio_per_cpu``, ``ratio_per_cpu_vs_script``, ``p99_vs_naive``, ``p99_vs_naive_script``).
 With ``BENCH_AB_TREE=DIR`` (a directory holding another checkout's ``oddsfeed`` package,
 e.g. from ``git archive``), that oddsfeed runs too, as ``oddsfeed-base``, interleaved with
 the others at every step: an A/B comparison within one run. ``BENCH_AB_ENV="K=V K2=V2"``
@@ -22,7 +27,8 @@ adds settings to oddsfeed-base's environment only (e.g. the same code with anoth
 ``ODDSFEED_FANOUT__BATCH_WINDOW_MAX_MS``). ``BENCH_RATES="4000 8000"`` measures every
 server at exactly those rates (no stop at the first failed step, no repeat: CPU per
 delivery at equal rates on a busy machine), ``BENCH_MODERATE_RUNS=N`` sets the moderate
-load's runs per server (0: none).
+load's runs per server (0: none), ``BENCH_IMPLS="oddsfeed oddsfeed-base"`` measures only
+those servers (an A/B of CPU per delivery without the naive rows).
 
     python -m bench.fanout.one_market [--quick] [--json PATH]
 """
@@ -46,9 +52,12 @@ def ok(r: dict[str, Any]) -> bool:
 
 
 def impls() -> list[str]:
-    """The servers measured: naive, oddsfeed, and oddsfeed-base with BENCH_AB_TREE."""
-    return ["naive", "oddsfeed"] + (["oddsfeed-base"] if os.environ.get("BENCH_AB_TREE")
-                                    else [])
+    """The servers measured: naive fed by PUBLISH, naive fed by the apply script
+    (``naive-script``), oddsfeed, and oddsfeed-base with BENCH_AB_TREE."""
+    every = ["naive", "naive-script", "oddsfeed"] + (
+        ["oddsfeed-base"] if os.environ.get("BENCH_AB_TREE") else [])
+    chosen = os.environ.get("BENCH_IMPLS", "").split()
+    return [k for k in every if k in chosen] if chosen else every
 
 
 def saturation(redis_url: str, valkey_pid: int, rates: list[int],
@@ -73,9 +82,13 @@ def saturation(redis_url: str, valkey_pid: int, rates: list[int],
             step[kind] = r
             _say(r, "" if ok(r) else f"not sustained (p99 limit {P99_LIMIT_MS:g} ms)")
         naive = step.get("naive", {}).get("deliveries_per_cpu_s")
+        scripted = step.get("naive-script", {}).get("deliveries_per_cpu_s")
         for kind, r in step.items():
             if naive and kind != "naive":
                 r["ratio_per_cpu_same_rate"] = round(r["deliveries_per_cpu_s"] / naive, 2)
+            if scripted and not kind.startswith("naive"):
+                r["ratio_per_cpu_same_rate_vs_script"] = round(
+                    r["deliveries_per_cpu_s"] / scripted, 2)
         if not step:
             break
     return rows
@@ -132,13 +145,19 @@ def run(quick: bool) -> dict[str, Any]:
             best = max(good or [r for r in sat if r["impl"] == kind],
                        key=lambda r: r["delivered_per_s"])
             rows.append({**best, "sustained": bool(good)})
-        base = rows[0]["deliveries_per_cpu_s"] or 1
+        by = {r["impl"]: r["deliveries_per_cpu_s"] or 1 for r in rows}
+        base = by.get("naive", 1)
+        scripted = by.get("naive-script", 1)
         for r in rows:
             r["ratio_per_cpu"] = round(r["deliveries_per_cpu_s"] / base, 2)
+            r["ratio_per_cpu_vs_script"] = round(r["deliveries_per_cpu_s"] / scripted, 2)
         mod = moderate(vk.url, vk.pid, reps, duration) if reps else []
-        p99_naive = (mod[0]["p99_ms"] or 1) if mod else 1
+        p99 = {r["impl"]: r["p99_ms"] or 1 for r in mod}
+        p99_naive = p99.get("naive", 1)
+        p99_scripted = p99.get("naive-script", 1)
         for r in mod:
             r["p99_vs_naive"] = round(r["p99_ms"] / p99_naive, 2)
+            r["p99_vs_naive_script"] = round(r["p99_ms"] / p99_scripted, 2)
         rows += mod
     return {"scenario": "fanout_one",
             "params": {"conns": 1000, "markets": MARKETS, "subs_per_conn": 1,
@@ -148,8 +167,10 @@ def run(quick: bool) -> dict[str, Any]:
             "env": env, "rows": rows, "saturation": sat,
             "columns": ["impl", "scenario", "conns", "offered_updates_per_s", "delivered_per_s",
                         "p50_ms", "p99_ms", "max_ms", "server_cpu_s_per_s",
-                        "deliveries_per_cpu_s", "ratio_per_cpu", "ratio_per_cpu_same_rate",
-                        "messages_per_frame", "p99_vs_naive", "p99_limit_ms", "sustained",
+                        "deliveries_per_cpu_s", "ratio_per_cpu", "ratio_per_cpu_vs_script",
+                        "ratio_per_cpu_same_rate", "ratio_per_cpu_same_rate_vs_script",
+                        "messages_per_frame", "p99_vs_naive", "p99_vs_naive_script",
+                        "p99_limit_ms", "sustained",
                         "apply_p50_ms", "apply_p99_ms",
                         "valkey_cpu_us_per_update", "gaps", "delivery_ratio",
                         "machine_busy_cores", "p99_runs_ms"]}

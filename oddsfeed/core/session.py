@@ -177,6 +177,18 @@ class Outbox:
         """The store apply time of the oldest queued message (0 if unknown)."""
         return self._q[0][0].t_us if self._q else 0
 
+    def take_one(self) -> Outgoing | None:
+        """Remove and return the queued message when it is the only one, else None (its
+        frame is then the one shared by every subscriber of that message)."""
+        q = self._q
+        if len(q) != 1:
+            return None
+        e = q.popleft()
+        self.queued_bytes -= e[1]
+        self.urgent = False
+        self._q = _NO_QUEUE
+        return e[0]
+
     def take(self, max_items: int = 512) -> list[bytes]:
         """Remove and return up to ``max_items`` payloads, oldest first."""
         out: list[bytes] = []

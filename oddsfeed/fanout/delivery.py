@@ -7,6 +7,7 @@ from __future__ import annotations
 from ..core import wire
 from ..core.book import Delta
 from ..core.model import Market
+from ..store import LiveDelta
 from .client import Client, Held
 
 
@@ -25,7 +26,9 @@ def deliver(client: Client, market: str, item: Held, out: wire.Outgoing | None =
             if item.version <= pos[1]:
                 return True
             if item.base == pos[1]:
-                client.push(out or wire.delta(item), market=market, delta=item)
+                if out is None:  # a held item's release: a published one keeps its bytes
+                    out = item.out if isinstance(item, LiveDelta) else wire.delta(item)
+                client.push(out, market=market, delta=item)
                 client.pos[market] = (item.epoch, item.version)
                 return True
         return False

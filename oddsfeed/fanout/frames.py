@@ -37,6 +37,9 @@ def frame_of(out: Outgoing, encoding: str) -> bytes:
 def next_frame(outbox: Outbox, max_items: int = 512) -> tuple[bytes, int] | None:
     """The next complete frame of ``outbox`` and how many messages it carries: one message
     alone, or several packed into one ``batch``; None when it is empty."""
+    single = outbox.take_one()
+    if single is not None:  # one message alone: its frame, built once for all subscribers
+        return frame_of(single, outbox.encoding), 1
     items = outbox.take(max_items)
     if not items:
         return None

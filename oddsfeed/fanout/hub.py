@@ -10,6 +10,8 @@ Rules the hub enforces (with the modules that hold them):
   a gap on the Redis -> node hop (pub/sub is at-most-once) is repaired with a snapshot,
   never skipped (:mod:`.repair`);
 - each message is one shared :class:`~oddsfeed.core.wire.Outgoing`, encoded once per encoding;
+  a live delta arrives encoded from the store (:mod:`oddsfeed.store.published`) and is
+  forwarded as it came;
 - a subscription never waits silently: a catch-up whose store read fails leaves the market
   subscribed and owed (:mod:`.owed`: a snapshot or ``gone`` follows once the store
   answers), items held during a catch-up count against the connection's outbox limit, and
@@ -31,7 +33,7 @@ from ..core.errors import InvalidInput, StoreError
 from ..core.model import Market
 from ..core.ports import MarketSource
 from ..core.subscriptions import SubscriptionIndex
-from ..store import Announced, decode_payload
+from ..store import PUBLISHED_MARK, Announced, decode_payload, live_delta
 from . import metrics
 from .catchup import catch_up
 from .client import Client, Held, Sink
@@ -308,77 +310,91 @@ class Hub:
     # ---- live path ---------------------------------------------------------------------------
 
     def on_bus_message(self, kind: str, ident: str, payload: bytes) -> None:
-        """Bus callback: decode once, check continuity, hand to every local subscriber."""
+        """Bus callback: check continuity, hand to every local subscriber. A delta arrives
+        already encoded for the wire (:mod:`oddsfeed.store.published`): only its header is
+        read here; anything else is decoded once."""
         self.deltas_in += 1
         try:
-            item, t_us = decode_payload(payload)
+            if payload[:1] == PUBLISHED_MARK:
+                item = live_delta(ident, payload)
+                self._live(ident, item, item.out)
+                return
+            decoded, t_us = decode_payload(payload)
         except InvalidInput as exc:
             log.warning("bad store payload on %s %s: %s", kind, ident, exc)
             return
-        if isinstance(item, Announced):
+        if isinstance(decoded, Announced):
             for client in list(self.index.event_subscribers(ident)):
-                new = self.expand(client, ident, (item.market,))
+                new = self.expand(client, ident, (decoded.market,))
                 if new:
                     self.spawn(catch_up(self, client, new, {}, reply=False))
             return
         market = ident
+        if isinstance(decoded, Delta):
+            out = wire.delta(decoded)
+            out.t_us = t_us
+            self._live(market, decoded, out)
+            return
         subscribers = self.index.market_subscribers(market)
         if not subscribers:
             return  # a late message of a channel being dropped: no continuity to keep
-        if isinstance(item, Delta):
-            known = self.markets.get(market)
-            if known is not None and known[0] == item.epoch:
-                if item.version <= known[1]:
-                    return  # duplicate
-                if item.base != known[1]:
-                    self.repairs.repair(market)
-                    return
-            self.markets[market] = (item.epoch, item.version)
-            out = wire.delta(item)
-            out.t_us = t_us
-            if t_us:
-                # how far behind the store this node is: the server batches harder when late.
-                # (t_us is the store server's clock: a skew between hosts only shifts how
-                # soon that happens, never what is delivered)
-                self.lateness_s = time.time() - t_us / 1e6
-        elif isinstance(item, Market):
-            self.markets[market] = (item.epoch, item.version)
-            out = wire.snapshot(item)
+        if isinstance(decoded, Market):
+            self.markets[market] = (decoded.epoch, decoded.version)
+            out = wire.snapshot(decoded)
         else:
             self.markets.pop(market, None)
             out = wire.gone(market)
-        if isinstance(item, Delta):
-            # The common case inlined (this loop runs once per delivery): a client
-            # holding the delta's base takes it; anything else goes through deliver(). The
-            # takers go to the sink SEND_CHUNK at a time, so that the first of 500
-            # subscribers are written to before the last ones are looked at.
-            epoch, base, pos_new = item.epoch, item.base, (item.epoch, item.version)
-            now = time.monotonic()
-            ready: list[Client] = []
-            for client in subscribers:
-                if client.pending:
-                    held = client.pending.get(market)
-                    if held is not None:
-                        hold(client, held, item, out)
-                        continue
-                pos = client.pos.get(market)
-                if pos is not None and pos[1] == base and pos[0] == epoch:
-                    client.pos[market] = pos_new
-                    ready.append(client)
-                    if len(ready) == SEND_CHUNK:
-                        self._send_many(ready, out, market, item, now)
-                        ready = []
-                else:
-                    self.deliver(client, market, item, out)
-            if ready:
-                self._send_many(ready, out, market, item, now)
-            return
         for client in subscribers:
             held = client.pending.get(market)
             if held is not None:
-                hold(client, held, item, out)
+                hold(client, held, decoded, out)
+            else:
+                self.deliver(client, market, decoded, out)
+
+    def _live(self, market: str, item: Delta, out: wire.Outgoing) -> None:
+        """One live delta of ``market``: the node's continuity check, then every subscriber."""
+        subscribers = self.index.market_subscribers(market)
+        if not subscribers:
+            return  # a late message of a channel being dropped: no continuity to keep
+        epoch, base, version = item.epoch, item.base, item.version
+        known = self.markets.get(market)
+        if known is not None and known[0] == epoch:
+            if version <= known[1]:
+                return  # duplicate
+            if base != known[1]:
+                self.repairs.repair(market)
+                return
+        pos_new = (epoch, version)
+        self.markets[market] = pos_new
+        t_us = out.t_us
+        if t_us:
+            # how far behind the store this node is: the server batches harder when late.
+            # (t_us is the store server's clock: a skew between hosts only shifts how
+            # soon that happens, never what is delivered)
+            self.lateness_s = time.time() - t_us / 1e6
+        # The common case inlined (this loop runs once per delivery): a client holding the
+        # delta's base takes it; anything else goes through deliver(). The takers go to the
+        # sink SEND_CHUNK at a time, so that the first of 500 subscribers are written to
+        # before the last ones are looked at.
+        now = time.monotonic()
+        ready: list[Client] = []
+        for client in subscribers:
+            if client.pending:
+                held = client.pending.get(market)
+                if held is not None:
+                    hold(client, held, item, out)
+                    continue
+            pos = client.pos.get(market)
+            if pos is not None and pos[1] == base and pos[0] == epoch:
+                client.pos[market] = pos_new
+                ready.append(client)
+                if len(ready) == SEND_CHUNK:
+                    self._send_many(ready, out, market, item, now)
+                    ready = []
             else:
                 self.deliver(client, market, item, out)
+        if ready:
+            self._send_many(ready, out, market, item, now)
 
     def _send_many(self, ready: list[Client], out: wire.Outgoing, market: str, item: Delta,
                    now: float) -> None:

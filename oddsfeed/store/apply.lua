@@ -193,7 +193,10 @@ local function now_us()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
-local function publish(payload)
+-- A creation is published as stored; a delta in its wire form (published.lua), which the
+-- fan-out forwards without decoding it.
+local function publish(payload, delta)
+  if delta then payload = published_delta(delta) end
   redis.call(ARGV[6], ARGV[2], payload)
 end
 
@@ -457,5 +460,5 @@ delta.t = now_us()
 local payload = cmsgpack.pack(delta)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', hist_len, string.format('%.0f', version) .. '-0', 'd',
            payload, 'w', writer)
-publish(payload)
+publish(payload, delta)
 return {'changed', packed, payload, refused}

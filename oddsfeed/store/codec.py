@@ -10,6 +10,7 @@ import msgpack
 from ..core.book import Delta
 from ..core.errors import InvalidInput
 from ..core.model import Market
+from .published import MARK, decode_published
 
 # Every key and channel of one market (or event) carries the same hash tag, so a cluster
 # puts them in one slot and the apply script may touch them in one call.
@@ -58,6 +59,7 @@ def sport_set_key(sport: str) -> str:
 
 ALL_MARKETS_KEY = "of:markets"
 _CHANNEL_KINDS = ((_MARKET_TAG, "market"), (_EVENT_TAG, "event"))
+PUBLISHED_MARK = bytes((MARK,))  # a delta in its published form (published.py)
 
 
 def parse_channel(channel: str) -> tuple[str, str] | None:
@@ -95,6 +97,8 @@ def decode_payload(data: bytes) -> tuple[Delta | Market | Gone | Announced, int]
 
     Raises InvalidInput on a payload that is not ours.
     """
+    if data[:1] == PUBLISHED_MARK:
+        return decode_published(data)
     try:
         obj = unpack(data)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:

@@ -72,7 +72,8 @@ class Store:
         self.sharded = sharded
         self.url = url
         self.publish_command = "SPUBLISH" if sharded else "PUBLISH"
-        self._apply = client.register_script(_script("apply.lua"))
+        # published.lua: the helpers apply.lua publishes a delta with, loaded in front of it
+        self._apply = client.register_script(_script("published.lua") + _script("apply.lua"))
         self._delete = client.register_script(_script("delete.lua"))
         self._history = client.register_script(_script("history.lua"))
         # Market reads and apply scripts of one loop turn share a pipeline (see .autopipe).
