@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiohttp import web
@@ -15,7 +15,7 @@ from ..clock import now_ms
 from ..core.book import Changed, Created, Rejected
 from ..core.errors import InvalidInput
 from ..core.model import ID_RE, Market, MarketUpdate
-from ..store import OutOfOrder, Precondition, StoreOutcome, outcome_name
+from ..store import Applied, Head, OutOfOrder, Precondition, StoreOutcome, outcome_name
 from ..webkit import Problem
 from . import schemas
 from .etag import etag
@@ -109,12 +109,13 @@ async def _apply(request: web.Request, update: MarketUpdate, principal: Principa
                  ) -> tuple[int, dict[str, Any]]:
     outcome = await request.app[K_STORE].apply(update, expect=expect)
     status, market = _result(update, outcome, principal, created_status)
-    return status, market.to_wire()
+    return status, cast(Market, market).to_wire()  # a full reply: the whole market
 
 
 def _result(update: MarketUpdate, outcome: StoreOutcome, principal: Principal,
-            created_status: int = 201) -> tuple[int, Market]:
-    """The HTTP status and market of a store outcome (audited), or a Problem."""
+            created_status: int = 201) -> tuple[int, Market | Head]:
+    """The HTTP status and market (its head, from a short reply) of a store outcome
+    (audited), or a Problem."""
     if isinstance(outcome, Precondition):
         raise Problem(412, "precondition failed", "the market moved since If-Match",
                       current=outcome.current.to_wire() if outcome.current else None)
@@ -129,10 +130,13 @@ def _result(update: MarketUpdate, outcome: StoreOutcome, principal: Principal,
     old_version: int | None = market.version  # a no-op keeps it
     if isinstance(outcome, Created):
         old_version = None
-    elif isinstance(outcome, Changed):
-        old_version = outcome.delta.base
-        changed = {k: v for k, v in outcome.delta.to_wire().items()
-                   if k not in ("op", "m", "e", "v", "base", "ts")}
+    else:
+        delta = outcome.delta if isinstance(outcome, Changed) else (
+            outcome.delta() if isinstance(outcome, Applied) else None)
+        if delta is not None:
+            old_version = delta.base
+            changed = {k: v for k, v in delta.to_wire().items()
+                       if k not in ("op", "m", "e", "v", "base", "ts")}
     audit.info("market.write", who=principal.sub, source=update.source, market=market.id,
                epoch=market.epoch, old_version=old_version, new_version=market.version,
                outcome=outcome_name(outcome), changed=changed)
@@ -233,7 +237,7 @@ async def post_odds(request: web.Request) -> web.Response:
             except Problem as p:
                 entry["error"] = p.body
         # every valid item in one pipelined round trip, in the batch's order
-        outcomes = await request.app[K_STORE].apply_many([u for _, u in valid])
+        outcomes = await request.app[K_STORE].apply_many([u for _, u in valid], short=True)
         for (entry, update), outcome in zip(valid, outcomes):
             try:
                 _, market = _result(update, outcome, principal)

@@ -31,7 +31,7 @@ from .codec import (
     sport_set_key,
     state_key,
 )
-from .outcomes import LOCK_REFUSED, OutOfOrder, Precondition, Standby, StoreOutcome
+from .outcomes import LOCK_REFUSED, Applied, Head, OutOfOrder, Precondition, Standby, StoreOutcome
 from .packing import pool_options
 
 MAX_HISTORY_READ = 10_000
@@ -59,6 +59,11 @@ def _gate_event(update: MarketUpdate) -> str:
 
 def _decode_market(raw: bytes) -> Market:
     return Market.from_store(codec.unpack(raw))
+
+
+def _head(mid: str, reply: list[Any]) -> Head:
+    """A short reply's {epoch, version, status} of market ``mid``."""
+    return Head(mid, _text(reply[0]), int(reply[1]), _text(reply[2]))
 
 
 class Store:
@@ -130,9 +135,10 @@ class Store:
 
     def _apply_args(self, update: MarketUpdate, expect: tuple[str, int] | None,
                     now_ms: int | None, bet_stop: str = "", mode: str = "",
-                    extra: dict[str, Any] | None = None) -> tuple[list[str], list[Any]]:
+                    extra: dict[str, Any] | None = None, short: bool = False
+                    ) -> tuple[list[str], list[Any]]:
         """The apply script's keys and arguments; ``extra`` adds members to the update's map
-        (a desk's ``lock``)."""
+        (a desk's ``lock``); ``short`` asks for short replies (see :meth:`apply`)."""
         mid = update.market
         now = now_ms if now_ms is not None else clock_now_ms()
         args: list[Any] = [
@@ -141,17 +147,21 @@ class Store:
             _new_epoch(), now, self.history_len, self.publish_command,
             expect[0] if expect else "", expect[1] if expect else 0,
             str(update.seq) if update.seq is not None else "", bet_stop, mode,
+            "short" if short else "",
         ]
         return [state_key(mid), meta_key(mid), history_key(mid)], args
 
     async def apply(self, update: MarketUpdate, *, expect: tuple[str, int] | None = None,
-                    now_ms: int | None = None) -> StoreOutcome:
+                    now_ms: int | None = None, short: bool = False) -> StoreOutcome:
         """Apply one update atomically in the store (creates, changes, or drops it).
 
         ``expect`` = (epoch, version) makes it conditional (If-Match). Returns the outcome;
-        raises StoreError if the store fails.
+        raises StoreError if the store fails. With ``short`` a change or noop is an
+        ``Applied`` and a standby carries a ``Head``: the market's epoch, version and
+        status instead of its decoded state (for callers that do not answer with the
+        market); the other outcomes are as without it.
         """
-        keys, args = self._apply_args(update, expect, now_ms)
+        keys, args = self._apply_args(update, expect, now_ms, short=short)
         try:
             if self._writes is not None:
                 (res,) = await self._writes.run(
@@ -166,7 +176,7 @@ class Store:
             (record,) = await gate.enter(self.client, pair)
             left = False
             try:
-                keys, args = self._apply_args(update, expect, now_ms, record)
+                keys, args = self._apply_args(update, expect, now_ms, record, short=short)
                 outcome = self._outcome(update.market, await self._apply(keys=keys, args=args))
                 if isinstance(outcome, Created):
                     left = True
@@ -178,9 +188,10 @@ class Store:
             raise StoreError(f"apply failed for market {update.market}: {exc}") from None
         return outcome
 
-    async def apply_many(self, updates: Sequence[MarketUpdate], *, now_ms: int | None = None
-                         ) -> list[StoreOutcome]:
-        """Apply many updates in one pipelined round trip; the outcomes, in order.
+    async def apply_many(self, updates: Sequence[MarketUpdate], *, now_ms: int | None = None,
+                         short: bool = False) -> list[StoreOutcome]:
+        """Apply many updates in one pipelined round trip; the outcomes, in order (``short``:
+        short replies, as for :meth:`apply`).
 
         Each update is atomic on its own exactly as with :meth:`apply` (the same script);
         there is no transaction across them. Updates to one market are applied in the order
@@ -193,7 +204,7 @@ class Store:
         """
         if not updates:
             return []
-        calls = [self._apply_args(u, None, now_ms) for u in updates]
+        calls = [self._apply_args(u, None, now_ms, short=short) for u in updates]
         results = await self._run(calls, [u.market for u in updates])
         # Missing markets (every update of one, in order): again, behind the event's gate.
         # A later update of such a market was refused as unknown in the first pass (no write):
@@ -220,7 +231,7 @@ class Store:
                 again = await self._run(
                     [self._apply_args(updates[i], None, now_ms,
                                       records.get((_gate_event(updates[i]), updates[i].market),
-                                                  "0:0"))
+                                                  "0:0"), short=short)
                      for i in late], [updates[i].market for i in late])
                 for i, res in zip(late, again):
                     outcomes[i] = self._outcome(updates[i].market, res)
@@ -278,13 +289,19 @@ class Store:
             if refused:
                 LOCK_REFUSED.inc(refused)
         if kind == "changed":
+            if type(res[1]) is list:
+                return Applied(kind, _head(mid, res[1]), res[2])
             return Changed(_decode_market(res[1]), Delta.from_store(codec.unpack(res[2])))
         if kind == "noop":
+            if type(res[1]) is list:
+                return Applied(kind, _head(mid, res[1]))
             return NoOp(_decode_market(res[1]))
         if kind == "created":
             return Created(_decode_market(res[1]))
         if kind == "standby":
-            return Standby(_decode_market(res[2]), _text(res[1]))
+            state = res[2]
+            return Standby(_head(mid, state) if type(state) is list else _decode_market(state),
+                           _text(res[1]))
         if kind == "out_of_order":
             return OutOfOrder(mid, int(res[1]))
         if kind == "precondition":

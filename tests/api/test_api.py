@@ -310,6 +310,25 @@ async def test_writes_are_audit_logged(api: Api) -> None:
     assert (noop["old_version"], noop["new_version"], noop["changed"]) == (2, 2, None)
 
 
+async def test_batch_odds_writes_are_audit_logged_as_patches(api: Api) -> None:
+    """POST /v1/odds (short store replies) audits each item's versions and change exactly
+    as a PATCH of the same change."""
+    await api.call("PUT", "/v1/markets/m1", BODY)
+    with capture_logs() as logs:
+        await api.call("PATCH", "/v1/markets/m1", {"selections": {"h": {"price": 4}}})
+        await api.call("POST", "/v1/odds", {"updates": [
+            {"market": "m1", "selections": {"h": {"price": 5}}},
+            {"market": "m1", "selections": {"h": {"price": 5}}}]})
+    patched, posted, repeated = [e for e in logs if e["event"] == "market.write"]
+    assert (patched["old_version"], patched["new_version"]) == (1, 2)
+    assert (posted["old_version"], posted["new_version"], posted["outcome"]) == (2, 3, "changed")
+    assert posted["changed"] == {"sel": {"h": {"price": 5.0}}}
+    assert {k: posted[k] for k in ("who", "source", "market", "epoch")} == {
+        k: patched[k] for k in ("who", "source", "market", "epoch")}
+    assert (repeated["old_version"], repeated["new_version"], repeated["outcome"],
+            repeated["changed"]) == (3, 3, "noop", None)
+
+
 async def test_cors(make_api: Any) -> None:
     """Allowed origins get CORS headers and preflights; other origins get none."""
     api = await make_api(**{"api.cors_origins": ["https://book.example"]})
