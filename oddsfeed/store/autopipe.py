@@ -152,10 +152,19 @@ class AutoPipeline:
         if not isinstance(self._client, RedisCluster) and all(
                 c[0] == "GET" for c in commands):
             # One MGET instead of N GETs: one reply to parse (the client's per-reply cost
-            # is most of a pipeline's). A key of another type reads as absent, as MGET
-            # answers; a cluster keeps GETs (MGET's keys must share a slot).
+            # is most of a pipeline's); a cluster keeps GETs (MGET's keys must share a slot).
             (values,) = await self._pipeline([("MGET", *(c[1] for c in commands))])
-            return list(values) if isinstance(values, list) else [values] * len(commands)
+            if not isinstance(values, list):
+                return [values] * len(commands)
+            # MGET answers nil for a key of another type too: the keys it says are absent
+            # are read again with GET, which answers nil only for a missing key and fails a
+            # wrongly typed one for its caller (a key written since reads as it is now).
+            absent = [i for i, v in enumerate(values) if v is None]
+            if absent:
+                again = await self._pipeline([commands[i] for i in absent])
+                for i, reply in zip(absent, again):
+                    values[i] = reply
+            return values
         replies = await self._pipeline(commands)
         lost = [i for i, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)]
         if lost:
