@@ -32,7 +32,7 @@ from .codec import (
     state_key,
 )
 from .outcomes import LOCK_REFUSED, Applied, Head, OutOfOrder, Precondition, Standby, StoreOutcome
-from .packing import pool_options
+from .packing import cluster_packing, pool_options
 
 MAX_HISTORY_READ = 10_000
 # No market reaches this version; a position past it is refused before it becomes a stream id.
@@ -99,6 +99,7 @@ class Store:
             if cluster:
                 client = RedisCluster.from_url(url, socket_timeout=socket_timeout,
                                                max_connections=max_connections * 16)
+                cluster_packing(client, url)
                 await client.initialize()
                 info = await client.info("server", target_nodes=RedisCluster.RANDOM)
             else:
