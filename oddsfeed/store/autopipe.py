@@ -16,7 +16,9 @@ beyond what the client itself does for one call, except a script the server lost
 An ``ordered`` pipeline (the applies) keeps one batch in flight at a time: the commands of
 a caller that issued after another's were sent reach the server after them (a pipeline of
 the next turn never overtakes one still in flight), and callers arriving meanwhile gather
-into the next batch.
+into the next batch. Reads may be bounded the same way (``max_in_flight``) for larger
+batches under load: a read then waits at most for the batches in flight to come back
+before it is sent, and is still sent after it was issued.
 """
 
 from __future__ import annotations
@@ -52,12 +54,13 @@ class AutoPipeline:
     """
 
     def __init__(self, client: Redis | RedisCluster, *, ordered: bool = False,
-                 scripts: Mapping[Any, Any] | None = None) -> None:
+                 max_in_flight: int = 0, scripts: Mapping[Any, Any] | None = None) -> None:
         self._client = client
-        self._ordered = ordered
+        # Batches sent and not yet answered, and how many may be (0: any number).
+        self._limit = 1 if ordered else max(max_in_flight, 0)
+        self._in_flight = 0
         self._scripts = dict(scripts or {})
         self._open: list[_Call] | None = None
-        self._busy = False  # an ordered batch is in flight
         self._sending: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -79,7 +82,7 @@ class AutoPipeline:
         call = _Call(commands, keys, what, loop.create_future())
         if self._open is None:
             self._open = []
-            if not self._busy:
+            if not self._limit or self._in_flight < self._limit:
                 # Runs after every callback already ready in this turn, so every request the
                 # loop resumed in this turn joins the batch before it is sent.
                 loop.call_soon(self._flush)
@@ -90,17 +93,16 @@ class AutoPipeline:
         batch, self._open = self._open, None
         if not batch:
             return
-        self._busy = self._ordered
+        self._in_flight += 1
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self._sending.add(task)
         task.add_done_callback(self._sent)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
-        if self._ordered:
-            self._busy = False
-            if self._open and not self._closed:
-                self._flush()  # the callers that gathered while the last batch was out
+        self._in_flight -= 1
+        if self._limit and self._open and not self._closed:
+            self._flush()  # the callers that gathered while the last batch was out
 
     async def _send(self, batch: list[_Call]) -> None:
         calls = [c for c in batch if not c.future.done()]  # cancelled callers drop out

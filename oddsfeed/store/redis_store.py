@@ -70,7 +70,8 @@ class Store:
     """The Redis/Valkey store. Create with :meth:`connect`; share one per process."""
 
     def __init__(self, client: Redis | RedisCluster, *, cluster: bool, history_len: int,
-                 sharded: bool, url: str, auto_pipeline: bool = True) -> None:
+                 sharded: bool, url: str, auto_pipeline: bool = True,
+                 read_batches_in_flight: int = 1) -> None:
         self.client = client
         self.cluster = cluster
         self.history_len = history_len
@@ -81,16 +82,19 @@ class Store:
         self._delete = client.register_script(_script("delete.lua"))
         self._history = client.register_script(_script("history.lua"))
         # Market reads and apply scripts of one loop turn share a pipeline (see .autopipe).
-        self._reads = AutoPipeline(client) if auto_pipeline else None
+        self._reads = AutoPipeline(client, max_in_flight=read_batches_in_flight
+                                   ) if auto_pipeline else None
         self._writes = AutoPipeline(client, ordered=True, scripts={
             self._apply.sha: self._apply.script}) if auto_pipeline else None
 
     @classmethod
     async def connect(cls, url: str, *, cluster: bool = False, history_len: int = 1000,
                       socket_timeout: float | None = 5.0, max_connections: int = 64,
-                      auto_pipeline: bool = True) -> Store:
+                      auto_pipeline: bool = True, read_batches_in_flight: int = 1) -> Store:
         """Connect to ``url`` (a single server, or a cluster node with ``cluster=True``);
-        ``auto_pipeline`` batches concurrent market reads (see :mod:`.autopipe`).
+        ``auto_pipeline`` batches concurrent market reads and applies (see
+        :mod:`.autopipe`), with at most ``read_batches_in_flight`` read batches out at once
+        (0: no bound).
 
         Raises StoreError when the server does not answer.
         """
@@ -115,7 +119,7 @@ class Store:
         version = str(info.get("redis_version", "0"))
         sharded = int(version.split(".")[0]) >= 7
         return cls(client, cluster=cluster, history_len=history_len, sharded=sharded, url=url,
-                   auto_pipeline=auto_pipeline)
+                   auto_pipeline=auto_pipeline, read_batches_in_flight=read_batches_in_flight)
 
     async def close(self) -> None:
         for pipeline in (self._reads, self._writes):
