@@ -8,6 +8,7 @@ from typing import Any, cast
 
 import structlog
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import BaseModel
 
 from ..auth import READ, WRITE, Principal
@@ -19,7 +20,7 @@ from ..store import Applied, Head, OutOfOrder, Precondition, StoreOutcome, outco
 from ..webkit import Problem
 from . import schemas
 from .etag import etag
-from .jsonout import json_answer
+from .jsonout import JSON_TYPE, dumps, json_answer
 from .plumbing import (
     K_SETTINGS,
     K_STORE,
@@ -44,6 +45,24 @@ def _market_id(request: web.Request) -> str:
 def _market_response(market: Market, status: int = 200) -> web.Response:
     return json_answer(market.to_wire(), status=status,
                              headers={"ETag": etag(market.epoch, market.version)})
+
+
+# A read's answer (body and headers) for each Market object the store handed out: its
+# decode memo hands out the same object again while the market's stored bytes are unchanged.
+# Keyed by identity; an entry holds its Market, so the id is not reused while it is kept.
+_READ_ANSWERS: dict[int, tuple[Market, bytes, CIMultiDictProxy[str]]] = {}
+_READ_ANSWERS_KEPT = 1024
+
+
+def _read_response(market: Market) -> web.Response:
+    kept = _READ_ANSWERS.get(id(market))
+    if kept is None or kept[0] is not market:
+        headers = CIMultiDictProxy(CIMultiDict({"Content-Type": JSON_TYPE,
+                                                "ETag": etag(market.epoch, market.version)}))
+        if len(_READ_ANSWERS) >= _READ_ANSWERS_KEPT:
+            _READ_ANSWERS.clear()
+        kept = _READ_ANSWERS[id(market)] = (market, dumps(market.to_wire()), headers)
+    return web.Response(body=kept[1], headers=kept[2])
 
 
 # ---- reads -----------------------------------------------------------------------------------
@@ -84,7 +103,7 @@ async def get_market(request: web.Request) -> web.Response:
     market = await request.app[K_STORE].get(_market_id(request))
     if market is None:
         raise Problem(404, "market not found", f"market {request.match_info['id']} does not exist")
-    return _market_response(market)
+    return _read_response(market)
 
 
 # ---- writes ----------------------------------------------------------------------------------

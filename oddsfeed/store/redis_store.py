@@ -61,6 +61,10 @@ def _decode_market(raw: bytes) -> Market:
     return Market.from_store(codec.unpack(raw))
 
 
+def _decode_record(raw: bytes) -> Record:
+    return record_from_store(codec.unpack(raw))
+
+
 def _head(mid: str, reply: list[Any]) -> Head:
     """A short reply's {epoch, version, status} of market ``mid``."""
     return Head(mid, _text(reply[0]), int(reply[1]), _text(reply[2]))
@@ -82,6 +86,9 @@ class Store:
         self._delete = client.register_script(_script("delete.lua"))
         self._history = client.register_script(_script("history.lua"))
         # Market reads and apply scripts of one loop turn share a pipeline (see .autopipe).
+        # Reads decode an unchanged market's bytes once (see codec.DecodeMemo).
+        self._market_of = codec.DecodeMemo(_decode_market)
+        self._record_of = codec.DecodeMemo(_decode_record)
         self._reads = AutoPipeline(client, max_in_flight=read_batches_in_flight
                                    ) if auto_pipeline else None
         self._writes = AutoPipeline(client, ordered=True, scripts={
@@ -394,13 +401,14 @@ class Store:
     async def get(self, market_id: str) -> Market | None:
         """The market's current state, or None."""
         (raw,) = await self._get_raw([market_id])
-        return _decode_market(raw) if raw else None
+        return self._market_of(raw) if raw else None
 
     async def get_many(self, ids: Iterable[str]) -> dict[str, Market | None]:
         """Current state of many markets in one pipelined round trip."""
         wanted = list(dict.fromkeys(ids))
         raws = await self._get_raw(wanted)
-        return {mid: (_decode_market(raw) if raw else None) for mid, raw in zip(wanted, raws)}
+        market_of = self._market_of
+        return {mid: (market_of(raw) if raw else None) for mid, raw in zip(wanted, raws)}
 
     async def get_for_validation(self, ids: Iterable[str]) -> dict[str, Record | None]:
         """(view, susp_v) of each market (``core.betslip.MarketView``: what validation
@@ -412,8 +420,8 @@ class Store:
         """
         wanted = list(dict.fromkeys(ids))
         raws = await self._get_raw(wanted)
-        return {mid: None if raw is None else record_from_store(codec.unpack(raw))
-                for mid, raw in zip(wanted, raws)}
+        record_of = self._record_of
+        return {mid: None if raw is None else record_of(raw) for mid, raw in zip(wanted, raws)}
 
     async def history(self, market_id: str, epoch: str, after_version: int
                       ) -> tuple[Market, list[Delta]] | None:

@@ -257,6 +257,27 @@ async def test_idempotent_create_and_delete(api: Api) -> None:
     assert (await api.store.get("m1")).name == "A v B"  # type: ignore[union-attr]
 
 
+async def test_reads_answer_every_change(api: Api) -> None:
+    """GET of an unchanged market answers the same body and ETag each time, and after each
+    change (PATCH, POST /v1/odds, a change back to earlier prices) the new version's."""
+    _, created, _ = await api.call("PUT", "/v1/markets/m1", BODY)
+    answers = [await api.call("GET", "/v1/markets/m1") for _ in range(3)]
+    assert all(a[:2] == (200, created) for a in answers)
+    assert {a[2]["ETag"] for a in answers} == {f'"{created["epoch"]}:1"'}
+    for version, change in enumerate([("PATCH", "/v1/markets/m1", {"selections": {"h": {"price": 4}}}),
+                                      ("POST", "/v1/odds", {"updates": [
+                                          {"market": "m1", "selections": {"h": {"price": 3.5}}}]}),
+                                      ("PATCH", "/v1/markets/m1", {"status": "suspended"})],
+                                     start=2):
+        await api.call(*change)
+        st, got, h = await api.call("GET", "/v1/markets/m1")
+        assert st == 200
+        assert got["version"] == version
+        assert h["ETag"] == f'"{created["epoch"]}:{version}"'
+    assert got["status"] == "suspended"
+    assert got["selections"]["h"]["price"] == 3.5
+
+
 async def test_batch_odds(api: Api) -> None:
     """POST /v1/odds answers per item; a bad item never fails the others."""
     await api.call("PUT", "/v1/markets/m1", BODY)
