@@ -56,6 +56,7 @@ class AutoPipeline:
     def __init__(self, client: Redis | RedisCluster, *, ordered: bool = False,
                  max_in_flight: int = 0, scripts: Mapping[Any, Any] | None = None) -> None:
         self._client = client
+        self._cluster = isinstance(client, RedisCluster)
         # Batches sent and not yet answered, and how many may be (0: any number).
         self._limit = 1 if ordered else max(max_in_flight, 0)
         self._in_flight = 0
@@ -113,12 +114,25 @@ class AutoPipeline:
         replies: list[list[Any]] = [[None] * len(c.commands) for c in calls]
         failed: dict[int, str] = {}
         try:
-            for ci, call in enumerate(calls):
-                for k, key in enumerate(call.keys):
-                    groups.setdefault(self._node_of(key), []).append((ci, k))
-            outcomes = await asyncio.gather(
-                *(self._send_group([calls[ci].commands[k] for ci, k in where])
-                  for where in groups.values()), return_exceptions=True)
+            if self._cluster:
+                for ci, call in enumerate(calls):
+                    for k, key in enumerate(call.keys):
+                        groups.setdefault(self._node_of(key), []).append((ci, k))
+            else:
+                groups[""] = [(ci, k) for ci, call in enumerate(calls)
+                              for k in range(len(call.keys))]
+            outcomes: list[Any]
+            if len(groups) == 1:  # one node: no task of its own
+                (where,) = groups.values()
+                try:
+                    outcomes = [await self._send_group(
+                        [calls[ci].commands[k] for ci, k in where])]
+                except Exception as exc:
+                    outcomes = [exc]
+            else:
+                outcomes = await asyncio.gather(
+                    *(self._send_group([calls[ci].commands[k] for ci, k in where])
+                      for where in groups.values()), return_exceptions=True)
         except BaseException as exc:  # no node known, or cancelled: nobody waits forever
             for call in calls:
                 if not call.future.done():
@@ -151,8 +165,7 @@ class AutoPipeline:
 
     async def _send_group(self, commands: list[Command]) -> list[Any]:
         """The replies of one node's commands, in order; raises when the pipeline fails."""
-        if not isinstance(self._client, RedisCluster) and all(
-                c[0] == "GET" for c in commands):
+        if not self._cluster and all(c[0] == "GET" for c in commands):
             # One MGET instead of N GETs: one reply to parse (the client's per-reply cost
             # is most of a pipeline's); a cluster keeps GETs (MGET's keys must share a slot).
             (values,) = await self._pipeline([("MGET", *(c[1] for c in commands))])
