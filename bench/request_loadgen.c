@@ -93,17 +93,22 @@ static void send_request(Conn *c) {
 }
 
 static void on_message(Conn *c, const uint8_t *p, size_t n) {
-    /* the reply's id and op, found as text: {"op":"validation","id":N,...} */
-    const char *s = memmem(p, n, "\"id\":", 5);
-    if (!s) return;
-    uint64_t id = strtoull(s + 5, NULL, 10);
-    int ok = memmem(p, n, "\"validation\"", 12) != NULL;
-    if (!ok) errors++;
-    if (measuring) {
-        requests++;
-        if (nlat < MAX_SAMPLES) lat[nlat++] = now_s() - c->sent[id % MAX_DEPTH];
+    /* Every reply in the frame, found as text: {"op":"validation","id":N,...} alone, or
+     * several as the items of a {"op":"batch","items":[...]} frame (only replies carry an
+     * "id" key); each answered validation sends the next one. An error reply counts. */
+    const uint8_t *end = p + n;
+    for (const char *e = memmem(p, n, "\"op\":\"error\"", 12); e;
+         e = memmem(e + 12, (size_t)(end - (const uint8_t *)(e + 12)), "\"op\":\"error\"", 12))
+        errors++;
+    for (const char *s = memmem(p, n, "\"id\":", 5); s;
+         s = memmem(s + 5, (size_t)(end - (const uint8_t *)(s + 5)), "\"id\":", 5)) {
+        uint64_t id = strtoull(s + 5, NULL, 10);
+        if (measuring) {
+            requests++;
+            if (nlat < MAX_SAMPLES) lat[nlat++] = now_s() - c->sent[id % MAX_DEPTH];
+        }
+        send_request(c);
     }
-    send_request(c);
 }
 
 static void on_readable(Conn *c) {

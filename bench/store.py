@@ -1,7 +1,8 @@
 """Store benchmark: applies per second through the one atomic path, and p50/p99 apply
 latency, on a single server and on a 3-primary cluster, against a plain HSET + SPUBLISH
 pipeline baseline in the same run; the applies with ``auto_pipeline`` off (one client call
-per apply) and on (the applies of one loop turn in one pipeline).
+per apply) and on (the applies of one loop turn in one pipeline), and on with short replies
+(the market's head instead of its state, as ingest and ``POST /v1/odds`` apply).
 
     python -m bench.store [--quick] [--json PATH]
 """
@@ -41,7 +42,8 @@ async def _drive(call: Any, n: int, concurrency: int) -> dict[str, Any]:
 
 
 async def bench_store(url: str, *, cluster: bool, n: int, markets: int,
-                      concurrency: int, auto_pipeline: bool = True) -> dict[str, Any]:
+                      concurrency: int, auto_pipeline: bool = True, short: bool = False
+                      ) -> dict[str, Any]:
     store = await Store.connect(url, cluster=cluster, auto_pipeline=auto_pipeline)
     for m in range(markets):
         await store.apply(MarketUpdate(market=f"b{m}", fields={
@@ -52,7 +54,8 @@ async def bench_store(url: str, *, cluster: bool, n: int, markets: int,
 
     async def apply(i: int) -> None:
         await store.apply(MarketUpdate(market=f"b{rng.randrange(markets)}",
-                                       selections={"h": {"price": 11000 + i % 80000}}))
+                                       selections={"h": {"price": 11000 + i % 80000}}),
+                          short=short)
 
     res = await _drive(apply, n, concurrency)
     await store.close()
@@ -88,11 +91,12 @@ async def run(quick: bool) -> dict[str, Any]:
             base = await bench_baseline(url, cluster=cluster, n=n, markets=100, concurrency=64)
             rows.append({"scenario": scenario, "impl": "baseline HSET+SPUBLISH", **base,
                          "ratio": 1.0})
-            for auto in (False, True):
+            for auto, short in ((False, False), (True, False), (True, True)):
                 ours = await bench_store(url, cluster=cluster, n=n, markets=100,
-                                         concurrency=64, auto_pipeline=auto)
+                                         concurrency=64, auto_pipeline=auto, short=short)
                 rows.append({"scenario": scenario,
-                             "impl": f"oddsfeed apply (auto_pipeline {'on' if auto else 'off'})",
+                             "impl": f"oddsfeed apply (auto_pipeline {'on' if auto else 'off'}"
+                                     f"{', short replies' if short else ''})",
                              **ours, "ratio": round(ours["ops_per_s"] / base["ops_per_s"], 2)})
     return {"scenario": "store", "params": params, "env": env, "rows": rows,
             "columns": ["scenario", "impl", "ops_per_s", "p50_ms", "p99_ms", "ratio"]}

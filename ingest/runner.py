@@ -34,7 +34,7 @@ from prometheus_client import Counter, Gauge
 from oddsfeed.core.book import OUTCOME_NAMES, Changed, Created, NoOp, Rejected
 from oddsfeed.core.errors import InvalidInput, ProviderDataError, StoreError
 from oddsfeed.core.model import FeedRank, MarketUpdate
-from oddsfeed.store import FeedHealth, Standby, Store, publish_feed_health
+from oddsfeed.store import Applied, FeedHealth, Standby, Store, publish_feed_health
 
 log = structlog.get_logger("oddsfeed.ingest")
 
@@ -263,8 +263,10 @@ class FeedRunner:
             self._count(OUTCOME_NAMES[Rejected])
             log.warning("update rejected", source=self.source, market=mid,
                         reason=outcome.reason, detail=outcome.message, path=outcome.path)
-        elif isinstance(outcome, (Created, Changed, NoOp)):
-            self._count(OUTCOME_NAMES[NoOp] if isinstance(outcome, NoOp) else "applied")
+        elif isinstance(outcome, (Created, Changed, NoOp, Applied)):
+            noop = isinstance(outcome, NoOp) or (
+                isinstance(outcome, Applied) and outcome.kind == "noop")
+            self._count(OUTCOME_NAMES[NoOp] if noop else "applied")
             self.last_seen[mid] = now
             self.status[mid] = outcome.market.status
             # Only when the update was prepared as a reopening: a market stale-suspended
@@ -290,11 +292,21 @@ class FeedRunner:
                 await self._reopen([mid])
 
     async def _apply(self, update: MarketUpdate) -> Any:
-        return await self._retrying(lambda: self.store.apply(update), market=update.market)
+        store = self.store
+        if isinstance(store, Store):  # the runner reads only the market's status back
+            return await self._retrying(lambda: store.apply(update, short=True),
+                                        market=update.market)
+        return await self._retrying(lambda: store.apply(update), market=update.market)
 
     async def _apply_many(self, updates: list[MarketUpdate]) -> list[Any]:
-        outcomes = await self._retrying(lambda: self.store.apply_many(updates),
-                                        market=updates[0].market, updates=len(updates))
+        store = self.store
+        if isinstance(store, Store):
+            outcomes: Sequence[Any] = await self._retrying(
+                lambda: store.apply_many(updates, short=True),
+                market=updates[0].market, updates=len(updates))
+        else:
+            outcomes = await self._retrying(lambda: store.apply_many(updates),
+                                            market=updates[0].market, updates=len(updates))
         return list(outcomes)
 
     async def _retrying(self, write: Callable[[], Awaitable[_T]], **what: Any) -> _T:
@@ -337,7 +349,7 @@ class FeedRunner:
                                                  source=self.source + HEALTH_SOURCE_SUFFIX,
                                                  feed=self._sweep))
             self.auto_suspended.discard(m)
-            if isinstance(out, (Created, Changed, NoOp)):
+            if isinstance(out, (Created, Changed, NoOp, Applied)):
                 self.status[m] = out.market.status
             log.info("feed live again: market reopened", source=self.source, market=m)
         if markets:
@@ -363,7 +375,7 @@ class FeedRunner:
                 self.auto_suspended.add(m)
                 log.info("feed silent: market left to another feed", source=self.source,
                          market=m, driver=out.driver)
-            elif isinstance(out, (Created, Changed, NoOp)):
+            elif isinstance(out, (Created, Changed, NoOp, Applied)):
                 self.auto_suspended.add(m)
                 self.status[m] = out.market.status
                 log.warning("feed silent: market suspended", source=self.source, market=m,

@@ -60,6 +60,9 @@ class RedisSettings(_Section):
     # Market reads, and separately applies, issued within one event-loop turn go to the
     # store as one pipeline per node; false: one round trip per call.
     auto_pipeline: bool = True
+    # With auto_pipeline: how many market-read batches may be out at once (0: any number,
+    # one per loop turn); while they are, new reads gather into the next batch.
+    read_batches_in_flight: int = Field(1, ge=0)
 
 
 class ServerSettings(_Section):

@@ -73,7 +73,8 @@ class Worker:
         stack = self._stack
         store = await Store.connect(self.redis_url, cluster=s.redis.cluster,
                                     history_len=s.redis.history_len,
-                                    auto_pipeline=s.redis.auto_pipeline)
+                                    auto_pipeline=s.redis.auto_pipeline,
+                                    read_batches_in_flight=s.redis.read_batches_in_flight)
         stack.push_async_callback(store.close)
         self.store = store
         hub = Hub(store, max_subscriptions=s.fanout.max_subscriptions,

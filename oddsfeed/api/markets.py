@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import BaseModel
 
 from ..auth import READ, WRITE, Principal
@@ -15,11 +16,11 @@ from ..clock import now_ms
 from ..core.book import Changed, Created, Rejected
 from ..core.errors import InvalidInput
 from ..core.model import ID_RE, Market, MarketUpdate
-from ..store import OutOfOrder, Precondition, StoreOutcome, outcome_name
+from ..store import Applied, Head, OutOfOrder, Precondition, StoreOutcome, outcome_name
 from ..webkit import Problem
 from . import schemas
 from .etag import etag
-from .jsonout import json_answer
+from .jsonout import JSON_TYPE, dumps, json_answer
 from .plumbing import (
     K_SETTINGS,
     K_STORE,
@@ -44,6 +45,24 @@ def _market_id(request: web.Request) -> str:
 def _market_response(market: Market, status: int = 200) -> web.Response:
     return json_answer(market.to_wire(), status=status,
                              headers={"ETag": etag(market.epoch, market.version)})
+
+
+# A read's answer (body and headers) for each Market object the store handed out: its
+# decode memo hands out the same object again while the market's stored bytes are unchanged.
+# Keyed by identity; an entry holds its Market, so the id is not reused while it is kept.
+_READ_ANSWERS: dict[int, tuple[Market, bytes, CIMultiDictProxy[str]]] = {}
+_READ_ANSWERS_KEPT = 1024
+
+
+def _read_response(market: Market) -> web.Response:
+    kept = _READ_ANSWERS.get(id(market))
+    if kept is None or kept[0] is not market:
+        headers = CIMultiDictProxy(CIMultiDict({"Content-Type": JSON_TYPE,
+                                                "ETag": etag(market.epoch, market.version)}))
+        if len(_READ_ANSWERS) >= _READ_ANSWERS_KEPT:
+            _READ_ANSWERS.clear()
+        kept = _READ_ANSWERS[id(market)] = (market, dumps(market.to_wire()), headers)
+    return web.Response(body=kept[1], headers=kept[2])
 
 
 # ---- reads -----------------------------------------------------------------------------------
@@ -84,7 +103,7 @@ async def get_market(request: web.Request) -> web.Response:
     market = await request.app[K_STORE].get(_market_id(request))
     if market is None:
         raise Problem(404, "market not found", f"market {request.match_info['id']} does not exist")
-    return _market_response(market)
+    return _read_response(market)
 
 
 # ---- writes ----------------------------------------------------------------------------------
@@ -109,12 +128,13 @@ async def _apply(request: web.Request, update: MarketUpdate, principal: Principa
                  ) -> tuple[int, dict[str, Any]]:
     outcome = await request.app[K_STORE].apply(update, expect=expect)
     status, market = _result(update, outcome, principal, created_status)
-    return status, market.to_wire()
+    return status, cast(Market, market).to_wire()  # a full reply: the whole market
 
 
 def _result(update: MarketUpdate, outcome: StoreOutcome, principal: Principal,
-            created_status: int = 201) -> tuple[int, Market]:
-    """The HTTP status and market of a store outcome (audited), or a Problem."""
+            created_status: int = 201) -> tuple[int, Market | Head]:
+    """The HTTP status and market (its head, from a short reply) of a store outcome
+    (audited), or a Problem."""
     if isinstance(outcome, Precondition):
         raise Problem(412, "precondition failed", "the market moved since If-Match",
                       current=outcome.current.to_wire() if outcome.current else None)
@@ -129,10 +149,13 @@ def _result(update: MarketUpdate, outcome: StoreOutcome, principal: Principal,
     old_version: int | None = market.version  # a no-op keeps it
     if isinstance(outcome, Created):
         old_version = None
-    elif isinstance(outcome, Changed):
-        old_version = outcome.delta.base
-        changed = {k: v for k, v in outcome.delta.to_wire().items()
-                   if k not in ("op", "m", "e", "v", "base", "ts")}
+    else:
+        delta = outcome.delta if isinstance(outcome, Changed) else (
+            outcome.delta() if isinstance(outcome, Applied) else None)
+        if delta is not None:
+            old_version = delta.base
+            changed = {k: v for k, v in delta.to_wire().items()
+                       if k not in ("op", "m", "e", "v", "base", "ts")}
     audit.info("market.write", who=principal.sub, source=update.source, market=market.id,
                epoch=market.epoch, old_version=old_version, new_version=market.version,
                outcome=outcome_name(outcome), changed=changed)
@@ -233,7 +256,7 @@ async def post_odds(request: web.Request) -> web.Response:
             except Problem as p:
                 entry["error"] = p.body
         # every valid item in one pipelined round trip, in the batch's order
-        outcomes = await request.app[K_STORE].apply_many([u for _, u in valid])
+        outcomes = await request.app[K_STORE].apply_many([u for _, u in valid], short=True)
         for (entry, update), outcome in zip(valid, outcomes):
             try:
                 _, market = _result(update, outcome, principal)

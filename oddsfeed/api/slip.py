@@ -9,7 +9,6 @@ to the model, so every refusal is the model's, with its paths and messages.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from ..core.errors import InvalidInput
@@ -23,13 +22,6 @@ _SLIP_KEYS = frozenset(("legs", "accept"))
 _LEG_KEYS = frozenset(("market", "selection", "price", "version", "epoch"))
 _ACCEPT = ("exact", "better", "any")
 _PLAIN_PRICE = (int, float, str)
-
-
-# Bettors send the prices they were shown, so few distinct inputs recur: parse_price is pure,
-# and only its successful answers are kept (by value and type: 2 and 2.0 apart).
-@functools.lru_cache(maxsize=4096, typed=True)
-def _ticks(price: int | float | str) -> int:
-    return parse_price(price)
 
 
 def slip_of(data: Any) -> tuple[tuple[Leg, ...], str]:
@@ -67,7 +59,7 @@ def _plain_slip(data: Any) -> tuple[tuple[Leg, ...], str] | None:
         if epoch is not None and (type(epoch) is not str or not 1 <= len(epoch) <= 64):
             return None
         try:
-            ticks = _ticks(price)
+            ticks = parse_price(price)  # memoised for plain inputs
         except InvalidInput:
             return None
         legs.append(Leg(market=market, selection=selection, price=ticks, version=version,

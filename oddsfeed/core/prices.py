@@ -7,6 +7,7 @@ through :class:`decimal.Decimal` / :class:`fractions.Fraction`, never through fl
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from decimal import ROUND_HALF_EVEN, Context, Decimal
@@ -148,6 +149,22 @@ def parse_price(value: object) -> int:
     A number is decimal odds; a string is decimal, fractional or signed American; a
     one-key object names the format. Raises :class:`PriceError` for anything else.
     """
+    if type(value) in _PLAIN:  # exact types: bool and other subclasses take the full path
+        return _plain_price(value)
+    return _parse_price(value)
+
+
+_PLAIN = frozenset((int, float, str))
+
+
+# Bettors and feeds send the same few prices again and again, and parsing is pure: the
+# answers for plain inputs are kept (by value and type, so 2 and 2.0 apart); errors are not.
+@functools.lru_cache(maxsize=4096, typed=True)
+def _plain_price(value: int | float | str) -> int:
+    return _parse_price(value)
+
+
+def _parse_price(value: object) -> int:
     if isinstance(value, Mapping):
         if len(value) != 1:
             raise PriceError(f"a price object must have exactly one key among {', '.join(FORMATS)}")

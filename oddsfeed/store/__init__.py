@@ -10,7 +10,7 @@ from .desk import BetStopResult, HistoryEntry, event_audit, market_history, set_
 from .feeds import FeedHealth, feed_health, publish_feed_health
 from .idempotency import IdempotencyRecord, IdempotencyStoreError, record_key
 from .locks import DeskMarket, FeedSeen, desk_markets, set_locks
-from .outcomes import OutOfOrder, Precondition, Standby, StoreOutcome, outcome_name
+from .outcomes import Applied, Head, OutOfOrder, Precondition, Standby, StoreOutcome, outcome_name
 from .published import LiveDelta, live_delta
 from .redis_store import Store
 from .risk import RiskCounts
@@ -19,6 +19,7 @@ from .risk_due import DueQueue
 __all__ = [
     "PUBLISHED_MARK",
     "Announced",
+    "Applied",
     "BetStopResult",
     "Bus",
     "DeskMarket",
@@ -26,6 +27,7 @@ __all__ = [
     "FeedHealth",
     "FeedSeen",
     "Gone",
+    "Head",
     "HistoryEntry",
     "IdempotencyRecord",
     "IdempotencyStoreError",

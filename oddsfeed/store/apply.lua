@@ -11,6 +11,7 @@
 --          for the read; oddsfeed/store/gate.py),
 --       11 '' for an ordinary update, 'stop' or 'start' for a desk's event bet stop / start
 --          carrying the new record in ARGV 10
+--       12 'short' for short replies (below), '' (or absent) for full ones
 -- Bet stop (store-only state, beside book.py): the meta hash keeps the newest record this
 -- market has seen (bs_gen, bs_on) and bs_susp = "open but for the bet stop". While bs_on,
 -- the market is never open: a change to open is held as suspended (bs_susp set); bet-start
@@ -31,6 +32,8 @@
 -- {'noop', state, refused} (refused: the lock drops of this update), {'created', state},
 -- {'standby', the live feed, state}, {'out_of_order', last seq}, {'precondition', state},
 -- {'need_gate'}, {'rejected', reason, path, message}.
+-- Short replies (for callers that do not answer with the market): changed, noop and standby
+-- carry {epoch, version, status} in the state's place; the other replies are full.
 -- In the msgpack maps a selection's point is absent or false when it has no line
 -- (Lua tables cannot hold nil), and an empty map may arrive as an empty array.
 local upd = cmsgpack.unpack(ARGV[1])
@@ -42,6 +45,12 @@ local usels = upd.selections or {}
 -- incomplete new selection is the one reported, as in book.py.
 local order = upd.order or {}
 local ts = upd.ts or tonumber(ARGV[4])
+local short = ARGV[12] == 'short'
+-- A short reply's stand-in for a state (a table, or packed: unpacked here).
+local function head(st)
+  if type(st) == 'string' then st = cmsgpack.unpack(st) end
+  return {st.epoch, st.version, st.status}
+end
 
 if ARGV[7] ~= '' then
   if not raw then return {'precondition', ''} end
@@ -132,7 +141,7 @@ if feed then
   end
   if not feed.h then feeds[feed.n] = {feed.p, now} end
   if raw then save_feeds() end  -- seen, whatever the outcome (a creation saves it below)
-  if standby then return {'standby', standby, raw} end
+  if standby then return {'standby', standby, short and head(raw) or raw} end
 end
 
 -- A decimal string <= another, exactly, at any size.
@@ -418,7 +427,7 @@ end
 
 if not changed and not sel_changed then
   remember_source()
-  return {'noop', raw, refused}
+  return {'noop', short and head(state) or raw, refused}
 end
 if state.status == 'settled' then
   return {'rejected', 'settled', 'status', 'a settled market accepts no further change'}
@@ -461,4 +470,4 @@ local payload = cmsgpack.pack(delta)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', hist_len, string.format('%.0f', version) .. '-0', 'd',
            payload, 'w', writer)
 publish(payload, delta)
-return {'changed', packed, payload, refused}
+return {'changed', short and head(state) or packed, payload, refused}

@@ -16,7 +16,9 @@ beyond what the client itself does for one call, except a script the server lost
 An ``ordered`` pipeline (the applies) keeps one batch in flight at a time: the commands of
 a caller that issued after another's were sent reach the server after them (a pipeline of
 the next turn never overtakes one still in flight), and callers arriving meanwhile gather
-into the next batch.
+into the next batch. Reads may be bounded the same way (``max_in_flight``) for larger
+batches under load: a read then waits at most for the batches in flight to come back
+before it is sent, and is still sent after it was issued.
 """
 
 from __future__ import annotations
@@ -52,12 +54,14 @@ class AutoPipeline:
     """
 
     def __init__(self, client: Redis | RedisCluster, *, ordered: bool = False,
-                 scripts: Mapping[Any, Any] | None = None) -> None:
+                 max_in_flight: int = 0, scripts: Mapping[Any, Any] | None = None) -> None:
         self._client = client
-        self._ordered = ordered
+        self._cluster = isinstance(client, RedisCluster)
+        # Batches sent and not yet answered, and how many may be (0: any number).
+        self._limit = 1 if ordered else max(max_in_flight, 0)
+        self._in_flight = 0
         self._scripts = dict(scripts or {})
         self._open: list[_Call] | None = None
-        self._busy = False  # an ordered batch is in flight
         self._sending: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -79,7 +83,7 @@ class AutoPipeline:
         call = _Call(commands, keys, what, loop.create_future())
         if self._open is None:
             self._open = []
-            if not self._busy:
+            if not self._limit or self._in_flight < self._limit:
                 # Runs after every callback already ready in this turn, so every request the
                 # loop resumed in this turn joins the batch before it is sent.
                 loop.call_soon(self._flush)
@@ -90,17 +94,16 @@ class AutoPipeline:
         batch, self._open = self._open, None
         if not batch:
             return
-        self._busy = self._ordered
+        self._in_flight += 1
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self._sending.add(task)
         task.add_done_callback(self._sent)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
-        if self._ordered:
-            self._busy = False
-            if self._open and not self._closed:
-                self._flush()  # the callers that gathered while the last batch was out
+        self._in_flight -= 1
+        if self._limit and self._open and not self._closed:
+            self._flush()  # the callers that gathered while the last batch was out
 
     async def _send(self, batch: list[_Call]) -> None:
         calls = [c for c in batch if not c.future.done()]  # cancelled callers drop out
@@ -111,12 +114,25 @@ class AutoPipeline:
         replies: list[list[Any]] = [[None] * len(c.commands) for c in calls]
         failed: dict[int, str] = {}
         try:
-            for ci, call in enumerate(calls):
-                for k, key in enumerate(call.keys):
-                    groups.setdefault(self._node_of(key), []).append((ci, k))
-            outcomes = await asyncio.gather(
-                *(self._send_group([calls[ci].commands[k] for ci, k in where])
-                  for where in groups.values()), return_exceptions=True)
+            if self._cluster:
+                for ci, call in enumerate(calls):
+                    for k, key in enumerate(call.keys):
+                        groups.setdefault(self._node_of(key), []).append((ci, k))
+            else:
+                groups[""] = [(ci, k) for ci, call in enumerate(calls)
+                              for k in range(len(call.keys))]
+            outcomes: list[Any]
+            if len(groups) == 1:  # one node: no task of its own
+                (where,) = groups.values()
+                try:
+                    outcomes = [await self._send_group(
+                        [calls[ci].commands[k] for ci, k in where])]
+                except Exception as exc:
+                    outcomes = [exc]
+            else:
+                outcomes = await asyncio.gather(
+                    *(self._send_group([calls[ci].commands[k] for ci, k in where])
+                      for where in groups.values()), return_exceptions=True)
         except BaseException as exc:  # no node known, or cancelled: nobody waits forever
             for call in calls:
                 if not call.future.done():
@@ -149,13 +165,21 @@ class AutoPipeline:
 
     async def _send_group(self, commands: list[Command]) -> list[Any]:
         """The replies of one node's commands, in order; raises when the pipeline fails."""
-        if not isinstance(self._client, RedisCluster) and all(
-                c[0] == "GET" for c in commands):
+        if not self._cluster and all(c[0] == "GET" for c in commands):
             # One MGET instead of N GETs: one reply to parse (the client's per-reply cost
-            # is most of a pipeline's). A key of another type reads as absent, as MGET
-            # answers; a cluster keeps GETs (MGET's keys must share a slot).
+            # is most of a pipeline's); a cluster keeps GETs (MGET's keys must share a slot).
             (values,) = await self._pipeline([("MGET", *(c[1] for c in commands))])
-            return list(values) if isinstance(values, list) else [values] * len(commands)
+            if not isinstance(values, list):
+                return [values] * len(commands)
+            # MGET answers nil for a key of another type too: the keys it says are absent
+            # are read again with GET, which answers nil only for a missing key and fails a
+            # wrongly typed one for its caller (a key written since reads as it is now).
+            absent = [i for i, v in enumerate(values) if v is None]
+            if absent:
+                again = await self._pipeline([commands[i] for i in absent])
+                for i, reply in zip(absent, again):
+                    values[i] = reply
+            return values
         replies = await self._pipeline(commands)
         lost = [i for i, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)]
         if lost:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgpack
 
@@ -83,6 +84,31 @@ class Announced:
     """A market was created under an event (payload of an event channel)."""
 
     market: str
+
+
+T = TypeVar("T")
+
+
+class DecodeMemo(Generic[T]):
+    """``decode`` of a stored payload, kept by the payload's exact bytes for the next read
+    of the same bytes (an unchanged market read again). Not a cache of the store: every
+    value still comes from bytes just read, and equal bytes decode to equal values. The
+    values are shared between callers, so ``decode`` must return immutable ones. Holds at
+    most ``size`` payloads (emptied when full); a decode that raises keeps nothing."""
+
+    def __init__(self, decode: Callable[[bytes], T], size: int = 1024) -> None:
+        self._decode = decode
+        self._size = size
+        self._kept: dict[bytes, T] = {}
+
+    def __call__(self, raw: bytes) -> T:
+        value = self._kept.get(raw)
+        if value is None:
+            value = self._decode(raw)
+            if len(self._kept) >= self._size:
+                self._kept.clear()
+            self._kept[raw] = value
+        return value
 
 
 def unpack(data: bytes) -> dict[str, Any]:

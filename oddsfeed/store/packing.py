@@ -5,7 +5,8 @@ hiredis, which for the apply script's 17-argument ``EVALSHA`` cost about a fifth
 apply's client CPU. Commands whose arguments are all ``bytes``, ``str`` or ``int`` (not
 ``bool``), with a one-word command name, go to hiredis as they are: the same RESP bytes
 (str as UTF-8, int in decimal). Anything else (floats, memoryviews, ``"CONFIG GET"``-style
-names, non-UTF-8 encodings) takes redis-py's own path.
+names, non-UTF-8 encodings) takes redis-py's own path. A cluster's node connections use it
+too (:func:`cluster_packing`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 import hiredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
 
-__all__ = ["PackingConnection", "pool_options"]
+__all__ = ["PackingConnection", "cluster_packing", "pool_options"]
 
 _PLAIN = frozenset((bytes, str, int))
 
@@ -35,3 +37,18 @@ def pool_options(url: str) -> dict[str, Any]:
     """Extra ``ConnectionPool.from_url`` options for ``url``: the packing connection for a
     plain TCP server (``redis://``); TLS and unix sockets keep redis-py's own classes."""
     return {"connection_class": PackingConnection} if url.startswith("redis://") else {}
+
+
+def cluster_packing(client: RedisCluster, url: str) -> None:
+    """Give the node connections of ``client`` (a cluster on ``url``, not yet initialised)
+    the packing connection, as :func:`pool_options` does for a single server.
+
+    RedisCluster takes no connection class: it hands one dict of connection options
+    (``connection_class`` included) to every node it creates, and the startup nodes were
+    made from it already; both are set here. TLS keeps redis-py's own class.
+    """
+    if not url.startswith("redis://"):
+        return
+    client.nodes_manager.connection_kwargs["connection_class"] = PackingConnection
+    for node in client.nodes_manager.startup_nodes.values():
+        node.connection_class = PackingConnection

@@ -31,8 +31,8 @@ from .codec import (
     sport_set_key,
     state_key,
 )
-from .outcomes import LOCK_REFUSED, OutOfOrder, Precondition, Standby, StoreOutcome
-from .packing import pool_options
+from .outcomes import LOCK_REFUSED, Applied, Head, OutOfOrder, Precondition, Standby, StoreOutcome
+from .packing import cluster_packing, pool_options
 
 MAX_HISTORY_READ = 10_000
 # No market reaches this version; a position past it is refused before it becomes a stream id.
@@ -61,11 +61,21 @@ def _decode_market(raw: bytes) -> Market:
     return Market.from_store(codec.unpack(raw))
 
 
+def _decode_record(raw: bytes) -> Record:
+    return record_from_store(codec.unpack(raw))
+
+
+def _head(mid: str, reply: list[Any]) -> Head:
+    """A short reply's {epoch, version, status} of market ``mid``."""
+    return Head(mid, _text(reply[0]), int(reply[1]), _text(reply[2]))
+
+
 class Store:
     """The Redis/Valkey store. Create with :meth:`connect`; share one per process."""
 
     def __init__(self, client: Redis | RedisCluster, *, cluster: bool, history_len: int,
-                 sharded: bool, url: str, auto_pipeline: bool = True) -> None:
+                 sharded: bool, url: str, auto_pipeline: bool = True,
+                 read_batches_in_flight: int = 1) -> None:
         self.client = client
         self.cluster = cluster
         self.history_len = history_len
@@ -77,16 +87,22 @@ class Store:
         self._delete = client.register_script(_script("delete.lua"))
         self._history = client.register_script(_script("history.lua"))
         # Market reads and apply scripts of one loop turn share a pipeline (see .autopipe).
-        self._reads = AutoPipeline(client) if auto_pipeline else None
+        # Reads decode an unchanged market's bytes once (see codec.DecodeMemo).
+        self._market_of = codec.DecodeMemo(_decode_market)
+        self._record_of = codec.DecodeMemo(_decode_record)
+        self._reads = AutoPipeline(client, max_in_flight=read_batches_in_flight
+                                   ) if auto_pipeline else None
         self._writes = AutoPipeline(client, ordered=True, scripts={
             self._apply.sha: self._apply.script}) if auto_pipeline else None
 
     @classmethod
     async def connect(cls, url: str, *, cluster: bool = False, history_len: int = 1000,
                       socket_timeout: float | None = 5.0, max_connections: int = 64,
-                      auto_pipeline: bool = True) -> Store:
+                      auto_pipeline: bool = True, read_batches_in_flight: int = 1) -> Store:
         """Connect to ``url`` (a single server, or a cluster node with ``cluster=True``);
-        ``auto_pipeline`` batches concurrent market reads (see :mod:`.autopipe`).
+        ``auto_pipeline`` batches concurrent market reads and applies (see
+        :mod:`.autopipe`), with at most ``read_batches_in_flight`` read batches out at once
+        (0: no bound).
 
         Raises StoreError when the server does not answer.
         """
@@ -95,6 +111,7 @@ class Store:
             if cluster:
                 client = RedisCluster.from_url(url, socket_timeout=socket_timeout,
                                                max_connections=max_connections * 16)
+                cluster_packing(client, url)
                 await client.initialize()
                 info = await client.info("server", target_nodes=RedisCluster.RANDOM)
             else:
@@ -110,7 +127,7 @@ class Store:
         version = str(info.get("redis_version", "0"))
         sharded = int(version.split(".")[0]) >= 7
         return cls(client, cluster=cluster, history_len=history_len, sharded=sharded, url=url,
-                   auto_pipeline=auto_pipeline)
+                   auto_pipeline=auto_pipeline, read_batches_in_flight=read_batches_in_flight)
 
     async def close(self) -> None:
         for pipeline in (self._reads, self._writes):
@@ -131,9 +148,10 @@ class Store:
 
     def _apply_args(self, update: MarketUpdate, expect: tuple[str, int] | None,
                     now_ms: int | None, bet_stop: str = "", mode: str = "",
-                    extra: dict[str, Any] | None = None) -> tuple[list[str], list[Any]]:
+                    extra: dict[str, Any] | None = None, short: bool = False
+                    ) -> tuple[list[str], list[Any]]:
         """The apply script's keys and arguments; ``extra`` adds members to the update's map
-        (a desk's ``lock``)."""
+        (a desk's ``lock``); ``short`` asks for short replies (see :meth:`apply`)."""
         mid = update.market
         now = now_ms if now_ms is not None else clock_now_ms()
         args: list[Any] = [
@@ -142,17 +160,21 @@ class Store:
             _new_epoch(), now, self.history_len, self.publish_command,
             expect[0] if expect else "", expect[1] if expect else 0,
             str(update.seq) if update.seq is not None else "", bet_stop, mode,
+            "short" if short else "",
         ]
         return [state_key(mid), meta_key(mid), history_key(mid)], args
 
     async def apply(self, update: MarketUpdate, *, expect: tuple[str, int] | None = None,
-                    now_ms: int | None = None) -> StoreOutcome:
+                    now_ms: int | None = None, short: bool = False) -> StoreOutcome:
         """Apply one update atomically in the store (creates, changes, or drops it).
 
         ``expect`` = (epoch, version) makes it conditional (If-Match). Returns the outcome;
-        raises StoreError if the store fails.
+        raises StoreError if the store fails. With ``short`` a change or noop is an
+        ``Applied`` and a standby carries a ``Head``: the market's epoch, version and
+        status instead of its decoded state (for callers that do not answer with the
+        market); the other outcomes are as without it.
         """
-        keys, args = self._apply_args(update, expect, now_ms)
+        keys, args = self._apply_args(update, expect, now_ms, short=short)
         try:
             if self._writes is not None:
                 (res,) = await self._writes.run(
@@ -167,7 +189,7 @@ class Store:
             (record,) = await gate.enter(self.client, pair)
             left = False
             try:
-                keys, args = self._apply_args(update, expect, now_ms, record)
+                keys, args = self._apply_args(update, expect, now_ms, record, short=short)
                 outcome = self._outcome(update.market, await self._apply(keys=keys, args=args))
                 if isinstance(outcome, Created):
                     left = True
@@ -179,9 +201,10 @@ class Store:
             raise StoreError(f"apply failed for market {update.market}: {exc}") from None
         return outcome
 
-    async def apply_many(self, updates: Sequence[MarketUpdate], *, now_ms: int | None = None
-                         ) -> list[StoreOutcome]:
-        """Apply many updates in one pipelined round trip; the outcomes, in order.
+    async def apply_many(self, updates: Sequence[MarketUpdate], *, now_ms: int | None = None,
+                         short: bool = False) -> list[StoreOutcome]:
+        """Apply many updates in one pipelined round trip; the outcomes, in order (``short``:
+        short replies, as for :meth:`apply`).
 
         Each update is atomic on its own exactly as with :meth:`apply` (the same script);
         there is no transaction across them. Updates to one market are applied in the order
@@ -194,7 +217,7 @@ class Store:
         """
         if not updates:
             return []
-        calls = [self._apply_args(u, None, now_ms) for u in updates]
+        calls = [self._apply_args(u, None, now_ms, short=short) for u in updates]
         results = await self._run(calls, [u.market for u in updates])
         # Missing markets (every update of one, in order): again, behind the event's gate.
         # A later update of such a market was refused as unknown in the first pass (no write):
@@ -221,7 +244,7 @@ class Store:
                 again = await self._run(
                     [self._apply_args(updates[i], None, now_ms,
                                       records.get((_gate_event(updates[i]), updates[i].market),
-                                                  "0:0"))
+                                                  "0:0"), short=short)
                      for i in late], [updates[i].market for i in late])
                 for i, res in zip(late, again):
                     outcomes[i] = self._outcome(updates[i].market, res)
@@ -279,13 +302,19 @@ class Store:
             if refused:
                 LOCK_REFUSED.inc(refused)
         if kind == "changed":
+            if type(res[1]) is list:
+                return Applied(kind, _head(mid, res[1]), res[2])
             return Changed(_decode_market(res[1]), Delta.from_store(codec.unpack(res[2])))
         if kind == "noop":
+            if type(res[1]) is list:
+                return Applied(kind, _head(mid, res[1]))
             return NoOp(_decode_market(res[1]))
         if kind == "created":
             return Created(_decode_market(res[1]))
         if kind == "standby":
-            return Standby(_decode_market(res[2]), _text(res[1]))
+            state = res[2]
+            return Standby(_head(mid, state) if type(state) is list else _decode_market(state),
+                           _text(res[1]))
         if kind == "out_of_order":
             return OutOfOrder(mid, int(res[1]))
         if kind == "precondition":
@@ -373,13 +402,14 @@ class Store:
     async def get(self, market_id: str) -> Market | None:
         """The market's current state, or None."""
         (raw,) = await self._get_raw([market_id])
-        return _decode_market(raw) if raw else None
+        return self._market_of(raw) if raw else None
 
     async def get_many(self, ids: Iterable[str]) -> dict[str, Market | None]:
         """Current state of many markets in one pipelined round trip."""
         wanted = list(dict.fromkeys(ids))
         raws = await self._get_raw(wanted)
-        return {mid: (_decode_market(raw) if raw else None) for mid, raw in zip(wanted, raws)}
+        market_of = self._market_of
+        return {mid: (market_of(raw) if raw else None) for mid, raw in zip(wanted, raws)}
 
     async def get_for_validation(self, ids: Iterable[str]) -> dict[str, Record | None]:
         """(view, susp_v) of each market (``core.betslip.MarketView``: what validation
@@ -391,8 +421,8 @@ class Store:
         """
         wanted = list(dict.fromkeys(ids))
         raws = await self._get_raw(wanted)
-        return {mid: None if raw is None else record_from_store(codec.unpack(raw))
-                for mid, raw in zip(wanted, raws)}
+        record_of = self._record_of
+        return {mid: None if raw is None else record_of(raw) for mid, raw in zip(wanted, raws)}
 
     async def history(self, market_id: str, epoch: str, after_version: int
                       ) -> tuple[Market, list[Delta]] | None:

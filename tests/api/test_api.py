@@ -257,6 +257,27 @@ async def test_idempotent_create_and_delete(api: Api) -> None:
     assert (await api.store.get("m1")).name == "A v B"  # type: ignore[union-attr]
 
 
+async def test_reads_answer_every_change(api: Api) -> None:
+    """GET of an unchanged market answers the same body and ETag each time, and after each
+    change (PATCH, POST /v1/odds, a change back to earlier prices) the new version's."""
+    _, created, _ = await api.call("PUT", "/v1/markets/m1", BODY)
+    answers = [await api.call("GET", "/v1/markets/m1") for _ in range(3)]
+    assert all(a[:2] == (200, created) for a in answers)
+    assert {a[2]["ETag"] for a in answers} == {f'"{created["epoch"]}:1"'}
+    for version, change in enumerate([("PATCH", "/v1/markets/m1", {"selections": {"h": {"price": 4}}}),
+                                      ("POST", "/v1/odds", {"updates": [
+                                          {"market": "m1", "selections": {"h": {"price": 3.5}}}]}),
+                                      ("PATCH", "/v1/markets/m1", {"status": "suspended"})],
+                                     start=2):
+        await api.call(*change)
+        st, got, h = await api.call("GET", "/v1/markets/m1")
+        assert st == 200
+        assert got["version"] == version
+        assert h["ETag"] == f'"{created["epoch"]}:{version}"'
+    assert got["status"] == "suspended"
+    assert got["selections"]["h"]["price"] == 3.5
+
+
 async def test_batch_odds(api: Api) -> None:
     """POST /v1/odds answers per item; a bad item never fails the others."""
     await api.call("PUT", "/v1/markets/m1", BODY)
@@ -308,6 +329,25 @@ async def test_writes_are_audit_logged(api: Api) -> None:
     assert changed["changed"] == {"sel": {"h": {"price": 4.0}}}
     assert changed["source"] == "desk:desk1"
     assert (noop["old_version"], noop["new_version"], noop["changed"]) == (2, 2, None)
+
+
+async def test_batch_odds_writes_are_audit_logged_as_patches(api: Api) -> None:
+    """POST /v1/odds (short store replies) audits each item's versions and change exactly
+    as a PATCH of the same change."""
+    await api.call("PUT", "/v1/markets/m1", BODY)
+    with capture_logs() as logs:
+        await api.call("PATCH", "/v1/markets/m1", {"selections": {"h": {"price": 4}}})
+        await api.call("POST", "/v1/odds", {"updates": [
+            {"market": "m1", "selections": {"h": {"price": 5}}},
+            {"market": "m1", "selections": {"h": {"price": 5}}}]})
+    patched, posted, repeated = [e for e in logs if e["event"] == "market.write"]
+    assert (patched["old_version"], patched["new_version"]) == (1, 2)
+    assert (posted["old_version"], posted["new_version"], posted["outcome"]) == (2, 3, "changed")
+    assert posted["changed"] == {"sel": {"h": {"price": 5.0}}}
+    assert {k: posted[k] for k in ("who", "source", "market", "epoch")} == {
+        k: patched[k] for k in ("who", "source", "market", "epoch")}
+    assert (repeated["old_version"], repeated["new_version"], repeated["outcome"],
+            repeated["changed"]) == (3, 3, "noop", None)
 
 
 async def test_cors(make_api: Any) -> None:

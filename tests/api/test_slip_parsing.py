@@ -107,3 +107,45 @@ def test_the_skipped_json_check_would_have_passed(text: str, encoding: str) -> N
     except InvalidInput:
         got = InvalidInput
     assert got == expected
+
+
+_json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.integers(-2**64 - 2, 2**64 + 2),
+              st.floats(), st.text()),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
+                                                                max_size=3),
+    max_leaves=30)
+
+
+@st.composite
+def _json_bytes(draw: st.DrawFn) -> bytes:
+    text = json.dumps(draw(_json_values), ensure_ascii=draw(st.booleans()),
+                      indent=draw(st.sampled_from([None, 1])))
+    raw = text.encode("utf-8", "surrogatepass")
+    for _ in range(draw(st.integers(0, 2))):  # a byte changed, dropped or added
+        at = draw(st.integers(0, len(raw)))
+        byte = bytes([draw(st.integers(0, 255))])
+        raw = draw(st.sampled_from([raw[:at] + byte + raw[at + 1:], raw[:at] + raw[at + 1:],
+                                    raw[:at] + byte + raw[at:]]))
+    return raw
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(_json_bytes(), st.binary(max_size=40),
+                 st.sampled_from([b"1e400", b"-1e400", b"Infinity", b"NaN", b"\xef\xbb\xbf{}",
+                                  b"18446744073709551616", b"-9223372036854775809",
+                                  b"99999999999999999999", b"[1.00000000000000000001]",
+                                  b'"\\ud800"', b"-0", b"-0.0", b"5e-324"])))
+def test_parse_json_is_json_loads(raw: bytes) -> None:
+    """parse_json gives exactly json.loads's value (same types: ints past 64 bits stay
+    ints) or refuses what json.loads (with the checks) refuses, whichever parser ran."""
+    try:
+        expected: Any = json.loads(raw, parse_constant=lambda c: 1 / 0)
+        check_json(expected)
+    except (InvalidInput, RecursionError, ValueError, UnicodeDecodeError, ZeroDivisionError):
+        expected = InvalidInput
+    try:
+        got: Any = parse_json(raw)
+    except InvalidInput:
+        got = InvalidInput
+    assert repr(got) == repr(expected)

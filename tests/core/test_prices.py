@@ -77,3 +77,34 @@ def test_overround_and_margin() -> None:
     assert margin([20000, 20000]) == 0
     assert abs(float(margin([19000, 19000])) - 0.0526) < 0.0001
     assert margin([19000]) == Fraction(10000, 19000) - 1
+
+
+@given(st.one_of(st.integers(-5, 2000), st.floats(allow_nan=True, allow_infinity=True),
+                 st.text(max_size=12), st.sampled_from(["2/1", "+150", "-200", "evens", "1.5",
+                                                         " 2.5 ", "2.50", "0"])),
+       st.booleans())
+def test_memoised_plain_prices_answer_as_parsed(value: object, warm: bool) -> None:
+    """A plain price input (int, float, str) answers the same ticks, or raises the same
+    PriceError, every time, whether or not it was parsed before (answers kept, errors not)."""
+    from oddsfeed.core.prices import _parse_price
+
+    try:
+        expected: object = _parse_price(value)
+    except PriceError as exc:
+        expected = str(exc)
+    for _ in range(2 if warm else 1):
+        try:
+            got: object = parse_price(value)
+        except PriceError as exc:
+            got = str(exc)
+        assert got == expected
+
+
+def test_memoised_prices_keep_types_apart() -> None:
+    """Booleans never reach the memo (a boolean price is refused), and 2 and 2.0 parse
+    apart to the same ticks."""
+    assert parse_price(2) == parse_price(2.0) == parse_price("2") == 20000
+    with pytest.raises(PriceError):
+        parse_price(True)
+    with pytest.raises(PriceError):
+        parse_price(True)

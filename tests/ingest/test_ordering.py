@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import random
 
-from oddsfeed.core.book import Changed, Created
 from oddsfeed.core.model import MarketUpdate
-from oddsfeed.store import OutOfOrder, Store
+from oddsfeed.store import OutOfOrder, Store, outcome_name
 from oddsfeed_ingest.normalised import normalize_message
 from oddsfeed_ingest.runner import FeedRunner
 
@@ -29,7 +28,7 @@ async def test_duplicates_and_shuffles_apply_each_seq_at_most_once(store: Store)
     for seq in deliveries:
         out = await runner.submit(update(seq))
         if seq > newest:
-            assert isinstance(out, (Created, Changed)), (seq, out)
+            assert outcome_name(out) in ("created", "changed"), (seq, out)
             applied.append(seq)
             newest = seq
         else:
@@ -44,7 +43,7 @@ async def test_duplicates_and_shuffles_apply_each_seq_at_most_once(store: Store)
 async def test_sources_are_ordered_independently(store: Store) -> None:
     """A low seq from a second source is not dropped because another source is ahead."""
     a, b = FeedRunner(store, "push:a"), FeedRunner(store, "push:b")
-    assert isinstance(await a.submit(update(50)), Created)
-    assert isinstance(await b.submit(update(1)), Changed)
+    assert outcome_name(await a.submit(update(50))) == "created"
+    assert outcome_name(await b.submit(update(1))) == "changed"
     assert isinstance(await b.submit(update(1)), OutOfOrder)
     assert isinstance(await a.submit(update(49)), OutOfOrder)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 from redis.asyncio.connection import Connection
 
+from oddsfeed.core.book import Created
+from oddsfeed.core.model import MarketUpdate
 from oddsfeed.store import Store
 from oddsfeed.store.packing import PackingConnection
 
@@ -42,5 +45,34 @@ async def test_store_uses_it_on_a_tcp_server(valkey_url: str) -> None:
         await client.zadd("pk:{z}", {"m": 1.5})
         assert await client.zscore("pk:{z}", "m") == 1.5
         await client.delete("pk:{x}", "pk:{z}")
+    finally:
+        await store.close()
+
+
+async def test_cluster_nodes_use_it(valkey_cluster: Any) -> None:
+    """A Store on a redis:// cluster packs with it on every node, and batched applies, reads
+    and a fallback command (a float score) answer on each node."""
+    store = await Store.connect(valkey_cluster.url, cluster=True)
+    try:
+        client: Any = store.client
+        nodes = client.get_nodes()
+        assert len(nodes) >= 3
+        assert all(node.connection_class is PackingConnection for node in nodes)
+        await client.flushall(target_nodes="primaries")
+        ids = [f"pk{i}" for i in range(24)]  # spread over the three primaries
+        created = await store.apply_many([MarketUpdate(
+            market=mid, fields={"event": "e", "sport": "s", "name": mid},
+            selections={"h": {"name": "H", "price": 20000}}, create=True) for mid in ids])
+        assert all(isinstance(o, Created) for o in created)
+        changed: list[Any] = await asyncio.gather(*(store.apply(MarketUpdate(
+            market=mid, selections={"h": {"price": 30000}}), short=True) for mid in ids))
+        assert [(o.kind, o.market.version) for o in changed] == [("changed", 2)] * len(ids)
+        read = await store.get_many(ids)
+        assert {m.selections["h"].price for m in read.values() if m} == {30000}
+        used = {c for node in nodes for c in node._connections}
+        assert used
+        assert all(type(c) is PackingConnection for c in used)
+        await client.zadd("pk:{z}", {"m": 1.5})
+        assert await client.zscore("pk:{z}", "m") == 1.5
     finally:
         await store.close()

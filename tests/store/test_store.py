@@ -372,13 +372,14 @@ def count_sends(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 async def test_reads_take_one_round_trip(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    """get_many and get_for_validation send one pipelined request per server involved."""
+    """get_many and get_for_validation send one pipelined request per server involved (on a
+    single server a second one when a market is missing: MGET's nil is checked with GET)."""
     ids = [f"r{i}" for i in range(20)]
     for mid in ids:
         await create(store, mid)
     sends = count_sends(monkeypatch)
     many = await store.get_many([*ids, "missing"])
-    assert len(sends) <= (3 if store.cluster else 1)
+    assert len(sends) <= (3 if store.cluster else 2)
     assert [m.id for m in many.values() if m] == ids
     assert many["missing"] is None
     sends.clear()
