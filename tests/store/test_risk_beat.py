@@ -130,13 +130,14 @@ async def test_the_queue_is_capped_and_a_full_shard_refuses_new_legs(store: Stor
     (due_full), the queued ones kept; a leg is not taken before its window ends."""
     due = DueQueue(store.client, shards=1, max_due=10)
     t = now_ms()
-    legs = [(f"s{i}", t, t + WINDOW_MS) for i in range(15)]
-    assert [await due.push([DueGroup("m1", "h", 25000, 1, legs[i:i + 5])])
+    legs = [(f"s{i}", [t]) for i in range(15)]
+    assert [await due.push([DueGroup("m1", "h", 25000, 1, WINDOW_MS, legs[i:i + 5])])
             for i in (0, 5, 10)] == [0, 0, 5]
     assert await due.size() == 10
     assert await due.pop(t + WINDOW_MS - 1, 100) == []
     taken = await due.pop(t + WINDOW_MS, 100)
-    assert sorted(leg[0] for g in taken for leg in g.legs) == sorted(f"s{i}" for i in range(10))
+    assert sorted(sub for g in taken for sub, ats in g.accepted for _ in ats) == sorted(
+        f"s{i}" for i in range(10))
     assert await due.size() == 0
     metrics = RiskMetrics()
     queue = recorder(store, metrics, max_due=4)
