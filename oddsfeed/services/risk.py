@@ -70,7 +70,8 @@ class RiskMetrics(Protocol):
     def recorded(self, slips: int, stale_ms: Sequence[int | None], reasons: Sequence[str]
                  ) -> None: ...
 
-    def dropped(self, why: str) -> None: ...
+    def dropped(self, why: str, n: int = 1) -> None:
+        """``n`` slips (or beat legs, or count adds) left out, for ``why``."""
 
     def judged(self, legs: int, beats: int) -> None: ...
 
@@ -94,9 +95,9 @@ class Beat:
     sweep_limit: int
 
 
-# A batch is recorded this long after its first slip (or at once when it holds MAX_BATCH
-# slips): each batch costs a few round trips and scripts whatever its size, so under load
-# fewer, fuller batches cost less per slip; the counts only show up this much later.
+# A batch is recorded this long after its first slip (at once when MAX_BATCH slips wait):
+# each batch costs a few round trips and scripts whatever its size, so under load fewer,
+# fuller batches cost less per slip; the counts only show up this much later.
 LINGER_S = 0.2
 MAX_BATCH = 4096
 # The longest one batch (or one sweep) may take: its store calls are bounded only by the
@@ -245,14 +246,18 @@ class RiskQueue:
                 await self._wake
             if len(self._slips) < MAX_BATCH:
                 await asyncio.sleep(LINGER_S)
-            # Whatever waits by now goes in the same round trips.
-            batch, self._slips = self._slips, []
+            # Whatever waits by now goes in the same round trips, up to MAX_BATCH slips (so
+            # the slips held are at most max_pending waiting plus one batch).
+            batch = self._slips
+            if len(batch) <= MAX_BATCH:
+                self._slips = []
+            else:
+                batch, self._slips = batch[:MAX_BATCH], batch[MAX_BATCH:]
             try:
                 await self._bounded(self.record(batch), "risk record")
             except Exception as exc:  # the top of the task: count, report, go on
                 why = "store_error" if isinstance(exc, StoreError) else "error"
-                for _ in batch:
-                    self.metrics.dropped(why)
+                self.metrics.dropped(why, len(batch))
                 self.on_error(exc)
             finally:
                 self._done += len(batch)
@@ -317,12 +322,12 @@ class RiskQueue:
         if groups and self.beat is not None:
             full, refused = await asyncio.gather(self.store.add_many(items),
                                                  self.beat.due.push(groups))
-            for _ in range(refused):
-                self.metrics.dropped("due_full")
+            if refused:
+                self.metrics.dropped("due_full", refused)
         else:
             full = await self.store.add_many(items)
-        for _ in range(full):
-            self.metrics.dropped("bucket_full")
+        if full:
+            self.metrics.dropped("bucket_full", full)
         if signalled and self.watch is not None:
             await self._check(signalled, batch[-1][3])
 
@@ -397,8 +402,9 @@ class RiskQueue:
                       for sub, at in beats_of(g, histories[g.market, g.version])]
         self.metrics.judged(judged, len(items))
         if items:
-            for _ in range(await self.store.add_many(items)):
-                self.metrics.dropped("bucket_full")
+            full = await self.store.add_many(items)
+            if full:
+                self.metrics.dropped("bucket_full", full)
             if self.watch is not None:
                 await self._check(list(dict.fromkeys(s for s, _, _ in items)), now_ms)
         return judged

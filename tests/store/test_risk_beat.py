@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import msgpack
+
 from oddsfeed.clock import now_ms
 from oddsfeed.core.model import MarketUpdate
 from oddsfeed.core.risk import DueGroup, as_map
@@ -12,7 +14,7 @@ from oddsfeed.core.wire import Leg
 from oddsfeed.services.risk import Beat, RiskQueue
 from oddsfeed.store import RiskCounts, Store
 from oddsfeed.store.codec import history_key, unpack
-from oddsfeed.store.risk_due import DueQueue
+from oddsfeed.store.risk_due import DueQueue, count_key, due_key
 from tests.riskports import RiskMetrics
 
 WINDOW_MS = 10_000
@@ -149,3 +151,22 @@ async def test_the_queue_is_capped_and_a_full_shard_refuses_new_legs(store: Stor
     finally:
         await queue.stop()
     assert metrics.why.count("due_full") == 2
+
+
+async def test_a_member_in_the_earlier_form_is_still_judged(store: Store) -> None:
+    """A beat-queue member queued by the previous release (one (sub, at_ms, due_ms) per
+    leg) pops as one group per leg with that leg's window, and is judged like any other."""
+    await store.apply(create("m1"))
+    await store.apply(MarketUpdate(market="m1", fields={"status": "suspended"}))
+    halted = await entry_ms(store, "m1", 2)
+    legs = [["old-in", halted - 100, halted - 100 + WINDOW_MS],
+            ["old-out", halted - WINDOW_MS - 1, halted - 1]]
+    member = b"2|" + msgpack.packb([7, [["m1", "h", 25000, 1, legs]]])
+    await store.client.zadd(due_key(0), {member: halted - 1})
+    await store.client.incrby(count_key(0), 2)
+    metrics = RiskMetrics()
+    queue = recorder(store, metrics)
+    assert await sweep_all(queue) == 2
+    assert (await beats(queue, "old-in", halted - 100),
+            await beats(queue, "old-out", halted - WINDOW_MS - 1)) == (1, 0)
+    assert await queue.beat.due.size() == 0  # type: ignore[union-attr]
