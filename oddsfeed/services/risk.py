@@ -98,8 +98,11 @@ class Beat:
 # A batch is recorded this long after its first slip (at once when MAX_BATCH slips wait):
 # each batch costs a few round trips and scripts whatever its size, so under load fewer,
 # fuller batches cost less per slip; the counts only show up this much later.
-LINGER_S = 0.2
+LINGER_S = 0.5
 MAX_BATCH = 4096
+# A batch is summed this many slips at a time, the loop free between: a whole batch at once
+# would hold every answer waiting behind it for milliseconds.
+CHUNK = 256
 # The longest one batch (or one sweep) may take: its store calls are bounded only by the
 # client's own timeouts, which a caller may configure long or off, and a stuck batch would
 # leave every slip offered after it queued (then dropped) with no error reported. Past it
@@ -156,7 +159,7 @@ class RiskQueue:
     gets an error the worker survived (the adapter logs it); that batch's slips are counted
     as dropped. A batch or sweep that takes longer than ``deadline_s`` fails as a
     StoreError. At most ``max_pending`` slips wait for the task; past that a slip is
-    dropped (counted).
+    dropped (counted). A batch is recorded ``linger_s`` after its first slip.
     """
 
     def __init__(self, store: RiskStore, metrics: RiskMetrics, *, max_pending: int,
@@ -164,9 +167,10 @@ class RiskQueue:
                  beat: Beat | None = None, watch: Watch | None = None,
                  clock: Callable[[], int] | None = None,
                  on_stop: Callable[[], Awaitable[None]] | None = None,
-                 deadline_s: float = DEADLINE_S) -> None:
+                 deadline_s: float = DEADLINE_S, linger_s: float = LINGER_S) -> None:
         if not deadline_s > 0:
             raise ValueError(f"deadline_s {deadline_s} must be > 0")
+        self.linger_s = linger_s
         self.store = store
         self.deadline_s = deadline_s
         self.metrics = metrics
@@ -245,7 +249,7 @@ class RiskQueue:
                 self._wake = loop.create_future()
                 await self._wake
             if len(self._slips) < MAX_BATCH:
-                await asyncio.sleep(LINGER_S)
+                await asyncio.sleep(self.linger_s)
             # Whatever waits by now goes in the same round trips, up to MAX_BATCH slips (so
             # the slips held are at most max_pending waiting plus one batch).
             batch = self._slips
@@ -282,12 +286,37 @@ class RiskQueue:
         history round trip, only if it has any), add the counts (one counts round trip) and
         queue its accepted legs for the beat signal (one more, concurrent with the
         counts)."""
-        grain = self.store.grain_ms
-        width = len(FIELDS)
         totals: dict[tuple[str, int], tuple[int, list[int]]] = {}
         dating: list[_Dating] = []
         due: dict[_DueKey, dict[str, list[int]]] | None = {} if self.beat is not None else None
-        for sub, legs, verdicts, at_ms, arrived_ms in batch:
+        for start in range(0, len(batch), CHUNK):
+            if start:
+                await asyncio.sleep(0)  # let the answers waiting meanwhile go out
+            self._tally(batch[start:start + CHUNK], totals, dating, due)
+        stale, signalled = await self._date(dating)
+        self.metrics.recorded(len(batch), stale, [d[3] for d in dating])
+        items = [(sub, tuple(total), at_ms) for (sub, _), (at_ms, total) in totals.items()]
+        groups = self._groups(due) if due else []
+        if groups and self.beat is not None:
+            full, refused = await asyncio.gather(self.store.add_many(items),
+                                                 self.beat.due.push(groups))
+            if refused:
+                self.metrics.dropped("due_full", refused)
+        else:
+            full = await self.store.add_many(items)
+        if full:
+            self.metrics.dropped("bucket_full", full)
+        if signalled and self.watch is not None:
+            await self._check(signalled, batch[-1][3])
+
+    def _tally(self, slips: Sequence[_Slip], totals: dict[tuple[str, int], tuple[int, list[int]]],
+               dating: list[_Dating], due: dict[_DueKey, dict[str, list[int]]] | None) -> None:
+        """Add the slips' counts to ``totals`` (per account and time grain: the first
+        ``at_ms`` seen and a count vector), their rejected legs to date to ``dating`` and
+        their accepted legs to ``due`` (None: no beat signal)."""
+        grain = self.store.grain_ms
+        width = len(FIELDS)
+        for sub, legs, verdicts, at_ms, arrived_ms in slips:
             key = (sub, at_ms // grain)
             found = totals.get(key)
             if found is None:
@@ -315,21 +344,6 @@ class RiskQueue:
                     group[sub] = [at_ms]
                 else:
                     ats.append(at_ms)
-        stale, signalled = await self._date(dating)
-        self.metrics.recorded(len(batch), stale, [d[3] for d in dating])
-        items = [(sub, tuple(total), at_ms) for (sub, _), (at_ms, total) in totals.items()]
-        groups = self._groups(due) if due else []
-        if groups and self.beat is not None:
-            full, refused = await asyncio.gather(self.store.add_many(items),
-                                                 self.beat.due.push(groups))
-            if refused:
-                self.metrics.dropped("due_full", refused)
-        else:
-            full = await self.store.add_many(items)
-        if full:
-            self.metrics.dropped("bucket_full", full)
-        if signalled and self.watch is not None:
-            await self._check(signalled, batch[-1][3])
 
     async def _date(self, dating: Sequence[_Dating]) -> tuple[list[int | None], list[str]]:
         """Add each rejected leg's stale bucket to its account's counts; returns the stale

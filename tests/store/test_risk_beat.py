@@ -35,7 +35,7 @@ def recorder(store: Store, metrics: RiskMetrics, *, limit: int = 1000, max_due: 
                         history_scan=200)
     due = DueQueue(store.client, shards=4, max_due=max_due)
     return RiskQueue(counts, metrics, max_pending=100_000, clock=lambda: 0,
-                     beat=Beat(due, WINDOW_MS, 60_000, limit))
+                     beat=Beat(due, WINDOW_MS, 60_000, limit), linger_s=0.05)
 
 
 async def entry_ms(store: Store, mid: str, version: int) -> int:
