@@ -237,6 +237,13 @@ def count_slip(total: list[int], legs: Sequence[Mapping[str, Any]]) -> Sequence[
     return _NONE if later is None else later
 
 
+def count_accepted(total: list[int], legs: int) -> None:
+    """:func:`count_slip` for a slip whose ``legs`` legs were all accepted (its ``ok``)."""
+    total[_SLIPS] += 1
+    total[_LEGS] += legs
+    total[_ACCEPTED] += legs
+
+
 def count_stale(total: list[int], stale_ms: int | None) -> None:
     """Add one rejected leg's stale bucket (:func:`count_slip` left it out) to ``total``."""
     total[_STALE_AT[stale_bucket(stale_ms)]] += 1

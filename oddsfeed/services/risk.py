@@ -27,6 +27,7 @@ from ..core.risk import (
     HistoryEntry,
     beat_counts,
     beats_of,
+    count_accepted,
     count_slip,
     count_stale,
     stale_since_ms,
@@ -109,9 +110,9 @@ CHUNK = 256
 # the batch fails as a store error and the worker goes on with the next one.
 DEADLINE_S = 10.0
 
-# One offered slip: (sub, legs, verdicts, at_ms, arrived_ms); kept as offered, not copied
-# (the adapters never change a slip's legs or verdicts after offering them).
-_Slip = tuple[str, Sequence[Leg], Sequence[Mapping[str, Any]], int, int]
+# One offered slip: (sub, legs, the validation body, at_ms, arrived_ms); kept as offered,
+# not copied (the adapters never change a slip's legs or body after offering them).
+_Slip = tuple[str, Sequence[Leg], Mapping[str, Any], int, int]
 # A rejected leg waiting for its stale time: (its account's count vector, sub, leg, reason,
 # arrived_ms).
 _Dating = tuple[list[int], str, Leg, str, int]
@@ -197,8 +198,7 @@ class RiskQueue:
         if len(slips) >= self.max_pending:
             self.metrics.dropped("queue_full")
             return
-        slips.append((sub, legs, body["legs"], at_ms, at_ms if arrived_ms is None
-                      else arrived_ms))
+        slips.append((sub, legs, body, at_ms, at_ms if arrived_ms is None else arrived_ms))
         self._offered += 1
         wake = self._wake
         if wake is not None:
@@ -316,15 +316,19 @@ class RiskQueue:
         their accepted legs to ``due`` (None: no beat signal)."""
         grain = self.store.grain_ms
         width = len(FIELDS)
-        for sub, legs, verdicts, at_ms, arrived_ms in slips:
+        for sub, legs, body, at_ms, arrived_ms in slips:
             key = (sub, at_ms // grain)
             found = totals.get(key)
             if found is None:
                 found = totals[key] = (at_ms, [0] * width)
             total = found[1]
-            for i in count_slip(total, verdicts):
-                dating.append((total, sub, legs[i], str(verdicts[i].get("reason")),
-                               arrived_ms))
+            verdicts = body["legs"]
+            if body.get("ok"):
+                count_accepted(total, len(verdicts))
+            else:
+                for i in count_slip(total, verdicts):
+                    dating.append((total, sub, legs[i], str(verdicts[i].get("reason")),
+                                   arrived_ms))
             if due is None:
                 continue
             for leg, verdict in zip(legs, verdicts, strict=True):

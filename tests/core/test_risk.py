@@ -20,6 +20,7 @@ from oddsfeed.core.risk import (
     beat,
     beat_counts,
     beats_of,
+    count_accepted,
     count_slip,
     count_stale,
     first_adverse_ms,
@@ -195,15 +196,19 @@ stale_value = st.one_of(st.none(), st.integers(0, 100_000))
                 max_size=20))
 def test_a_batch_summed_in_place_equals_the_sum_of_its_slips(slips: list[tuple[Any, ...]]
                                                               ) -> None:
-    """count_slip then count_stale for the legs it names, over a whole batch into one
-    vector, adds exactly what slip_counts adds slip by slip."""
+    """count_accepted for an all-accepted slip, else count_slip then count_stale for the
+    legs it names, over a whole batch into one vector, adds exactly what slip_counts adds
+    slip by slip."""
     total = list(ZERO)
     expected: tuple[int, ...] = ZERO
     for (legs,) in slips:
         verdicts = [v for v, _ in legs]
         stale = [late if not v.get("ok") else None for v, late in legs]
-        for i in count_slip(total, verdicts):
-            count_stale(total, stale[i])
+        if all(v.get("ok") for v in verdicts):
+            count_accepted(total, len(verdicts))
+        else:
+            for i in count_slip(total, verdicts):
+                count_stale(total, stale[i])
         expected = add(expected, slip_counts(verdicts, stale))
     assert tuple(total) == expected
 
