@@ -3,11 +3,12 @@ background task, dates their stale legs from the history and adds the counts; it
 every accepted leg in the store's beat queue, and a second task judges the legs whose beat
 window has ended (a suspension or a shorter price within it counts ``beat``).
 
-It never delays or changes a validation: :meth:`RiskQueue.offer` only appends the verdict
-to a bounded list (a full list drops the slip and counts the drop), waking the task once
-per batch, and returns. The task sums a whole batch in place, one count vector per account
-and time bucket, and groups its accepted legs by market version, price and account, so the
-store work grows with the accounts and markets of a batch, not with its slips.
+It never delays or changes a validation: :meth:`RiskQueue.offer` adds the verdict to the
+current batch in memory (a few integer additions: one count vector per account and time
+bucket, accepted legs' times grouped by market version, price and account; a full batch
+drops the slip and counts the drop), wakes the task once per batch, and returns. Nothing of
+the request is kept, and the store work of a batch grows with its accounts and markets, not
+with its slips.
 """
 
 from __future__ import annotations
@@ -96,28 +97,40 @@ class Beat:
     sweep_limit: int
 
 
-# A batch is recorded this long after its first slip (at once when MAX_BATCH slips wait):
+# A batch is recorded this long after its first slip (at once when it holds MAX_BATCH):
 # each batch costs a few round trips and scripts whatever its size, so under load fewer,
 # fuller batches cost less per slip; the counts only show up this much later.
 LINGER_S = 0.5
 MAX_BATCH = 4096
-# A batch is summed this many slips at a time, the loop free between: a whole batch at once
-# would hold every answer waiting behind it for milliseconds.
-CHUNK = 256
 # The longest one batch (or one sweep) may take: its store calls are bounded only by the
 # client's own timeouts, which a caller may configure long or off, and a stuck batch would
 # leave every slip offered after it queued (then dropped) with no error reported. Past it
 # the batch fails as a store error and the worker goes on with the next one.
 DEADLINE_S = 10.0
 
-# One offered slip: (sub, legs, the validation body, at_ms, arrived_ms); kept as offered,
-# not copied (the adapters never change a slip's legs or body after offering them).
-_Slip = tuple[str, Sequence[Leg], Mapping[str, Any], int, int]
 # A rejected leg waiting for its stale time: (its account's count vector, sub, leg, reason,
 # arrived_ms).
 _Dating = tuple[list[int], str, Leg, str, int]
 # Accepted legs by (market, selection, asked price, answered price, version), then account.
 _DueKey = tuple[str, str, int, Any, int]
+
+
+class _Batch:
+    """The slips offered since the last batch, already summed: ``totals`` per (account,
+    time grain) holds the first ``at_ms`` seen and a count vector (:func:`count_slip`),
+    ``dating`` the rejected legs whose stale bucket waits for the history, ``due`` the
+    accepted legs' acceptance times by group and account (None: no beat signal). Nothing
+    of a slip is kept but these numbers (and a rejected leg to date), so a batch holds no
+    request's objects alive."""
+
+    __slots__ = ("slips", "totals", "dating", "due", "last_at")
+
+    def __init__(self, beat: bool) -> None:
+        self.slips = 0
+        self.totals: dict[tuple[str, int], tuple[int, list[int]]] = {}
+        self.dating: list[_Dating] = []
+        self.due: dict[_DueKey, dict[str, list[int]]] | None = {} if beat else None
+        self.last_at = 0
 
 
 async def stale_ms_of(store: RiskStore, legs: Sequence[Leg],
@@ -159,8 +172,8 @@ class RiskQueue:
     Call :meth:`start` inside the running loop and :meth:`stop` at shutdown; ``on_error``
     gets an error the worker survived (the adapter logs it); that batch's slips are counted
     as dropped. A batch or sweep that takes longer than ``deadline_s`` fails as a
-    StoreError. At most ``max_pending`` slips wait for the task; past that a slip is
-    dropped (counted). A batch is recorded ``linger_s`` after its first slip.
+    StoreError. A batch takes at most ``max_pending`` slips; past that a slip is dropped
+    (counted). A batch is recorded ``linger_s`` after its first slip.
     """
 
     def __init__(self, store: RiskStore, metrics: RiskMetrics, *, max_pending: int,
@@ -183,7 +196,8 @@ class RiskQueue:
         self.max_pending = max_pending
         if (beat is not None or watch is not None) and clock is None:
             raise ValueError("clock is required with beat or watch")
-        self._slips: list[_Slip] = []
+        self._grain = store.grain_ms
+        self._batch = _Batch(beat is not None)
         self._wake: asyncio.Future[None] | None = None
         self._offered = 0  # slips taken in (not dropped) so far
         self._done = 0  # of those, recorded or failed
@@ -194,21 +208,53 @@ class RiskQueue:
 
     def offer(self, sub: str, legs: Sequence[Leg], body: Mapping[str, Any], at_ms: int,
               arrived_ms: int | None = None) -> None:
-        slips = self._slips
-        if len(slips) >= self.max_pending:
+        batch = self._batch
+        if batch.slips >= self.max_pending:
             self.metrics.dropped("queue_full")
             return
-        slips.append((sub, legs, body, at_ms, at_ms if arrived_ms is None else arrived_ms))
+        batch.slips += 1
+        batch.last_at = at_ms
         self._offered += 1
+        key = (sub, at_ms // self._grain)
+        found = batch.totals.get(key)
+        if found is None:
+            found = batch.totals[key] = (at_ms, [0] * len(FIELDS))
+        total = found[1]
+        verdicts = body["legs"]
+        if body.get("ok"):
+            count_accepted(total, len(verdicts))
+        else:
+            for i in count_slip(total, verdicts):
+                batch.dating.append((total, sub, legs[i], str(verdicts[i].get("reason")),
+                                     at_ms if arrived_ms is None else arrived_ms))
+        due = batch.due
+        if due is not None:
+            for leg, verdict in zip(legs, verdicts, strict=True):
+                if not verdict.get("ok"):
+                    continue
+                version = verdict.get("version")
+                if version is None:
+                    continue
+                group_key = (leg.market, leg.selection, leg.price, verdict.get("price"),
+                             version)
+                group = due.get(group_key)
+                if group is None:
+                    due[group_key] = {sub: [at_ms]}
+                    continue
+                ats = group.get(sub)
+                if ats is None:
+                    group[sub] = [at_ms]
+                else:
+                    ats.append(at_ms)
         wake = self._wake
-        if wake is not None:
+        if wake is not None and (batch.slips == 1 or batch.slips >= MAX_BATCH):
             self._wake = None
             if not wake.done():
                 wake.set_result(None)
 
     @property
     def pending(self) -> int:
-        return len(self._slips)
+        return self._batch.slips
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -245,26 +291,26 @@ class RiskQueue:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._stopping:
-            if not self._slips:
+            if not self._batch.slips:  # woken by the first slip
                 self._wake = loop.create_future()
                 await self._wake
-            if len(self._slips) < MAX_BATCH:
-                await asyncio.sleep(self.linger_s)
-            # Whatever waits by now goes in the same round trips, up to MAX_BATCH slips (so
-            # the slips held are at most max_pending waiting plus one batch).
-            batch = self._slips
-            if len(batch) <= MAX_BATCH:
-                self._slips = []
-            else:
-                batch, self._slips = batch[:MAX_BATCH], batch[MAX_BATCH:]
+            if self._batch.slips < MAX_BATCH:  # woken early by the MAX_BATCH-th
+                self._wake = loop.create_future()
+                try:
+                    async with asyncio.timeout(self.linger_s):
+                        await self._wake
+                except TimeoutError:
+                    pass
+                self._wake = None
+            batch, self._batch = self._batch, _Batch(self.beat is not None)
             try:
                 await self._bounded(self.record(batch), "risk record")
             except Exception as exc:  # the top of the task: count, report, go on
                 why = "store_error" if isinstance(exc, StoreError) else "error"
-                self.metrics.dropped(why, len(batch))
+                self.metrics.dropped(why, batch.slips)
                 self.on_error(exc)
             finally:
-                self._done += len(batch)
+                self._done += batch.slips
                 waiters, self._drained = self._drained, []
                 for waiter in waiters:
                     if not waiter.done():
@@ -281,22 +327,15 @@ class RiskQueue:
                 raise  # the work's own timeout, not the deadline
             raise StoreError(f"{what} did not finish within {self.deadline_s} s") from None
 
-    async def record(self, batch: Sequence[_Slip]) -> None:
-        """Sum the batch's counts per account and time bucket, date its stale legs (one
-        history round trip, only if it has any), add the counts (one counts round trip) and
-        queue its accepted legs for the beat signal (one more, concurrent with the
-        counts)."""
-        totals: dict[tuple[str, int], tuple[int, list[int]]] = {}
-        dating: list[_Dating] = []
-        due: dict[_DueKey, dict[str, list[int]]] | None = {} if self.beat is not None else None
-        for start in range(0, len(batch), CHUNK):
-            if start:
-                await asyncio.sleep(0)  # let the answers waiting meanwhile go out
-            self._tally(batch[start:start + CHUNK], totals, dating, due)
-        stale, signalled = await self._date(dating)
-        self.metrics.recorded(len(batch), stale, [d[3] for d in dating])
-        items = [(sub, tuple(total), at_ms) for (sub, _), (at_ms, total) in totals.items()]
-        groups = self._groups(due) if due else []
+    async def record(self, batch: _Batch) -> None:
+        """Date the batch's stale legs (one history round trip, only if it has any), add
+        its counts (one counts round trip) and queue its accepted legs for the beat signal
+        (one more, concurrent with the counts)."""
+        stale, signalled = await self._date(batch.dating)
+        self.metrics.recorded(batch.slips, stale, [d[3] for d in batch.dating])
+        items = [(sub, tuple(total), at_ms)
+                 for (sub, _), (at_ms, total) in batch.totals.items()]
+        groups = self._groups(batch.due) if batch.due else []
         if groups and self.beat is not None:
             full, refused = await asyncio.gather(self.store.add_many(items),
                                                  self.beat.due.push(groups))
@@ -307,47 +346,7 @@ class RiskQueue:
         if full:
             self.metrics.dropped("bucket_full", full)
         if signalled and self.watch is not None:
-            await self._check(signalled, batch[-1][3])
-
-    def _tally(self, slips: Sequence[_Slip], totals: dict[tuple[str, int], tuple[int, list[int]]],
-               dating: list[_Dating], due: dict[_DueKey, dict[str, list[int]]] | None) -> None:
-        """Add the slips' counts to ``totals`` (per account and time grain: the first
-        ``at_ms`` seen and a count vector), their rejected legs to date to ``dating`` and
-        their accepted legs to ``due`` (None: no beat signal)."""
-        grain = self.store.grain_ms
-        width = len(FIELDS)
-        for sub, legs, body, at_ms, arrived_ms in slips:
-            key = (sub, at_ms // grain)
-            found = totals.get(key)
-            if found is None:
-                found = totals[key] = (at_ms, [0] * width)
-            total = found[1]
-            verdicts = body["legs"]
-            if body.get("ok"):
-                count_accepted(total, len(verdicts))
-            else:
-                for i in count_slip(total, verdicts):
-                    dating.append((total, sub, legs[i], str(verdicts[i].get("reason")),
-                                   arrived_ms))
-            if due is None:
-                continue
-            for leg, verdict in zip(legs, verdicts, strict=True):
-                if not verdict.get("ok"):
-                    continue
-                version = verdict.get("version")
-                if version is None:
-                    continue
-                group_key = (leg.market, leg.selection, leg.price, verdict.get("price"),
-                             version)
-                group = due.get(group_key)
-                if group is None:
-                    due[group_key] = {sub: [at_ms]}
-                    continue
-                ats = group.get(sub)
-                if ats is None:
-                    group[sub] = [at_ms]
-                else:
-                    ats.append(at_ms)
+            await self._check(signalled, batch.last_at)
 
     async def _date(self, dating: Sequence[_Dating]) -> tuple[list[int | None], list[str]]:
         """Add each rejected leg's stale bucket to its account's counts; returns the stale
