@@ -1,12 +1,12 @@
 """What the risk signals cost the request path, measured from outside: two `oddsfeed serve
 --workers 1` servers on one embedded Valkey, one with ``risk.enabled`` off and one with it
-on, driven in turn (off, on, off, on, ...) by the external load generators of
-bench/request_path.py (wrk for HTTP, the compiled WebSocket client), saturated, the first
-of each pair alternating by round. Per row
-and server: requests per second, p50/p99, and the CPU per request of the server's process
-tree plus Valkey's (the recorder's work lands in both). ``cpu_cost`` = on/off - 1 of that
-CPU per request (the figure that holds on a shared machine), ``rate_cost`` = 1 - on/off of
-requests per second; each the median over the rounds.
+on, driven in turn (off then on, then on then off: the first of a pair alternates by
+round) by the external load generators of bench/request_path.py (wrk for HTTP, the
+compiled WebSocket client), saturated. Per row and server: requests per second, p50/p99,
+and the CPU per request of the server's process tree plus Valkey's (the recorder's work
+lands in both). ``cpu_cost`` = on/off - 1 of that CPU per request (the figure that holds on
+a shared machine), ``rate_cost`` = 1 - on/off of requests per second; each the median over
+the rounds.
 
     python -m bench.risk_cost [--quick] [--json PATH]
 """
