@@ -7,8 +7,8 @@ It never delays or changes a validation: :meth:`RiskQueue.offer` adds the verdic
 current batch in memory (a few integer additions: one count vector per account and time
 bucket, accepted legs' times grouped by market version, price and account; a full batch
 drops the slip and counts the drop), wakes the task once per batch, and returns. Nothing of
-the request is kept, and the store work of a batch grows with its accounts and markets, not
-with its slips.
+the request is kept (but a rejected leg, until it is dated), and the store work of a batch
+grows with its accounts and markets, not with its slips.
 """
 
 from __future__ import annotations
