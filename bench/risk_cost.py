@@ -1,11 +1,12 @@
 """What the risk signals cost the request path, measured from outside: two `oddsfeed serve
 --workers 1` servers on one embedded Valkey, one with ``risk.enabled`` off and one with it
-on, driven in turn (off, on, off, on, ...) by the external load generators of
-bench/request_path.py (wrk for HTTP, the compiled WebSocket client), saturated. Per row
-and server: requests per second, p50/p99, and the CPU per request of the server's process
-tree plus Valkey's (the recorder's work lands in both). ``cpu_cost`` = on/off - 1 of that
-CPU per request (the figure that holds on a shared machine), ``rate_cost`` = 1 - on/off of
-requests per second; each the median over the rounds.
+on, driven in turn (off then on, then on then off: the first of a pair alternates by
+round) by the external load generators of bench/request_path.py (wrk for HTTP, the
+compiled WebSocket client), saturated. Per row and server: requests per second, p50/p99,
+and the CPU per request of the server's process tree plus Valkey's (the recorder's work
+lands in both). ``cpu_cost`` = on/off - 1 of that CPU per request (the figure that holds on
+a shared machine), ``rate_cost`` = 1 - on/off of requests per second; each the median over
+the rounds.
 
     python -m bench.risk_cost [--quick] [--json PATH]
 """
@@ -67,9 +68,11 @@ def run(quick: bool) -> dict[str, Any]:
                                {"ODDSFEED_RISK__ENABLED": "true" if on else "false"})
                    for on in (False, True)}
         try:
-            for _ in range(rounds):
+            for n in range(rounds):
                 for row in ROWS:
-                    for on in (False, True):
+                    # Which server goes first alternates by round: a bias of the second
+                    # run of a pair (the machine's other load, caches) falls on both.
+                    for on in (False, True) if n % 2 == 0 else (True, False):
                         got.setdefault((row, on), []).append(
                             _measure(servers[on], token, row, seconds))
         finally:

@@ -53,7 +53,8 @@ async def one_seed(url: str, seed: int, seconds: float, sharps: int, normals: in
         stats = await bettors
         sim.cancel()
         await asyncio.gather(sim, return_exceptions=True)
-        await asyncio.sleep(0.5)  # the recorder's last batch
+        if w.risk is not None:  # every slip answered so far in the counts
+            await asyncio.wait_for(w.risk.drain(), 15)
         reader = auth.mint("bench", ["risk:read"], 60, int(time.time()))
         headers = {"Authorization": f"Bearer {reader}"}
         async with aiohttp.ClientSession() as http, http.get(

@@ -18,8 +18,8 @@ class RiskMetrics:
     def recorded(self, slips: int, stale_ms: Any, reasons: Any) -> None:
         self.slips += slips
 
-    def dropped(self, why: str) -> None:
-        self.why.append(why)
+    def dropped(self, why: str, n: int = 1) -> None:
+        self.why += [why] * n
 
     def judged(self, legs: int, beats: int) -> None:
         self.judged_legs += legs

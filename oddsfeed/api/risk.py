@@ -62,8 +62,8 @@ class PrometheusRiskMetrics:
         if undated > 0:
             UNDATED.inc(undated)
 
-    def dropped(self, why: str) -> None:
-        DROPPED.labels(why).inc()
+    def dropped(self, why: str, n: int = 1) -> None:
+        DROPPED.labels(why).inc(n)
 
     def judged(self, legs: int, beats: int) -> None:
         JUDGED.inc(legs)

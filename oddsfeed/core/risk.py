@@ -76,16 +76,26 @@ class HistoryEntry:
 
 class DueGroup(NamedTuple):
     """Accepted legs on one price of one selection at one market version, waiting for their
-    beat windows to end: ``legs`` holds ``(sub, at_ms, due_ms)`` per leg (accepted at
-    ``at_ms``, judged by :func:`beat` at ``due_ms``), ``price`` in ticks. (Grouped: a busy
-    market takes many bets between two versions, and the history after a version is read
-    and scanned once for all of them.)"""
+    beat windows to end: ``accepted`` holds ``(sub, [at_ms, ...])`` per account (each leg
+    accepted at ``at_ms``, judged by :func:`beats_of` once ``at_ms + window_ms`` passed),
+    ``price`` in ticks. (Grouped: a busy market takes many bets between two versions, and
+    the history after a version is read and scanned once for all of them; one account's
+    legs share its name.)"""
 
     market: str
     selection: str
     price: int
     version: int
-    legs: list[tuple[str, int, int]]
+    window_ms: int
+    accepted: list[tuple[str, list[int]]]
+
+    def size(self) -> int:
+        """How many legs the group holds."""
+        return sum(len(ats) for _, ats in self.accepted)
+
+    def due_ms(self) -> int:
+        """When the last of its legs' windows ends."""
+        return max(max(ats) for _, ats in self.accepted) + self.window_ms
 
 
 def stale_since_ms(history: Sequence[HistoryEntry], *, selection: str, price: int,
@@ -149,6 +159,16 @@ def beat(history: Sequence[HistoryEntry], *, selection: str, price: int, until_m
     return at is not None and at <= until_ms
 
 
+def beats_of(group: DueGroup, history: Sequence[HistoryEntry]) -> list[tuple[str, int]]:
+    """The ``(sub, at_ms)`` of the group's legs that beat the book (:func:`beat` for each:
+    ``history`` holds the versions after the group's), in the group's order."""
+    turned = first_adverse_ms(history, selection=group.selection, price=group.price)
+    if turned is None:
+        return []
+    since = turned - group.window_ms  # at + window >= turned
+    return [(sub, at) for sub, ats in group.accepted for at in ats if at >= since]
+
+
 def beat_counts() -> Counts:
     """The counts one beat leg adds (to its acceptance-time bucket): ``beat`` only, since
     its slip and legs were counted when it was validated."""
@@ -183,6 +203,50 @@ def slip_counts(legs: Sequence[Mapping[str, Any]], stale_ms: Sequence[int | None
         if reason in STALE_REASONS:
             out[_INDEX[f"stale_{stale_bucket(late)}"]] += 1
     return tuple(out)
+
+
+_SLIPS, _LEGS, _ACCEPTED = _INDEX["slips"], _INDEX["legs"], _INDEX["accepted"]
+_REJECTED_AT = {r: _INDEX[f"rejected_{r}"] for r in REASONS}
+_STALE_AT = {b: _INDEX[f"stale_{b}"] for b in STALE_BUCKETS}
+_NONE: tuple[int, ...] = ()
+
+
+def count_slip(total: list[int], legs: Sequence[Mapping[str, Any]]) -> Sequence[int]:
+    """Add one validated slip's counts to ``total`` (a mutable vector of :data:`FIELDS`) in
+    place, all but the stale buckets of its legs rejected for a :data:`STALE_REASONS`
+    reason, and return those legs' positions: each gets its bucket from
+    :func:`count_stale` once its ``stale_ms`` is known. Together they add exactly
+    :func:`slip_counts` (the recorder sums a whole batch in place, one vector per account
+    and time bucket, instead of one tuple per slip)."""
+    total[_SLIPS] += 1
+    total[_LEGS] += len(legs)
+    later: list[int] | None = None
+    for i, verdict in enumerate(legs):
+        if verdict.get("ok"):
+            total[_ACCEPTED] += 1
+            continue
+        reason = verdict.get("reason")
+        at = _REJECTED_AT.get(reason)  # type: ignore[arg-type]
+        if at is not None:
+            total[at] += 1
+        if reason in STALE_REASONS:
+            if later is None:
+                later = [i]
+            else:
+                later.append(i)
+    return _NONE if later is None else later
+
+
+def count_accepted(total: list[int], legs: int) -> None:
+    """:func:`count_slip` for a slip whose ``legs`` legs were all accepted (its ``ok``)."""
+    total[_SLIPS] += 1
+    total[_LEGS] += legs
+    total[_ACCEPTED] += legs
+
+
+def count_stale(total: list[int], stale_ms: int | None) -> None:
+    """Add one rejected leg's stale bucket (:func:`count_slip` left it out) to ``total``."""
+    total[_STALE_AT[stale_bucket(stale_ms)]] += 1
 
 
 def add(a: Sequence[int], b: Sequence[int]) -> Counts:

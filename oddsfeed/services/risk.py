@@ -3,8 +3,12 @@ background task, dates their stale legs from the history and adds the counts; it
 every accepted leg in the store's beat queue, and a second task judges the legs whose beat
 window has ended (a suspension or a shorter price within it counts ``beat``).
 
-It never delays or changes a validation: :meth:`RiskQueue.offer` only appends to a bounded
-queue (a full queue drops the slip and counts the drop) and returns.
+It never delays or changes a validation: :meth:`RiskQueue.offer` adds the verdict to the
+current batch in memory (a few integer additions: one count vector per account and time
+bucket, accepted legs' times grouped by market version, price and account; a full batch
+drops the slip and counts the drop), wakes the task once per batch, and returns. Nothing of
+the request is kept (but a rejected leg, until it is dated), and the store work of a batch
+grows with its accounts and markets, not with its slips.
 """
 
 from __future__ import annotations
@@ -17,13 +21,16 @@ from typing import Any, Protocol, TypeVar
 from ..core.errors import StoreError
 from ..core.prices import from_decimal, to_float
 from ..core.risk import (
+    FIELDS,
     STALE_REASONS,
     Counts,
     DueGroup,
     HistoryEntry,
     beat_counts,
-    first_adverse_ms,
-    slip_counts,
+    beats_of,
+    count_accepted,
+    count_slip,
+    count_stale,
     stale_since_ms,
 )
 from ..core.wire import Leg
@@ -42,6 +49,11 @@ class RiskRecorder(Protocol):
 
 
 class RiskStore(Protocol):
+    @property
+    def grain_ms(self) -> int:
+        """Times in the same ``at_ms // grain_ms`` share every bucket of the counts."""
+        ...
+
     async def histories(self, legs: Sequence[tuple[str, int | None]]
                         ) -> list[list[HistoryEntry]]: ...
 
@@ -60,7 +72,8 @@ class RiskMetrics(Protocol):
     def recorded(self, slips: int, stale_ms: Sequence[int | None], reasons: Sequence[str]
                  ) -> None: ...
 
-    def dropped(self, why: str) -> None: ...
+    def dropped(self, why: str, n: int = 1) -> None:
+        """``n`` slips (or beat legs, or count adds) left out, for ``why``."""
 
     def judged(self, legs: int, beats: int) -> None: ...
 
@@ -84,25 +97,40 @@ class Beat:
     sweep_limit: int
 
 
-MAX_BATCH = 256  # slips recorded in one pair of round trips
-# After the first slip of a batch the recorder waits this long for more: each batch costs a
-# few round trips and scripts whatever its size, so under load fewer, fuller batches cost
-# less per slip; the counts only show up this much later.
-LINGER_S = 0.05
+# A batch is recorded this long after its first slip (at once when it holds MAX_BATCH):
+# each batch costs a few round trips and scripts whatever its size, so under load fewer,
+# fuller batches cost less per slip; the counts only show up this much later.
+LINGER_S = 0.5
+MAX_BATCH = 4096
 # The longest one batch (or one sweep) may take: its store calls are bounded only by the
 # client's own timeouts, which a caller may configure long or off, and a stuck batch would
 # leave every slip offered after it queued (then dropped) with no error reported. Past it
 # the batch fails as a store error and the worker goes on with the next one.
 DEADLINE_S = 10.0
 
+# A rejected leg waiting for its stale time: (its account's count vector, sub, leg, reason,
+# arrived_ms).
+_Dating = tuple[list[int], str, Leg, str, int]
+# Accepted legs by (market, selection, asked price, answered price, version), then account.
+_DueKey = tuple[str, str, int, Any, int]
 
-@dataclass(frozen=True, slots=True)
-class _Slip:
-    sub: str
-    legs: tuple[Leg, ...]
-    verdicts: tuple[Mapping[str, Any], ...]
-    at_ms: int
-    arrived_ms: int
+
+class _Batch:
+    """The slips offered since the last batch, already summed: ``totals`` per (account,
+    time grain) holds the first ``at_ms`` seen and a count vector (:func:`count_slip`),
+    ``dating`` the rejected legs whose stale bucket waits for the history, ``due`` the
+    accepted legs' acceptance times by group and account (None: no beat signal). Nothing
+    of a slip is kept but these numbers (and a rejected leg to date), so a batch holds no
+    request's objects alive."""
+
+    __slots__ = ("slips", "totals", "dating", "due", "last_at")
+
+    def __init__(self, beat: bool) -> None:
+        self.slips = 0
+        self.totals: dict[tuple[str, int], tuple[int, list[int]]] = {}
+        self.dating: list[_Dating] = []
+        self.due: dict[_DueKey, dict[str, list[int]]] | None = {} if beat else None
+        self.last_at = 0
 
 
 async def stale_ms_of(store: RiskStore, legs: Sequence[Leg],
@@ -117,24 +145,35 @@ async def stale_ms_of(store: RiskStore, legs: Sequence[Leg],
     out: list[int | None] = [None] * len(legs)
     if not todo:
         return out
-    # One read per (market, version): a batch often holds many legs on the same market.
-    reads = list(dict.fromkeys((legs[i].market, legs[i].version) for i in todo))
-    found = dict(zip(reads, await store.histories(reads), strict=True))
+    found = await _histories(store, [(legs[i].market, legs[i].version) for i in todo])
     for i in todo:
         leg = legs[i]
-        history = found[leg.market, leg.version]
-        since = stale_since_ms(history, selection=leg.selection, price=leg.price,
-                               version=leg.version, reason=str(verdicts[i]["reason"]))
-        out[i] = None if since is None else max(ats[i] - since, 0)
+        out[i] = _late(found[leg.market, leg.version], leg, str(verdicts[i]["reason"]), ats[i])
     return out
 
 
+async def _histories(store: RiskStore, wanted: Sequence[tuple[str, int | None]]
+                     ) -> dict[tuple[str, int | None], list[HistoryEntry]]:
+    """One history read per distinct (market, version): a batch often holds many legs on
+    the same market."""
+    reads = list(dict.fromkeys(wanted))
+    return dict(zip(reads, await store.histories(reads), strict=True))
+
+
+def _late(history: Sequence[HistoryEntry], leg: Leg, reason: str, at_ms: int) -> int | None:
+    since = stale_since_ms(history, selection=leg.selection, price=leg.price,
+                           version=leg.version, reason=reason)
+    return None if since is None else max(at_ms - since, 0)
+
+
 class RiskQueue:
-    """A :class:`RiskRecorder` with a bounded queue and one worker task.
+    """A :class:`RiskRecorder` with a bounded list of offered slips and one worker task.
 
     Call :meth:`start` inside the running loop and :meth:`stop` at shutdown; ``on_error``
-    gets an error the worker survived (the adapter logs it); that slip is counted as dropped.
-    A batch or sweep that takes longer than ``deadline_s`` fails as a StoreError.
+    gets an error the worker survived (the adapter logs it); that batch's slips are counted
+    as dropped. A batch or sweep that takes longer than ``deadline_s`` fails as a
+    StoreError. A batch takes at most ``max_pending`` slips; past that a slip is dropped
+    (counted). A batch is recorded ``linger_s`` after its first slip.
     """
 
     def __init__(self, store: RiskStore, metrics: RiskMetrics, *, max_pending: int,
@@ -142,9 +181,10 @@ class RiskQueue:
                  beat: Beat | None = None, watch: Watch | None = None,
                  clock: Callable[[], int] | None = None,
                  on_stop: Callable[[], Awaitable[None]] | None = None,
-                 deadline_s: float = DEADLINE_S) -> None:
+                 deadline_s: float = DEADLINE_S, linger_s: float = LINGER_S) -> None:
         if not deadline_s > 0:
             raise ValueError(f"deadline_s {deadline_s} must be > 0")
+        self.linger_s = linger_s
         self.store = store
         self.deadline_s = deadline_s
         self.metrics = metrics
@@ -153,24 +193,68 @@ class RiskQueue:
         self.watch = watch
         self.clock = clock
         self.on_stop = on_stop
+        self.max_pending = max_pending
         if (beat is not None or watch is not None) and clock is None:
             raise ValueError("clock is required with beat or watch")
-        self._queue: asyncio.Queue[_Slip] = asyncio.Queue(max_pending)
+        self._grain = store.grain_ms
+        self._batch = _Batch(beat is not None)
+        self._wake: asyncio.Future[None] | None = None
+        self._offered = 0  # slips taken in (not dropped) so far
+        self._done = 0  # of those, recorded or failed
+        self._drained: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._stopping = False
 
     def offer(self, sub: str, legs: Sequence[Leg], body: Mapping[str, Any], at_ms: int,
               arrived_ms: int | None = None) -> None:
-        try:
-            self._queue.put_nowait(_Slip(sub, tuple(legs), tuple(body["legs"]), at_ms,
-                                         at_ms if arrived_ms is None else arrived_ms))
-        except asyncio.QueueFull:
+        batch = self._batch
+        if batch.slips >= self.max_pending:
             self.metrics.dropped("queue_full")
+            return
+        batch.slips += 1
+        batch.last_at = at_ms
+        self._offered += 1
+        key = (sub, at_ms // self._grain)
+        found = batch.totals.get(key)
+        if found is None:
+            found = batch.totals[key] = (at_ms, [0] * len(FIELDS))
+        total = found[1]
+        verdicts = body["legs"]
+        if body.get("ok"):
+            count_accepted(total, len(verdicts))
+        else:
+            for i in count_slip(total, verdicts):
+                batch.dating.append((total, sub, legs[i], str(verdicts[i].get("reason")),
+                                     at_ms if arrived_ms is None else arrived_ms))
+        due = batch.due
+        if due is not None:
+            for leg, verdict in zip(legs, verdicts, strict=True):
+                if not verdict.get("ok"):
+                    continue
+                version = verdict.get("version")
+                if version is None:
+                    continue
+                group_key = (leg.market, leg.selection, leg.price, verdict.get("price"),
+                             version)
+                group = due.get(group_key)
+                if group is None:
+                    due[group_key] = {sub: [at_ms]}
+                    continue
+                ats = group.get(sub)
+                if ats is None:
+                    group[sub] = [at_ms]
+                else:
+                    ats.append(at_ms)
+        wake = self._wake
+        if wake is not None and (batch.slips == 1 or batch.slips >= MAX_BATCH):
+            self._wake = None
+            if not wake.done():
+                wake.set_result(None)
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        return self._batch.slips
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -180,7 +264,7 @@ class RiskQueue:
             self._sweeper = loop.create_task(self._sweep_loop(), name="risk-beat")
 
     async def stop(self) -> None:
-        """Stop the tasks; slips still queued are dropped (not counted as drops), legs in
+        """Stop the tasks; slips still waiting are dropped (not counted as drops), legs in
         the store's beat queue stay for any worker to judge."""
         tasks = [t for t in (self._task, self._sweeper) if t is not None]
         self._task = self._sweeper = None
@@ -188,7 +272,7 @@ class RiskQueue:
             return
         self._stopping = True
         # Cancel until they end: the store client may swallow a cancellation that lands in
-        # the middle of its I/O, and the task would then wait on the queue for ever.
+        # the middle of its I/O, and the task would then wait for slips for ever.
         while not all(t.done() for t in tasks):
             for t in tasks:
                 t.cancel()
@@ -198,26 +282,39 @@ class RiskQueue:
 
     async def drain(self) -> None:
         """Wait until every slip offered so far is recorded (tests, shutdown)."""
-        await self._queue.join()
+        target = self._offered
+        while self._done < target:
+            waiter = asyncio.get_running_loop().create_future()
+            self._drained.append(waiter)
+            await waiter
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while not self._stopping:
-            batch = [await self._queue.get()]
-            if self._queue.qsize() < MAX_BATCH - 1:
-                await asyncio.sleep(LINGER_S)
-            # Whatever else is waiting goes in the same round trips.
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            if not self._batch.slips:  # woken by the first slip
+                self._wake = loop.create_future()
+                await self._wake
+            if self._batch.slips < MAX_BATCH:  # woken early by the MAX_BATCH-th
+                self._wake = loop.create_future()
+                try:
+                    async with asyncio.timeout(self.linger_s):
+                        await self._wake
+                except TimeoutError:
+                    pass
+                self._wake = None
+            batch, self._batch = self._batch, _Batch(self.beat is not None)
             try:
                 await self._bounded(self.record(batch), "risk record")
             except Exception as exc:  # the top of the task: count, report, go on
                 why = "store_error" if isinstance(exc, StoreError) else "error"
-                for _ in batch:
-                    self.metrics.dropped(why)
+                self.metrics.dropped(why, batch.slips)
                 self.on_error(exc)
             finally:
-                for _ in batch:
-                    self._queue.task_done()
+                self._done += batch.slips
+                waiters, self._drained = self._drained, []
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
 
     async def _bounded(self, work: Awaitable[T], what: str) -> T:
         """``work``'s result, or StoreError once it ran ``deadline_s`` (it is cancelled)."""
@@ -230,38 +327,54 @@ class RiskQueue:
                 raise  # the work's own timeout, not the deadline
             raise StoreError(f"{what} did not finish within {self.deadline_s} s") from None
 
-    async def record(self, batch: Sequence[_Slip]) -> None:
-        """Date the batch's stale legs (one history round trip), add its counts (one counts
-        round trip) and queue its accepted legs for the beat signal (one more, concurrent
-        with the counts)."""
-        legs = [leg for slip in batch for leg in slip.legs]
-        verdicts = [v for slip in batch for v in slip.verdicts]
-        ats = [slip.arrived_ms for slip in batch for _ in slip.legs]
-        stale = await stale_ms_of(self.store, legs, verdicts, ats)
-        items = []
-        signalled = []
-        start = 0
-        for slip in batch:
-            mine = stale[start:start + len(slip.legs)]
-            start += len(slip.legs)
-            counts = slip_counts(slip.verdicts, mine)
-            items.append((slip.sub, counts, slip.at_ms))
-            if any(late is not None for late in mine):
-                signalled.append(slip.sub)
-        self.metrics.recorded(len(batch), stale, [str(v.get("reason", "")) for v in verdicts
-                                                  if not v.get("ok")])
-        due = self._due_legs(batch) if self.beat is not None else []
-        if due and self.beat is not None:
+    async def record(self, batch: _Batch) -> None:
+        """Date the batch's stale legs (one history round trip, only if it has any), add
+        its counts (one counts round trip) and queue its accepted legs for the beat signal
+        (one more, concurrent with the counts)."""
+        stale, signalled = await self._date(batch.dating)
+        self.metrics.recorded(batch.slips, stale, [d[3] for d in batch.dating])
+        items = [(sub, tuple(total), at_ms)
+                 for (sub, _), (at_ms, total) in batch.totals.items()]
+        groups = self._groups(batch.due) if batch.due else []
+        if groups and self.beat is not None:
             full, refused = await asyncio.gather(self.store.add_many(items),
-                                                 self.beat.due.push(due))
-            for _ in range(refused):
-                self.metrics.dropped("due_full")
+                                                 self.beat.due.push(groups))
+            if refused:
+                self.metrics.dropped("due_full", refused)
         else:
             full = await self.store.add_many(items)
-        for _ in range(full):
-            self.metrics.dropped("bucket_full")
+        if full:
+            self.metrics.dropped("bucket_full", full)
         if signalled and self.watch is not None:
-            await self._check(signalled, batch[-1].at_ms)
+            await self._check(signalled, batch.last_at)
+
+    async def _date(self, dating: Sequence[_Dating]) -> tuple[list[int | None], list[str]]:
+        """Add each rejected leg's stale bucket to its account's counts; returns the stale
+        times (None: undated) and the accounts with a dated leg (their score may rise)."""
+        if not dating:
+            return [], []
+        found = await _histories(self.store, [(d[2].market, d[2].version) for d in dating])
+        stale: list[int | None] = []
+        signalled: dict[str, None] = {}
+        for total, sub, leg, reason, arrived_ms in dating:
+            late = _late(found[leg.market, leg.version], leg, reason, arrived_ms)
+            count_stale(total, late)
+            stale.append(late)
+            if late is not None:
+                signalled[sub] = None
+        return stale, list(signalled)
+
+    def _groups(self, due: Mapping[_DueKey, Mapping[str, list[int]]]) -> list[DueGroup]:
+        assert self.beat is not None
+        window = self.beat.window_ms
+        out = []
+        for (market, selection, asked, shown, version), subs in due.items():
+            # The price the bettor got: the leg's own unless accept allowed another.
+            price = (asked if shown is None or to_float(asked) == shown
+                     else from_decimal(shown))
+            out.append(DueGroup(market, selection, price, int(version), window,
+                                list(subs.items())))
+        return out
 
     async def _check(self, subs: Sequence[str], at_ms: int) -> None:
         """Hand the accounts to the threshold watch; its failure is reported, not counted
@@ -271,26 +384,6 @@ class RiskQueue:
             await self.watch.check(subs, at_ms)
         except Exception as exc:  # the alert is best effort; the counts stand
             self.on_error(exc)
-
-    def _due_legs(self, batch: Sequence[_Slip]) -> list[DueGroup]:
-        assert self.beat is not None
-        window = self.beat.window_ms
-        groups: dict[tuple[str, str, int, int], list[tuple[str, int, int]]] = {}
-        for slip in batch:
-            for leg, verdict in zip(slip.legs, slip.verdicts, strict=True):
-                version = verdict.get("version")
-                if not verdict.get("ok") or version is None:
-                    continue
-                shown = verdict.get("price")
-                # The price the bettor got: the leg's own unless accept allowed another.
-                price = (leg.price if shown is None or to_float(leg.price) == shown
-                         else from_decimal(shown))
-                key = (leg.market, leg.selection, price, int(version))
-                found = groups.get(key)
-                if found is None:
-                    found = groups[key] = []
-                found.append((slip.sub, slip.at_ms, slip.at_ms + window))
-        return [DueGroup(*key, legs) for key, legs in groups.items()]
 
     async def _sweep_loop(self) -> None:
         beat, clock = self.beat, self.clock
@@ -317,21 +410,18 @@ class RiskQueue:
         due = await self.beat.due.pop(now_ms, self.beat.sweep_limit)
         if not due:
             return 0
-        reads = list(dict.fromkeys((g.market, g.version) for g in due))
-        histories = dict(zip(reads, await self.store.histories(reads), strict=True))
+        histories = await _histories(self.store, [(g.market, g.version) for g in due])
         items = []
         judged = 0
         for g in due:
-            judged += len(g.legs)
-            turned = first_adverse_ms(histories[g.market, g.version], selection=g.selection,
-                                      price=g.price)
-            if turned is not None:
-                items += [(sub, beat_counts(), at) for sub, at, until in g.legs
-                          if turned <= until]
+            judged += g.size()
+            items += [(sub, beat_counts(), at)
+                      for sub, at in beats_of(g, histories[g.market, g.version])]
         self.metrics.judged(judged, len(items))
         if items:
-            for _ in range(await self.store.add_many(items)):
-                self.metrics.dropped("bucket_full")
+            full = await self.store.add_many(items)
+            if full:
+                self.metrics.dropped("bucket_full", full)
             if self.watch is not None:
                 await self._check(list(dict.fromkeys(s for s, _, _ in items)), now_ms)
         return judged

@@ -12,6 +12,7 @@ account whose score is over the alert threshold (expires with the window).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -82,6 +83,13 @@ class RiskCounts:
 
     def bucket_ms(self, window_s: int) -> int:
         return max(window_s * 1000 // self.buckets, 1)
+
+    @property
+    def grain_ms(self) -> int:
+        """The greatest common divisor of every window's bucket length: two times in the
+        same ``at_ms // grain_ms`` fall in the same bucket of every window, so their counts
+        may be summed before the add."""
+        return math.gcd(*(self.bucket_ms(w) for w in self.windows_s))
 
     async def histories(self, legs: Sequence[tuple[str, int | None]]
                         ) -> list[list[HistoryEntry]]:

@@ -3,10 +3,12 @@
 Keys: ``of:{rdue:<shard>}`` for shard 0..shards-1, a sorted set per shard (the hash tag
 puts the shards in different cluster slots, so they spread over the primaries), and beside
 it ``of:{rdue:<shard>}:n``, the legs it holds. One member per push (one recorder batch):
-``<legs>|`` then msgpack ``[nonce, [[market, selection, price, version, [[sub, at_ms,
-due_ms], ...]], ...]]`` (legs grouped by market version, selection and price; the nonce
-keeps two equal batches apart), score = the latest ``due_ms`` in it. A push goes to one
-shard (round robin) and only if the shard then holds at most
+``<legs>|`` then msgpack ``[nonce, [[market, selection, price, version, window_ms, [[sub,
+[at_ms, ...]], ...]], ...]]`` (legs grouped by market version, selection and price, then by
+account; a leg is due at ``at_ms + window_ms``; the nonce keeps two equal batches apart),
+score = the latest due time in it. (A pop also reads the earlier form, ``[..., version,
+[[sub, at_ms, due_ms], ...]]``, that a worker of the previous release may have queued.)
+A push goes to one shard (round robin) and only if the shard then holds at most
 ``max_due // shards`` legs: a push past that is refused whole (its legs counted by the
 caller), the queued ones stay. A pop takes the due members of every shard, each shard's in
 one atomic script that reads and removes them, so one leg is judged by exactly one worker.
@@ -108,13 +110,13 @@ class DueQueue:
     async def push(self, groups: Sequence[DueGroup]) -> int:
         """Queue ``groups`` as one member of one shard (round robin) in one round trip;
         returns how many legs a full shard refused (all or none). Raises StoreError."""
-        legs = sum(len(g.legs) for g in groups)
+        legs = sum(g.size() for g in groups)
         if not legs:
             return 0
         shard = next(self._shard) % self.shards
         nonce = self._nonce | (next(self._nonces) & 0xFFFFFFFF)
         member = b"%d|" % legs + msgpack.packb([nonce, groups])  # tuples pack as arrays
-        due = max(leg[2] for g in groups for leg in g.legs)
+        due = max(g.due_ms() for g in groups if g.accepted)
         (added,) = await eval_many(self.client, self._push, [(
             (due_key(shard), count_key(shard)), (self.per_shard, legs, due, member))])
         return 0 if int(added) == 1 else legs
@@ -129,7 +131,13 @@ class DueQueue:
         for reply in replies:
             for raw in reply or []:
                 _, groups = msgpack.unpackb(raw[raw.index(b"|") + 1:])
-                out += [DueGroup(*g) for g in groups]
+                for g in groups:
+                    if len(g) == 6:
+                        out.append(DueGroup(*g))
+                    else:  # the earlier form: one (sub, at_ms, due_ms) per leg
+                        market, selection, price, version, legs = g
+                        out += [DueGroup(market, selection, price, version, due - at,
+                                         [(sub, [at])]) for sub, at, due in legs]
         return out
 
     async def size(self) -> int:

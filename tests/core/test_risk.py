@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given
 from hypothesis import strategies as st
 
+from oddsfeed.core.betslip import REASONS
 from oddsfeed.core.risk import (
     FIELDS,
     PRIOR_LEGS,
     STALE_BUCKETS,
+    ZERO,
+    DueGroup,
     HistoryEntry,
     add,
     as_map,
     beat,
     beat_counts,
+    beats_of,
+    count_accepted,
+    count_slip,
+    count_stale,
     first_adverse_ms,
     score,
     slip_counts,
@@ -175,3 +184,51 @@ def test_first_adverse_is_the_first_halt_or_shorter_price() -> None:
     assert first_adverse_ms(after, selection="h", price=25000) == 3_000
     assert first_adverse_ms(after, selection="h", price=24000) == 4_000
     assert first_adverse_ms(after[:2], selection="a", price=25000) is None
+
+
+verdict = st.one_of(st.just({"ok": True}),
+                    st.builds(lambda r: {"ok": False, "reason": r},
+                              st.sampled_from([*REASONS, "other", None])))
+stale_value = st.one_of(st.none(), st.integers(0, 100_000))
+
+
+@given(st.lists(st.tuples(st.lists(st.tuples(verdict, stale_value), max_size=6)),
+                max_size=20))
+def test_a_batch_summed_in_place_equals_the_sum_of_its_slips(slips: list[tuple[Any, ...]]
+                                                              ) -> None:
+    """count_accepted for an all-accepted slip, else count_slip then count_stale for the
+    legs it names, over a whole batch into one vector, adds exactly what slip_counts adds
+    slip by slip."""
+    total = list(ZERO)
+    expected: tuple[int, ...] = ZERO
+    for (legs,) in slips:
+        verdicts = [v for v, _ in legs]
+        stale = [late if not v.get("ok") else None for v, late in legs]
+        if all(v.get("ok") for v in verdicts):
+            count_accepted(total, len(verdicts))
+        else:
+            for i in count_slip(total, verdicts):
+                count_stale(total, stale[i])
+        expected = add(expected, slip_counts(verdicts, stale))
+    assert tuple(total) == expected
+
+
+@given(st.lists(st.tuples(st.sampled_from(["x", "y"]), st.integers(0, 20_000)), min_size=1,
+                max_size=30),
+       st.lists(st.tuples(st.integers(0, 20_000), st.integers(23000, 27000), st.booleans()),
+                max_size=4))
+def test_a_groups_beats_are_the_legs_beat_judges_a_beat(
+        legs: list[tuple[str, int]], moves: list[tuple[int, int, bool]]) -> None:
+    """beats_of names exactly the legs (account, acceptance time) for which beat() holds
+    with the window's end at acceptance + window, each as often as it was queued."""
+    history = [HistoryEntry(2 + i, at, {"h": price}, halt, halted=halt)
+               for i, (at, price, halt) in enumerate(sorted(moves))]
+    by_sub: dict[str, list[int]] = {}
+    for sub, at in legs:
+        by_sub.setdefault(sub, []).append(at)
+    group = DueGroup("m1", "h", 25000, 1, 5_000, list(by_sub.items()))
+    expected = [(sub, at) for sub, ats in by_sub.items() for at in ats
+                if beat(history, selection="h", price=25000, until_ms=at + 5_000)]
+    assert beats_of(group, history) == expected
+    assert group.size() == len(legs)
+    assert group.due_ms() == max(at for _, at in legs) + 5_000

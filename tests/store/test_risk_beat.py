@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import msgpack
+
 from oddsfeed.clock import now_ms
 from oddsfeed.core.model import MarketUpdate
 from oddsfeed.core.risk import DueGroup, as_map
@@ -12,7 +14,7 @@ from oddsfeed.core.wire import Leg
 from oddsfeed.services.risk import Beat, RiskQueue
 from oddsfeed.store import RiskCounts, Store
 from oddsfeed.store.codec import history_key, unpack
-from oddsfeed.store.risk_due import DueQueue
+from oddsfeed.store.risk_due import DueQueue, count_key, due_key
 from tests.riskports import RiskMetrics
 
 WINDOW_MS = 10_000
@@ -33,7 +35,7 @@ def recorder(store: Store, metrics: RiskMetrics, *, limit: int = 1000, max_due: 
                         history_scan=200)
     due = DueQueue(store.client, shards=4, max_due=max_due)
     return RiskQueue(counts, metrics, max_pending=100_000, clock=lambda: 0,
-                     beat=Beat(due, WINDOW_MS, 60_000, limit))
+                     beat=Beat(due, WINDOW_MS, 60_000, limit), linger_s=0.05)
 
 
 async def entry_ms(store: Store, mid: str, version: int) -> int:
@@ -130,13 +132,14 @@ async def test_the_queue_is_capped_and_a_full_shard_refuses_new_legs(store: Stor
     (due_full), the queued ones kept; a leg is not taken before its window ends."""
     due = DueQueue(store.client, shards=1, max_due=10)
     t = now_ms()
-    legs = [(f"s{i}", t, t + WINDOW_MS) for i in range(15)]
-    assert [await due.push([DueGroup("m1", "h", 25000, 1, legs[i:i + 5])])
+    legs = [(f"s{i}", [t]) for i in range(15)]
+    assert [await due.push([DueGroup("m1", "h", 25000, 1, WINDOW_MS, legs[i:i + 5])])
             for i in (0, 5, 10)] == [0, 0, 5]
     assert await due.size() == 10
     assert await due.pop(t + WINDOW_MS - 1, 100) == []
     taken = await due.pop(t + WINDOW_MS, 100)
-    assert sorted(leg[0] for g in taken for leg in g.legs) == sorted(f"s{i}" for i in range(10))
+    assert sorted(sub for g in taken for sub, ats in g.accepted for _ in ats) == sorted(
+        f"s{i}" for i in range(10))
     assert await due.size() == 0
     metrics = RiskMetrics()
     queue = recorder(store, metrics, max_due=4)
@@ -148,3 +151,22 @@ async def test_the_queue_is_capped_and_a_full_shard_refuses_new_legs(store: Stor
     finally:
         await queue.stop()
     assert metrics.why.count("due_full") == 2
+
+
+async def test_a_member_in_the_earlier_form_is_still_judged(store: Store) -> None:
+    """A beat-queue member queued by the previous release (one (sub, at_ms, due_ms) per
+    leg) pops as one group per leg with that leg's window, and is judged like any other."""
+    await store.apply(create("m1"))
+    await store.apply(MarketUpdate(market="m1", fields={"status": "suspended"}))
+    halted = await entry_ms(store, "m1", 2)
+    legs = [["old-in", halted - 100, halted - 100 + WINDOW_MS],
+            ["old-out", halted - WINDOW_MS - 1, halted - 1]]
+    member = b"2|" + msgpack.packb([7, [["m1", "h", 25000, 1, legs]]])
+    await store.client.zadd(due_key(0), {member: halted - 1})
+    await store.client.incrby(count_key(0), 2)
+    metrics = RiskMetrics()
+    queue = recorder(store, metrics)
+    assert await sweep_all(queue) == 2
+    assert (await beats(queue, "old-in", halted - 100),
+            await beats(queue, "old-out", halted - WINDOW_MS - 1)) == (1, 0)
+    assert await queue.beat.due.size() == 0  # type: ignore[union-attr]
