@@ -9,10 +9,15 @@ a shared machine), ``rate_cost`` = 1 - on/off of requests per second; each the m
 the rounds.
 
     python -m bench.risk_cost [--quick] [--json PATH]
+
+``BENCH_ROUNDS=N`` and ``BENCH_SECONDS=S`` set the rounds and each measurement's length
+(more, shorter rounds narrow a row's paired median on a noisy machine),
+``BENCH_ROWS="WS validate 1 leg"`` measures only the rows named (separated by ``,``).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Any
@@ -53,6 +58,10 @@ def _measure(server: _Server, token: str, row: str, seconds: int) -> dict[str, A
 
 def run(quick: bool) -> dict[str, Any]:
     seconds, rounds = (2, 3) if quick else (5, 5)
+    rounds = int(os.environ.get("BENCH_ROUNDS", rounds))
+    seconds = int(os.environ.get("BENCH_SECONDS", seconds))
+    wanted = os.environ.get("BENCH_ROWS")
+    rows_run = [r for r in ROWS if wanted is None or r in wanted.split(",")]
     wrk_binary()
     ws_loadgen()
     settings = load_settings(None, {}, {"auth.hs256_secret": SECRET})
@@ -69,7 +78,7 @@ def run(quick: bool) -> dict[str, Any]:
                    for on in (False, True)}
         try:
             for n in range(rounds):
-                for row in ROWS:
+                for row in rows_run:
                     # Which server goes first alternates by round: a bias of the second
                     # run of a pair (the machine's other load, caches) falls on both.
                     for on in (False, True) if n % 2 == 0 else (True, False):
@@ -79,9 +88,9 @@ def run(quick: bool) -> dict[str, Any]:
             for s in servers.values():
                 s.stop()
     rows: list[dict[str, Any]] = []
-    for row in ROWS:
+    for row in rows_run:
         offs, ons = got[(row, False)], got[(row, True)]
-        med = {k: {f: statistics.median(r[f] for r in runs) for f in
+        med = {k: {f: round(statistics.median(r[f] for r in runs), 2) for f in
                    ("per_s", "p50_ms", "p99_ms", "cpu_us", "valkey_us_per_req")}
                for k, runs in (("off", offs), ("on", ons))}
         rows.append({
