@@ -13,6 +13,13 @@ connection drops), every caller in it gets a StoreError at once; nothing is retr
 beyond what the client itself does for one call, except a script the server lost
 (NOSCRIPT), which is loaded and the refused commands sent again, in their order.
 
+On a single server, consecutive calls of a script that takes a batch (``batched``: the
+apply script) go as one call carrying every item (at most ``BATCH_ITEMS``), whose reply is
+the list of the items' replies: the client packs and parses one command instead of N and
+the server runs the script once. Each item still gets its own reply, an error included
+(the script answers an item's failure in its place). A cluster keeps one call per item
+(a script's keys must share a slot there).
+
 An ``ordered`` pipeline (the applies) keeps one batch in flight at a time: the commands of
 a caller that issued after another's were sent reach the server after them (a pipeline of
 the next turn never overtakes one still in flight), and callers arriving meanwhile gather
@@ -37,6 +44,9 @@ from ..core.errors import StoreError
 # One command as ``execute_command`` takes it, and the key that routes it to its node.
 Command = tuple[Any, ...]
 
+# Items of a batched script per call: bounds how long one call holds the server.
+BATCH_ITEMS = 64
+
 
 @dataclass(slots=True)
 class _Call:
@@ -50,17 +60,21 @@ class AutoPipeline:
     """Batches the commands of concurrent callers; one per Store (and so per event loop).
 
     ``scripts`` maps the SHA1 of each script sent with EVALSHA to its source, loaded again
-    when a server answers NOSCRIPT.
+    when a server answers NOSCRIPT. ``batched`` maps the SHA1 of each script that takes a
+    batch to its item's shape, (keys, arguments): called with several items' keys and then
+    their arguments, in the items' order, it answers the list of their replies.
     """
 
     def __init__(self, client: Redis | RedisCluster, *, ordered: bool = False,
-                 max_in_flight: int = 0, scripts: Mapping[Any, Any] | None = None) -> None:
+                 max_in_flight: int = 0, scripts: Mapping[Any, Any] | None = None,
+                 batched: Mapping[Any, tuple[int, int]] | None = None) -> None:
         self._client = client
         self._cluster = isinstance(client, RedisCluster)
         # Batches sent and not yet answered, and how many may be (0: any number).
         self._limit = 1 if ordered else max(max_in_flight, 0)
         self._in_flight = 0
         self._scripts = dict(scripts or {})
+        self._batched = {} if self._cluster else dict(batched or {})
         self._open: list[_Call] | None = None
         self._sending: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -180,16 +194,60 @@ class AutoPipeline:
                 for i, reply in zip(absent, again):
                     values[i] = reply
             return values
-        replies = await self._pipeline(commands)
+        wire, items = self._merge(commands) if self._batched else (commands, [])
+        replies = await self._pipeline(wire)
         lost = [i for i, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)]
         if lost:
-            for sha in {commands[i][1] for i in lost}:
+            for sha in {wire[i][1] for i in lost}:
                 if sha in self._scripts:
                     await self._client.script_load(self._scripts[sha])
-            again = await self._pipeline([commands[i] for i in lost])
+            again = await self._pipeline([wire[i] for i in lost])
             for i, reply in zip(lost, again):
                 replies[i] = reply
-        return replies
+        if not items:
+            return replies
+        out: list[Any] = []
+        for reply, n in zip(replies, items):
+            if n == 1:
+                out.append(reply)
+            elif type(reply) is list and len(reply) == n:
+                out.extend(reply)
+            else:  # the call failed as a whole: each of its items fails with it
+                if not isinstance(reply, Exception):
+                    reply = redis_errors.ResponseError(f"a batch of {n} answered {reply!r}")
+                out.extend([reply] * n)
+        return out
+
+    def _merge(self, commands: list[Command]) -> tuple[list[Command], list[int]]:
+        """``commands`` as sent: each run of calls of one batched script as one call (of at
+        most BATCH_ITEMS items), and how many commands each sent one stands for."""
+        wire: list[Command] = []
+        items: list[int] = []
+        i = 0
+        while i < len(commands):
+            head = commands[i]
+            shape = self._batched.get(head[1]) if head[0] == "EVALSHA" else None
+            if shape is None or head[2] != shape[0] or len(head) != 3 + shape[0] + shape[1]:
+                wire.append(head)
+                items.append(1)
+                i += 1
+                continue
+            j = i + 1
+            while (j < len(commands) and j - i < BATCH_ITEMS and commands[j][0] == "EVALSHA"
+                   and commands[j][1] == head[1] and commands[j][2] == head[2]
+                   and len(commands[j]) == len(head)):
+                j += 1
+            if j - i == 1:
+                wire.append(head)
+            else:
+                nk = 3 + shape[0]
+                run = commands[i:j]
+                wire.append(("EVALSHA", head[1], shape[0] * len(run),
+                             *(k for c in run for k in c[3:nk]),
+                             *(a for c in run for a in c[nk:])))
+            items.append(j - i)
+            i = j
+        return wire, items
 
     async def _pipeline(self, commands: list[Command]) -> list[Any]:
         try:

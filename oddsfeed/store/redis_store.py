@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bisect
-import os
+import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from importlib import resources
 from typing import Any, cast
@@ -48,7 +48,16 @@ def _script(name: str) -> str:
 
 
 def _new_epoch() -> str:
-    return os.urandom(8).hex()
+    """A fresh epoch: 64 random bits in hex (used only if the apply creates the market).
+
+    Every apply sends one, so it comes from the random module (no system call), whose
+    generator is seeded from the system and reseeded in a forked child: unique, not secret.
+    """
+    return f"{random.getrandbits(64):016x}"
+
+
+# One packer for every apply's update (msgpack.packb builds a new one each call).
+_pack = msgpack.Packer(use_bin_type=True).pack
 
 
 def _gate_event(update: MarketUpdate) -> str:
@@ -92,8 +101,10 @@ class Store:
         self._record_of = codec.DecodeMemo(_decode_record)
         self._reads = AutoPipeline(client, max_in_flight=read_batches_in_flight
                                    ) if auto_pipeline else None
-        self._writes = AutoPipeline(client, ordered=True, scripts={
-            self._apply.sha: self._apply.script}) if auto_pipeline else None
+        # A batch of applies on a single server is one call of the apply script (apply.lua).
+        self._writes = AutoPipeline(
+            client, ordered=True, scripts={self._apply.sha: self._apply.script},
+            batched={self._apply.sha: (3, 12)}) if auto_pipeline else None
 
     @classmethod
     async def connect(cls, url: str, *, cluster: bool = False, history_len: int = 1000,
@@ -155,8 +166,8 @@ class Store:
         mid = update.market
         now = now_ms if now_ms is not None else clock_now_ms()
         args: list[Any] = [
-            msgpack.packb({**update.to_store(), "order": list(update.selections),
-                           **(extra or {})}, use_bin_type=True), market_channel(mid),
+            _pack({**update.to_store(), "order": list(update.selections), **(extra or {})}),
+            market_channel(mid),
             _new_epoch(), now, self.history_len, self.publish_command,
             expect[0] if expect else "", expect[1] if expect else 0,
             str(update.seq) if update.seq is not None else "", bet_stop, mode,
