@@ -251,6 +251,12 @@ class AutoPipeline:
 
     async def _pipeline(self, commands: list[Command]) -> list[Any]:
         try:
+            if len(commands) == 1 and not self._cluster:
+                # One command (an MGET, a batch of applies): no pipeline object to build.
+                try:
+                    return [await self._client.execute_command(*commands[0])]
+                except redis_errors.ResponseError as exc:
+                    return [exc]  # an error reply, as a pipeline hands it back
             pipe = self._client.pipeline(transaction=False)
             for command in commands:
                 pipe.execute_command(*command)

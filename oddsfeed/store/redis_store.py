@@ -17,7 +17,7 @@ from ..clock import now_ms as clock_now_ms
 from ..core.betslip import Record, record_from_store
 from ..core.book import Changed, Created, Delta, NoOp, Rejected
 from ..core.errors import InvalidInput, StoreError
-from ..core.model import Market, MarketUpdate
+from ..core.model import MARKET_STATUSES, Market, MarketUpdate
 from . import codec, gate
 from .autopipe import AutoPipeline
 from .bus import Bus
@@ -74,9 +74,16 @@ def _decode_record(raw: bytes) -> Record:
     return record_from_store(codec.unpack(raw))
 
 
+# The script's reply kinds and market statuses as the client reads them (bytes), as text.
+_KINDS = {k.encode(): k for k in ("changed", "noop", "created", "standby", "out_of_order",
+                                   "precondition", "need_gate", "rejected")}
+_STATUSES = {s.encode(): s for s in MARKET_STATUSES}
+
+
 def _head(mid: str, reply: list[Any]) -> Head:
     """A short reply's {epoch, version, status} of market ``mid``."""
-    return Head(mid, _text(reply[0]), int(reply[1]), _text(reply[2]))
+    return Head(mid, reply[0].decode() if type(reply[0]) is bytes else str(reply[0]),
+                int(reply[1]), _STATUSES.get(reply[2]) or _text(reply[2]))
 
 
 class Store:
@@ -307,7 +314,7 @@ class Store:
         return results
 
     def _outcome(self, mid: str, res: Any) -> StoreOutcome:
-        kind = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
+        kind = _KINDS.get(res[0]) or _text(res[0])
         if kind in ("changed", "noop") and len(res) > (3 if kind == "changed" else 2):
             refused = int(res[-1])
             if refused:
