@@ -20,12 +20,14 @@ the server runs the script once. Each item still gets its own reply, an error in
 (the script answers an item's failure in its place). A cluster keeps one call per item
 (a script's keys must share a slot there).
 
-An ``ordered`` pipeline (the applies) keeps one batch in flight at a time: the commands of
-a caller that issued after another's were sent reach the server after them (a pipeline of
-the next turn never overtakes one still in flight), and callers arriving meanwhile gather
-into the next batch. Reads may be bounded the same way (``max_in_flight``) for larger
-batches under load: a read then waits at most for the batches in flight to come back
-before it is sent, and is still sent after it was issued.
+An ``ordered`` pipeline (the applies) keeps the order of each key: a caller whose commands
+touch a key of a batch still in flight (or of a caller already waiting for one) waits, with
+the callers after it that touch the same keys, until that batch came back, so the commands
+on a key reach the server in the order they were issued (a later batch never overtakes one
+still in flight on a shared key). Callers on other keys go in the next batch at once, up to
+``max_in_flight`` batches out together (1: one batch at a time). Reads may be bounded too
+(``max_in_flight``) for larger batches under load: a read then waits at most for the
+batches in flight to come back before it is sent, and is still sent after it was issued.
 """
 
 from __future__ import annotations
@@ -71,8 +73,11 @@ class AutoPipeline:
         self._client = client
         self._cluster = isinstance(client, RedisCluster)
         # Batches sent and not yet answered, and how many may be (0: any number).
-        self._limit = 1 if ordered else max(max_in_flight, 0)
+        self._ordered = ordered
+        self._limit = max(max_in_flight, 1) if ordered else max(max_in_flight, 0)
         self._in_flight = 0
+        self._busy: dict[str, int] = {}  # ordered: key -> its batches in flight
+        self._due = False  # a flush is scheduled
         self._scripts = dict(scripts or {})
         self._batched = {} if self._cluster else dict(batched or {})
         self._open: list[_Call] | None = None
@@ -97,27 +102,56 @@ class AutoPipeline:
         call = _Call(commands, keys, what, loop.create_future())
         if self._open is None:
             self._open = []
-            if not self._limit or self._in_flight < self._limit:
-                # Runs after every callback already ready in this turn, so every request the
-                # loop resumed in this turn joins the batch before it is sent.
-                loop.call_soon(self._flush)
         self._open.append(call)
+        if not self._due and (not self._limit or self._in_flight < self._limit):
+            # Runs after every callback already ready in this turn, so every request the
+            # loop resumed in this turn joins the batch before it is sent.
+            self._due = True
+            loop.call_soon(self._flush)
         return await call.future
 
     def _flush(self) -> None:
+        self._due = False
         batch, self._open = self._open, None
         if not batch:
             return
+        keys: list[str] = []
+        if self._ordered and self._busy:
+            # Callers on a key in flight wait, and so do the callers after them on their keys.
+            held: list[_Call] = []
+            blocked: set[str] = set()
+            sent: list[_Call] = []
+            for call in batch:
+                if any(k in self._busy or k in blocked for k in call.keys):
+                    held.append(call)
+                    blocked.update(call.keys)
+                else:
+                    sent.append(call)
+            self._open = held or None
+            batch = sent
+            if not batch:
+                return  # sent when a batch in flight comes back (_sent)
+        if self._ordered:
+            for call in batch:
+                keys.extend(call.keys)
+            for k in keys:
+                self._busy[k] = self._busy.get(k, 0) + 1
         self._in_flight += 1
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self._sending.add(task)
-        task.add_done_callback(self._sent)
+        task.add_done_callback(lambda t: self._sent(t, keys))
 
-    def _sent(self, task: asyncio.Task[None]) -> None:
+    def _sent(self, task: asyncio.Task[None], keys: list[str]) -> None:
         self._sending.discard(task)
         self._in_flight -= 1
-        if self._limit and self._open and not self._closed:
-            self._flush()  # the callers that gathered while the last batch was out
+        for k in keys:
+            n = self._busy[k] - 1
+            if n:
+                self._busy[k] = n
+            else:
+                del self._busy[k]
+        if self._limit and self._open and not self._closed and not self._due:
+            self._flush()  # the callers that gathered (or waited) while a batch was out
 
     async def _send(self, batch: list[_Call]) -> None:
         calls = [c for c in batch if not c.future.done()]  # cancelled callers drop out

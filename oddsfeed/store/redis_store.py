@@ -35,6 +35,7 @@ from .outcomes import LOCK_REFUSED, Applied, Head, OutOfOrder, Precondition, Sta
 from .packing import cluster_packing, pool_options
 
 MAX_HISTORY_READ = 10_000
+APPLY_BATCHES_IN_FLIGHT = 4
 # No market reaches this version; a position past it is refused before it becomes a stream id.
 MAX_VERSION = 2**53
 
@@ -109,8 +110,11 @@ class Store:
         self._reads = AutoPipeline(client, max_in_flight=read_batches_in_flight
                                    ) if auto_pipeline else None
         # A batch of applies on a single server is one call of the apply script (apply.lua).
+        # Up to APPLY_BATCHES_IN_FLIGHT batches on disjoint markets are out together (the
+        # client packs the next while the server runs one); a market's applies stay in order.
         self._writes = AutoPipeline(
-            client, ordered=True, scripts={self._apply.sha: self._apply.script},
+            client, ordered=True, max_in_flight=APPLY_BATCHES_IN_FLIGHT,
+            scripts={self._apply.sha: self._apply.script},
             batched={self._apply.sha: (3, 12)}) if auto_pipeline else None
 
     @classmethod

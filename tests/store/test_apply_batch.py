@@ -177,3 +177,25 @@ async def test_a_lua_error_fails_its_item_only(single: Store) -> None:
     assert (first.market.version, second.market.version) == (2, 3)  # type: ignore[union-attr]
     assert other.market.version == 2  # type: ignore[union-attr]
     assert (await single.get("bm0")).selections["h"].price == 23000  # type: ignore[union-attr]
+
+
+async def test_batches_in_flight_together_keep_each_markets_order(store: Store) -> None:
+    """Applies to twenty markets issued over many loop turns, without waiting (so several
+    batches are out at once, on a single server and a cluster), apply in the order issued
+    within each market: versions rise in issue order and the last price issued wins."""
+    mids = [f"bo{i}" for i in range(20)]
+    await store.apply_many([_create(m) for m in mids])
+    issued: dict[str, list[asyncio.Future[Any]]] = {m: [] for m in mids}
+    for wave in range(30):
+        for k, m in enumerate(mids):
+            if (wave + k) % 3:  # each wave touches two markets in three
+                issued[m].append(asyncio.ensure_future(store.apply(MarketUpdate(
+                    market=m, selections={"h": {"price": 10100 + wave}}))))
+        await asyncio.sleep(0)  # the next wave in a later loop turn
+    for m in mids:
+        outs = await asyncio.gather(*issued[m])
+        versions = [o.market.version for o in outs]
+        assert versions == list(range(2, 2 + len(outs))), m
+        last = await store.get(m)
+        assert last is not None
+        assert last.selections["h"].price == outs[-1].market.selections["h"].price
