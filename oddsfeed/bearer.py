@@ -11,6 +11,6 @@ SCHEME = "bearer "  # compared case-insensitively (RFC 9110: auth schemes are)
 def bearer_token(header: str) -> str | None:
     """The token of an Authorization header value, or None when the header does not use
     the Bearer scheme; the token may be empty (``"Bearer "``), which verification refuses."""
-    if not header.lower().startswith(SCHEME):
+    if header[:len(SCHEME)].lower() != SCHEME:  # the scheme only, not the whole token
         return None
     return header[len(SCHEME):].strip()

@@ -1,7 +1,14 @@
 -- oddsfeed atomic apply: the one write path for a market (docs/internals.md).
 -- Mirrors oddsfeed/core/book.py apply_update exactly; tests/store compares the two.
--- KEYS: 1 state, 2 meta hash, 3 history stream
--- ARGV: 1 msgpack update, 2 channel, 3 epoch for a new market, 4 now ms,
+-- Called with one item (3 KEYS, its ARGV) it answers that item's reply; with several (a
+-- batch: 3 KEYS and 12 ARGV per item, items one after another) a list of their replies, the
+-- items applied in order, each exactly as when called alone (apply_market below). An item
+-- that raises a Lua error answers that error in its place and the next items still apply;
+-- like a single call that fails, a failing item keeps the writes it made before the error
+-- (Valkey does not roll a script back), and the items after it apply to the state as it
+-- left it.
+-- One item's KEYS: 1 state, 2 meta hash, 3 history stream
+-- One item's ARGV: 1 msgpack update, 2 channel, 3 epoch for a new market, 4 now ms,
 --       5 history length, 6 publish command, 7 expected epoch ('' = none), 8 expected version,
 --       9 the update's seq as a decimal string ('' = none; compared as text, since Lua
 --         numbers are doubles and feed sequences or ns timestamps may exceed 2^53)
@@ -36,6 +43,10 @@
 -- carry {epoch, version, status} in the state's place; the other replies are full.
 -- In the msgpack maps a selection's point is absent or false when it has no line
 -- (Lua tables cannot hold nil), and an empty map may arrive as an empty array.
+
+-- One item, KEYS and ARGV as above; its reply. (The body is not indented, so that it reads
+-- as the whole script did.)
+local function apply_market(KEYS, ARGV)
 local upd = cmsgpack.unpack(ARGV[1])
 local raw = redis.call('GET', KEYS[1])
 local FIELDS = {'name', 'kind', 'status', 'in_play', 'bet_delay_ms'}
@@ -471,3 +482,17 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', hist_len, string.format('%.0f', versi
            payload, 'w', writer)
 publish(payload, delta)
 return {'changed', short and head(state) or packed, payload, refused}
+end
+
+if #KEYS == 3 then return apply_market(KEYS, ARGV) end
+local replies = {}
+for i = 0, #KEYS / 3 - 1 do
+  local ok, reply = pcall(apply_market, {KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]},
+                          {unpack(ARGV, 12 * i + 1, 12 * i + 12)})
+  if not ok then
+    -- a redis.call error comes as {err = text}, any other Lua error as its text
+    reply = redis.error_reply(type(reply) == 'table' and reply.err or tostring(reply))
+  end
+  replies[i + 1] = reply
+end
+return replies

@@ -13,12 +13,21 @@ connection drops), every caller in it gets a StoreError at once; nothing is retr
 beyond what the client itself does for one call, except a script the server lost
 (NOSCRIPT), which is loaded and the refused commands sent again, in their order.
 
-An ``ordered`` pipeline (the applies) keeps one batch in flight at a time: the commands of
-a caller that issued after another's were sent reach the server after them (a pipeline of
-the next turn never overtakes one still in flight), and callers arriving meanwhile gather
-into the next batch. Reads may be bounded the same way (``max_in_flight``) for larger
-batches under load: a read then waits at most for the batches in flight to come back
-before it is sent, and is still sent after it was issued.
+On a single server, consecutive calls of a script that takes a batch (``batched``: the
+apply script) go as one call carrying every item (at most ``BATCH_ITEMS``), whose reply is
+the list of the items' replies: the client packs and parses one command instead of N and
+the server runs the script once. Each item still gets its own reply, an error included
+(the script answers an item's failure in its place). A cluster keeps one call per item
+(a script's keys must share a slot there).
+
+An ``ordered`` pipeline (the applies) keeps the order of each key: a caller whose commands
+touch a key of a batch still in flight (or of a caller already waiting for one) waits, with
+the callers after it that touch the same keys, until that batch came back, so the commands
+on a key reach the server in the order they were issued (a later batch never overtakes one
+still in flight on a shared key). Callers on other keys go in the next batch at once, up to
+``max_in_flight`` batches out together (1: one batch at a time). Reads may be bounded too
+(``max_in_flight``) for larger batches under load: a read then waits at most for the
+batches in flight to come back before it is sent, and is still sent after it was issued.
 """
 
 from __future__ import annotations
@@ -37,6 +46,9 @@ from ..core.errors import StoreError
 # One command as ``execute_command`` takes it, and the key that routes it to its node.
 Command = tuple[Any, ...]
 
+# Items of a batched script per call: bounds how long one call holds the server.
+BATCH_ITEMS = 64
+
 
 @dataclass(slots=True)
 class _Call:
@@ -50,17 +62,24 @@ class AutoPipeline:
     """Batches the commands of concurrent callers; one per Store (and so per event loop).
 
     ``scripts`` maps the SHA1 of each script sent with EVALSHA to its source, loaded again
-    when a server answers NOSCRIPT.
+    when a server answers NOSCRIPT. ``batched`` maps the SHA1 of each script that takes a
+    batch to its item's shape, (keys, arguments): called with several items' keys and then
+    their arguments, in the items' order, it answers the list of their replies.
     """
 
     def __init__(self, client: Redis | RedisCluster, *, ordered: bool = False,
-                 max_in_flight: int = 0, scripts: Mapping[Any, Any] | None = None) -> None:
+                 max_in_flight: int = 0, scripts: Mapping[Any, Any] | None = None,
+                 batched: Mapping[Any, tuple[int, int]] | None = None) -> None:
         self._client = client
         self._cluster = isinstance(client, RedisCluster)
         # Batches sent and not yet answered, and how many may be (0: any number).
-        self._limit = 1 if ordered else max(max_in_flight, 0)
+        self._ordered = ordered
+        self._limit = max(max_in_flight, 1) if ordered else max(max_in_flight, 0)
         self._in_flight = 0
+        self._busy: dict[str, int] = {}  # ordered: key -> its batches in flight
+        self._due = False  # a flush is scheduled
         self._scripts = dict(scripts or {})
+        self._batched = {} if self._cluster else dict(batched or {})
         self._open: list[_Call] | None = None
         self._sending: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -83,27 +102,56 @@ class AutoPipeline:
         call = _Call(commands, keys, what, loop.create_future())
         if self._open is None:
             self._open = []
-            if not self._limit or self._in_flight < self._limit:
-                # Runs after every callback already ready in this turn, so every request the
-                # loop resumed in this turn joins the batch before it is sent.
-                loop.call_soon(self._flush)
         self._open.append(call)
+        if not self._due and (not self._limit or self._in_flight < self._limit):
+            # Runs after every callback already ready in this turn, so every request the
+            # loop resumed in this turn joins the batch before it is sent.
+            self._due = True
+            loop.call_soon(self._flush)
         return await call.future
 
     def _flush(self) -> None:
+        self._due = False
         batch, self._open = self._open, None
         if not batch:
             return
+        keys: list[str] = []
+        if self._ordered and self._busy:
+            # Callers on a key in flight wait, and so do the callers after them on their keys.
+            held: list[_Call] = []
+            blocked: set[str] = set()
+            sent: list[_Call] = []
+            for call in batch:
+                if any(k in self._busy or k in blocked for k in call.keys):
+                    held.append(call)
+                    blocked.update(call.keys)
+                else:
+                    sent.append(call)
+            self._open = held or None
+            batch = sent
+            if not batch:
+                return  # sent when a batch in flight comes back (_sent)
+        if self._ordered:
+            for call in batch:
+                keys.extend(call.keys)
+            for k in keys:
+                self._busy[k] = self._busy.get(k, 0) + 1
         self._in_flight += 1
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self._sending.add(task)
-        task.add_done_callback(self._sent)
+        task.add_done_callback(lambda t: self._sent(t, keys))
 
-    def _sent(self, task: asyncio.Task[None]) -> None:
+    def _sent(self, task: asyncio.Task[None], keys: list[str]) -> None:
         self._sending.discard(task)
         self._in_flight -= 1
-        if self._limit and self._open and not self._closed:
-            self._flush()  # the callers that gathered while the last batch was out
+        for k in keys:
+            n = self._busy[k] - 1
+            if n:
+                self._busy[k] = n
+            else:
+                del self._busy[k]
+        if self._limit and self._open and not self._closed and not self._due:
+            self._flush()  # the callers that gathered (or waited) while a batch was out
 
     async def _send(self, batch: list[_Call]) -> None:
         calls = [c for c in batch if not c.future.done()]  # cancelled callers drop out
@@ -180,19 +228,69 @@ class AutoPipeline:
                 for i, reply in zip(absent, again):
                     values[i] = reply
             return values
-        replies = await self._pipeline(commands)
+        wire, items = self._merge(commands) if self._batched else (commands, [])
+        replies = await self._pipeline(wire)
         lost = [i for i, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)]
         if lost:
-            for sha in {commands[i][1] for i in lost}:
+            for sha in {wire[i][1] for i in lost}:
                 if sha in self._scripts:
                     await self._client.script_load(self._scripts[sha])
-            again = await self._pipeline([commands[i] for i in lost])
+            again = await self._pipeline([wire[i] for i in lost])
             for i, reply in zip(lost, again):
                 replies[i] = reply
-        return replies
+        if not items:
+            return replies
+        out: list[Any] = []
+        for reply, n in zip(replies, items):
+            if n == 1:
+                out.append(reply)
+            elif type(reply) is list and len(reply) == n:
+                out.extend(reply)
+            else:  # the call failed as a whole: each of its items fails with it
+                if not isinstance(reply, Exception):
+                    reply = redis_errors.ResponseError(f"a batch of {n} answered {reply!r}")
+                out.extend([reply] * n)
+        return out
+
+    def _merge(self, commands: list[Command]) -> tuple[list[Command], list[int]]:
+        """``commands`` as sent: each run of calls of one batched script as one call (of at
+        most BATCH_ITEMS items), and how many commands each sent one stands for."""
+        wire: list[Command] = []
+        items: list[int] = []
+        i = 0
+        while i < len(commands):
+            head = commands[i]
+            shape = self._batched.get(head[1]) if head[0] == "EVALSHA" else None
+            if shape is None or head[2] != shape[0] or len(head) != 3 + shape[0] + shape[1]:
+                wire.append(head)
+                items.append(1)
+                i += 1
+                continue
+            j = i + 1
+            while (j < len(commands) and j - i < BATCH_ITEMS and commands[j][0] == "EVALSHA"
+                   and commands[j][1] == head[1] and commands[j][2] == head[2]
+                   and len(commands[j]) == len(head)):
+                j += 1
+            if j - i == 1:
+                wire.append(head)
+            else:
+                nk = 3 + shape[0]
+                run = commands[i:j]
+                wire.append(("EVALSHA", head[1], shape[0] * len(run),
+                             *(k for c in run for k in c[3:nk]),
+                             *(a for c in run for a in c[nk:])))
+            items.append(j - i)
+            i = j
+        return wire, items
 
     async def _pipeline(self, commands: list[Command]) -> list[Any]:
         try:
+            if len(commands) == 1 and not self._cluster:
+                # One command (an MGET, a batch of applies): no pipeline object to build.
+                try:
+                    return [await self._client.execute_command(*commands[0])]
+                except redis_errors.ResponseError as exc:
+                    return [exc]  # an error reply, as a pipeline hands it back
             pipe = self._client.pipeline(transaction=False)
             for command in commands:
                 pipe.execute_command(*command)

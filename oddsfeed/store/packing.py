@@ -28,7 +28,7 @@ class PackingConnection(Connection):
     def pack_command(self, *args: Any) -> list[bytes]:
         head = args[0] if args else None
         if (type(head) is str and " " not in head and self.encoder.encoding == "utf-8"
-                and all(type(a) in _PLAIN for a in args)):
+                and _PLAIN.issuperset(map(type, args))):
             return [hiredis.pack_command(args)]
         return super().pack_command(*args)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bisect
-import os
+import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from importlib import resources
 from typing import Any, cast
@@ -17,7 +17,7 @@ from ..clock import now_ms as clock_now_ms
 from ..core.betslip import Record, record_from_store
 from ..core.book import Changed, Created, Delta, NoOp, Rejected
 from ..core.errors import InvalidInput, StoreError
-from ..core.model import Market, MarketUpdate
+from ..core.model import MARKET_STATUSES, Market, MarketUpdate
 from . import codec, gate
 from .autopipe import AutoPipeline
 from .bus import Bus
@@ -35,6 +35,7 @@ from .outcomes import LOCK_REFUSED, Applied, Head, OutOfOrder, Precondition, Sta
 from .packing import cluster_packing, pool_options
 
 MAX_HISTORY_READ = 10_000
+APPLY_BATCHES_IN_FLIGHT = 4
 # No market reaches this version; a position past it is refused before it becomes a stream id.
 MAX_VERSION = 2**53
 
@@ -48,7 +49,16 @@ def _script(name: str) -> str:
 
 
 def _new_epoch() -> str:
-    return os.urandom(8).hex()
+    """A fresh epoch: 64 random bits in hex (used only if the apply creates the market).
+
+    Every apply sends one, so it comes from the random module (no system call), whose
+    generator is seeded from the system and reseeded in a forked child: unique, not secret.
+    """
+    return f"{random.getrandbits(64):016x}"
+
+
+# One packer for every apply's update (msgpack.packb builds a new one each call).
+_pack = msgpack.Packer(use_bin_type=True).pack
 
 
 def _gate_event(update: MarketUpdate) -> str:
@@ -65,9 +75,16 @@ def _decode_record(raw: bytes) -> Record:
     return record_from_store(codec.unpack(raw))
 
 
+# The script's reply kinds and market statuses as the client reads them (bytes), as text.
+_KINDS = {k.encode(): k for k in ("changed", "noop", "created", "standby", "out_of_order",
+                                   "precondition", "need_gate", "rejected")}
+_STATUSES = {s.encode(): s for s in MARKET_STATUSES}
+
+
 def _head(mid: str, reply: list[Any]) -> Head:
     """A short reply's {epoch, version, status} of market ``mid``."""
-    return Head(mid, _text(reply[0]), int(reply[1]), _text(reply[2]))
+    return Head(mid, reply[0].decode() if type(reply[0]) is bytes else str(reply[0]),
+                int(reply[1]), _STATUSES.get(reply[2]) or _text(reply[2]))
 
 
 class Store:
@@ -92,8 +109,13 @@ class Store:
         self._record_of = codec.DecodeMemo(_decode_record)
         self._reads = AutoPipeline(client, max_in_flight=read_batches_in_flight
                                    ) if auto_pipeline else None
-        self._writes = AutoPipeline(client, ordered=True, scripts={
-            self._apply.sha: self._apply.script}) if auto_pipeline else None
+        # A batch of applies on a single server is one call of the apply script (apply.lua).
+        # Up to APPLY_BATCHES_IN_FLIGHT batches on disjoint markets are out together (the
+        # client packs the next while the server runs one); a market's applies stay in order.
+        self._writes = AutoPipeline(
+            client, ordered=True, max_in_flight=APPLY_BATCHES_IN_FLIGHT,
+            scripts={self._apply.sha: self._apply.script},
+            batched={self._apply.sha: (3, 12)}) if auto_pipeline else None
 
     @classmethod
     async def connect(cls, url: str, *, cluster: bool = False, history_len: int = 1000,
@@ -155,8 +177,8 @@ class Store:
         mid = update.market
         now = now_ms if now_ms is not None else clock_now_ms()
         args: list[Any] = [
-            msgpack.packb({**update.to_store(), "order": list(update.selections),
-                           **(extra or {})}, use_bin_type=True), market_channel(mid),
+            _pack({**update.to_store(), "order": list(update.selections), **(extra or {})}),
+            market_channel(mid),
             _new_epoch(), now, self.history_len, self.publish_command,
             expect[0] if expect else "", expect[1] if expect else 0,
             str(update.seq) if update.seq is not None else "", bet_stop, mode,
@@ -296,7 +318,7 @@ class Store:
         return results
 
     def _outcome(self, mid: str, res: Any) -> StoreOutcome:
-        kind = res[0].decode() if isinstance(res[0], bytes) else str(res[0])
+        kind = _KINDS.get(res[0]) or _text(res[0])
         if kind in ("changed", "noop") and len(res) > (3 if kind == "changed" else 2):
             refused = int(res[-1])
             if refused:
@@ -420,7 +442,10 @@ class Store:
         at version X itself stayed suspended past X until it reopened).
         """
         wanted = list(dict.fromkeys(ids))
-        raws = await self._get_raw(wanted)
+        if self._reads is not None and wanted:  # the hot path, one coroutine less
+            raws = await self._reads.get([state_key(mid) for mid in wanted])
+        else:
+            raws = await self._get_raw(wanted)
         record_of = self._record_of
         return {mid: None if raw is None else record_of(raw) for mid, raw in zip(wanted, raws)}
 
