@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bisect
-import random
+import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from importlib import resources
 from typing import Any, cast
@@ -49,12 +49,12 @@ def _script(name: str) -> str:
 
 
 def _new_epoch() -> str:
-    """A fresh epoch: 64 random bits in hex (used only if the apply creates the market).
+    """A fresh epoch: 64 bits from the OS (used only if the apply creates the market).
 
-    Every apply sends one, so it comes from the random module (no system call), whose
-    generator is seeded from the system and reseeded in a forked child: unique, not secret.
+    Not the random module: a library or test that seeds it would make epochs repeat, and
+    a recreated market must never reuse its old epoch (clients resume by epoch).
     """
-    return f"{random.getrandbits(64):016x}"
+    return os.urandom(8).hex()
 
 
 # One packer for every apply's update (msgpack.packb builds a new one each call).
