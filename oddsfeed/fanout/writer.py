@@ -26,9 +26,12 @@ from .frames import frame_of, next_frame
 from .wsinternals import OPEN
 
 try:
-    from ._send import send_all, send_each
+    from ._send import send_all, send_each, uring
 except ImportError:  # pragma: no cover - built by `pip install` where a compiler is
     from .writer_py import send_all, send_each
+
+    def uring(enable: bool | None = None, /) -> str:
+        return "off: no C send loop"
 
 # Whether the many-socket send is the C loop (reported by the worker when it is ready).
 C_SEND_LOOP = send_all.__module__.endswith("._send")
@@ -53,10 +56,17 @@ def open_transport(client: Client) -> Any:
     return transport
 
 
+_reported = False
+
+
 class Writer:
     """The frames one worker writes, and the counts it hands to prometheus."""
 
     def __init__(self) -> None:
+        global _reported
+        if not _reported:  # once per process: whether a container's seccomp refused the ring
+            _reported = True
+            log.info("fan-out sends: C loop %s, io_uring %s", C_SEND_LOOP, uring())
         # summed here and handed to prometheus by flush_metrics() (cheap hot path)
         self.frames = self.messages = self.bytes = 0
 
