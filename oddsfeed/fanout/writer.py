@@ -22,7 +22,7 @@ from ..core import wire
 from ..core.book import Delta
 from . import metrics
 from .client import Client
-from .frames import frame_of, next_frame
+from .frames import frame_of, frame_of_all, next_frame
 from .wsinternals import OPEN
 
 try:
@@ -41,6 +41,9 @@ log = logging.getLogger("oddsfeed.fanout")
 # Past this many bytes buffered in a connection's transport, frames go through the writer
 # task (which awaits drain) instead of being written directly.
 TRANSPORT_HIGH_WATER = 64 * 1024
+
+# Messages per frame at a batching window's end (more queued: framed in order, as usual).
+FRAME_ITEMS = 512
 
 # Messages per frame of the slow path (a client catching up after backpressure).
 SLOW_PATH_ITEMS = 512
@@ -138,11 +141,17 @@ class Writer:
         of every socket that holds nothing in its transport sent by one ``send_each`` call
         (what a socket did not take goes back through its transport, in order); the others
         (a TLS socket, something buffered, more than one frame queued) through
-        :meth:`write_or_wake`."""
+        :meth:`write_or_wake`.
+
+        Once per queued connection: the connections that queued the same messages (a
+        market's subscribers) share one frame, built for the first of them."""
         fds: list[int] = []
         frames: list[bytes] = []
         transports: list[Any] = []
+        memos: dict[str, dict[tuple[wire.Outgoing, ...], bytes]] = {}
         now = time.monotonic()
+        nbytes = nmessages = 0
+        t_us = 0
         for client in clients:
             ws = client.conn
             if ws is None or client.writer is not None or client.closed:
@@ -154,23 +163,27 @@ class Writer:
                     or outbox.queued_bytes >= outbox.flush_bytes):
                 self.write_or_wake(client)
                 continue
-            t_us = outbox.oldest_t_us()
-            framed = next_frame(outbox)
-            if framed is None:
+            messages = outbox.take_all(FRAME_ITEMS)
+            if messages is None:  # nothing queued, or more than one frame: in order, as usual
+                if outbox:
+                    self.write_or_wake(client)
                 continue
-            frame, n = framed
-            if outbox.queued_bytes:  # past one frame's items: the rest in order, as usual
-                transport.write(frame)
-                self.count(len(frame), n, t_us)
-                self.write_or_wake(client)
-                continue
+            enc = client.encoding
+            memo = memos.get(enc)
+            if memo is None:
+                memo = memos[enc] = {}
+            frame = frame_of_all(messages, enc, memo)
             fds.append(client.fd)
             frames.append(frame)
             transports.append(transport)
             client.last_sent = now
-            self.count(len(frame), n, t_us)
+            nbytes += len(frame)
+            nmessages += len(messages)
+            if not t_us:
+                t_us = messages[0].t_us
         if not fds:
             return
+        self.count(nbytes, nmessages, t_us, frames=len(fds))
         try:
             short = send_each(fds, frames)
         except Exception:  # MemoryError, in practice: fall back to every transport
