@@ -11,7 +11,9 @@
      uring-fix the same with the sockets registered as fixed files (no fd lookup per send)
 
    each with TCP_NODELAY on and off. Reported per row: ns of wall time and of the sender's
-   CPU (getrusage: user and sys) per delivery, and the reader's CPU per delivery. On
+   CPU (getrusage: user and sys) per delivery, the reader's CPU per delivery, the ksoftirqd
+   threads' (softirq work deferred out of the sender, charged to no process) and the whole
+   machine's (every other process included: only meaningful on an otherwise idle machine). On
    loopback the sender's send also runs the receiving side of TCP (softirq on the same
    CPU), so sys time is the whole kernel path, as it is for the fan-out bench.
 
@@ -166,6 +168,35 @@ static void reader(int port, int n)
     exit(0);
 }
 
+/* CPU seconds of the whole machine (every non-idle state) and of the ksoftirqd threads
+   (softirq work the kernel deferred out of the sender's context, charged to no process). */
+static void machine_cpu(double *busy, double *softirqd)
+{
+    unsigned long long v[10] = {0};
+    char line[512];
+    FILE *f = fopen("/proc/stat", "r");
+    double hz = (double)sysconf(_SC_CLK_TCK);
+    *busy = *softirqd = 0;
+    if (f != NULL && fgets(line, sizeof line, f) != NULL &&
+        sscanf(line, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+               &v[4], &v[5], &v[6], &v[7]) == 8)
+        *busy = (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / hz;
+    if (f != NULL)
+        fclose(f);
+    for (int pid = 2; pid < 200; pid++) {
+        char path[64], comm[64];
+        unsigned long long ut, st;
+        snprintf(path, sizeof path, "/proc/%d/stat", pid);
+        f = fopen(path, "r");
+        if (f == NULL)
+            continue;
+        if (fscanf(f, "%*d (%63[^)]) %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+                   comm, &ut, &st) == 3 && strncmp(comm, "ksoftirqd", 9) == 0)
+            *softirqd += (ut + st) / hz;
+        fclose(f);
+    }
+}
+
 enum { SEND, URING, URING_FIXED };
 static const char *names[] = {"send", "uring", "uring-fix"};
 
@@ -223,6 +254,8 @@ int main(int argc, char **argv)
                         die("IORING_REGISTER_FILES");
                     struct rusage r0, r1, rc;
                     long short_ = 0;
+                    double m0, k0, m1, k1;
+                    machine_cpu(&m0, &k0);
                     getrusage(RUSAGE_SELF, &r0);
                     double t0 = now_s();
                     for (int k = 0; k < rounds; k++) {
@@ -243,6 +276,7 @@ int main(int argc, char **argv)
                     }
                     double wall = now_s() - t0;
                     getrusage(RUSAGE_SELF, &r1);
+                    machine_cpu(&m1, &k1);
                     if (mode == URING_FIXED)
                         syscall(__NR_io_uring_register, ring.fd, IORING_UNREGISTER_FILES,
                                 NULL, 0);
@@ -259,9 +293,11 @@ int main(int argc, char **argv)
                     double user = tv_s(r1.ru_utime) - tv_s(r0.ru_utime);
                     double sys = tv_s(r1.ru_stime) - tv_s(r0.ru_stime);
                     printf("rep %d nodelay=%d batch=%4d %-9s wall %6.0f  user %5.0f  sys %6.0f"
-                           "  total %6.0f  reader %6.0f  short %ld\n",
+                           "  total %6.0f  reader %6.0f  ksoftirqd %5.0f  machine %6.0f"
+                           "  short %ld\n",
                            rep, nodelay, batch, names[mode], wall / d * 1e9, user / d * 1e9,
-                           sys / d * 1e9, (user + sys) / d * 1e9, reader_s / d * 1e9, short_);
+                           sys / d * 1e9, (user + sys) / d * 1e9, reader_s / d * 1e9,
+                           (k1 - k0) / d * 1e9, (m1 - m0) / d * 1e9, short_);
                     fflush(stdout);
                 }
             }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -32,6 +33,11 @@ except ImportError:  # pragma: no cover - built by `pip install` where a compile
 
     def uring(enable: bool | None = None, /) -> str:
         return "off: no C send loop"
+
+# ODDSFEED_SEND_URING=0 keeps every send a send() for the life of the process (the io_uring
+# ring off): an A/B switch, and a way out where a kernel's io_uring misbehaves.
+if os.environ.get("ODDSFEED_SEND_URING", "1") == "0":
+    uring(False)
 
 # Whether the many-socket send is the C loop (reported by the worker when it is ready).
 C_SEND_LOOP = send_all.__module__.endswith("._send")

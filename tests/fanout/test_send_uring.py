@@ -5,6 +5,7 @@ module was built without <linux/io_uring.h>, and in a forked child."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -161,3 +162,12 @@ def test_uring_false_turns_the_ring_off_for_the_process() -> None:
          "print(m.send_all([a.fileno() for a, _ in ps], b'x'), m.uring())"],
         capture_output=True, text=True, timeout=60, check=True)
     assert proc.stdout.split("\n")[:2] == ["off: disabled", "[] off: disabled"]
+
+
+def test_the_environment_can_keep_the_ring_off() -> None:
+    """ODDSFEED_SEND_URING=0 turns the ring off when the writer is imported."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "from oddsfeed.fanout import writer; print(writer.uring())"],
+        capture_output=True, text=True, timeout=60, check=True,
+        env={**os.environ, "ODDSFEED_SEND_URING": "0"})
+    assert proc.stdout.strip() == "off: disabled"
