@@ -74,6 +74,9 @@ send_plain(const int *fds, const char *const *bufs, const Py_ssize_t *lens, Py_s
 /* Submission entries per io_uring_enter: a larger call goes in chunks of this many (each
    chunk's sends complete before the next is queued). */
 #define RING_ENTRIES 256
+/* io_uring_enter calls of one chunk that may fail with EINTR, EAGAIN or EBUSY (retried)
+   before the ring goes off and the rest goes by send(). */
+#define RING_RETRIES 100
 /* Fewer sends than this in a call go by send(): below it the submission saves too little. */
 #define RING_MIN_BATCH 4
 
@@ -115,6 +118,44 @@ ring_after_fork(void)
         ring.state = RING_UNTRIED;
 }
 
+/* 0 if a send through the ring to a full socket completes at once with -EAGAIN (as the
+   send() loop returns), else an errno: a kernel that instead waits for room (an older one
+   that does not take MSG_DONTWAIT as "never wait") would stall the event loop behind the
+   slowest client, so its ring is not used. */
+static int
+ring_probe(void)
+{
+    static char buf[4096];  /* static: a waiting request may read it after we return */
+    int sv[2], small = 4096, ok;
+    unsigned tail, head;
+    struct io_uring_sqe *sqe;
+
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0)
+        return errno;
+    setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    while (send(sv[0], buf, sizeof buf, MSG_DONTWAIT | MSG_NOSIGNAL) > 0) {
+    }
+    tail = *ring.sq_tail;
+    sqe = &ring.sqes[tail & *ring.sq_mask];
+    memset(sqe, 0, sizeof *sqe);
+    sqe->opcode = IORING_OP_SEND;
+    sqe->fd = sv[0];
+    sqe->addr = (unsigned long long)(uintptr_t)buf;
+    sqe->len = sizeof buf;
+    sqe->msg_flags = MSG_DONTWAIT | MSG_NOSIGNAL;
+    ring.sq_array[tail & *ring.sq_mask] = tail & *ring.sq_mask;
+    __atomic_store_n(ring.sq_tail, tail + 1, __ATOMIC_RELEASE);
+    ok = syscall(__NR_io_uring_enter, ring.fd, 1, 0, IORING_ENTER_GETEVENTS, NULL, 0) == 1;
+    head = *ring.cq_head;
+    ok = ok && head != __atomic_load_n(ring.cq_tail, __ATOMIC_ACQUIRE) &&
+         ring.cqes[head & *ring.cq_mask].res == -EAGAIN;
+    if (ok)
+        __atomic_store_n(ring.cq_head, head + 1, __ATOMIC_RELEASE);
+    close(sv[1]);  /* a request still waiting ends with EPIPE; the ring is dropped then */
+    close(sv[0]);
+    return ok ? 0 : ENOTSUP;
+}
+
 /* Sets the ring up (RING_UP) or records why it cannot be (RING_OFF, ring.error). */
 static void
 ring_setup(void)
@@ -153,6 +194,9 @@ ring_setup(void)
     ring.cq_mask = (unsigned *)(base + p.cq_off.ring_mask);
     ring.cqes = (struct io_uring_cqe *)(base + p.cq_off.cqes);
     ring.sqes = ring.sqe_map;
+    ring.error = ring_probe();
+    if (ring.error != 0)
+        goto off;
     ring.state = RING_UP;
     return;
 off:
@@ -217,7 +261,7 @@ static void
 ring_chunk(const int *fds, const char *const *bufs, const Py_ssize_t *lens, unsigned n,
            Py_ssize_t *sent, Py_ssize_t first)
 {
-    unsigned tail = *ring.sq_tail, i, submitted = 0, done = 0;
+    unsigned tail = *ring.sq_tail, i, submitted = 0, done = 0, retries = 0;
     for (i = 0; i < n; i++) {
         unsigned idx = (tail + i) & *ring.sq_mask;
         struct io_uring_sqe *sqe = &ring.sqes[idx];
@@ -237,7 +281,8 @@ ring_chunk(const int *fds, const char *const *bufs, const Py_ssize_t *lens, unsi
                               IORING_ENTER_GETEVENTS, NULL, 0);
         if (rc >= 0) {
             submitted += (unsigned)rc;
-        } else if (errno != EINTR && errno != EAGAIN && errno != EBUSY) {
+        } else if ((errno != EINTR && errno != EAGAIN && errno != EBUSY) ||
+                   ++retries > RING_RETRIES) {
             /* the ring goes off; what the kernel did not take is withdrawn (stays PENDING,
                sent by send()), what it took is waited for once more */
             ring_off(errno);
