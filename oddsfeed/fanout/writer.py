@@ -107,9 +107,12 @@ class Writer:
         sent = nbytes = 0
         for client in clients:
             transport = client.transport
-            if (not write_now(client, now) or transport is None
-                    or transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER
-                    or client.proto.state is not OPEN or transport.is_closing()):
+            if not write_now(client, now) or transport is None:
+                queued.append(client)
+                continue
+            buffered = transport.get_write_buffer_size()
+            if (buffered > TRANSPORT_HIGH_WATER or client.proto.state is not OPEN
+                    or transport.is_closing()):
                 queued.append(client)
                 continue
             enc = client.encoding
@@ -121,7 +124,7 @@ class Writer:
             sent += 1
             nbytes += len(frame)
             fd = client.fd
-            if fd >= 0 and not transport.get_write_buffer_size():
+            if fd >= 0 and not buffered:
                 group = direct.get(enc)
                 if group is None:
                     group = direct[enc] = ([], [])
