@@ -194,9 +194,13 @@ class Outbox:
         ``max_items`` (one frame's worth); else None and nothing is removed. Connections
         that queued the same messages frame them once (see the fan-out's ``frames``)."""
         q = self._q
-        if not q or len(q) > max_items:
+        n = len(q)
+        if n == 1:  # the common case: one message in the window
+            messages: tuple[Outgoing, ...] = (q[0][0],)
+        elif not n or n > max_items:
             return None
-        messages = tuple([e[0] for e in q])
+        else:
+            messages = tuple([e[0] for e in q])
         self.queued_bytes = 0
         self.urgent = False
         self._q = _NO_QUEUE
