@@ -27,7 +27,7 @@ from ..clock import now_ms
 from ..core import wire
 from ..core.book import Delta
 from ..core.errors import ProtocolViolation, StoreError
-from ..core.session import FULL, SLOW, Outbox
+from ..core.session import Outbox
 from ..settings import FanoutSettings
 from . import metrics
 from .admission import Admission, TokenBucket
@@ -303,45 +303,7 @@ class FanoutServer:
         policy = self.policy
         if policy.behind(self.hub.lateness_s):
             policy.widen()  # fell behind within a tick: do not wait for the ticker
-        queued = self.writer.send_many(clients, out, market, delta, now, policy.write_now)
-        if queued:
-            self._queue(queued, out, market, delta, now)
-
-    def _queue(self, clients: list[Client], out: wire.Outgoing, market: str, delta: Delta,
-               now: float) -> None:
-        """``client.push(out, market=market, delta=delta, now=now, write_through=False)``
-        for each of ``clients`` (the write-through was tried already), with the
-        :meth:`ready` it calls inlined: this runs once per queued delivery, most of the
-        deliveries of a batching worker."""
-        policy = self.policy
-        urgent = out.urgent
-        for client in clients:
-            if client.closed:
-                continue
-            client.received += 1
-            outbox = client.outbox
-            was_empty = not outbox.queued_bytes
-            before = outbox.conflations
-            verdict = outbox.push(out, now=now, market=market, delta=delta)
-            if outbox.conflations != before:
-                metrics.CONFLATIONS.inc(outbox.conflations - before)
-            if verdict == SLOW:
-                client.closed = True
-                self.slow(client)
-                continue
-            now_please = urgent or verdict == FULL
-            if not (was_empty or now_please):
-                continue  # waits in the window it is already in
-            if now_please or not policy.batching:
-                self.writer.write_or_wake(client)
-                continue
-            hot = (client.rate >= policy.hot_min or client.received >= policy.hot_min
-                   or client.streak >= policy.hot_streak)
-            batch = self._hot_batch if hot else self._batch
-            batch.clients.add(client)
-            if batch.handle is None:
-                batch.handle = asyncio.get_running_loop().call_later(
-                    policy.hot_window_s if hot else policy.window_s, self._flush, batch)
+        self.writer.send_many(clients, out, market, delta, now, policy.write_now)
 
     def ready(self, client: Client, urgent: bool) -> None:
         """A client has something to send: write it now (urgent, or the worker is not

@@ -91,11 +91,10 @@ class Writer:
         return True
 
     def send_many(self, clients: list[Client], out: wire.Outgoing, market: str,
-                  delta: Delta, now: float,
-                  write_now: Callable[[Client, float], bool]) -> list[Client]:
+                  delta: Delta, now: float, write_now: Callable[[Client, float], bool]) -> None:
         """One delta to many clients: written at once to each one ``write_now`` allows and
-        whose socket keeps up; returns the others, in order, for the caller to queue it
-        (client.push without a second write-through check).
+        whose socket keeps up; the others queue it (client.push without a second
+        write-through check).
 
         This loop runs once per delivery (most of a loaded worker's time, the send syscall
         most of that): the frame is looked up once per encoding, and sockets whose
@@ -103,17 +102,16 @@ class Writer:
         socket did not take goes back through its transport, in order."""
         frames: dict[str, bytes] = {}
         direct: dict[str, tuple[list[int], list[Any]]] = {}
-        queued: list[Client] = []
         sent = nbytes = 0
         for client in clients:
             transport = client.transport
             if not write_now(client, now) or transport is None:
-                queued.append(client)
+                client.push(out, market=market, delta=delta, now=now, write_through=False)
                 continue
             buffered = transport.get_write_buffer_size()
             if (buffered > TRANSPORT_HIGH_WATER or client.proto.state is not OPEN
                     or transport.is_closing()):
-                queued.append(client)
+                client.push(out, market=market, delta=delta, now=now, write_through=False)
                 continue
             enc = client.encoding
             frame = frames.get(enc)
@@ -146,7 +144,6 @@ class Writer:
                 transports[i].write(frame[took:] if took > 0 else frame)
         if sent:
             self.count(nbytes, sent, out.t_us, frames=sent)
-        return queued
 
     def flush(self, clients: Iterable[Client]) -> None:
         """A batching window's end: each client's queued messages as one frame, the frames
