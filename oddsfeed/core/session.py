@@ -189,6 +189,23 @@ class Outbox:
         self._q = _NO_QUEUE
         return e[0]
 
+    def take_all(self, max_items: int = 512) -> tuple[Outgoing, ...] | None:
+        """Remove and return every queued message, oldest first, when there are 1 to
+        ``max_items`` (one frame's worth); else None and nothing is removed. Connections
+        that queued the same messages frame them once (see the fan-out's ``frames``)."""
+        q = self._q
+        n = len(q)
+        if n == 1:  # the common case: one message in the window
+            messages: tuple[Outgoing, ...] = (q[0][0],)
+        elif not n or n > max_items:
+            return None
+        else:
+            messages = tuple([e[0] for e in q])
+        self.queued_bytes = 0
+        self.urgent = False
+        self._q = _NO_QUEUE
+        return messages
+
     def take(self, max_items: int = 512) -> list[bytes]:
         """Remove and return up to ``max_items`` payloads, oldest first."""
         out: list[bytes] = []

@@ -34,6 +34,22 @@ def frame_of(out: Outgoing, encoding: str) -> bytes:
     return frame
 
 
+def frame_of_all(messages: tuple[Outgoing, ...], encoding: str,
+                 memo: dict[tuple[Outgoing, ...], bytes]) -> bytes:
+    """The frame of ``messages`` (from :meth:`Outbox.take_all`): one message's shared
+    frame, or their ``batch``, built once per ``memo`` (one per encoding) for every
+    connection that queued the same messages in the same order (a market's subscribers in
+    one batching window)."""
+    if len(messages) == 1:
+        return frame_of(messages[0], encoding)
+    frame = memo.get(messages)
+    if frame is None:
+        frame = memo[messages] = ws_frame(
+            batch_payload([m.payload(encoding) for m in messages], encoding),
+            encoding == JSON)
+    return frame
+
+
 def next_frame(outbox: Outbox, max_items: int = 512) -> tuple[bytes, int] | None:
     """The next complete frame of ``outbox`` and how many messages it carries: one message
     alone, or several packed into one ``batch``; None when it is empty."""

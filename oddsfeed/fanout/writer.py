@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -22,13 +23,21 @@ from ..core import wire
 from ..core.book import Delta
 from . import metrics
 from .client import Client
-from .frames import frame_of, next_frame
+from .frames import frame_of, frame_of_all, next_frame
 from .wsinternals import OPEN
 
 try:
-    from ._send import send_all, send_each
+    from ._send import send_all, send_each, uring
 except ImportError:  # pragma: no cover - built by `pip install` where a compiler is
     from .writer_py import send_all, send_each
+
+    def uring(enable: bool | None = None, /) -> str:
+        return "off: no C send loop"
+
+# ODDSFEED_SEND_URING=0 keeps every send a send() for the life of the process (the io_uring
+# ring off): an A/B switch, and a way out where a kernel's io_uring misbehaves.
+if os.environ.get("ODDSFEED_SEND_URING", "1") == "0":
+    uring(False)
 
 # Whether the many-socket send is the C loop (reported by the worker when it is ready).
 C_SEND_LOOP = send_all.__module__.endswith("._send")
@@ -38,6 +47,9 @@ log = logging.getLogger("oddsfeed.fanout")
 # Past this many bytes buffered in a connection's transport, frames go through the writer
 # task (which awaits drain) instead of being written directly.
 TRANSPORT_HIGH_WATER = 64 * 1024
+
+# Messages per frame at a batching window's end (more queued: framed in order, as usual).
+FRAME_ITEMS = 512
 
 # Messages per frame of the slow path (a client catching up after backpressure).
 SLOW_PATH_ITEMS = 512
@@ -53,10 +65,17 @@ def open_transport(client: Client) -> Any:
     return transport
 
 
+_reported = False
+
+
 class Writer:
     """The frames one worker writes, and the counts it hands to prometheus."""
 
     def __init__(self) -> None:
+        global _reported
+        if not _reported:  # once per process: whether a container's seccomp refused the ring
+            _reported = True
+            log.info("fan-out sends: C loop %s, io_uring %s", C_SEND_LOOP, uring())
         # summed here and handed to prometheus by flush_metrics() (cheap hot path)
         self.frames = self.messages = self.bytes = 0
 
@@ -86,9 +105,12 @@ class Writer:
         sent = nbytes = 0
         for client in clients:
             transport = client.transport
-            if (not write_now(client, now) or transport is None
-                    or transport.get_write_buffer_size() > TRANSPORT_HIGH_WATER
-                    or client.proto.state is not OPEN or transport.is_closing()):
+            if not write_now(client, now) or transport is None:
+                client.push(out, market=market, delta=delta, now=now, write_through=False)
+                continue
+            buffered = transport.get_write_buffer_size()
+            if (buffered > TRANSPORT_HIGH_WATER or client.proto.state is not OPEN
+                    or transport.is_closing()):
                 client.push(out, market=market, delta=delta, now=now, write_through=False)
                 continue
             enc = client.encoding
@@ -100,7 +122,7 @@ class Writer:
             sent += 1
             nbytes += len(frame)
             fd = client.fd
-            if fd >= 0 and not transport.get_write_buffer_size():
+            if fd >= 0 and not buffered:
                 group = direct.get(enc)
                 if group is None:
                     group = direct[enc] = ([], [])
@@ -128,11 +150,17 @@ class Writer:
         of every socket that holds nothing in its transport sent by one ``send_each`` call
         (what a socket did not take goes back through its transport, in order); the others
         (a TLS socket, something buffered, more than one frame queued) through
-        :meth:`write_or_wake`."""
+        :meth:`write_or_wake`.
+
+        Once per queued connection: the connections that queued the same messages (a
+        market's subscribers) share one frame, built for the first of them."""
         fds: list[int] = []
         frames: list[bytes] = []
         transports: list[Any] = []
+        memos: dict[str, dict[tuple[wire.Outgoing, ...], bytes]] = {}
         now = time.monotonic()
+        nbytes = nmessages = 0
+        t_us = 0
         for client in clients:
             ws = client.conn
             if ws is None or client.writer is not None or client.closed:
@@ -144,23 +172,27 @@ class Writer:
                     or outbox.queued_bytes >= outbox.flush_bytes):
                 self.write_or_wake(client)
                 continue
-            t_us = outbox.oldest_t_us()
-            framed = next_frame(outbox)
-            if framed is None:
+            messages = outbox.take_all(FRAME_ITEMS)
+            if messages is None:  # nothing queued, or more than one frame: in order, as usual
+                if outbox:
+                    self.write_or_wake(client)
                 continue
-            frame, n = framed
-            if outbox.queued_bytes:  # past one frame's items: the rest in order, as usual
-                transport.write(frame)
-                self.count(len(frame), n, t_us)
-                self.write_or_wake(client)
-                continue
+            enc = client.encoding
+            memo = memos.get(enc)
+            if memo is None:
+                memo = memos[enc] = {}
+            frame = frame_of_all(messages, enc, memo)
             fds.append(client.fd)
             frames.append(frame)
             transports.append(transport)
             client.last_sent = now
-            self.count(len(frame), n, t_us)
+            nbytes += len(frame)
+            nmessages += len(messages)
+            if not t_us:
+                t_us = messages[0].t_us
         if not fds:
             return
+        self.count(nbytes, nmessages, t_us, frames=len(fds))
         try:
             short = send_each(fds, frames)
         except Exception:  # MemoryError, in practice: fall back to every transport

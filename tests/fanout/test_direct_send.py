@@ -33,7 +33,11 @@ from .mirror import Mirror, wait_until
 SendAll = Callable[[Sequence[int], bytes], list[tuple[int, int]]]
 send_all: SendAll | None
 try:
-    from oddsfeed.fanout._send import send_all
+    from oddsfeed.fanout._send import send_all, uring
+
+    # the io_uring ring (its descriptor) is set up now, not in a test: its first send_all
+    # would otherwise reuse the number of the descriptor the test closed as a bad one
+    uring()
 except ImportError:  # pragma: no cover - built by `pip install` where a compiler is
     send_all = None
 needs_c = pytest.mark.skipif(send_all is None, reason="oddsfeed.fanout._send was not built")
