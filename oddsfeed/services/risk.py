@@ -111,8 +111,9 @@ DEADLINE_S = 10.0
 # A rejected leg waiting for its stale time: (its account's count vector, sub, leg, reason,
 # arrived_ms).
 _Dating = tuple[list[int], str, Leg, str, int]
-# Accepted legs by (market, selection, asked price, answered price, version), then account.
-_DueKey = tuple[str, str, int, Any, int]
+# Accepted legs by (market, selection, asked price, answered price, version, account): one
+# key, one lookup per leg; _groups regroups them by the first five at batch time.
+_DueKey = tuple[str, str, int, Any, int, str]
 
 
 class _Batch:
@@ -121,16 +122,20 @@ class _Batch:
     ``dating`` the rejected legs whose stale bucket waits for the history, ``due`` the
     accepted legs' acceptance times by group and account (None: no beat signal). Nothing
     of a slip is kept but these numbers (and a rejected leg to date), so a batch holds no
-    request's objects alive."""
+    request's objects alive. ``sub``, ``total`` and ``[lo, hi)``: the vector the last slip
+    went to and its grain's times, reused while slips come from one account and grain."""
 
-    __slots__ = ("slips", "totals", "dating", "due", "last_at")
+    __slots__ = ("slips", "totals", "dating", "due", "last_at", "sub", "total", "lo", "hi")
 
     def __init__(self, beat: bool) -> None:
         self.slips = 0
         self.totals: dict[tuple[str, int], tuple[int, list[int]]] = {}
         self.dating: list[_Dating] = []
-        self.due: dict[_DueKey, dict[str, list[int]]] | None = {} if beat else None
+        self.due: dict[_DueKey, list[int]] | None = {} if beat else None
         self.last_at = 0
+        self.sub: str | None = None
+        self.total: list[int] = []
+        self.lo = self.hi = 0
 
 
 async def stale_ms_of(store: RiskStore, legs: Sequence[Leg],
@@ -215,13 +220,20 @@ class RiskQueue:
         batch.slips += 1
         batch.last_at = at_ms
         self._offered += 1
-        key = (sub, at_ms // self._grain)
-        found = batch.totals.get(key)
-        if found is None:
-            found = batch.totals[key] = (at_ms, [0] * len(FIELDS))
-        total = found[1]
+        if sub == batch.sub and batch.lo <= at_ms < batch.hi:
+            total = batch.total
+        else:
+            grain = at_ms // self._grain
+            found = batch.totals.get((sub, grain))
+            if found is None:
+                found = batch.totals[sub, grain] = (at_ms, [0] * len(FIELDS))
+            total = batch.total = found[1]
+            batch.sub = sub
+            batch.lo = grain * self._grain
+            batch.hi = batch.lo + self._grain
         verdicts = body["legs"]
-        if body.get("ok"):
+        ok = body.get("ok")
+        if ok:
             count_accepted(total, len(verdicts))
         else:
             for i in count_slip(total, verdicts):
@@ -230,20 +242,15 @@ class RiskQueue:
         due = batch.due
         if due is not None:
             for leg, verdict in zip(legs, verdicts, strict=True):
-                if not verdict.get("ok"):
+                if not ok and not verdict.get("ok"):
                     continue
                 version = verdict.get("version")
                 if version is None:
                     continue
-                group_key = (leg.market, leg.selection, leg.price, verdict.get("price"),
-                             version)
-                group = due.get(group_key)
-                if group is None:
-                    due[group_key] = {sub: [at_ms]}
-                    continue
-                ats = group.get(sub)
+                key = (leg.market, leg.selection, leg.price, verdict.get("price"), version, sub)
+                ats = due.get(key)
                 if ats is None:
-                    group[sub] = [at_ms]
+                    due[key] = [at_ms]
                 else:
                     ats.append(at_ms)
         wake = self._wake
@@ -364,16 +371,22 @@ class RiskQueue:
                 signalled[sub] = None
         return stale, list(signalled)
 
-    def _groups(self, due: Mapping[_DueKey, Mapping[str, list[int]]]) -> list[DueGroup]:
+    def _groups(self, due: Mapping[_DueKey, list[int]]) -> list[DueGroup]:
         assert self.beat is not None
         window = self.beat.window_ms
+        by_group: dict[tuple[str, str, int, Any, int], list[tuple[str, list[int]]]] = {}
+        for (market, selection, asked, shown, version, sub), ats in due.items():
+            found = by_group.get((market, selection, asked, shown, version))
+            if found is None:
+                by_group[market, selection, asked, shown, version] = [(sub, ats)]
+            else:
+                found.append((sub, ats))
         out = []
-        for (market, selection, asked, shown, version), subs in due.items():
+        for (market, selection, asked, shown, version), accepted in by_group.items():
             # The price the bettor got: the leg's own unless accept allowed another.
             price = (asked if shown is None or to_float(asked) == shown
                      else from_decimal(shown))
-            out.append(DueGroup(market, selection, price, int(version), window,
-                                list(subs.items())))
+            out.append(DueGroup(market, selection, price, int(version), window, accepted))
         return out
 
     async def _check(self, subs: Sequence[str], at_ms: int) -> None:
