@@ -1,25 +1,41 @@
 """What the risk signals cost the request path, measured from outside: two `oddsfeed serve
---workers 1` servers on one embedded Valkey, one with ``risk.enabled`` off and one with it
-on, driven in turn (off then on, then on then off: the first of a pair alternates by
-round) by the external load generators of bench/request_path.py (wrk for HTTP, the
-compiled WebSocket client), saturated. Per row and server: requests per second, p50/p99,
-and the CPU per request of the server's process tree plus Valkey's (the recorder's work
-lands in both). ``cpu_cost`` = on/off - 1 of that CPU per request (the figure that holds on
-a shared machine), ``rate_cost`` = 1 - on/off of requests per second; each the median over
-the rounds.
+--workers 1` servers, one with ``risk.enabled`` off and one with it on, each on an embedded
+Valkey of its own, driven at the same time (each by its own load generator of
+bench/request_path.py: wrk for HTTP, the compiled WebSocket client), saturated. Per row
+and server: requests per second, p50/p99, and the CPU per request of the server's process
+tree plus its Valkey's (the recorder's work lands in both). ``cpu_cost`` = on/off - 1 of
+that CPU per request (the figure that holds on a shared machine), ``rate_cost`` = 1 -
+on/off of requests per second; each the median over the rounds, with the spread of the
+paired CPU costs (``cpu_cost_iqr``: their interquartile range).
+
+Why at the same time: on this shared 2-core VM a server's CPU per request moves by up to
+2x from one few-second measurement to the next (other work, and the fan-out's adaptive
+batching), so two servers measured in turn differ by that much for nothing; measured at
+once, both see the same machine. ``BENCH_TURNS=1`` measures them in turn instead (one shared
+Valkey, the first of a pair alternating by round), as the earlier rounds did.
+
+Each measurement's CPU window runs past the load by ``TAIL_S`` so that a server is charged
+the work its requests left behind: the recorder's last batch (0.5 s linger) and the beat
+judging of its accepted legs, which the bench makes due 1 s after acceptance
+(``risk.beat_window_ms`` = 1000; with the default 10 s window that work, and its Valkey
+CPU, would land in a later measurement, or the other server's). Both servers get the same
+tail.
 
     python -m bench.risk_cost [--quick] [--json PATH]
 
 ``BENCH_ROUNDS=N`` and ``BENCH_SECONDS=S`` set the rounds and each measurement's length
 (more, shorter rounds narrow a row's paired median on a noisy machine),
-``BENCH_ROWS="WS validate 1 leg"`` measures only the rows named (separated by ``,``).
+``BENCH_ROWS="WS validate 1 leg"`` measures only the rows named (separated by ``,``),
+``BENCH_AA=1`` runs both servers with risk off (an A/A run: the harness's own spread).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
@@ -42,18 +58,39 @@ from .request_path import (
     ws_loadgen,
 )
 
+# Past the load: the last batch's linger (0.5 s), the beat window (1 s) and one sweep
+# interval (0.5 s).
+TAIL_S = 2.0
+BEAT_WINDOW_MS = 1000
 ROWS = ["POST /v1/bets/validate 1 leg", "POST /v1/bets/validate 5 legs", "WS validate 1 leg"]
 
 
 def _measure(server: _Server, token: str, row: str, seconds: int) -> dict[str, Any]:
+    """One row on one server; ``cpu_us``: CPU per request of the server's tree and Valkey
+    from the load's start to ``TAIL_S`` after its end."""
+    cpu0, store0, t0 = server.cpu_s(), server.store_cpu_s(), time.monotonic()
     if row.startswith("WS"):
         res = _ws(server, token, 1, seconds)
+        # As _ws counts them: the client's warm-up second runs at the measured rate too.
+        n = res["per_s"] * (time.monotonic() - t0)
     else:
         _, path, lua, extra = next(r for r in HTTP_ROWS if r[0] == row)
         res = _wrk(server, path, lua % {"token": token, "markets": MARKETS, **extra},
                    seconds, CONNS)
-    res["cpu_us"] = round(1e6 / res["per_cpu_s"] + res["valkey_us_per_req"], 1)
+        n = res["per_s"] * seconds
+    time.sleep(TAIL_S)
+    cpu, store_cpu = server.cpu_s() - cpu0, server.store_cpu_s() - store0
+    res["cpu_us"] = round((cpu + store_cpu) / n * 1e6, 1) if n else 0.0
+    res["valkey_us_per_req"] = round(store_cpu / n * 1e6, 2) if n else 0.0
     return res
+
+
+def _iqr(values: list[float]) -> float:
+    """The interquartile range of ``values`` (0 for fewer than 4)."""
+    if len(values) < 4:
+        return 0.0
+    q = statistics.quantiles(values, n=4)
+    return q[2] - q[0]
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -61,51 +98,71 @@ def run(quick: bool) -> dict[str, Any]:
     rounds = int(os.environ.get("BENCH_ROUNDS", rounds))
     seconds = int(os.environ.get("BENCH_SECONDS", seconds))
     wanted = os.environ.get("BENCH_ROWS")
+    aa = os.environ.get("BENCH_AA", "") not in ("", "0")
     rows_run = [r for r in ROWS if wanted is None or r in wanted.split(",")]
     wrk_binary()
     ws_loadgen()
     settings = load_settings(None, {}, {"auth.hs256_secret": SECRET})
     token = Authenticator(settings.auth).mint(
         "bench", ["odds:read", "odds:write", "bets:validate"], ttl_s=3600, now_s=int(time.time()))
+    together = os.environ.get("BENCH_TURNS", "") in ("", "0")
     got: dict[tuple[str, bool], list[dict[str, Any]]] = {}
-    with EmbeddedValkey() as vk:
-        env = environment(vk.url)
-        _seed(vk.url)
-        with redis.Redis.from_url(vk.url) as c:
-            assert c.exists("of:{m:m0}")
-        servers = {on: _Server(vk.url, True, 1, vk.pid,
-                               {"ODDSFEED_RISK__ENABLED": "true" if on else "false"})
-                   for on in (False, True)}
-        try:
-            for n in range(rounds):
-                for row in rows_run:
-                    # Which server goes first alternates by round: a bias of the second
-                    # run of a pair (the machine's other load, caches) falls on both.
-                    for on in (False, True) if n % 2 == 0 else (True, False):
+    with contextlib.ExitStack() as stack:
+        # Together: each server has a Valkey of its own (its CPU is the server's alone);
+        # in turns both share one, as in the request bench.
+        vks = [stack.enter_context(EmbeddedValkey()) for _ in range(2 if together else 1)]
+        env = environment(vks[0].url)
+        for vk in vks:
+            _seed(vk.url)
+            with redis.Redis.from_url(vk.url) as c:
+                assert c.exists("of:{m:m0}")
+        servers: dict[bool, _Server] = {}
+        for on in (False, True):
+            vk = vks[on] if together else vks[0]
+            servers[on] = _Server(vk.url, True, 1, vk.pid, {
+                "ODDSFEED_RISK__ENABLED": "true" if on and not aa else "false",
+                "ODDSFEED_RISK__BEAT_WINDOW_MS": str(BEAT_WINDOW_MS)})
+            stack.callback(servers[on].stop)
+        for n in range(rounds):
+            for row in rows_run:
+                # Which server goes first alternates by round: a bias of the first (or the
+                # second) of a pair falls on both.
+                order = (False, True) if n % 2 == 0 else (True, False)
+                if together:
+                    with ThreadPoolExecutor(2) as pool:
+                        futures = {on: pool.submit(_measure, servers[on], token, row, seconds)
+                                   for on in order}
+                    for on in order:
+                        got.setdefault((row, on), []).append(futures[on].result())
+                else:
+                    for on in order:
                         got.setdefault((row, on), []).append(
                             _measure(servers[on], token, row, seconds))
-        finally:
-            for s in servers.values():
-                s.stop()
     rows: list[dict[str, Any]] = []
     for row in rows_run:
         offs, ons = got[(row, False)], got[(row, True)]
         med = {k: {f: round(statistics.median(r[f] for r in runs), 2) for f in
                    ("per_s", "p50_ms", "p99_ms", "cpu_us", "valkey_us_per_req")}
                for k, runs in (("off", offs), ("on", ons))}
+        paired = [b["cpu_us"] / a["cpu_us"] - 1 for a, b in zip(offs, ons, strict=True)]
         rows.append({
             "request": row, **{f"{k}_{f}": v for k, m in med.items() for f, v in m.items()},
-            "cpu_cost": round(statistics.median(b["cpu_us"] / a["cpu_us"] - 1
-                                                for a, b in zip(offs, ons, strict=True)), 3),
+            "cpu_cost": round(statistics.median(paired), 3),
+            "cpu_cost_iqr": round(_iqr(paired), 3),
             "rate_cost": round(statistics.median(1 - b["per_s"] / a["per_s"]
                                                  for a, b in zip(offs, ons, strict=True)), 3)})
-    return {"scenario": "risk_cost",
+    raw = {row: {k: [r["cpu_us"] for r in got[(row, on)]] for k, on in (("off", False),
+                                                                          ("on", True))}
+           for row in rows_run}
+    return {"scenario": "risk_cost", "raw_cpu_us": raw,
             "params": {"tool": "wrk -t1; bench/request_loadgen.c", "connections": CONNS,
-                       "seconds": seconds, "rounds": rounds, "markets": MARKETS},
+                       "seconds": seconds, "rounds": rounds, "markets": MARKETS,
+                       "tail_s": TAIL_S, "beat_window_ms": BEAT_WINDOW_MS, "aa": aa,
+                       "together": together},
             "env": env, "rows": rows,
             "columns": ["request", "off_per_s", "on_per_s", "off_p99_ms", "on_p99_ms",
                         "off_cpu_us", "on_cpu_us", "off_valkey_us_per_req",
-                        "on_valkey_us_per_req", "cpu_cost", "rate_cost"]}
+                        "on_valkey_us_per_req", "cpu_cost", "cpu_cost_iqr", "rate_cost"]}
 
 
 def main() -> None:

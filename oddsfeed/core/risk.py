@@ -237,9 +237,10 @@ def count_slip(total: list[int], legs: Sequence[Mapping[str, Any]]) -> Sequence[
     return _NONE if later is None else later
 
 
-def count_accepted(total: list[int], legs: int) -> None:
-    """:func:`count_slip` for a slip whose ``legs`` legs were all accepted (its ``ok``)."""
-    total[_SLIPS] += 1
+def count_accepted(total: list[int], legs: int, slips: int = 1) -> None:
+    """:func:`count_slip` for ``slips`` slips whose ``legs`` legs (all of them together)
+    were all accepted (each slip's ``ok``)."""
+    total[_SLIPS] += slips
     total[_LEGS] += legs
     total[_ACCEPTED] += legs
 

@@ -213,6 +213,18 @@ def test_a_batch_summed_in_place_equals_the_sum_of_its_slips(slips: list[tuple[A
     assert tuple(total) == expected
 
 
+@given(st.lists(st.integers(0, 6), max_size=20))
+def test_accepted_slips_added_as_one_run_equal_them_added_one_by_one(legs: list[int]
+                                                                     ) -> None:
+    """count_accepted of a run of all-accepted slips (their slips and legs summed) adds
+    exactly what count_accepted adds slip by slip."""
+    one_by_one, run = list(ZERO), list(ZERO)
+    for n in legs:
+        count_accepted(one_by_one, n)
+    count_accepted(run, sum(legs), len(legs))
+    assert run == one_by_one
+
+
 @given(st.lists(st.tuples(st.sampled_from(["x", "y"]), st.integers(0, 20_000)), min_size=1,
                 max_size=30),
        st.lists(st.tuples(st.integers(0, 20_000), st.integers(23000, 27000), st.booleans()),

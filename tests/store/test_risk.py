@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgpack
+
 from oddsfeed.clock import now_ms
 from oddsfeed.core.model import MarketUpdate
-from oddsfeed.core.risk import as_map, slip_counts
+from oddsfeed.core.risk import ZERO, add, as_map, slip_counts
 from oddsfeed.core.wire import Leg
-from oddsfeed.services.risk import stale_ms_of
+from oddsfeed.services.risk import RiskQueue, stale_ms_of
 from oddsfeed.store import RiskCounts, Store
 from oddsfeed.store.codec import history_key, unpack
 from oddsfeed.store.risk import bucket_key
+from tests.riskports import RiskMetrics
 
 CREATE = {"fields": {"event": "e1", "sport": "soccer", "name": "A v B"},
           "selections": {"h": {"name": "Home", "price": 25000},
@@ -98,3 +101,33 @@ async def test_memory_is_bounded_by_the_bucket_cap_and_expiry(store: Store) -> N
     assert usage < 100 * 120  # bytes: 100 accounts with their 1-slip counts
     await risk.add("late", one, t0 - 3_600_000)  # a bucket no window reads any more
     assert not await store.client.exists(bucket_key(60, (t0 - 3_600_000) // 5000))
+
+
+async def test_a_batch_of_interleaved_accounts_and_grains_is_counted_exactly(
+        store: Store) -> None:
+    """One recorder batch of slips from interleaved accounts, across time grains, with one
+    and several legs, all accepted or with rejected legs, adds per account and bucket
+    exactly what slip_counts adds slip by slip."""
+    t0 = ahead()
+    risk = counts_of(store, windows_s=[60])
+    queue = RiskQueue(risk, RiskMetrics(), max_pending=100_000, linger_s=0.05)
+    queue.start()
+    ok = {"ok": True, "price": 2.5, "version": 1}
+    bad = {"ok": False, "reason": "unknown_market"}
+    expected: dict[tuple[str, int], tuple[int, ...]] = {}
+    try:
+        for n in range(300):
+            sub = ("a", "b", "a", "c")[n % 4]
+            at = t0 + (n // 7) * 1000  # 43 s: runs of one grain (5 s) broken by accounts
+            legs = [ok] * (1 + n % 3) if n % 5 else [ok, bad]
+            body = {"ok": all(v["ok"] for v in legs), "legs": legs}
+            queue.offer(sub, [Leg("m1", "h", 25000)] * len(legs), body, at)
+            key = (sub, at // 5000)
+            expected[key] = add(expected.get(key, ZERO), slip_counts(legs, [None] * len(legs)))
+        await asyncio.wait_for(queue.drain(), 10)
+    finally:
+        await queue.stop()
+    for (sub, grain), counts in expected.items():
+        got = await store.client.hget(bucket_key(60, grain), sub)  # bucket = grain here
+        assert got is not None
+        assert add(msgpack.unpackb(got), ()) == counts
