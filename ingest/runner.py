@@ -239,16 +239,12 @@ class FeedRunner:
     def _prepare(self, update: MarketUpdate, writer: str = "") -> _Prepared | None:
         """The update under this runner's source, with ``status: open`` added when it
         reopens a market the runner suspended; None (counted as bad) when invalid."""
-        mid = update.market
-        reopening = mid in self.auto_suspended
-        fields = dict(update.fields)
-        if reopening and "status" not in fields:
-            fields["status"] = "open"  # the feed spoke again: reopen what we suspended
+        reopening = update.market in self.auto_suspended
         try:
-            upd = MarketUpdate(market=mid, fields=fields, selections=update.selections,
-                               replace=update.replace, create=update.create, ts=update.ts,
-                               source=f"{self.source}@{writer}" if writer else self.source,
-                               seq=update.seq, feed=self._rank)
+            # The feed spoke again: reopen what we suspended. The update was validated when
+            # built; only the source is checked again.
+            upd = update.under(f"{self.source}@{writer}" if writer else self.source,
+                               self._rank, reopen=reopening)
         except InvalidInput as exc:
             self.bad(exc, update)
             return None
