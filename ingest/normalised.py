@@ -20,9 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from oddsfeed.core.errors import InvalidInput, ProviderDataError
 from oddsfeed.core.model import MARKET_FIELDS, MarketUpdate, check_price_input
 
-_TOP = {"market", "event", "sport", "name", "kind", "status", "in_play", "bet_delay_ms",
-        "selections", "ts", "seq", "replace"}
-_SEL = {"name", "price", "point", "status"}
+_TOP = frozenset({"market", "event", "sport", "name", "kind", "status", "in_play",
+                  "bet_delay_ms", "selections", "ts", "seq", "replace"})
+_SEL = frozenset({"name", "price", "point", "status"})
+_GIVEN = (*MARKET_FIELDS, "event", "sport")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:-]+")
 MAX_LINE_BYTES = 1 << 20
 
@@ -99,14 +100,14 @@ def normalize_message(msg: object, *, provider: str = "push",
     """
     if not isinstance(msg, dict):
         raise ProviderDataError("a message must be an object", provider=provider, raw=msg)
-    unknown = set(msg) - _TOP
-    if unknown:
+    if not _TOP.issuperset(msg):
+        unknown = set(msg) - _TOP
         raise ProviderDataError(f"unknown field {sorted(unknown)[0]!r}", provider=provider,
                                 raw=msg)
     if "market" not in msg:
         raise ProviderDataError("market is required", provider=provider, raw=msg)
     try:
-        fields = {k: msg[k] for k in (*MARKET_FIELDS, "event", "sport") if k in msg}
+        fields = {k: msg[k] for k in _GIVEN if k in msg}
         market = msg["market"]
         if mapping is not None:
             market = mapping.market(market, provider)
@@ -119,8 +120,8 @@ def normalize_message(msg: object, *, provider: str = "push",
         for sid, sel in raw_sels.items():
             if not isinstance(sel, dict):
                 raise InvalidInput("must be an object", path=f"selections.{sid}")
-            bad = set(sel) - _SEL
-            if bad:
+            if not _SEL.issuperset(sel):
+                bad = set(sel) - _SEL
                 raise InvalidInput("unknown field", path=f"selections.{sid}.{sorted(bad)[0]}")
             patch = dict(sel)
             if "price" in patch:

@@ -121,12 +121,18 @@ class FeedRunner:
     _sweep: FeedRank = field(init=False, repr=False)
     health_period_s: float = 1.0  # how often the health is published to the store
     _health_sent_s: float = field(default=float("-inf"), init=False, repr=False)
+    # The source's metric children, looked up once (the source never changes).
+    _messages: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _last: Any = field(default=None, init=False, repr=False)
+    _lag: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.store_retries < 1:
             raise ValueError(f"store_retries must be at least 1, got {self.store_retries}")
         self._rank = FeedRank(self.source, self.priority, max(1, int(self.staleness_s * 1000)))
         self._sweep = FeedRank(self.source, self.priority, self._rank.stale_ms, sweep=True)
+        self._last = LAST.labels(self.source)
+        self._lag = LAG.labels(self.source)
         HEALTHY.labels(self.source).set(1)
         STALE.labels(self.source).set(0)
         LAGGING.labels(self.source).set(0)
@@ -145,7 +151,10 @@ class FeedRunner:
 
     def _count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
-        MESSAGES.labels(self.source, outcome).inc()
+        child = self._messages.get(outcome)
+        if child is None:
+            child = self._messages[outcome] = MESSAGES.labels(self.source, outcome)
+        child.inc()
 
     def bad(self, exc: ProviderDataError | InvalidInput, raw: object = None) -> None:
         """Log (with the raw excerpt) and count one bad provider message; it is skipped."""
@@ -157,7 +166,7 @@ class FeedRunner:
 
     def _heard(self, now: float) -> None:
         self.last_message_s = now
-        LAST.labels(self.source).set(now)
+        self._last.set(now)
 
     async def submit(self, update: MarketUpdate) -> Any:
         """Apply one normalised update under this runner's source (whatever source the
@@ -239,16 +248,12 @@ class FeedRunner:
     def _prepare(self, update: MarketUpdate, writer: str = "") -> _Prepared | None:
         """The update under this runner's source, with ``status: open`` added when it
         reopens a market the runner suspended; None (counted as bad) when invalid."""
-        mid = update.market
-        reopening = mid in self.auto_suspended
-        fields = dict(update.fields)
-        if reopening and "status" not in fields:
-            fields["status"] = "open"  # the feed spoke again: reopen what we suspended
+        reopening = update.market in self.auto_suspended
         try:
-            upd = MarketUpdate(market=mid, fields=fields, selections=update.selections,
-                               replace=update.replace, create=update.create, ts=update.ts,
-                               source=f"{self.source}@{writer}" if writer else self.source,
-                               seq=update.seq, feed=self._rank)
+            # The feed spoke again: reopen what we suspended. The update was validated when
+            # built; only the source is checked again.
+            upd = update.under(f"{self.source}@{writer}" if writer else self.source,
+                               self._rank, reopen=reopening)
         except InvalidInput as exc:
             self.bad(exc, update)
             return None
@@ -277,7 +282,7 @@ class FeedRunner:
                 self._publish_health()
             if upd.ts is not None:
                 self.lag_s = max(0.0, now - upd.ts / 1000)
-                LAG.labels(self.source).set(self.lag_s)
+                self._lag.set(self.lag_s)
         elif isinstance(outcome, Standby):  # a higher-priority feed drives it: alive, idle
             self._count("standby")
             self.last_seen[mid] = now

@@ -359,6 +359,28 @@ class MarketUpdate:
         if not isinstance(self.source, str) or len(self.source) > 200:
             raise InvalidInput("must be a string of at most 200 characters", path="source")
 
+    def under(self, source: str, feed: FeedRank | None, *, reopen: bool = False
+              ) -> MarketUpdate:
+        """This update under ``source`` and ``feed`` (with ``status: open`` added when
+        ``reopen`` and it sets no status); raises InvalidInput for a bad source.
+
+        Every MarketUpdate that exists was validated once: this copy keeps the checked
+        fields and maps of ``self`` (never changed after construction, so they are shared)
+        and checks only what it changes, so it is not validated again.
+        """
+        if not isinstance(source, str) or len(source) > 200:
+            raise InvalidInput("must be a string of at most 200 characters", path="source")
+        if feed is not None and not isinstance(feed, FeedRank):
+            raise InvalidInput("must be a feed rank", path="feed")
+        copy = object.__new__(MarketUpdate)
+        for name in MarketUpdate.__slots__:
+            object.__setattr__(copy, name, getattr(self, name))
+        object.__setattr__(copy, "source", source)
+        object.__setattr__(copy, "feed", feed)
+        if reopen and "status" not in self.fields:
+            object.__setattr__(copy, "fields", {**self.fields, "status": "open"})
+        return copy
+
     def to_store(self) -> dict[str, Any]:
         """The map handed to the store's apply script."""
         d: dict[str, Any] = {

@@ -149,9 +149,36 @@ def parse_price(value: object) -> int:
     A number is decimal odds; a string is decimal, fractional or signed American; a
     one-key object names the format. Raises :class:`PriceError` for anything else.
     """
+    ticks = _plain_ticks(value)
+    if ticks:
+        return ticks
     if type(value) in _PLAIN:  # exact types: bool and other subclasses take the full path
         return _plain_price(value)
     return _parse_price(value)
+
+
+# The decimal strings the exact path reads (up to 12 integer digits) with <= 4 places.
+_PLAIN_DECIMAL = re.compile(r"([0-9]{1,12})(?:\.([0-9]{1,4}))?")
+
+
+def _plain_ticks(value: object) -> int:
+    """The ticks of an int, or of a float or string that is a plain decimal of at most 4
+    places, in integer arithmetic; 0 for anything else, or out of range, so that the exact
+    path decides (and refuses) it as before."""
+    if type(value) is int:
+        ticks = value * SCALE
+    else:
+        if type(value) is str:
+            m = _PLAIN_DECIMAL.fullmatch(value.strip())
+        elif type(value) is float:
+            m = _PLAIN_DECIMAL.fullmatch(repr(value))
+        else:
+            return 0
+        if m is None:
+            return 0
+        units, frac = m.groups()
+        ticks = int(units) * SCALE + (int(frac.ljust(4, "0")) if frac else 0)
+    return ticks if MIN_PRICE <= ticks <= MAX_PRICE else 0
 
 
 _PLAIN = frozenset((int, float, str))

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from oddsfeed.core.errors import InvalidInput
-from oddsfeed.core.model import Market, MarketUpdate, Selection
+from oddsfeed.core.model import FeedRank, Market, MarketUpdate, Selection
 
 
 def market(**over: Any) -> Market:
@@ -150,3 +150,24 @@ def test_replace_valid() -> None:
                                  "away": {"status": "removed"}})
     assert u.replace
     assert set(u.selections) == {"home", "away"}
+
+
+def test_update_under_another_source_is_the_same_update() -> None:
+    """``under`` gives the update with only source, feed (and a reopening status) changed,
+    equal to building it afresh, and leaves the original as it was."""
+    base = MarketUpdate(market="m1", fields={"name": "Match odds"},
+                        selections={"a": {"price": 25000, "point": -1.5}}, create=False,
+                        ts=5, seq=7, source="provider")
+    rank = FeedRank("feed:a", 1, 5_000)
+    copy = base.under("feed:a", rank)
+    assert copy == MarketUpdate(market="m1", fields={"name": "Match odds"},
+                                selections={"a": {"price": 25000, "point": -1.5}}, ts=5,
+                                seq=7, source="feed:a", feed=rank)
+    reopened = base.under("feed:a", rank, reopen=True)
+    assert reopened.fields == {"name": "Match odds", "status": "open"}
+    assert base.fields == {"name": "Match odds"}
+    assert base.source == "provider"
+    closed = MarketUpdate(market="m1", fields={"status": "closed"})
+    assert closed.under("feed:a", rank, reopen=True).fields == {"status": "closed"}
+    with pytest.raises(InvalidInput, match="at most 200"):
+        base.under("x" * 201, rank)

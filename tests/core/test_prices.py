@@ -108,3 +108,42 @@ def test_memoised_prices_keep_types_apart() -> None:
         parse_price(True)
     with pytest.raises(PriceError):
         parse_price(True)
+
+
+_DECIMALISH = st.from_regex(r"\s{0,2}[+-]?[0-9]{0,14}(\.[0-9]{0,6})?\s{0,2}", fullmatch=True)
+
+
+@settings(max_examples=600)
+@given(st.one_of(_DECIMALISH, st.text(max_size=20), st.integers(-10**12, 10**12),
+                 st.floats(allow_nan=True, allow_infinity=True),
+                 st.floats(1.0, 10_001.0).map(lambda f: round(f, 4)),
+                 st.decimals(1, 10_001, places=4).map(str),
+                 st.sampled_from(["1.0001", "1.00009", "10000", "10000.0001", "0.5", "2.",
+                                  ".5", "0002.5000", "2.5\n", "\uff11.5", "2.5e0", "1_0"])))
+def test_plain_decimal_fast_path_matches_exact_path(value: object) -> None:
+    """For any string or number the integer fast path gives the exact path's ticks, or the
+    exact path's refusal word for word."""
+    from oddsfeed.core.prices import _parse_price
+
+    try:
+        expected: object = _parse_price(value)
+    except PriceError as exc:
+        expected = str(exc)
+    try:
+        got: object = parse_price(value)
+    except PriceError as exc:
+        got = str(exc)
+    assert got == expected
+    assert type(got) is type(expected)
+
+
+def test_plain_decimals_take_the_integer_path() -> None:
+    """A feed's usual prices are read without the exact path; the rest are left to it."""
+    from oddsfeed.core.prices import _plain_ticks
+
+    assert _plain_ticks("2.3456") == 23456
+    assert _plain_ticks(" 3.5 ") == 35000
+    assert _plain_ticks(1.25) == 12500
+    assert _plain_ticks(7) == 70000
+    assert _plain_ticks("2.00005") == _plain_ticks("+150") == _plain_ticks(True) == 0
+    assert _plain_ticks("1.0000") == _plain_ticks(10_001) == 0
