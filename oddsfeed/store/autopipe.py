@@ -103,7 +103,13 @@ class AutoPipeline:
         if self._open is None:
             self._open = []
         self._open.append(call)
-        if not self._due and (not self._limit or self._in_flight < self._limit):
+        free = not self._limit or self._in_flight < self._limit
+        if free and len(commands) >= BATCH_ITEMS:
+            # A call that fills a batch on its own (an ingest lane's) gains nothing from
+            # waiting for the turn's others: it goes now, with the calls issued before it,
+            # so that such callers overlap instead of moving in lockstep.
+            self._flush()
+        elif free and not self._due:
             # Runs after every callback already ready in this turn, so every request the
             # loop resumed in this turn joins the batch before it is sent.
             self._due = True
