@@ -233,8 +233,11 @@ def _run_ingest(cli: _Cli, adapter: str, opts: dict[str, Any], out: Path | None)
             fh = out.open("w", encoding="utf-8")
             recorder = Recorder(fh)
         else:
-            store = await Store.connect(settings.redis.url, cluster=settings.redis.cluster,
-                                        history_len=settings.redis.history_len)
+            store = await Store.connect(
+                settings.redis.url, cluster=settings.redis.cluster,
+                history_len=settings.redis.history_len,
+                auto_pipeline=settings.redis.auto_pipeline,
+                read_batches_in_flight=settings.redis.read_batches_in_flight)
         try:
             runner = await run_adapter(adapter, opts, store, settings, stop=stop,
                                        recorder=recorder, mappings=mappings)
