@@ -44,24 +44,65 @@
 -- In the msgpack maps a selection's point is absent or false when it has no line
 -- (Lua tables cannot hold nil), and an empty map may arrive as an empty array.
 
+-- Constants and helpers that need no item's state: defined once per call, not per item.
+local FIELDS = {'name', 'kind', 'status', 'in_play', 'bet_delay_ms'}
+local DEFAULTS = {kind = '', status = 'open', in_play = false, bet_delay_ms = 0}
+local SEL_FIELDS = {'name', 'price', 'status'}
+
+-- A short reply's stand-in for a state (a table, or packed: unpacked here).
+local function head(st)
+  if type(st) == 'string' then st = cmsgpack.unpack(st) end
+  return {st.epoch, st.version, st.status}
+end
+
+-- A decimal string <= another, exactly, at any size.
+local function seq_le(a, b)
+  if #a ~= #b then return #a < #b end
+  return a <= b
+end
+
+local function new_selection(sid, p)
+  if p.name == nil or p.price == nil then
+    return nil
+  end
+  local s = {name = p.name, price = p.price, status = p.status or 'active'}
+  if p.point then s.point = p.point end
+  return s
+end
+
+local function incomplete(sid)
+  return {'rejected', 'invalid', 'selections.' .. sid, 'a new selection needs name and price'}
+end
+
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+-- The locks as the wire shows them: of selections that exist, in id order.
+local function locks_wire(l, sels)
+  local ids = {}
+  for sid, _ in pairs(l.s) do
+    if sels[sid] ~= nil then table.insert(ids, sid) end
+  end
+  table.sort(ids)
+  return {market = l.m == true, selections = ids}
+end
+local function same_locks(a, b)
+  return a.market == b.market and table.concat(a.selections, ',') == table.concat(b.selections, ',')
+end
+
 -- One item, KEYS and ARGV as above; its reply. (The body is not indented, so that it reads
 -- as the whole script did.)
 local function apply_market(KEYS, ARGV)
 local upd = cmsgpack.unpack(ARGV[1])
 local raw = redis.call('GET', KEYS[1])
-local FIELDS = {'name', 'kind', 'status', 'in_play', 'bet_delay_ms'}
-local DEFAULTS = {kind = '', status = 'open', in_play = false, bet_delay_ms = 0}
 local usels = upd.selections or {}
 -- The update's selection ids in their given order (a Lua table forgets it): the first
 -- incomplete new selection is the one reported, as in book.py.
 local order = upd.order or {}
 local ts = upd.ts or tonumber(ARGV[4])
 local short = ARGV[12] == 'short'
--- A short reply's stand-in for a state (a table, or packed: unpacked here).
-local function head(st)
-  if type(st) == 'string' then st = cmsgpack.unpack(st) end
-  return {st.epoch, st.version, st.status}
-end
 
 if ARGV[7] ~= '' then
   if not raw then return {'precondition', ''} end
@@ -155,11 +196,6 @@ if feed then
   if standby then return {'standby', standby, short and head(raw) or raw} end
 end
 
--- A decimal string <= another, exactly, at any size.
-local function seq_le(a, b)
-  if #a ~= #b then return #a < #b end
-  return a <= b
-end
 
 -- Sources are checked only against an existing market: a market created anew starts
 -- with a clean record (its meta is reset below).
@@ -180,14 +216,6 @@ local function remember_source()
   end
 end
 
-local function new_selection(sid, p)
-  if p.name == nil or p.price == nil then
-    return nil
-  end
-  local s = {name = p.name, price = p.price, status = p.status or 'active'}
-  if p.point then s.point = p.point end
-  return s
-end
 
 -- The selections of a whole market (create, replace): nil and the bad id when one lacks
 -- a name or a price.
@@ -204,14 +232,7 @@ local function whole_selections(given)
   return sels
 end
 
-local function incomplete(sid)
-  return {'rejected', 'invalid', 'selections.' .. sid, 'a new selection needs name and price'}
-end
 
-local function now_us()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
 
 -- A creation is published as stored; a delta in its wire form (published.lua), which the
 -- fan-out forwards without decoding it.
@@ -290,18 +311,6 @@ elseif feed and next(lk.s) ~= nil then
   order = kept
 end
 
--- The locks as the wire shows them: of selections that exist, in id order.
-local function locks_wire(l, sels)
-  local ids = {}
-  for sid, _ in pairs(l.s) do
-    if sels[sid] ~= nil then table.insert(ids, sid) end
-  end
-  table.sort(ids)
-  return {market = l.m == true, selections = ids}
-end
-local function same_locks(a, b)
-  return a.market == b.market and table.concat(a.selections, ',') == table.concat(b.selections, ',')
-end
 local locked_before = lk.m or next(lk.s) ~= nil
 local locks_before = locked_before and locks_wire(lk, state.selections or {})
 
@@ -384,7 +393,7 @@ else
       new_sels[sid] = s
     else
       local s = new_sels[sid]
-      for _, k in ipairs({'name', 'price', 'status'}) do
+      for _, k in ipairs(SEL_FIELDS) do
         if p[k] ~= nil then s[k] = p[k] end
       end
       if p.point ~= nil then
@@ -419,7 +428,7 @@ for sid, s in pairs(new_sels) do
   else
     local c = {}
     local any = false
-    for _, k in ipairs({'name', 'price', 'status'}) do
+    for _, k in ipairs(SEL_FIELDS) do
       if b[k] ~= s[k] then c[k] = s[k]; any = true end
     end
     if b.point ~= s.point then c.point = s.point or false; any = true end
