@@ -4,11 +4,15 @@ called as the store calls it on a single server (batches of 64 items, short repl
 variant interleaved with the others in rounds. A stage's cost is the difference between a
 variant and the one before it.
 
-    python -m bench.apply_stages [--quick] [--json PATH]
+With ``BENCH_AB_TREE=DIR`` the whole script of that checkout runs in the same rounds too
+(the last row, ``base``), for a before -> after of the total.
+
+    [BENCH_AB_TREE=DIR] python -m bench.apply_stages [--quick] [--json PATH]
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +64,13 @@ async def _run(url: str, rounds: int, n: int) -> list[dict[str, Any]]:
         await store.apply(MarketUpdate(
             market=mid, create=True, fields={"event": "e", "sport": "s", "name": mid},
             selections={"h": {"name": "H", "price": 20000}, "a": {"name": "A", "price": 30000}}))
-    shas = [(name, await client.script_load(text)) for name, text in variants()]
+    scripts = variants()
+    tree = os.environ.get("BENCH_AB_TREE")
+    if tree:
+        lua = Path(tree, "oddsfeed", "store")
+        scripts.append(("base: the whole script", "".join(
+            (lua / f).read_text() for f in ("published.lua", "apply.lua"))))
+    shas = [(name, await client.script_load(text)) for name, text in scripts]
     got: dict[str, list[float]] = {name: [] for name, _ in shas}
     i = 0
     for _ in range(rounds):
@@ -83,6 +93,8 @@ async def _run(url: str, rounds: int, n: int) -> list[dict[str, Any]]:
     rows, before = [], 0.0
     for name, us in got.items():
         med = sorted(us)[len(us) // 2]
+        if name.startswith("base"):
+            before = med
         rows.append({"stage": name, "usec_per_apply_median": round(med, 2),
                      "stage_usec": round(med - before, 2),
                      "runs": [round(u, 2) for u in us]})
