@@ -169,12 +169,16 @@ end
 -- ids and the epoch need no JSON escaping (ids are charset-limited, the epoch is hex).
 local function published_delta(delta)
   local dm, de = delta.m, delta.e
+  -- (the `false`s size the two tables once for a one-price delta; the ends are j and m)
   local J = {pub_fmt('{"op":"delta","m":"%s","e":"%s","v":%d,"base":%d,"ts":%d',
-                     dm, de, delta.v, delta.base, delta.ts)}
+                     dm, de, delta.v, delta.base, delta.ts),
+             false, false, false, false, false, false, false, false, false, false, false, false,
+             false, false, false}
   local M = {false, '\162op\165delta\161m', pub_mhead(dm), dm, '\161e', pub_mhead(de), de,
              struct.pack('>BBBI8BBBBBBI8BBBBI8', 0xa1, 0x76, 0xcf, delta.v,
                          0xa4, 0x62, 0x61, 0x73, 0x65, 0xcf, delta.base,
-                         0xa2, 0x74, 0x73, 0xcf, delta.ts)}
+                         0xa2, 0x74, 0x73, 0xcf, delta.ts),
+             false, false, false, false, false, false, false, false}
   local j, m, n = 1, 8, 6
   for k, v in pairs(delta) do
     if not PUB_FIXED[k] then
