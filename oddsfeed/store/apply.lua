@@ -44,7 +44,8 @@
 -- In the msgpack maps a selection's point is absent or false when it has no line
 -- (Lua tables cannot hold nil), and an empty map may arrive as an empty array.
 
--- Constants and helpers that need no item's state: defined once per call, not per item.
+-- Constants and helpers (taking what they need of an item as arguments, closing over none
+-- of its locals): defined once per call, not once per item of a batch.
 local FIELDS = {'name', 'kind', 'status', 'in_play', 'bet_delay_ms'}
 local DEFAULTS = {kind = '', status = 'open', in_play = false, bet_delay_ms = 0}
 local SEL_FIELDS = {'name', 'price', 'status'}
@@ -92,6 +93,45 @@ local function same_locks(a, b)
   return a.market == b.market and table.concat(a.selections, ',') == table.concat(b.selections, ',')
 end
 
+local function save_bet_stop(KEYS, bs_gen, bs_on, bs_susp)
+  if bs_gen > 0 then
+    redis.call('HSET', KEYS[2], 'bs_gen', string.format('%.0f', bs_gen),
+               'bs_on', bs_on and '1' or '0', 'bs_susp', bs_susp and '1' or '0')
+  end
+end
+
+local function save_feeds(KEYS, feed, feeds)
+  if feed and not feed.h then redis.call('HSET', KEYS[2], 'fd', cmsgpack.pack(feeds)) end
+end
+
+local function remember_source(KEYS, ARGV, src_field)
+  if src_field then
+    redis.call('HSET', KEYS[2], src_field, ARGV[9])
+  end
+end
+
+-- The selections of a whole market (create, replace): nil and the bad id when one lacks
+-- a name or a price.
+local function whole_selections(given, order)
+  local sels = {}
+  for _, sid in ipairs(order) do
+    local p = given[sid]
+    if p.status ~= 'removed' then
+      local s = new_selection(sid, p)
+      if not s then return nil, sid end
+      sels[sid] = s
+    end
+  end
+  return sels
+end
+
+-- A creation is published as stored; a delta in its wire form (published.lua), which the
+-- fan-out forwards without decoding it.
+local function publish(ARGV, payload, delta)
+  if delta then payload = published_delta(delta) end
+  redis.call(ARGV[6], ARGV[2], payload)
+end
+
 -- One item, KEYS and ARGV as above; its reply. (The body is not indented, so that it reads
 -- as the whole script did.)
 local function apply_market(KEYS, ARGV)
@@ -128,13 +168,6 @@ if gate ~= '' then
   arg_on = o == '1'
 end
 
-local function save_bet_stop()
-  if bs_gen > 0 then
-    redis.call('HSET', KEYS[2], 'bs_gen', string.format('%.0f', bs_gen),
-               'bs_on', bs_on and '1' or '0', 'bs_susp', bs_susp and '1' or '0')
-  end
-end
-
 if mode ~= '' then
   if arg_gen <= bs_gen then
     -- an older stop or start than one this market has already seen
@@ -154,7 +187,7 @@ if mode ~= '' then
     end
     if mode == 'start' then bs_susp = false end
   end
-  save_bet_stop()
+  save_bet_stop(KEYS, bs_gen, bs_on, bs_susp)
   if not raw then
     return {'rejected', 'unknown_market', '', 'market ' .. upd.market .. ' does not exist'}
   end
@@ -175,10 +208,6 @@ local driver = bs[6]
 local swept = bs[7] == '1'
 if type(lk.s) ~= 'table' then lk.s = {} end
 
-local function save_feeds()
-  if feed and not feed.h then redis.call('HSET', KEYS[2], 'fd', cmsgpack.pack(feeds)) end
-end
-
 if feed then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -192,7 +221,8 @@ if feed then
     end
   end
   if not feed.h then feeds[feed.n] = {feed.p, now} end
-  if raw then save_feeds() end  -- seen, whatever the outcome (a creation saves it below)
+  -- seen, whatever the outcome (a creation saves it below)
+  if raw then save_feeds(KEYS, feed, feeds) end
   if standby then return {'standby', standby, short and head(raw) or raw} end
 end
 
@@ -210,36 +240,8 @@ if upd.source and ARGV[9] ~= '' then
   end
 end
 
-local function remember_source()
-  if src_field then
-    redis.call('HSET', KEYS[2], src_field, ARGV[9])
-  end
-end
 
 
--- The selections of a whole market (create, replace): nil and the bad id when one lacks
--- a name or a price.
-local function whole_selections(given)
-  local sels = {}
-  for _, sid in ipairs(order) do
-    local p = given[sid]
-    if p.status ~= 'removed' then
-      local s = new_selection(sid, p)
-      if not s then return nil, sid end
-      sels[sid] = s
-    end
-  end
-  return sels
-end
-
-
-
--- A creation is published as stored; a delta in its wire form (published.lua), which the
--- fan-out forwards without decoding it.
-local function publish(payload, delta)
-  if delta then payload = published_delta(delta) end
-  redis.call(ARGV[6], ARGV[2], payload)
-end
 
 local hist_len = tonumber(ARGV[5])
 -- Who made each version, kept beside the delta in the history entry (not published): the
@@ -255,7 +257,7 @@ if not raw then
       return {'rejected', 'invalid', k, 'is required to create a market'}
     end
   end
-  local sels, bad = whole_selections(usels)
+  local sels, bad = whole_selections(usels, order)
   if not sels then return incomplete(bad) end
   local state = {id = upd.market, event = f.event, sport = f.sport, name = f.name,
                  epoch = ARGV[3], version = 1, ts = ts, selections = sels}
@@ -272,16 +274,16 @@ if not raw then
   local packed = cmsgpack.pack(state)
   redis.call('SET', KEYS[1], packed)
   redis.call('DEL', KEYS[2], KEYS[3])
-  save_bet_stop()
-  remember_source()
+  save_bet_stop(KEYS, bs_gen, bs_on, bs_susp)
+  remember_source(KEYS, ARGV, src_field)
   if feed and not feed.h then
     feeds = {[feed.n] = feeds[feed.n]}
-    save_feeds()
+    save_feeds(KEYS, feed, feeds)
     redis.call('HSET', KEYS[2], 'drv', feed.n)
   end
   local payload = cmsgpack.pack({op = 'created', market = state, t = now_us()})
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', hist_len, '1-0', 'd', payload, 'w', writer)
-  publish(payload)
+  publish(ARGV, payload)
   return {'created', packed}
 end
 
@@ -362,14 +364,14 @@ if bs_on and mode == '' then
   elseif f.status ~= nil then
     bs_susp = false  -- suspended or closed for a reason of its own: bet-start leaves it
   end
-  save_bet_stop()
+  save_bet_stop(KEYS, bs_gen, bs_on, bs_susp)
 end
 
 local old_sels = state.selections or {}
 local new_sels = {}
 if upd.replace then
   local bad
-  new_sels, bad = whole_selections(usels)
+  new_sels, bad = whole_selections(usels, order)
   if not new_sels then return incomplete(bad) end
   if feed then  -- a locked selection stays as it is, even when the feed left it out
     for sid, _ in pairs(lk.s) do
@@ -446,7 +448,7 @@ if lock or (locked_before and (upd.replace or sel_changed)) then
 end
 
 if not changed and not sel_changed then
-  remember_source()
+  remember_source(KEYS, ARGV, src_field)
   return {'noop', short and head(state) or raw, refused}
 end
 if state.status == 'settled' then
@@ -484,12 +486,12 @@ if feed and not feed.h and driver ~= feed.n then
 end
 local packed = cmsgpack.pack(state)
 redis.call('SET', KEYS[1], packed)
-remember_source()
+remember_source(KEYS, ARGV, src_field)
 delta.t = now_us()
 local payload = cmsgpack.pack(delta)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', hist_len, string.format('%.0f', version) .. '-0', 'd',
            payload, 'w', writer)
-publish(payload, delta)
+publish(ARGV, payload, delta)
 return {'changed', short and head(state) or packed, payload, refused}
 end
 
