@@ -33,7 +33,7 @@ STAGES: list[tuple[str, str | None]] = [
     ("merge", "-- diff (book.diff)"),
     ("diff", "local locks_after = locks_before"),
     ("encode the state", "\nlocal packed = cmsgpack.pack(state)"),
-    ("SET", "redis.call('SET', KEYS[1], packed)\nremember_source()"),
+    ("SET", "\nredis.call('SET', KEYS[1], packed)"),
     ("encode the delta", "local payload = cmsgpack.pack(delta)"),
     ("XADD", "           payload, 'w', writer)"),
     ("build the published body", "if delta then payload = published_delta(delta) end"),
