@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 from typing import Any
 
 from oddsfeed.core.model import MarketUpdate
@@ -20,6 +21,7 @@ from oddsfeed.store import Store
 
 from .harness import use_scripts_of
 
+ROOT = str(Path(__file__).resolve().parents[2])
 SELS = ["a", "b", "c", "d", "e", "f"]
 
 
@@ -61,6 +63,8 @@ async def _round(store: Store, shape: str, n: int, tag: str) -> float:
 async def _run(url: str, rounds: int, n: int) -> list[dict[str, Any]]:
     tree = os.environ.get("BENCH_AB_TREE")
     stores = {"this": await Store.connect(url)}
+    # one EVALSHA per apply for both (the checkout's own Store would batch them)
+    use_scripts_of(stores["this"], ROOT)
     if tree:
         stores["base"] = await Store.connect(url)
         use_scripts_of(stores["base"], tree)

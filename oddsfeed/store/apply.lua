@@ -44,24 +44,105 @@
 -- In the msgpack maps a selection's point is absent or false when it has no line
 -- (Lua tables cannot hold nil), and an empty map may arrive as an empty array.
 
+-- Constants and helpers (taking what they need of an item as arguments, closing over none
+-- of its locals): defined once per call, not once per item of a batch.
+local FIELDS = {'name', 'kind', 'status', 'in_play', 'bet_delay_ms'}
+local DEFAULTS = {kind = '', status = 'open', in_play = false, bet_delay_ms = 0}
+local SEL_FIELDS = {'name', 'price', 'status'}
+
+-- A short reply's stand-in for a state (a table, or packed: unpacked here).
+local function head(st)
+  if type(st) == 'string' then st = cmsgpack.unpack(st) end
+  return {st.epoch, st.version, st.status}
+end
+
+-- A decimal string <= another, exactly, at any size.
+local function seq_le(a, b)
+  if #a ~= #b then return #a < #b end
+  return a <= b
+end
+
+local function new_selection(sid, p)
+  if p.name == nil or p.price == nil then
+    return nil
+  end
+  local s = {name = p.name, price = p.price, status = p.status or 'active'}
+  if p.point then s.point = p.point end
+  return s
+end
+
+local function incomplete(sid)
+  return {'rejected', 'invalid', 'selections.' .. sid, 'a new selection needs name and price'}
+end
+
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+-- The locks as the wire shows them: of selections that exist, in id order.
+local function locks_wire(l, sels)
+  local ids = {}
+  for sid, _ in pairs(l.s) do
+    if sels[sid] ~= nil then table.insert(ids, sid) end
+  end
+  table.sort(ids)
+  return {market = l.m == true, selections = ids}
+end
+local function same_locks(a, b)
+  return a.market == b.market and table.concat(a.selections, ',') == table.concat(b.selections, ',')
+end
+
+local function save_bet_stop(KEYS, bs_gen, bs_on, bs_susp)
+  if bs_gen > 0 then
+    redis.call('HSET', KEYS[2], 'bs_gen', string.format('%.0f', bs_gen),
+               'bs_on', bs_on and '1' or '0', 'bs_susp', bs_susp and '1' or '0')
+  end
+end
+
+local function save_feeds(KEYS, feed, feeds)
+  if feed and not feed.h then redis.call('HSET', KEYS[2], 'fd', cmsgpack.pack(feeds)) end
+end
+
+local function remember_source(KEYS, ARGV, src_field)
+  if src_field then
+    redis.call('HSET', KEYS[2], src_field, ARGV[9])
+  end
+end
+
+-- The selections of a whole market (create, replace): nil and the bad id when one lacks
+-- a name or a price.
+local function whole_selections(given, order)
+  local sels = {}
+  for _, sid in ipairs(order) do
+    local p = given[sid]
+    if p.status ~= 'removed' then
+      local s = new_selection(sid, p)
+      if not s then return nil, sid end
+      sels[sid] = s
+    end
+  end
+  return sels
+end
+
+-- A creation is published as stored; a delta in its wire form (published.lua), which the
+-- fan-out forwards without decoding it.
+local function publish(ARGV, payload, delta)
+  if delta then payload = published_delta(delta) end
+  redis.call(ARGV[6], ARGV[2], payload)
+end
+
 -- One item, KEYS and ARGV as above; its reply. (The body is not indented, so that it reads
 -- as the whole script did.)
 local function apply_market(KEYS, ARGV)
 local upd = cmsgpack.unpack(ARGV[1])
 local raw = redis.call('GET', KEYS[1])
-local FIELDS = {'name', 'kind', 'status', 'in_play', 'bet_delay_ms'}
-local DEFAULTS = {kind = '', status = 'open', in_play = false, bet_delay_ms = 0}
 local usels = upd.selections or {}
 -- The update's selection ids in their given order (a Lua table forgets it): the first
 -- incomplete new selection is the one reported, as in book.py.
 local order = upd.order or {}
 local ts = upd.ts or tonumber(ARGV[4])
 local short = ARGV[12] == 'short'
--- A short reply's stand-in for a state (a table, or packed: unpacked here).
-local function head(st)
-  if type(st) == 'string' then st = cmsgpack.unpack(st) end
-  return {st.epoch, st.version, st.status}
-end
 
 if ARGV[7] ~= '' then
   if not raw then return {'precondition', ''} end
@@ -87,13 +168,6 @@ if gate ~= '' then
   arg_on = o == '1'
 end
 
-local function save_bet_stop()
-  if bs_gen > 0 then
-    redis.call('HSET', KEYS[2], 'bs_gen', string.format('%.0f', bs_gen),
-               'bs_on', bs_on and '1' or '0', 'bs_susp', bs_susp and '1' or '0')
-  end
-end
-
 if mode ~= '' then
   if arg_gen <= bs_gen then
     -- an older stop or start than one this market has already seen
@@ -113,7 +187,7 @@ if mode ~= '' then
     end
     if mode == 'start' then bs_susp = false end
   end
-  save_bet_stop()
+  save_bet_stop(KEYS, bs_gen, bs_on, bs_susp)
   if not raw then
     return {'rejected', 'unknown_market', '', 'market ' .. upd.market .. ' does not exist'}
   end
@@ -134,10 +208,6 @@ local driver = bs[6]
 local swept = bs[7] == '1'
 if type(lk.s) ~= 'table' then lk.s = {} end
 
-local function save_feeds()
-  if feed and not feed.h then redis.call('HSET', KEYS[2], 'fd', cmsgpack.pack(feeds)) end
-end
-
 if feed then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -151,15 +221,11 @@ if feed then
     end
   end
   if not feed.h then feeds[feed.n] = {feed.p, now} end
-  if raw then save_feeds() end  -- seen, whatever the outcome (a creation saves it below)
+  -- seen, whatever the outcome (a creation saves it below)
+  if raw then save_feeds(KEYS, feed, feeds) end
   if standby then return {'standby', standby, short and head(raw) or raw} end
 end
 
--- A decimal string <= another, exactly, at any size.
-local function seq_le(a, b)
-  if #a ~= #b then return #a < #b end
-  return a <= b
-end
 
 -- Sources are checked only against an existing market: a market created anew starts
 -- with a clean record (its meta is reset below).
@@ -174,51 +240,8 @@ if upd.source and ARGV[9] ~= '' then
   end
 end
 
-local function remember_source()
-  if src_field then
-    redis.call('HSET', KEYS[2], src_field, ARGV[9])
-  end
-end
 
-local function new_selection(sid, p)
-  if p.name == nil or p.price == nil then
-    return nil
-  end
-  local s = {name = p.name, price = p.price, status = p.status or 'active'}
-  if p.point then s.point = p.point end
-  return s
-end
 
--- The selections of a whole market (create, replace): nil and the bad id when one lacks
--- a name or a price.
-local function whole_selections(given)
-  local sels = {}
-  for _, sid in ipairs(order) do
-    local p = given[sid]
-    if p.status ~= 'removed' then
-      local s = new_selection(sid, p)
-      if not s then return nil, sid end
-      sels[sid] = s
-    end
-  end
-  return sels
-end
-
-local function incomplete(sid)
-  return {'rejected', 'invalid', 'selections.' .. sid, 'a new selection needs name and price'}
-end
-
-local function now_us()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-
--- A creation is published as stored; a delta in its wire form (published.lua), which the
--- fan-out forwards without decoding it.
-local function publish(payload, delta)
-  if delta then payload = published_delta(delta) end
-  redis.call(ARGV[6], ARGV[2], payload)
-end
 
 local hist_len = tonumber(ARGV[5])
 -- Who made each version, kept beside the delta in the history entry (not published): the
@@ -234,7 +257,7 @@ if not raw then
       return {'rejected', 'invalid', k, 'is required to create a market'}
     end
   end
-  local sels, bad = whole_selections(usels)
+  local sels, bad = whole_selections(usels, order)
   if not sels then return incomplete(bad) end
   local state = {id = upd.market, event = f.event, sport = f.sport, name = f.name,
                  epoch = ARGV[3], version = 1, ts = ts, selections = sels}
@@ -251,16 +274,16 @@ if not raw then
   local packed = cmsgpack.pack(state)
   redis.call('SET', KEYS[1], packed)
   redis.call('DEL', KEYS[2], KEYS[3])
-  save_bet_stop()
-  remember_source()
+  save_bet_stop(KEYS, bs_gen, bs_on, bs_susp)
+  remember_source(KEYS, ARGV, src_field)
   if feed and not feed.h then
     feeds = {[feed.n] = feeds[feed.n]}
-    save_feeds()
+    save_feeds(KEYS, feed, feeds)
     redis.call('HSET', KEYS[2], 'drv', feed.n)
   end
   local payload = cmsgpack.pack({op = 'created', market = state, t = now_us()})
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', hist_len, '1-0', 'd', payload, 'w', writer)
-  publish(payload)
+  publish(ARGV, payload)
   return {'created', packed}
 end
 
@@ -290,18 +313,6 @@ elseif feed and next(lk.s) ~= nil then
   order = kept
 end
 
--- The locks as the wire shows them: of selections that exist, in id order.
-local function locks_wire(l, sels)
-  local ids = {}
-  for sid, _ in pairs(l.s) do
-    if sels[sid] ~= nil then table.insert(ids, sid) end
-  end
-  table.sort(ids)
-  return {market = l.m == true, selections = ids}
-end
-local function same_locks(a, b)
-  return a.market == b.market and table.concat(a.selections, ',') == table.concat(b.selections, ',')
-end
 local locked_before = lk.m or next(lk.s) ~= nil
 local locks_before = locked_before and locks_wire(lk, state.selections or {})
 
@@ -353,14 +364,14 @@ if bs_on and mode == '' then
   elseif f.status ~= nil then
     bs_susp = false  -- suspended or closed for a reason of its own: bet-start leaves it
   end
-  save_bet_stop()
+  save_bet_stop(KEYS, bs_gen, bs_on, bs_susp)
 end
 
 local old_sels = state.selections or {}
 local new_sels = {}
 if upd.replace then
   local bad
-  new_sels, bad = whole_selections(usels)
+  new_sels, bad = whole_selections(usels, order)
   if not new_sels then return incomplete(bad) end
   if feed then  -- a locked selection stays as it is, even when the feed left it out
     for sid, _ in pairs(lk.s) do
@@ -384,7 +395,7 @@ else
       new_sels[sid] = s
     else
       local s = new_sels[sid]
-      for _, k in ipairs({'name', 'price', 'status'}) do
+      for _, k in ipairs(SEL_FIELDS) do
         if p[k] ~= nil then s[k] = p[k] end
       end
       if p.point ~= nil then
@@ -419,7 +430,7 @@ for sid, s in pairs(new_sels) do
   else
     local c = {}
     local any = false
-    for _, k in ipairs({'name', 'price', 'status'}) do
+    for _, k in ipairs(SEL_FIELDS) do
       if b[k] ~= s[k] then c[k] = s[k]; any = true end
     end
     if b.point ~= s.point then c.point = s.point or false; any = true end
@@ -437,7 +448,7 @@ if lock or (locked_before and (upd.replace or sel_changed)) then
 end
 
 if not changed and not sel_changed then
-  remember_source()
+  remember_source(KEYS, ARGV, src_field)
   return {'noop', short and head(state) or raw, refused}
 end
 if state.status == 'settled' then
@@ -475,12 +486,12 @@ if feed and not feed.h and driver ~= feed.n then
 end
 local packed = cmsgpack.pack(state)
 redis.call('SET', KEYS[1], packed)
-remember_source()
+remember_source(KEYS, ARGV, src_field)
 delta.t = now_us()
 local payload = cmsgpack.pack(delta)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', hist_len, string.format('%.0f', version) .. '-0', 'd',
            payload, 'w', writer)
-publish(payload, delta)
+publish(ARGV, payload, delta)
 return {'changed', short and head(state) or packed, payload, refused}
 end
 

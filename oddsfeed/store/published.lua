@@ -104,77 +104,131 @@ local function pub_map(n)
   return struct.pack('>BI4', 0xdf, n)
 end
 
-local PUB_FIELD_KEYS = {price = '\165price', name = '\164name', status = '\166status',
-                        point = '\165point'}
+-- A member name's msgpack form (the names the deltas use, encoded once).
+local PUB_KEYS = {price = '\165price', name = '\164name', status = '\166status',
+                  point = '\165point', sel = '\163sel', kind = '\164kind',
+                  in_play = '\167in_play', bet_delay_ms = '\172bet_delay_ms',
+                  locks = '\165locks', src = '\163src'}
+-- The members every delta has (written first) and its apply time (not on the wire).
+local PUB_FIXED = {op = true, m = true, e = true, v = true, base = true, ts = true, t = true}
 
--- The `sel` member appended to the two buffers (J: JSON, M: msgpack, each with its length
--- at index 0): a price as the wire number, a selection's point false (no line) as null.
-local function pub_sel(sel, J, M)
-  local j, m, n = J[0], M[0], 0
+-- A msgpack string's header (the string follows it).
+local function pub_mhead(s)
+  local n = #s
+  if n < 32 then return pub_char(0xa0 + n) end
+  if n < 256 then return '\217' .. pub_char(n) end
+  if n < 65536 then return struct.pack('>BI2', 0xda, n) end
+  return struct.pack('>BI4', 0xdb, n)
+end
+
+-- The `sel` member appended to the two buffers (J: JSON, M: msgpack, filled up to j and m;
+-- answers the new ends): a price as the wire number, a selection's point false (no line) as
+-- null. Pieces go in as they are and are joined once, by the caller's table.concat.
+local function pub_sel(sel, J, j, M, m)
   local head = m + 1  -- the map's header, once its size is known
   m = head
   j = j + 1; J[j] = '{'
+  local n = 0
   for sid, change in pairs(sel) do
     n = n + 1
-    j = j + 1; J[j] = (n > 1 and ',"' or '"') .. sid .. '":{'
-    m = m + 1; M[m] = pub_mstr(sid)
-    local fields = m + 1
-    m = fields
+    J[j + 1] = n > 1 and ',"' or '"'
+    J[j + 2] = sid
+    J[j + 3] = '":{'
+    j = j + 3
+    M[m + 1] = pub_mhead(sid)
+    M[m + 2] = sid
+    m = m + 3
+    local fields = m  -- the selection's map header, below
     local k = 0
     for f, x in pairs(change) do
-      local jv, mv
-      if f == 'price' then
-        jv, mv = pub_jprice(x), struct.pack('>Bd', 0xcb, x / 10000)
-      elseif x == false and f == 'point' then
-        jv, mv = 'null', '\192'
-      else
-        jv, mv = pub_value(x)
-      end
       k = k + 1
-      j = j + 1; J[j] = (k > 1 and ',"' or '"') .. f .. '":' .. jv
-      m = m + 1; M[m] = (PUB_FIELD_KEYS[f] or pub_mstr(f)) .. mv
+      J[j + 1] = k > 1 and ',"' or '"'
+      J[j + 2] = f
+      J[j + 3] = '":'
+      M[m + 1] = PUB_KEYS[f] or pub_mstr(f)
+      if f == 'price' then
+        J[j + 4], M[m + 2] = pub_jprice(x), struct.pack('>Bd', 0xcb, x / 10000)
+      elseif x == false and f == 'point' then
+        J[j + 4], M[m + 2] = 'null', '\192'
+      else
+        J[j + 4], M[m + 2] = pub_value(x)
+      end
+      j = j + 4
+      m = m + 2
     end
     M[fields] = pub_map(k)
     j = j + 1; J[j] = '}'
   end
   M[head] = pub_map(n)
   j = j + 1; J[j] = '}'
-  J[0], M[0] = j, m
+  return j, m
+end
+
+-- The payload of a delta that changes one selection's price and nothing else (the most
+-- common one), or nil: the same bytes as published_delta's general path below, built with
+-- one format and one concatenation instead of piece tables.
+local function pub_one_price(delta)
+  for k, _ in pairs(delta) do
+    if not PUB_FIXED[k] and k ~= 'sel' then return nil end
+  end
+  local sel = delta.sel
+  if sel == nil then return nil end
+  local sid, change = next(sel)
+  if sid == nil or next(sel, sid) ~= nil then return nil end
+  local f, x = next(change)
+  if f ~= 'price' or next(change, f) ~= nil then return nil end
+  local dm, de, v, base = delta.m, delta.e, delta.v, delta.base
+  local json = pub_fmt(
+    '{"op":"delta","m":"%s","e":"%s","v":%d,"base":%d,"ts":%d,"sel":{"%s":{"price":%s}}}',
+    dm, de, v, base, delta.ts, sid, pub_jprice(x))
+  return struct.pack('>BBI8I8I8I2I4', 0xc1, 0, v, base, delta.t, #de, #json) .. de .. json ..
+         '\135\162op\165delta\161m' .. pub_mhead(dm) .. dm .. '\161e' .. pub_mhead(de) .. de ..
+         struct.pack('>BBBI8BBBBBBI8BBBBI8', 0xa1, 0x76, 0xcf, v,
+                     0xa4, 0x62, 0x61, 0x73, 0x65, 0xcf, base, 0xa2, 0x74, 0x73, 0xcf, delta.ts) ..
+         '\163sel\129' .. pub_mhead(sid) .. sid .. '\129\165price' ..
+         struct.pack('>Bd', 0xcb, x / 10000)
 end
 
 -- The payload published for `delta` (the stored delta's table; its `t` is the apply time,
 -- which is not a member of the wire message). The members every delta has come first;
 -- ids and the epoch need no JSON escaping (ids are charset-limited, the epoch is hex).
 local function published_delta(delta)
-  local J = {[0] = 1, pub_fmt('{"op":"delta","m":"%s","e":"%s","v":%d,"base":%d,"ts":%d',
-                              delta.m, delta.e, delta.v, delta.base, delta.ts)}
-  local M = {[0] = 2, nil,
-             '\162op\165delta\161m' .. pub_mstr(delta.m) .. '\161e' .. pub_mstr(delta.e) ..
+  local one = pub_one_price(delta)
+  if one then return one end
+  local dm, de = delta.m, delta.e
+  -- (the `false`s size the two tables once for a one-price delta; the ends are j and m)
+  local J = {pub_fmt('{"op":"delta","m":"%s","e":"%s","v":%d,"base":%d,"ts":%d',
+                     dm, de, delta.v, delta.base, delta.ts),
+             false, false, false, false, false, false, false, false, false, false, false, false,
+             false, false, false}
+  local M = {false, '\162op\165delta\161m', pub_mhead(dm), dm, '\161e', pub_mhead(de), de,
              struct.pack('>BBBI8BBBBBBI8BBBBI8', 0xa1, 0x76, 0xcf, delta.v,
                          0xa4, 0x62, 0x61, 0x73, 0x65, 0xcf, delta.base,
-                         0xa2, 0x74, 0x73, 0xcf, delta.ts)}
-  local n = 6
+                         0xa2, 0x74, 0x73, 0xcf, delta.ts),
+             false, false, false, false, false, false, false, false}
+  local j, m, n = 1, 8, 6
   for k, v in pairs(delta) do
-    if k ~= 'op' and k ~= 'm' and k ~= 'e' and k ~= 'v' and k ~= 'base' and k ~= 'ts'
-        and k ~= 't' then
+    if not PUB_FIXED[k] then
       n = n + 1
-      local j = J[0] + 1
-      J[j] = ',"' .. k .. '":'
-      M[M[0] + 1] = pub_mstr(k)
-      J[0], M[0] = j, M[0] + 1
+      J[j + 1] = ',"'
+      J[j + 2] = k
+      J[j + 3] = '":'
+      j = j + 3
+      m = m + 1
+      M[m] = PUB_KEYS[k] or pub_mstr(k)
       if k == 'sel' then
-        pub_sel(v, J, M)
+        j, m = pub_sel(v, J, j, M, m)
       else
-        local jv, mv = pub_value(v)
-        J[j + 1], M[M[0] + 1] = jv, mv
-        J[0], M[0] = j + 1, M[0] + 1
+        j, m = j + 1, m + 1
+        J[j], M[m] = pub_value(v)
       end
     end
   end
   M[1] = pub_map(n)
-  local json = table.concat(J, '', 1, J[0]) .. '}'
+  j = j + 1; J[j] = '}'
+  local json = table.concat(J, '', 1, j)
   local urgent = 0
   if delta.status ~= nil and delta.status ~= 'open' then urgent = 1 end
-  return struct.pack('>BBI8I8I8I2I4', 0xc1, urgent, delta.v, delta.base, delta.t, #delta.e,
-                     #json) .. delta.e .. json .. table.concat(M, '', 1, M[0])
+  return struct.pack('>BBI8I8I8I2I4', 0xc1, urgent, delta.v, delta.base, delta.t, #de,
+                     #json) .. de .. json .. table.concat(M, '', 1, m)
 end
