@@ -256,7 +256,8 @@ def parse_legs(raw: Any, rid: RequestId = None) -> tuple[Leg, ...]:
             raise _bad(f"legs[{i}] must be an object", rid)
         unknown = set(leg) - {"market", "selection", "price", "version", "epoch"}
         if unknown:
-            raise _bad(f"legs[{i}].{sorted(map(str, unknown))[0]}: unknown field", rid)
+            # repr: the name is the client's (a lone surrogate in it must not break the reply)
+            raise _bad(f"legs[{i}]: unknown field {sorted(map(str, unknown))[0][:40]!r}", rid)
         for key in ("market", "selection"):
             if not isinstance(leg.get(key), str) or not ID_RE.match(leg[key]):
                 raise _bad(f"legs[{i}].{key} is not a valid id", rid)

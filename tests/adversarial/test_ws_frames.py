@@ -159,6 +159,18 @@ def test_decode_request_accepts_or_refuses_cleanly(frame: str | bytes, encoding:
     out.payload("msgpack")
 
 
+def test_an_unknown_leg_field_with_a_lone_surrogate_is_refused_cleanly() -> None:
+    """A leg's unknown field named by a lone surrogate (a JSON escape) is refused with an
+    error that encodes in both encodings."""
+    frame = '{"op": "validate", "id": 1, "legs": [{"\\ud800": 1}]}'
+    with pytest.raises(ProtocolViolation) as caught:
+        wire.decode_request(frame, "json")
+    assert "unknown field" in caught.value.message
+    out = wire.error(caught.value.code, caught.value.message, caught.value.request_id)
+    assert json.loads(out.payload("json"))["code"] == caught.value.code
+    out.payload("msgpack")
+
+
 def test_reply_to_every_valid_id_encodes() -> None:
     """Every request id the decoder accepts can be echoed in both encodings."""
     for rid in (2**53, -(2**53), "x" * 128, "\u00e9\U0001f600", 0):
