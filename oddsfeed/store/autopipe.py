@@ -49,10 +49,11 @@ Command = tuple[Any, ...]
 # Items of a batched script per call: bounds how long one call holds the server.
 BATCH_ITEMS = 64
 
-# An ordered pipeline (the applies) sends a batch as soon as it holds this many commands,
-# without waiting for the end of the loop turn, while fewer than ``max_in_flight`` are out:
-# the server then runs one batch while the client still packs the next, instead of the two
-# taking turns on one large batch.
+# On a single server an ordered pipeline (the applies) sends a batch as soon as it holds
+# this many commands, without waiting for the end of the loop turn, while fewer than
+# ``max_in_flight`` are out: the server then runs one batch's script call while the client
+# still packs the next, instead of the two taking turns on one large batch. (A cluster,
+# with one call per item and the items spread over nodes already, does not gain by it.)
 SPLIT_ITEMS = 32
 
 
@@ -88,6 +89,7 @@ class AutoPipeline:
         self._batched = {} if self._cluster else dict(batched or {})
         self._open: list[_Call] | None = None
         self._open_items = 0  # commands in self._open
+        self._split = SPLIT_ITEMS if ordered and not self._cluster else 0
         self._sending: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -113,7 +115,7 @@ class AutoPipeline:
         self._open_items += len(commands)
         free = not self._limit or self._in_flight < self._limit
         if free and (len(commands) >= BATCH_ITEMS
-                     or (self._ordered and self._open_items >= SPLIT_ITEMS)):
+                     or 0 < self._split <= self._open_items):
             # A batch that is full enough gains nothing from waiting for the turn's other
             # callers: it goes now, with the calls issued before it, so that batches overlap
             # (an ingest lane's own, or those of many concurrent applies) instead of moving
