@@ -11,7 +11,8 @@ FeedRunner.submit_many -> Store.apply_many call), each with ``redis.auto_pipelin
 (a pipeline per call) and on (the lanes' calls of one loop turn in one pipeline), the push
 endpoint (HTTP POSTs of
 100 messages on loopback, each one submit_many), and a baseline of one plain HSET per
-message (the floor a round trip per update costs).
+message (the floor a round trip per update costs), measured first and last (the ratios
+are against the mean of the two).
 The file is a simulator recording (`oddsfeed record simulator` shape, 20 events x 3
 markets). Prints a table and writes JSON to bench/results/.
 """
@@ -77,15 +78,7 @@ async def run(quick: bool, messages: int | None = None) -> dict[str, Any]:
             normalize(parse_line(line))
         norm_s = time.perf_counter() - t0
 
-        r = Redis.from_url(vk.url)
-        t0 = time.perf_counter()
-        for line in lines:
-            rec = json.loads(line)
-            await r.hset(f"base:{rec['msg']['market']}", mapping={"d": line[:100]})
-        base_s = time.perf_counter() - t0
-        await r.flushall()
-        await r.aclose()
-
+        base_first = await _baseline(vk.url, lines)
         store = await Store.connect(vk.url)
         runner = FeedRunner(store, "replay:bench")
         t0 = time.perf_counter()
@@ -110,12 +103,17 @@ async def run(quick: bool, messages: int | None = None) -> dict[str, Any]:
         pushed, push_s = await _push(lines, push_feed)
         push_markets = len(await store.list_markets())
         await store.close()
+        # The baseline again at the end: the rows' ratios are against the mean of the two,
+        # so a machine that got busier (or quieter) during the run moves both sides.
+        base_last = await _baseline(vk.url, lines)
+        base_s = (base_first + base_last) / 2
 
     def row(impl: str, count: int, secs: float, **extra: Any) -> dict[str, Any]:
         return {"impl": impl, "updates": count, "seconds": round(secs, 3),
                 "per_s": round(count / secs), "ratio": round(base_s / secs, 2), **extra}
 
-    rows = [row("baseline: one HSET per message", n, base_s),
+    rows = [row("baseline: one HSET per message", n, base_s,
+                first_s=round(base_first, 3), last_s=round(base_last, 3)),
             row("oddsfeed: parse + normalise only", n, norm_s),
             row("oddsfeed: replay -> runner.submit -> Store.apply (one at a time)", applied,
                 ours_s, outcomes=runner.counts, markets=markets)]
@@ -129,6 +127,21 @@ async def run(quick: bool, messages: int | None = None) -> dict[str, Any]:
                     outcomes=push_feed.counts, markets=push_markets))
     return {"scenario": "ingest", "params": {"messages": n, "events": 20, "speed": 0},
             "env": env, "rows": rows, "columns": COLUMNS}
+
+
+async def _baseline(url: str, lines: list[str]) -> float:
+    """Seconds to write one plain HSET per message, one at a time; the keys are removed."""
+    r = Redis.from_url(url)
+    t0 = time.perf_counter()
+    for line in lines:
+        rec = json.loads(line)
+        await r.hset(f"base:{rec['msg']['market']}", mapping={"d": line[:100]})
+    secs = time.perf_counter() - t0
+    keys = [k async for k in r.scan_iter(match="base:*", count=1000)]
+    if keys:
+        await r.delete(*keys)
+    await r.aclose()
+    return secs
 
 
 async def _push(lines: list[str], feed: FeedRunner) -> tuple[int, float]:

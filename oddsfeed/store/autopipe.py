@@ -49,6 +49,13 @@ Command = tuple[Any, ...]
 # Items of a batched script per call: bounds how long one call holds the server.
 BATCH_ITEMS = 64
 
+# On a single server an ordered pipeline (the applies) sends a batch as soon as it holds
+# this many commands, without waiting for the end of the loop turn, while fewer than
+# ``max_in_flight`` are out: the server then runs one batch's script call while the client
+# still packs the next, instead of the two taking turns on one large batch. (A cluster,
+# with one call per item and the items spread over nodes already, does not gain by it.)
+SPLIT_ITEMS = 32
+
 
 @dataclass(slots=True)
 class _Call:
@@ -81,6 +88,8 @@ class AutoPipeline:
         self._scripts = dict(scripts or {})
         self._batched = {} if self._cluster else dict(batched or {})
         self._open: list[_Call] | None = None
+        self._open_items = 0  # commands in self._open
+        self._split = SPLIT_ITEMS if ordered and not self._cluster else 0
         self._sending: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -103,11 +112,14 @@ class AutoPipeline:
         if self._open is None:
             self._open = []
         self._open.append(call)
+        self._open_items += len(commands)
         free = not self._limit or self._in_flight < self._limit
-        if free and len(commands) >= BATCH_ITEMS:
-            # A call that fills a batch on its own (an ingest lane's) gains nothing from
-            # waiting for the turn's others: it goes now, with the calls issued before it,
-            # so that such callers overlap instead of moving in lockstep.
+        if free and (len(commands) >= BATCH_ITEMS
+                     or 0 < self._split <= self._open_items):
+            # A batch that is full enough gains nothing from waiting for the turn's other
+            # callers: it goes now, with the calls issued before it, so that batches overlap
+            # (an ingest lane's own, or those of many concurrent applies) instead of moving
+            # in lockstep with the server.
             self._flush()
         elif free and not self._due:
             # Runs after every callback already ready in this turn, so every request the
@@ -119,6 +131,7 @@ class AutoPipeline:
     def _flush(self) -> None:
         self._due = False
         batch, self._open = self._open, None
+        self._open_items = 0
         if not batch:
             return
         keys: list[str] = []
@@ -133,7 +146,9 @@ class AutoPipeline:
                     blocked.update(call.keys)
                 else:
                     sent.append(call)
-            self._open = held or None
+            self._open = held or None  # _open_items counts only the calls joining after
+            # them (so a long wait on a busy key is scanned again once per SPLIT_ITEMS
+            # joining calls at most): the held ones go when their keys come back (_sent)
             batch = sent
             if not batch:
                 return  # sent when a batch in flight comes back (_sent)

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from oddsfeed.core.errors import StoreError
 from oddsfeed.core.model import FeedRank, MarketUpdate
 from oddsfeed.store import Store
-from oddsfeed.store.autopipe import BATCH_ITEMS
+from oddsfeed.store.autopipe import BATCH_ITEMS, SPLIT_ITEMS
 from oddsfeed.store.codec import history_key, market_channel, meta_key, state_key
 
 MIDS = [f"bm{i}" for i in range(5)]
@@ -157,6 +157,21 @@ async def test_concurrent_applies_go_as_few_script_calls(single: Store) -> None:
     calls = await _evalsha_calls(single) - before
     assert [o.market.version for o in outs] == list(range(2, 202))  # type: ignore[union-attr]
     assert calls <= 200 // BATCH_ITEMS + 2
+
+
+async def test_a_turn_of_applies_is_split_so_batches_overlap(single: Store) -> None:
+    """Applies to distinct markets issued in one loop turn go out as batches of
+    SPLIT_ITEMS (the next one packed while the server runs the first), each item applied."""
+    mids = [f"bs{i}" for i in range(2 * SPLIT_ITEMS)]
+    await single.client.delete(*(k for m in mids
+                                 for k in (state_key(m), meta_key(m), history_key(m))))
+    await single.apply_many([_create(m) for m in mids])
+    before = await _evalsha_calls(single)
+    outs = await asyncio.gather(*(single.apply(MarketUpdate(
+        market=m, selections={"h": {"price": 10100}})) for m in mids))
+    calls = await _evalsha_calls(single) - before
+    assert [o.market.version for o in outs] == [2] * len(mids)  # type: ignore[union-attr]
+    assert calls == 2
 
 
 async def test_a_lua_error_fails_its_item_only(single: Store) -> None:
