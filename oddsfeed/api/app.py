@@ -35,8 +35,8 @@ from .plumbing import (
     cors_mw,
     errors_mw,
     hide_server_banner,
-    json_body,
     principal_of,
+    sole_json_body,
 )
 from .slip import slip_of
 from .validation_metrics import VALIDATION_METRICS
@@ -48,7 +48,7 @@ _STATIC_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,100}$")  # no paths, 
 
 async def validate_bets(request: web.Request) -> web.Response:
     principal = principal_of(request, VALIDATE)
-    legs, accept = slip_of(await json_body(request))
+    legs, accept = slip_of(await sole_json_body(request))
     # An in-play slip holds its request for the bet delay: bound how many run at once.
     validating = request.app[K_VALIDATING]
     limit = request.app[K_SETTINGS].api.max_validations
