@@ -299,7 +299,10 @@ class ReadBatches:
     def _done(self) -> None:
         self._in_flight -= 1
         if self._open and not self._due and not self._closed:
-            self._flush()  # the callers that gathered while a batch was out
+            # The callers that gathered while a batch was out go at the end of this turn,
+            # with those the loop resumes in it (fewer, larger batches than sending now).
+            self._due = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     async def _connect(self) -> None:
         error: StoreError | None = None
@@ -321,6 +324,10 @@ class ReadBatches:
             for _, fut in parked:
                 if not fut.done():
                     fut.set_exception(error or StoreError("the store is closed"))
+            if self._open and not self._due and not self._closed:
+                # Callers that came while it connected try again (and fail fast if it's down).
+                self._due = True
+                asyncio.get_running_loop().call_soon(self._flush)
             return
         self._conn = conn
         if parked:

@@ -232,3 +232,21 @@ async def test_a_closed_store_refuses_reads(valkey_url: str) -> None:
     await store.close()
     with pytest.raises(StoreError, match="the store is closed"):
         await store.get_for_validation(["x"])
+
+
+async def test_reads_issued_while_the_connection_fails_to_open_fail_too() -> None:
+    """With the store down, reads issued over several loop turns while the connection is
+    being opened all fail with a StoreError (none is left waiting)."""
+    port = free_port()
+    server = EmbeddedValkey(port=port).start()
+    store = await Store.connect(server.url, socket_timeout=30)
+    server.stop()
+    try:
+        reads = []
+        for _ in range(5):
+            reads.append(asyncio.ensure_future(store.get_for_validation(["m1"])))
+            await asyncio.sleep(0)
+        results = await _within(asyncio.gather(*reads, return_exceptions=True), 5)
+        assert all(isinstance(r, StoreError) and "read failed" in str(r) for r in results)
+    finally:
+        await store.close()
