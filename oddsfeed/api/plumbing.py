@@ -178,15 +178,18 @@ def _json_type(request: web.Request) -> None:
         raise Problem(415, "unsupported media type", "send Content-Type: application/json")
 
 
-async def sole_json_body(request: web.Request) -> Any:
-    """:func:`json_body` for a route that reads its body nowhere else (no ``request.read()``
-    before or after it): a body that arrived whole with the headers is taken from the
-    payload stream's buffer at once (no read loop), bounded by ``client_max_size`` and
-    refused with the same 413 as ``request.read()``; any other body goes through
-    :func:`json_body`."""
+LATER: Any = object()  # what whole_json_body answers for a body still on its way
+
+
+def whole_json_body(request: web.Request) -> Any:
+    """The parsed body of a route that reads its body nowhere else (no ``request.read()``
+    before or after it), when it arrived whole with the headers: taken from the payload
+    stream's buffer at once (no read loop, no coroutine), bounded by ``client_max_size`` and
+    refused with the same 413 as ``request.read()``. Any other body: ``LATER``, and the
+    caller awaits :func:`json_body`."""
     content = request.content
     if not content.is_eof():
-        return await json_body(request)
+        return LATER
     _json_type(request)
     raw = content.read_nowait()
     limit = request.client_max_size

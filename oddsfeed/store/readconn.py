@@ -204,10 +204,12 @@ class ReadBatches:
         self._parked: list[tuple[Sequence[str], asyncio.Future[list[bytes | None]]]] = []
         self._closed = False
 
-    async def get(self, keys: Sequence[str]) -> list[bytes | None]:
-        """The values of ``keys`` (None where absent), read in the next batch.
+    def get(self, keys: Sequence[str]) -> asyncio.Future[list[bytes | None]]:
+        """A future of the values of ``keys`` (None where absent), read in the next batch
+        (a future, not a coroutine: one frame less to resume when the reply comes).
 
-        Raises StoreError when the store fails this caller's keys or the whole batch.
+        Raises StoreError (now, or through the future) when the store is closed or fails
+        this caller's keys or the whole batch.
         """
         if self._closed:
             raise StoreError("the store is closed")
@@ -219,7 +221,7 @@ class ReadBatches:
             # loop resumed in this turn joins the batch before it is sent.
             self._due = True
             loop.call_soon(self._flush)
-        return await fut
+        return fut
 
     def _flush(self) -> None:
         self._due = False
@@ -254,7 +256,7 @@ class ReadBatches:
             if absent and not conn.lost:
                 self._read_again(conn, batch, keys, reply, absent)
                 return
-            self._deliver(batch, keys, reply)
+            self._deliver(batch, keys, reply, errors=False)
         else:
             self._deliver(batch, keys, [reply] * len(keys))
         self._done()
@@ -279,7 +281,9 @@ class ReadBatches:
             conn.send(_pack(("GET", keys[i])), one(i))
 
     def _deliver(self, batch: list[tuple[Sequence[str], asyncio.Future[list[bytes | None]]]],
-                 keys: list[str], values: list[Reply]) -> None:
+                 keys: list[str], values: list[Reply], *, errors: bool = True) -> None:
+        """Each caller its values, or its error; ``errors=False``: ``values`` is an MGET's
+        array as it came (bytes and nils only, no error to look for)."""
         at = 0
         for ks, fut in batch:
             n = len(ks)
@@ -287,6 +291,9 @@ class ReadBatches:
             at += n
             if fut.done():
                 continue  # a cancelled caller
+            if not errors:
+                fut.set_result(mine)
+                continue
             error = next((v for v in mine if isinstance(v, Exception)), None)
             if error is None:
                 fut.set_result(mine)

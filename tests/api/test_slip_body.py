@@ -1,4 +1,4 @@
-"""The validation route's body read (plumbing.sole_json_body): a body that arrived whole and
+"""The validation route's body read (plumbing.whole_json_body): a body that arrived whole and
 one that arrives in pieces get the same answers, and the size bound and media type hold."""
 
 from __future__ import annotations
