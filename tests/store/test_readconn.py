@@ -250,3 +250,28 @@ async def test_reads_issued_while_the_connection_fails_to_open_fail_too() -> Non
         assert all(isinstance(r, StoreError) and "read failed" in str(r) for r in results)
     finally:
         await store.close()
+
+
+def test_tls_keeps_redis_pys_path() -> None:
+    """A TLS client gives no read-connection target (its reads stay on redis-py); a plain
+    one gives its host, port, db, credentials and timeouts."""
+    from redis.asyncio import Redis
+
+    from oddsfeed.store.readconn import target_of
+
+    assert target_of(Redis.from_url("rediss://127.0.0.1:1")) is None
+    t = target_of(Redis.from_url("redis://u:pw@127.0.0.1:7000/2", socket_timeout=1.5))
+    assert t is not None
+    assert (t.host, t.port, t.db, t.username, t.password, t.timeout) == (
+        "127.0.0.1", 7000, 2, "u", "pw", 1.5)
+
+
+async def test_a_cluster_keeps_the_pipeline(valkey_cluster: Any) -> None:
+    """A cluster store reads through the auto-pipeline (per node), not a read connection."""
+    from oddsfeed.store.autopipe import AutoPipeline
+
+    store = await Store.connect(valkey_cluster.url, cluster=True)
+    try:
+        assert isinstance(store._reads, AutoPipeline)
+    finally:
+        await store.close()
