@@ -32,11 +32,13 @@ from .plumbing import (
     K_STORE,
     K_VALIDATING,
     K_WS_PORT,
+    LATER,
     cors_mw,
     errors_mw,
     hide_server_banner,
     json_body,
     principal_of,
+    whole_json_body,
 )
 from .slip import slip_of
 from .validation_metrics import VALIDATION_METRICS
@@ -48,7 +50,10 @@ _STATIC_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,100}$")  # no paths, 
 
 async def validate_bets(request: web.Request) -> web.Response:
     principal = principal_of(request, VALIDATE)
-    legs, accept = slip_of(await json_body(request))
+    data = whole_json_body(request)
+    if data is LATER:
+        data = await json_body(request)
+    legs, accept = slip_of(data)
     # An in-play slip holds its request for the bet delay: bound how many run at once.
     validating = request.app[K_VALIDATING]
     limit = request.app[K_SETTINGS].api.max_validations

@@ -171,11 +171,35 @@ def principal_of(request: web.Request, scope: str | None) -> Principal:
     return principal
 
 
-async def json_body(request: web.Request) -> Any:
+def _json_type(request: web.Request) -> None:
     # The header as every client sends it needs no parse (aiohttp's parses each request's).
     if (request.headers.get("Content-Type") != "application/json"
             and request.content_type != "application/json"):
         raise Problem(415, "unsupported media type", "send Content-Type: application/json")
+
+
+LATER: Any = object()  # what whole_json_body answers for a body still on its way
+
+
+def whole_json_body(request: web.Request) -> Any:
+    """The parsed body of a route that reads its body nowhere else (no ``request.read()``
+    before or after it), when it arrived whole with the headers: taken from the payload
+    stream's buffer at once (no read loop, no coroutine), bounded by ``client_max_size`` and
+    refused with the same 413 as ``request.read()``. Any other body: ``LATER``, and the
+    caller awaits :func:`json_body`."""
+    content = request.content
+    if not content.is_eof():
+        return LATER
+    _json_type(request)
+    raw = content.read_nowait()
+    limit = request.client_max_size
+    if limit and len(raw) > limit:
+        raise web.HTTPRequestEntityTooLarge(limit)
+    return _parsed(raw)
+
+
+async def json_body(request: web.Request) -> Any:
+    _json_type(request)
     if request.content.is_eof():
         raw = await request.read()  # all of it arrived with the headers: nothing to wait for
     else:
@@ -185,6 +209,10 @@ async def json_body(request: web.Request) -> Any:
         except TimeoutError:
             raise Problem(408, "request timeout",
                           "the request body did not arrive in time") from None
+    return _parsed(raw)
+
+
+def _parsed(raw: bytes) -> Any:
     try:
         return parse_json(raw)
     except InvalidInput as exc:

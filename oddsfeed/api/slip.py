@@ -22,6 +22,12 @@ _SLIP_KEYS = frozenset(("legs", "accept"))
 _LEG_KEYS = frozenset(("market", "selection", "price", "version", "epoch"))
 _ACCEPT = ("exact", "better", "any")
 _PLAIN_PRICE = (int, float, str)
+# Legs already accepted, by their exact inputs: a Leg is immutable, and the same inputs of
+# the same exact types always pass the same checks to the same Leg, so a repeated leg (the
+# common case: a few thousand live selections, each at its price) skips the id pattern,
+# the price parser and the Leg's construction. Bounded: emptied when it reaches MEMO_LEGS.
+MEMO_LEGS = 8192
+_legs_seen: dict[tuple[Any, ...], Leg] = {}
 
 
 def slip_of(data: Any) -> tuple[tuple[Leg, ...], str]:
@@ -44,24 +50,44 @@ def _plain_slip(data: Any) -> tuple[tuple[Leg, ...], str] | None:
     if not 1 <= len(raw) <= MAX_LEGS:
         return None
     legs = []
+    seen = _legs_seen
     for item in raw:
         if type(item) is not dict or not item.keys() <= _LEG_KEYS:
             return None
         market, selection = item.get("market"), item.get("selection")
         price, version, epoch = item.get("price"), item.get("version"), item.get("epoch")
+        # Exact types first: they make the memo's key exact (True == 1, but a bool is
+        # refused here before it could meet a 1 in the memo; 2 == 2.0: the type is in it).
         if (type(market) is not str or type(selection) is not str
                 or type(price) not in _PLAIN_PRICE
-                or not ID_RE.match(market) or not ID_RE.match(selection)):
+                or (version is not None and type(version) is not int)
+                or (epoch is not None and type(epoch) is not str)):
             return None
-        if version is not None and (type(version) is not int
-                                    or not 0 <= version <= schemas.MAX_INT):
-            return None
-        if epoch is not None and (type(epoch) is not str or not 1 <= len(epoch) <= 64):
-            return None
-        try:
-            ticks = parse_price(price)  # memoised for plain inputs
-        except InvalidInput:
-            return None
-        legs.append(Leg(market=market, selection=selection, price=ticks, version=version,
-                        epoch=epoch))
+        key = (market, selection, type(price), price, version, epoch)
+        leg = seen.get(key)
+        if leg is None:
+            leg = _plain_leg(market, selection, price, version, epoch)
+            if leg is None:
+                return None
+            if len(seen) >= MEMO_LEGS:
+                seen.clear()
+            seen[key] = leg
+        legs.append(leg)
     return tuple(legs), accept
+
+
+def _plain_leg(market: str, selection: str, price: Any, version: int | None,
+               epoch: str | None) -> Leg | None:
+    """The leg of inputs of the exact plain types when the model would accept them as
+    they are; None: let the model decide."""
+    if not ID_RE.match(market) or not ID_RE.match(selection):
+        return None
+    if version is not None and not 0 <= version <= schemas.MAX_INT:
+        return None
+    if epoch is not None and not 1 <= len(epoch) <= 64:
+        return None
+    try:
+        ticks = parse_price(price)  # memoised for plain inputs
+    except InvalidInput:
+        return None
+    return Leg(market=market, selection=selection, price=ticks, version=version, epoch=epoch)

@@ -1,8 +1,9 @@
 """Auto-pipelining: the commands that callers issue within one event-loop turn go to the
 store as one pipeline (one per node in cluster mode), so N concurrent requests cost one
-round trip and one client call instead of N. The Store uses one instance for market reads
-(GETs: on a single server one MGET per batch) and one for applies (EVALSHA of the apply
-script).
+round trip and one client call instead of N. The Store uses one instance for applies
+(EVALSHA of the apply script) and one for market reads where those do not have a
+connection of their own (:mod:`.readconn`: a cluster, or TLS); on a single server a read
+batch is one MGET.
 
 Each caller still reaches the store after it asked (a batch is sent only after its last
 caller joined, and never answered from an earlier batch), gets its own replies in its own

@@ -33,6 +33,7 @@ from .codec import (
 )
 from .outcomes import LOCK_REFUSED, Applied, Head, OutOfOrder, Precondition, Standby, StoreOutcome
 from .packing import cluster_packing, pool_options
+from .readconn import ReadBatches, target_of
 
 MAX_HISTORY_READ = 10_000
 APPLY_BATCHES_IN_FLIGHT = 4
@@ -107,8 +108,13 @@ class Store:
         # Reads decode an unchanged market's bytes once (see codec.DecodeMemo).
         self._market_of = codec.DecodeMemo(_decode_market)
         self._record_of = codec.DecodeMemo(_decode_record)
-        self._reads = AutoPipeline(client, max_in_flight=read_batches_in_flight
-                                   ) if auto_pipeline else None
+        # On a single server (not over TLS) they go on a connection of their own (.readconn).
+        self._reads: AutoPipeline | ReadBatches | None = None
+        target = None if cluster or isinstance(client, RedisCluster) else target_of(client)
+        if auto_pipeline and target is not None:
+            self._reads = ReadBatches(target, max_in_flight=read_batches_in_flight)
+        elif auto_pipeline:
+            self._reads = AutoPipeline(client, max_in_flight=read_batches_in_flight)
         # A batch of applies on a single server is one call of the apply script (apply.lua).
         # Up to APPLY_BATCHES_IN_FLIGHT batches on disjoint markets are out together (the
         # client packs the next while the server runs one); a market's applies stay in order.

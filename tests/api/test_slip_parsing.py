@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from oddsfeed.api import schemas
+from oddsfeed.api import schemas, slip
 from oddsfeed.api.body import check_json, parse_json
 from oddsfeed.api.slip import _plain_slip
 from oddsfeed.core.errors import InvalidInput
@@ -149,3 +149,38 @@ def test_parse_json_is_json_loads(raw: bytes) -> None:
     except InvalidInput:
         got = InvalidInput
     assert repr(got) == repr(expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_body(), min_size=1, max_size=4))
+def test_a_remembered_leg_is_the_models_leg(bodies: list[Any]) -> None:
+    """Bodies taken directly again (their legs now remembered) give the same answer as the
+    first time, and that answer is the model's."""
+    first = [_plain_slip(b) for b in bodies]
+    again = [_plain_slip(b) for b in bodies]
+    assert first == again
+    for body, fast in zip(bodies, again):
+        if fast is not None:
+            slip = schemas.SlipIn.model_validate(body)
+            assert fast == (tuple(leg.leg() for leg in slip.legs), slip.accept)
+
+
+def test_a_remembered_leg_does_not_take_a_value_of_another_type() -> None:
+    """After a leg with version 1 and price 2 was remembered, version True and price "2"
+    or 2.0 are decided anew: a bool version goes to the model (which refuses it)."""
+    leg = {"market": "m1", "selection": "h", "price": 2, "version": 1}
+    assert _plain_slip({"legs": [leg]}) is not None
+    assert _plain_slip({"legs": [{**leg, "version": True}]}) is None
+    with pytest.raises(ValidationError):
+        schemas.SlipIn.model_validate({"legs": [{**leg, "version": True}]})
+    for price in (2.0, "2"):
+        got = _plain_slip({"legs": [{**leg, "price": price}]})
+        assert got is not None
+        assert got[0][0].price == _plain_slip({"legs": [leg]})[0][0].price  # type: ignore[index]
+
+
+def test_the_leg_memo_is_bounded() -> None:
+    """The memo never holds more than MEMO_LEGS legs."""
+    for i in range(slip.MEMO_LEGS + 10):
+        _plain_slip({"legs": [{"market": f"m{i}", "selection": "h", "price": 2.5}]})
+    assert len(slip._legs_seen) <= slip.MEMO_LEGS
