@@ -54,7 +54,8 @@ class Run:
         self.encoding = encoding
         self.limit_bytes = limit_bytes
         self.opened = time.monotonic()  # the queued time of every delta (the age limit)
-        # (encoding, at, end) -> the frame of that slice, built once for its members
+        # (encoding, at, end) -> the frame of a slice other than the whole run in the run's
+        # encoding (the writer keeps that one), built once for its members
         self.frames: dict[tuple[str, int, int], bytes] = {}
 
     def index(self, out: Outgoing, delta: Delta) -> int:

@@ -314,21 +314,25 @@ class FanoutServer:
                 self._close_run(run)
             else:
                 clients = run.take(clients, run.index(out, delta))
-                if run.full():
-                    self._write_run(run)
                 if not clients:
+                    if run.full():
+                        self._write_run(run)
                     return
         self.writer.send_many(clients, out, market, delta, now, policy.write_now, self._queue)
+        run = self._runs.get(market)
+        if run is not None and run.full():
+            self._write_run(run)
 
     def _queue(self, client: Client, out: wire.Outgoing, market: str, delta: Delta,
                now: float) -> None:
         """Queue a delta the policy does not write at once: in its market's run if the
         client may join it (batching, nothing else queued for it, in no run), else in the
-        client's outbox."""
+        client's outbox. A client of several markets keeps its outbox: its markets' deltas
+        of one window share one frame there."""
         policy = self.policy
         if (client.run is None and policy.batching and not out.urgent
                 and not client.outbox.queued_bytes and client.writer is None
-                and not client.closed):
+                and not client.closed and len(client.pos) == 1):
             hot = policy.hot(client)
             run = self._runs.get(market)
             if run is None:
@@ -341,8 +345,6 @@ class FanoutServer:
                         policy.hot_window_s if hot else policy.window_s, self._flush, batch)
             if run.hot == hot:
                 run.join(client, run.index(out, delta))
-                if run.full():
-                    self._write_run(run)
                 return
         client.push(out, market=market, delta=delta, now=now, write_through=False)
 

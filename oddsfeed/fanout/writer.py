@@ -179,28 +179,37 @@ class Writer:
                 t_us = held[0].t_us
             slices = run.frames
             n = len(held)
+            # the frame of the whole run in the members' most common encoding
+            whole_enc = run.encoding
+            whole: bytes | None = None
             for client in run.clients:
                 if client.run is not run:
                     continue  # left the run (or joined again: counted once, there)
-                ws = client.conn
-                if (ws is None or client.writer is not None or client.closed or client.fd < 0
-                        or ws.protocol.state is not OPEN or ws.transport.is_closing()
-                        or ws.transport.get_write_buffer_size()):
+                transport = client.transport
+                fd = client.fd
+                if (transport is None or client.writer is not None or client.closed or fd < 0
+                        or client.proto.state is not OPEN or transport.is_closing()
+                        or transport.get_write_buffer_size()):
                     # through its outbox, in order, as any queued client
                     if leave(client) and client.outbox:
                         self.write_or_wake(client)
                     continue
                 client.run = None
                 at, end = client.run_at, client.run_end
-                key = (client.encoding, at, end)
-                frame = slices.get(key)
-                if frame is None:
-                    frame = slices[key] = frame_of_all(
-                        tuple(held[at:end]) if at or end != n else tuple(held),
-                        client.encoding, {})
-                fds.append(client.fd)
+                if not at and end == n and client.encoding == whole_enc:
+                    if whole is None:
+                        whole = frame_of_all(tuple(held), whole_enc, {})
+                    frame = whole
+                else:
+                    key = (client.encoding, at, end)
+                    cached = slices.get(key)
+                    if cached is None:
+                        cached = slices[key] = frame_of_all(
+                            tuple(held[at:end]), client.encoding, {})
+                    frame = cached
+                fds.append(fd)
                 frames.append(frame)
-                transports.append(ws.transport)
+                transports.append(transport)
                 client.last_sent = now
                 client.received += end - at
                 nbytes += len(frame)

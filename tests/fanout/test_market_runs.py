@@ -69,6 +69,7 @@ async def fanout(n: int, sndbuf: int = 0) -> AsyncIterator[
             client.fd = conn.fileno()
             client.last_sent = time.monotonic()
             client.rate = 1000  # hot: its deltas wait for the hot window
+            client.pos["m1"] = ("e", 1)  # subscribed to one market
             clients.append(client)
             peers.append(peer)
         yield fan, clients, peers
@@ -152,7 +153,6 @@ async def test_a_window_of_one_market_reaches_every_subscriber_as_one_shared_fra
         frames = [read_frame(p) for p in peers]
         assert versions(frames[0]) == [2, 3, 4]
         assert frames[0] == frames[1] == frames[2]
-        assert len(run.frames) == 1
         assert not fan._runs
         assert all(c.run is None for c in clients)
         assert all(c.received == 3 for c in clients)
@@ -282,3 +282,35 @@ async def test_a_closed_member_is_skipped() -> None:
         window_end(fan)
         assert versions(read_frame(peers[1])) == [2]
         assert nothing_to_read(peers[0])
+
+
+async def test_a_client_of_several_markets_keeps_its_outbox() -> None:
+    """A client subscribed to two markets never joins a run: its deltas of both markets
+    share one frame through its outbox, in the order handed."""
+    async with fanout(2) as (fan, clients, peers):
+        multi, single = clients
+        multi.pos["m2"] = ("e", 8)
+        send(fan, clients, 2)
+        send(fan, [multi], 9, market="m2")
+        send(fan, clients, 3)
+        assert multi.run is None
+        assert len(multi.outbox) == 3
+        assert single.run is not None
+        window_end(fan)
+        got = items(read_frame(peers[0]))
+        assert [(m["m"], m["v"]) for m in got] == [("m1", 2), ("m2", 9), ("m1", 3)]
+        assert versions(read_frame(peers[1])) == [2, 3]
+
+
+async def test_a_worker_that_stops_batching_writes_the_run_at_once() -> None:
+    """When the worker stops batching mid-window, the market's next delta takes the run's
+    queued deltas along at once, in order, without waiting for the window."""
+    async with fanout(1) as (fan, clients, peers):
+        send(fan, clients, 2)
+        fan.policy.set_batching(False)
+        send(fan, clients, 3)
+        assert "m1" not in fan._runs
+        got: list[int] = []
+        while len(got) < 2:
+            got += versions(read_frame(peers[0]))
+        assert got == [2, 3]
