@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ..core import wire
 from ..core.book import Delta
@@ -13,10 +13,7 @@ from ..core.model import Market
 from ..core.session import FULL, SLOW, Outbox
 from ..store import Gone
 from . import metrics
-from .runs import leave
-
-if TYPE_CHECKING:
-    from .runs import Run
+from .runs import Run, leave
 
 # What a held (not yet released) live item can be.
 Held = Delta | Market | Gone
@@ -87,7 +84,7 @@ class Client:
         self.held_bytes = 0
         # the market run (:mod:`.runs`) this client takes a slice [run_at, run_end) of, or
         # None; while set, its outbox is empty
-        self.run: Run | None = None
+        self.run: Run[Client] | None = None
         self.run_at = self.run_end = 0
 
     def __hash__(self) -> int:

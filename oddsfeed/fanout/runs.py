@@ -22,21 +22,34 @@ No I/O here.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import Any, Generic, Protocol, TypeVar
 
 from ..core.book import Delta
-from ..core.session import SLOW
+from ..core.session import SLOW, Outbox
 from ..core.wire import Outgoing
 from . import metrics
-
-if TYPE_CHECKING:
-    from .client import Client
 
 # Deltas per run at most (one frame's worth, as the writer's FRAME_ITEMS).
 RUN_ITEMS = 512
 
 
-class Run:
+class Member(Protocol):
+    """What a run needs of a client (:class:`~oddsfeed.fanout.client.Client`; named through
+    this protocol so that the client and its run do not import each other)."""
+
+    run: Run[Any] | None
+    run_at: int
+    run_end: int
+    closed: bool
+    received: int
+    outbox: Outbox
+    sink: Any  # the client's Sink: ready() and slow()
+
+
+M = TypeVar("M", bound=Member)
+
+
+class Run(Generic[M]):
     """One market's deltas of one batching window and the clients that take them."""
 
     __slots__ = ("market", "messages", "deltas", "clients", "hot", "nbytes", "limit_bytes",
@@ -48,7 +61,7 @@ class Run:
         self.deltas: list[Delta] = []
         # every client that joined (one that left, or joined again, is told by its own
         # ``run`` and slice): the writer skips members whose ``run`` is not this one
-        self.clients: list[Client] = []
+        self.clients: list[M] = []
         self.hot = hot  # which batching window it waits for
         self.nbytes = 0  # payload bytes in ``encoding`` (the first member's), for the bound
         self.encoding = encoding
@@ -72,17 +85,17 @@ class Run:
         """Whether the run holds a frame's worth (written at once, not at the window's end)."""
         return self.nbytes >= self.limit_bytes or len(self.messages) >= RUN_ITEMS
 
-    def join(self, client: Client, idx: int) -> None:
+    def join(self, client: M, idx: int) -> None:
         """``client`` (in no run, its outbox empty) takes the run's delta at ``idx`` on."""
         client.run = self
         client.run_at = idx
         client.run_end = idx + 1
         self.clients.append(client)
 
-    def take(self, clients: list[Client], idx: int) -> list[Client]:
+    def take(self, clients: list[M], idx: int) -> list[M]:
         """The members of ``clients`` whose slice ends right before ``idx`` take it; returns
         the others (not in this run, or past a delta they did not take)."""
-        rest: list[Client] = []
+        rest: list[M] = []
         for client in clients:
             if client.run is self and client.run_end == idx:
                 client.run_end = idx + 1
@@ -91,7 +104,7 @@ class Run:
         return rest
 
 
-def leave(client: Client) -> bool:
+def leave(client: Member) -> bool:
     """``client`` leaves its run: its slice moves to its outbox, in order, with the outbox's
     conflation and limits (a slow verdict closes it), and the client waits for a batching
     window like any client with something queued. A closed client just leaves. Returns

@@ -82,7 +82,7 @@ class _Batch:
 
     def __init__(self) -> None:
         self.clients: set[Client] = set()
-        self.runs: list[Run] = []
+        self.runs: list[Run[Client]] = []
         self.handle: asyncio.TimerHandle | None = None
 
 
@@ -115,7 +115,7 @@ class FanoutServer:
         self._batch = _Batch()
         self._hot_batch = _Batch()
         # market -> its run of the open window (see :mod:`.runs`)
-        self._runs: dict[str, Run] = {}
+        self._runs: dict[str, Run[Client]] = {}
         self._idle_gc_at = -IDLE_GC_EVERY_S  # loop time of the last idle collection
         self._ticker: asyncio.Task[None] | None = None
 
@@ -336,8 +336,8 @@ class FanoutServer:
             hot = policy.hot(client)
             run = self._runs.get(market)
             if run is None:
-                run = self._runs[market] = Run(market, hot, client.encoding,
-                                               client.outbox.flush_bytes)
+                run = Run(market, hot, client.encoding, client.outbox.flush_bytes)
+                self._runs[market] = run
                 batch = self._hot_batch if hot else self._batch
                 batch.runs.append(run)
                 if batch.handle is None:
@@ -348,13 +348,13 @@ class FanoutServer:
                 return
         client.push(out, market=market, delta=delta, now=now, write_through=False)
 
-    def _write_run(self, run: Run) -> None:
+    def _write_run(self, run: Run[Client]) -> None:
         """A run holding a frame's worth is written now, not at the window's end."""
         if self._runs.get(run.market) is run:
             del self._runs[run.market]
         self.writer.flush((), (run,))
 
-    def _close_run(self, run: Run) -> None:
+    def _close_run(self, run: Run[Client]) -> None:
         """Every member's slice of ``run`` moves to its outbox (see :func:`.runs.leave`)."""
         if self._runs.get(run.market) is run:
             del self._runs[run.market]

@@ -154,7 +154,7 @@ class Writer:
         if sent:
             self.count(nbytes, sent, out.t_us, frames=sent)
 
-    def flush(self, clients: Iterable[Client], runs: Iterable[Run] = ()) -> None:
+    def flush(self, clients: Iterable[Client], runs: Iterable[Run[Client]] = ()) -> None:
         """A batching window's end: each client's queued messages as one frame, and each
         market run's slice to each of its members as one frame, the frames of every socket
         that holds nothing in its transport sent by one ``send_each`` call (what a socket
