@@ -323,30 +323,44 @@ class FanoutServer:
         if run is not None and run.full():
             self._write_run(run)
 
-    def _queue(self, client: Client, out: wire.Outgoing, market: str, delta: Delta,
+    def _queue(self, clients: list[Client], out: wire.Outgoing, market: str, delta: Delta,
                now: float) -> None:
-        """Queue a delta the policy does not write at once: in its market's run if the
-        client may join it (batching, nothing else queued for it, in no run), else in the
-        client's outbox. A client of several markets keeps its outbox: its markets' deltas
-        of one window share one frame there."""
+        """Queue a delta the policy does not write at once: in its market's run for each
+        client that may join it (batching, nothing else queued for it, in no run), else in
+        the client's outbox. A client of several markets keeps its outbox: its markets'
+        deltas of one window share one frame there."""
         policy = self.policy
-        if (client.run is None and policy.batching and not out.urgent
-                and not client.outbox.queued_bytes and client.writer is None
-                and not client.closed and len(client.pos) == 1):
-            hot = policy.hot(client)
-            run = self._runs.get(market)
-            if run is None:
-                run = Run(market, hot, client.encoding, client.outbox.flush_bytes)
-                self._runs[market] = run
-                batch = self._hot_batch if hot else self._batch
-                batch.runs.append(run)
-                if batch.handle is None:
-                    batch.handle = asyncio.get_running_loop().call_later(
-                        policy.hot_window_s if hot else policy.window_s, self._flush, batch)
-            if run.hot == hot:
-                run.join(client, run.index(out, delta))
-                return
-        client.push(out, market=market, delta=delta, now=now, write_through=False)
+        if not policy.batching or out.urgent:
+            for client in clients:
+                client.push(out, market=market, delta=delta, now=now, write_through=False)
+            return
+        run = self._runs.get(market)
+        idx = -1
+        hot_of = policy.hot
+        for client in clients:
+            if (client.run is None and not client.outbox.queued_bytes
+                    and client.writer is None and not client.closed and len(client.pos) == 1):
+                hot = hot_of(client)
+                if run is None:
+                    run = self._open_run(market, hot, client)
+                if run.hot == hot:
+                    if idx < 0:
+                        idx = run.index(out, delta)
+                    run.join(client, idx)
+                    continue
+            client.push(out, market=market, delta=delta, now=now, write_through=False)
+
+    def _open_run(self, market: str, hot: bool, client: Client) -> Run[Client]:
+        """A new run of ``market`` waiting for the hot or the normal batching window."""
+        policy = self.policy
+        run: Run[Client] = Run(market, hot, client.encoding, client.outbox.flush_bytes)
+        self._runs[market] = run
+        batch = self._hot_batch if hot else self._batch
+        batch.runs.append(run)
+        if batch.handle is None:
+            batch.handle = asyncio.get_running_loop().call_later(
+                policy.hot_window_s if hot else policy.window_s, self._flush, batch)
+        return run
 
     def _write_run(self, run: Run[Client]) -> None:
         """A run holding a frame's worth is written now, not at the window's end."""

@@ -93,12 +93,13 @@ class Writer:
 
     def send_many(self, clients: list[Client], out: wire.Outgoing, market: str,
                   delta: Delta, now: float, write_now: Callable[[Client, float], bool],
-                  queue: Callable[[Client, wire.Outgoing, str, Delta, float], None]) -> None:
+                  queue: Callable[[list[Client], wire.Outgoing, str, Delta, float], None]
+                  ) -> None:
         """One delta to many clients: written at once to each one ``write_now`` allows and
-        whose socket keeps up; ``queue`` takes the ones the policy holds back (its market's
-        run or client.push without a second write-through check), client.push the ones
-        whose socket does not keep up. A client in a run leaves it first (what the run
-        holds for it goes before this delta).
+        whose socket keeps up; ``queue`` takes the ones the policy holds back, after the
+        sends (its market's run or client.push without a second write-through check),
+        client.push the ones whose socket does not keep up. A client in a run leaves it
+        first (what the run holds for it goes before this delta).
 
         This loop runs once per delivery (most of a loaded worker's time, the send syscall
         most of that): the frame is looked up once per encoding, and sockets whose
@@ -106,13 +107,14 @@ class Writer:
         socket did not take goes back through its transport, in order."""
         frames: dict[str, bytes] = {}
         direct: dict[str, tuple[list[int], list[Any]]] = {}
+        held: list[Client] = []
         sent = nbytes = 0
         for client in clients:
             if client.run is not None:
                 leave(client)
             transport = client.transport
             if not write_now(client, now):
-                queue(client, out, market, delta, now)
+                held.append(client)
                 continue
             if transport is None:
                 client.push(out, market=market, delta=delta, now=now, write_through=False)
@@ -153,6 +155,8 @@ class Writer:
                 transports[i].write(frame[took:] if took > 0 else frame)
         if sent:
             self.count(nbytes, sent, out.t_us, frames=sent)
+        if held:
+            queue(held, out, market, delta, now)
 
     def flush(self, clients: Iterable[Client], runs: Iterable[Run[Client]] = ()) -> None:
         """A batching window's end: each client's queued messages as one frame, and each
