@@ -13,6 +13,7 @@ from ..core.model import Market
 from ..core.session import FULL, SLOW, Outbox
 from ..store import Gone
 from . import metrics
+from .runs import Run, leave
 
 # What a held (not yet released) live item can be.
 Held = Delta | Market | Gone
@@ -44,8 +45,8 @@ class Client:
 
     __slots__ = ("id", "encoding", "outbox", "pos", "pending", "via_event", "explicit",
                  "closed", "sink", "counted", "last_sent", "writer", "conn", "transport", "proto",
-                 "fd", "received", "rate", "streak", "held_bytes",
-                 "__weakref__")
+                 "fd", "received", "rate", "streak", "held_bytes", "run", "run_at",
+                 "run_end", "__weakref__")
 
     def __init__(self, cid: int, encoding: str, outbox: Outbox) -> None:
         self.id = cid
@@ -81,6 +82,10 @@ class Client:
         self.streak = 0
         # bytes of the live items held in ``pending`` (they count against the outbox limit)
         self.held_bytes = 0
+        # the market run (:mod:`.runs`) this client takes a slice [run_at, run_end) of, or
+        # None; while set, its outbox is empty
+        self.run: Run[Client] | None = None
+        self.run_at = self.run_end = 0
 
     def __hash__(self) -> int:
         return self.id
@@ -95,6 +100,8 @@ class Client:
         ``now`` (monotonic) may be passed by a caller pushing to many clients at once;
         ``write_through=False`` skips ``sink.direct`` (the caller already asked it)."""
         if self.closed:
+            return
+        if self.run is not None and not leave(self):  # what the run holds for it goes first
             return
         self.received += 1
         outbox = self.outbox

@@ -44,6 +44,7 @@ from .close import (
 )
 from .handshake import peer_ip, process_request, select_subprotocol
 from .hub import Client, Hub
+from .runs import Run, leave
 from .writer import Writer
 from .wsinternals import Connection, attach, is_open, ping, shed_handshake
 
@@ -75,12 +76,13 @@ MAX_VALIDATIONS_IN_FLIGHT = 8
 
 
 class _Batch:
-    """Clients waiting for one shared batching-window timer."""
+    """Clients and market runs waiting for one shared batching-window timer."""
 
-    __slots__ = ("clients", "handle")
+    __slots__ = ("clients", "runs", "handle")
 
     def __init__(self) -> None:
         self.clients: set[Client] = set()
+        self.runs: list[Run[Client]] = []
         self.handle: asyncio.TimerHandle | None = None
 
 
@@ -112,6 +114,8 @@ class FanoutServer:
         # clients with something to send wait for one shared timer per window
         self._batch = _Batch()
         self._hot_batch = _Batch()
+        # market -> its run of the open window (see :mod:`.runs`)
+        self._runs: dict[str, Run[Client]] = {}
         self._idle_gc_at = -IDLE_GC_EVERY_S  # loop time of the last idle collection
         self._ticker: asyncio.Task[None] | None = None
 
@@ -303,7 +307,74 @@ class FanoutServer:
         policy = self.policy
         if policy.behind(self.hub.lateness_s):
             policy.widen()  # fell behind within a tick: do not wait for the ticker
-        self.writer.send_many(clients, out, market, delta, now, policy.write_now)
+        run = self._runs.get(market)
+        if run is not None:
+            if out.urgent or not policy.batching:
+                # a suspension leaves at once, behind what its market's run holds
+                self._close_run(run)
+            else:
+                clients = run.take(clients, run.index(out, delta))
+                if not clients:
+                    if run.full():
+                        self._write_run(run)
+                    return
+        self.writer.send_many(clients, out, market, delta, now, policy.write_now, self._queue)
+        run = self._runs.get(market)
+        if run is not None and run.full():
+            self._write_run(run)
+
+    def _queue(self, clients: list[Client], out: wire.Outgoing, market: str, delta: Delta,
+               now: float) -> None:
+        """Queue a delta the policy does not write at once: in its market's run for each
+        client that may join it (batching, nothing else queued for it, in no run), else in
+        the client's outbox. A client of several markets keeps its outbox: its markets'
+        deltas of one window share one frame there."""
+        policy = self.policy
+        if not policy.batching or out.urgent:
+            for client in clients:
+                client.push(out, market=market, delta=delta, now=now, write_through=False)
+            return
+        run = self._runs.get(market)
+        idx = -1
+        hot_of = policy.hot
+        for client in clients:
+            if (client.run is None and not client.outbox.queued_bytes
+                    and client.writer is None and not client.closed and len(client.pos) == 1):
+                hot = hot_of(client)
+                if run is None:
+                    run = self._open_run(market, hot, client)
+                if run.hot == hot:
+                    if idx < 0:
+                        idx = run.index(out, delta)
+                    run.join(client, idx)
+                    continue
+            client.push(out, market=market, delta=delta, now=now, write_through=False)
+
+    def _open_run(self, market: str, hot: bool, client: Client) -> Run[Client]:
+        """A new run of ``market`` waiting for the hot or the normal batching window."""
+        policy = self.policy
+        run: Run[Client] = Run(market, hot, client.encoding, client.outbox.flush_bytes)
+        self._runs[market] = run
+        batch = self._hot_batch if hot else self._batch
+        batch.runs.append(run)
+        if batch.handle is None:
+            batch.handle = asyncio.get_running_loop().call_later(
+                policy.hot_window_s if hot else policy.window_s, self._flush, batch)
+        return run
+
+    def _write_run(self, run: Run[Client]) -> None:
+        """A run holding a frame's worth is written now, not at the window's end."""
+        if self._runs.get(run.market) is run:
+            del self._runs[run.market]
+        self.writer.flush((), (run,))
+
+    def _close_run(self, run: Run[Client]) -> None:
+        """Every member's slice of ``run`` moves to its outbox (see :func:`.runs.leave`)."""
+        if self._runs.get(run.market) is run:
+            del self._runs[run.market]
+        for client in run.clients:
+            if client.run is run:
+                leave(client)
 
     def ready(self, client: Client, urgent: bool) -> None:
         """A client has something to send: write it now (urgent, or the worker is not
@@ -322,9 +393,14 @@ class FanoutServer:
     def _flush(self, batch: _Batch) -> None:
         batch.handle = None
         clients, batch.clients = batch.clients, set()
-        self.writer.flush(clients)
+        runs, batch.runs = batch.runs, []
+        for run in runs:
+            if self._runs.get(run.market) is run:
+                del self._runs[run.market]
+        self.writer.flush(clients, runs)
 
     def _leave_batches(self, client: Client) -> None:
+        leave(client)
         self._batch.clients.discard(client)
         self._hot_batch.clients.discard(client)
 

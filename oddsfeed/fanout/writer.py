@@ -24,6 +24,7 @@ from ..core.book import Delta
 from . import metrics
 from .client import Client
 from .frames import frame_of, frame_of_all, next_frame
+from .runs import Run, leave
 from .wsinternals import OPEN
 
 try:
@@ -91,10 +92,14 @@ class Writer:
         return True
 
     def send_many(self, clients: list[Client], out: wire.Outgoing, market: str,
-                  delta: Delta, now: float, write_now: Callable[[Client, float], bool]) -> None:
+                  delta: Delta, now: float, write_now: Callable[[Client, float], bool],
+                  queue: Callable[[list[Client], wire.Outgoing, str, Delta, float], None]
+                  ) -> None:
         """One delta to many clients: written at once to each one ``write_now`` allows and
-        whose socket keeps up; the others queue it (client.push without a second
-        write-through check).
+        whose socket keeps up; ``queue`` takes the ones the policy holds back, after the
+        sends (its market's run or client.push without a second write-through check),
+        client.push the ones whose socket does not keep up. A client in a run leaves it
+        first (what the run holds for it goes before this delta).
 
         This loop runs once per delivery (most of a loaded worker's time, the send syscall
         most of that): the frame is looked up once per encoding, and sockets whose
@@ -102,10 +107,16 @@ class Writer:
         socket did not take goes back through its transport, in order."""
         frames: dict[str, bytes] = {}
         direct: dict[str, tuple[list[int], list[Any]]] = {}
+        held: list[Client] = []
         sent = nbytes = 0
         for client in clients:
+            if client.run is not None:
+                leave(client)
             transport = client.transport
-            if not write_now(client, now) or transport is None:
+            if not write_now(client, now):
+                held.append(client)
+                continue
+            if transport is None:
                 client.push(out, market=market, delta=delta, now=now, write_through=False)
                 continue
             buffered = transport.get_write_buffer_size()
@@ -144,16 +155,19 @@ class Writer:
                 transports[i].write(frame[took:] if took > 0 else frame)
         if sent:
             self.count(nbytes, sent, out.t_us, frames=sent)
+        if held:
+            queue(held, out, market, delta, now)
 
-    def flush(self, clients: Iterable[Client]) -> None:
-        """A batching window's end: each client's queued messages as one frame, the frames
-        of every socket that holds nothing in its transport sent by one ``send_each`` call
-        (what a socket did not take goes back through its transport, in order); the others
-        (a TLS socket, something buffered, more than one frame queued) through
-        :meth:`write_or_wake`.
+    def flush(self, clients: Iterable[Client], runs: Iterable[Run[Client]] = ()) -> None:
+        """A batching window's end: each client's queued messages as one frame, and each
+        market run's slice to each of its members as one frame, the frames of every socket
+        that holds nothing in its transport sent by one ``send_each`` call (what a socket
+        did not take goes back through its transport, in order); the others (a TLS socket,
+        something buffered, more than one frame queued) through :meth:`write_or_wake`.
 
         Once per queued connection: the connections that queued the same messages (a
-        market's subscribers) share one frame, built for the first of them."""
+        market's subscribers) share one frame, built for the first of them. A client is in
+        a run only while its outbox is empty, so each socket gets one frame here."""
         fds: list[int] = []
         frames: list[bytes] = []
         transports: list[Any] = []
@@ -161,6 +175,49 @@ class Writer:
         now = time.monotonic()
         nbytes = nmessages = 0
         t_us = 0
+        for run in runs:
+            held = run.messages
+            if not held:
+                continue
+            if not t_us:
+                t_us = held[0].t_us
+            slices = run.frames
+            n = len(held)
+            # the frame of the whole run in the members' most common encoding
+            whole_enc = run.encoding
+            whole: bytes | None = None
+            for client in run.clients:
+                if client.run is not run:
+                    continue  # left the run (or joined again: counted once, there)
+                transport = client.transport
+                fd = client.fd
+                if (transport is None or client.writer is not None or client.closed or fd < 0
+                        or client.proto.state is not OPEN or transport.is_closing()
+                        or transport.get_write_buffer_size()):
+                    # through its outbox, in order, as any queued client
+                    if leave(client) and client.outbox:
+                        self.write_or_wake(client)
+                    continue
+                client.run = None
+                at, end = client.run_at, client.run_end
+                if not at and end == n and client.encoding == whole_enc:
+                    if whole is None:
+                        whole = frame_of_all(tuple(held), whole_enc, {})
+                    frame = whole
+                else:
+                    key = (client.encoding, at, end)
+                    cached = slices.get(key)
+                    if cached is None:
+                        cached = slices[key] = frame_of_all(
+                            tuple(held[at:end]), client.encoding, {})
+                    frame = cached
+                fds.append(fd)
+                frames.append(frame)
+                transports.append(transport)
+                client.last_sent = now
+                client.received += end - at
+                nbytes += len(frame)
+                nmessages += end - at
         for client in clients:
             ws = client.conn
             if ws is None or client.writer is not None or client.closed:
