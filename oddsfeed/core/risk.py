@@ -30,11 +30,14 @@ Why this formula:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain, repeat
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from .betslip import REASONS
+from .prices import from_decimal
 
 # Upper bounds (exclusive) of the stale_ms buckets; the last bucket is everything above.
 STALE_BOUNDS_MS = (250, 1000, 5000, 30000)
@@ -169,11 +172,91 @@ def beats_of(group: DueGroup, history: Sequence[HistoryEntry]) -> list[tuple[str
     return [(sub, at) for sub, ats in group.accepted for at in ats if at >= since]
 
 
-def beat_counts() -> Counts:
-    """The counts one beat leg adds (to its acceptance-time bucket): ``beat`` only, since
-    its slip and legs were counted when it was validated."""
+Columns = tuple[Sequence[str], Sequence[int], Sequence[int], Sequence[str], Sequence[str],
+                Sequence[float], Sequence[int]]
+
+
+class DueRows(NamedTuple):
+    """One recorder batch's accepted legs as the beat queue holds them, in columns
+    (:func:`columns`): per slip its account, its acceptance time and how many of its legs
+    were accepted; per leg, in slip order, its market, selection, answered price and
+    version as the verdict gave them. Each leg is judged once ``at_ms + window_ms``
+    passed. ``markets`` is the lowest version of the batch's legs per market (a market
+    whose history has nothing after it did not move, and none of its legs can have beaten
+    it); ``legs`` how many legs. ``rows`` is None until read from ``raw`` (its packed form,
+    as the store holds it): only a batch with a market that moved is read."""
+
+    window_ms: int
+    legs: int
+    markets: dict[str, int]
+    rows: Columns | None
+    raw: bytes = b""
+
+
+_MARKET = itemgetter("market")
+_SELECTION = itemgetter("selection")
+_PRICE = itemgetter("price")
+_VERSION = itemgetter("version")
+
+
+def columns(rows: Sequence[Any]) -> Columns:
+    """The columns of :class:`DueRows` from a batch's rows (flat ``sub, at_ms, verdicts``
+    per slip, each verdict an accepted leg's verdict map), built without a Python step per
+    leg."""
+    verdicts = rows[2::3]
+    legs = list(chain.from_iterable(verdicts))
+    return (rows[0::3], rows[1::3], list(map(len, verdicts)), list(map(_MARKET, legs)),
+            list(map(_SELECTION, legs)), list(map(_PRICE, legs)), list(map(_VERSION, legs)))
+
+
+def markets_of(markets: Iterable[str], versions: Iterable[int | None]) -> dict[str, int]:
+    """The lowest version per market of the legs (the market and version columns of
+    :func:`columns`)."""
+    out: dict[str, int] = {}
+    for market, version in set(zip(markets, versions)):
+        if version is not None and (market not in out or version < out[market]):
+            out[market] = version
+    return out
+
+
+def groups_of(due: DueRows, markets: Container[str]) -> list[DueGroup]:
+    """The legs of ``due`` (its rows read) on ``markets``, grouped as :class:`DueGroup` by
+    market version, selection and the price the bettor got (the verdict's answered price,
+    in ticks), then by account: :func:`beats_of` judges each group against the history after
+    its version, exactly as it judges the legs one by one."""
+    assert due.rows is not None
+    subs, ats, counts, leg_markets, selections, prices, versions = due.rows
+    by: dict[tuple[str, int, str, float], dict[str, list[int]]] = {}
+    leg_subs = chain.from_iterable(map(repeat, subs, counts))
+    leg_ats = chain.from_iterable(map(repeat, ats, counts))
+    for sub, at, market, selection, shown, version in zip(
+            leg_subs, leg_ats, leg_markets, selections, prices, versions, strict=True):
+        if market not in markets or version is None:
+            continue
+        key = (market, version, selection, shown)
+        found = by.get(key)
+        if found is None:
+            by[key] = {sub: [at]}
+        elif sub in found:
+            found[sub].append(at)
+        else:
+            found[sub] = [at]
+    ticks: dict[float, int] = {}
+    out = []
+    for (market, version, selection, shown), accepted in by.items():
+        price = ticks.get(shown)
+        if price is None:
+            price = ticks[shown] = from_decimal(shown)
+        out.append(DueGroup(market, selection, price, int(version), due.window_ms,
+                            list(accepted.items())))
+    return out
+
+
+def beat_counts(n: int = 1) -> Counts:
+    """The counts ``n`` beat legs add (to their acceptance-time bucket): ``beat`` only,
+    since their slips and legs were counted when they were validated."""
     out = list(ZERO)
-    out[_INDEX["beat"]] = 1
+    out[_INDEX["beat"]] = n
     return tuple(out)
 
 

@@ -3,11 +3,17 @@
 Keys: ``of:{rdue:<shard>}`` for shard 0..shards-1, a sorted set per shard (the hash tag
 puts the shards in different cluster slots, so they spread over the primaries), and beside
 it ``of:{rdue:<shard>}:n``, the legs it holds. One member per push (one recorder batch):
-``<legs>|`` then msgpack ``[nonce, [[market, selection, price, version, window_ms, [[sub,
-[at_ms, ...]], ...]], ...]]`` (legs grouped by market version, selection and price, then by
-account; a leg is due at ``at_ms + window_ms``; the nonce keeps two equal batches apart),
-score = the latest due time in it. (A pop also reads the earlier form, ``[..., version,
-[[sub, at_ms, due_ms], ...]]``, that a worker of the previous release may have queued.)
+``<legs>|`` then two msgpack objects, the head ``[nonce, window_ms, {market: lowest
+version}]`` and the batch's columns (``[subs, at_ms, legs per slip, markets, selections,
+answered prices, versions]``: ``core.risk.DueRows``); score = the
+latest due time in it (a leg is due at ``at_ms + window_ms``; the nonce keeps two equal
+batches apart). A pop reads only the heads; the columns are read (``read``) only for a
+batch with a market that moved, so the legs on markets that did not move are never looked
+at one by one. A pop also reads the two earlier forms that a worker of a previous release
+may have queued: ``[nonce, [[market, selection, price, version, window_ms, [[sub, [at_ms,
+...]], ...]], ...]]`` and, older, ``[..., version, [[sub, at_ms, due_ms], ...]]``. (A
+worker of those releases fails the sweep that takes a member of this form: the legs it
+took in that sweep are lost, reported as ``risk.record_failed``.)
 A push goes to one shard (round robin) and only if the shard then holds at most
 ``max_due // shards`` legs: a push past that is refused whole (its legs counted by the
 caller), the queued ones stay. A pop takes the due members of every shard, each shard's in
@@ -28,7 +34,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from ..core.errors import StoreError
-from ..core.risk import DueGroup
+from ..core.risk import DueGroup, DueRows, columns, markets_of
 
 _PUSH = """
 -- KEYS: 1 the shard, 2 its leg count; ARGV: 1 the cap (legs), 2 legs, 3 due_ms, 4 member.
@@ -107,12 +113,28 @@ class DueQueue:
         self._nonces = itertools.count()
         self._nonce = int.from_bytes(os.urandom(4), "big") << 32
 
-    async def push(self, groups: Sequence[DueGroup]) -> int:
-        """Queue ``groups`` as one member of one shard (round robin) in one round trip;
-        returns how many legs a full shard refused (all or none). Raises StoreError."""
-        legs = sum(g.size() for g in groups)
+    async def push(self, rows: Sequence[Any], window_ms: int) -> int:
+        """Queue a batch's accepted legs (flat ``sub, at_ms, verdicts`` per slip) as one
+        member of one shard (round robin) in one round trip; returns how many legs a full
+        shard refused (all or none). Raises StoreError."""
+        cols = columns(rows)
+        legs = len(cols[3])
         if not legs:
             return 0
+        shard = next(self._shard) % self.shards
+        nonce = self._nonce | (next(self._nonces) & 0xFFFFFFFF)
+        member = b"".join((b"%d|" % legs,
+                           msgpack.packb([nonce, window_ms, markets_of(cols[3], cols[6])]),
+                           msgpack.packb(cols)))
+        due = max(rows[1::3]) + window_ms
+        (added,) = await eval_many(self.client, self._push, [(
+            (due_key(shard), count_key(shard)), (self.per_shard, legs, due, member))])
+        return 0 if int(added) == 1 else legs
+
+    async def push_groups(self, groups: Sequence[DueGroup]) -> int:
+        """Queue ``groups`` in the previous release's form (tests of a rolling upgrade);
+        as :meth:`push`."""
+        legs = sum(g.size() for g in groups)
         shard = next(self._shard) % self.shards
         nonce = self._nonce | (next(self._nonces) & 0xFFFFFFFF)
         member = b"%d|" % legs + msgpack.packb([nonce, groups])  # tuples pack as arrays
@@ -121,20 +143,38 @@ class DueQueue:
             (due_key(shard), count_key(shard)), (self.per_shard, legs, due, member))])
         return 0 if int(added) == 1 else legs
 
-    async def pop(self, now_ms: int, limit: int) -> list[DueGroup]:
+    @staticmethod
+    def read(due: DueRows) -> DueRows:
+        """``due`` with its rows unpacked."""
+        if due.rows is not None:
+            return due
+        subs, ats, counts, markets, selections, prices, versions = msgpack.unpackb(due.raw)
+        return due._replace(rows=(subs, ats, counts, markets, selections, prices, versions),
+                            raw=b"")
+
+    async def pop(self, now_ms: int, limit: int) -> list[DueGroup | DueRows]:
         """Take (and remove) up to ``limit`` members per shard whose latest window ended
-        by ``now_ms``, from every shard in one round trip; returns their groups. Raises
+        by ``now_ms``, from every shard in one round trip; returns each as its rows (rows
+        not yet read) or, for a member of an earlier form, its groups. Raises
         StoreError."""
         replies = await eval_many(self.client, self._pop, [
             ((due_key(s), count_key(s)), (now_ms, limit)) for s in range(self.shards)])
-        out = []
+        out: list[DueGroup | DueRows] = []
         for reply in replies:
             for raw in reply or []:
-                _, groups = msgpack.unpackb(raw[raw.index(b"|") + 1:])
-                for g in groups:
+                start = raw.index(b"|") + 1
+                head = msgpack.Unpacker()
+                head.feed(raw[start:])
+                first = head.unpack()
+                if len(first) == 3:  # this form: the head, then the rows left packed
+                    _, window_ms, markets = first
+                    out.append(DueRows(window_ms, int(raw[:start - 1]), markets, None,
+                                       raw[start + head.tell():]))
+                    continue
+                for g in first[1]:
                     if len(g) == 6:
                         out.append(DueGroup(*g))
-                    else:  # the earlier form: one (sub, at_ms, due_ms) per leg
+                    else:  # the oldest form: one (sub, at_ms, due_ms) per leg
                         market, selection, price, version, legs = g
                         out += [DueGroup(market, selection, price, version, due - at,
                                          [(sub, [at])]) for sub, at, due in legs]
