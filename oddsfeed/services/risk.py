@@ -3,14 +3,16 @@ background task, dates their stale legs from the history and adds the counts; it
 every accepted leg in the store's beat queue, and a second task judges the legs whose beat
 window has ended (a suspension or a shorter price within it counts ``beat``).
 
-It never delays or changes a validation: :meth:`RiskQueue.offer` appends the verdict's
-plain values to the current batch in memory (an all-accepted slip: its account, time and
-leg count; an accepted leg: its market, selection, prices, version, account and time; a
-slip with a rejected leg is summed into its account's count vector at once; a full batch
-drops the slip and counts the drop), wakes the task once per batch, and returns; the task
-sums the batch in one pass. Nothing of the request is kept but those values (and a
-rejected leg, until it is dated), and the store work of a batch grows with its accounts and
-markets, not with its slips.
+It never delays or changes a validation: :meth:`RiskQueue.offer` appends one row to the
+current batch in memory (an all-accepted slip: its account, time and verdict list, whatever
+its legs; a slip with a rejected leg is summed into its account's count vector at once and
+its accepted legs' verdicts are a row of their own; a full batch drops the slip and counts
+the drop), wakes the task once per batch, and returns; the task sums the batch in one pass
+and queues its accepted legs in the beat queue as columns, built without a Python step per
+leg. A sweep reads one history per market of the batches it takes and looks at legs one by
+one only on the markets that moved. Nothing of the request is kept but those rows (and a
+rejected leg, until it is dated), and the store round trips of a batch grow with its
+accounts and markets, not with its slips.
 """
 
 from __future__ import annotations
