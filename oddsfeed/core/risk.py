@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import chain, compress, repeat
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -226,12 +226,17 @@ def groups_of(due: DueRows, markets: Container[str]) -> list[DueGroup]:
     its version, exactly as it judges the legs one by one."""
     assert due.rows is not None
     subs, ats, counts, leg_markets, selections, prices, versions = due.rows
+    # The legs on other markets are skipped in C, before any Python step per leg.
+    keep = list(map(markets.__contains__, leg_markets))
+    if not any(keep):
+        return []
     by: dict[tuple[str, int, str, float], dict[str, list[int]]] = {}
-    leg_subs = chain.from_iterable(map(repeat, subs, counts))
-    leg_ats = chain.from_iterable(map(repeat, ats, counts))
-    for sub, at, market, selection, shown, version in zip(
-            leg_subs, leg_ats, leg_markets, selections, prices, versions, strict=True):
-        if market not in markets or version is None:
+    kept = [compress(column, keep) for column in (
+        chain.from_iterable(map(repeat, subs, counts)),
+        chain.from_iterable(map(repeat, ats, counts)),
+        leg_markets, selections, prices, versions)]
+    for sub, at, market, selection, shown, version in zip(*kept, strict=True):
+        if version is None:
             continue
         key = (market, version, selection, shown)
         found = by.get(key)
