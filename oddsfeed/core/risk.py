@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain, compress, repeat
+from itertools import chain, repeat
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -172,83 +172,70 @@ def beats_of(group: DueGroup, history: Sequence[HistoryEntry]) -> list[tuple[str
     return [(sub, at) for sub, ats in group.accepted for at in ats if at >= since]
 
 
-Columns = tuple[Sequence[str], Sequence[int], Sequence[int], Sequence[str], Sequence[str],
-                Sequence[float], Sequence[int]]
+# Accepted legs by (market, selection, answered price, version), then by account: the
+# acceptance times.
+Grouped = dict[tuple[Any, ...], dict[str, list[int]]]
 
 
 class DueRows(NamedTuple):
-    """One recorder batch's accepted legs as the beat queue holds them, in columns
-    (:func:`columns`): per slip its account, its acceptance time and how many of its legs
-    were accepted; per leg, in slip order, its market, selection, answered price and
-    version as the verdict gave them. Each leg is judged once ``at_ms + window_ms``
+    """One recorder batch's accepted legs as the beat queue holds them (:func:`group`):
+    grouped by market, selection, answered price (as the verdict gave it) and version,
+    then by account, each leg an acceptance time, judged once ``at_ms + window_ms``
     passed. ``markets`` is the lowest version of the batch's legs per market (a market
     whose history has nothing after it did not move, and none of its legs can have beaten
-    it); ``legs`` how many legs. ``rows`` is None until read from ``raw`` (its packed form,
-    as the store holds it): only a batch with a market that moved is read."""
+    it); ``legs`` how many legs. ``groups`` is None until read from ``raw`` (its packed
+    form, as the store holds it): only a batch with a market that moved is read."""
 
     window_ms: int
     legs: int
     markets: dict[str, int]
-    rows: Columns | None
+    groups: Grouped | None
     raw: bytes = b""
 
 
-_MARKET = itemgetter("market")
-_SELECTION = itemgetter("selection")
-_PRICE = itemgetter("price")
-_VERSION = itemgetter("version")
+_LEG_OF = itemgetter("market", "selection", "price", "version")
 
 
-def columns(rows: Sequence[Any]) -> Columns:
-    """The columns of :class:`DueRows` from a batch's rows (flat ``sub, at_ms, verdicts``
-    per slip, each verdict an accepted leg's verdict map), built without a Python step per
-    leg."""
+def group(rows: Sequence[Any]) -> Grouped:
+    """A batch's accepted legs grouped for :class:`DueRows`, from its rows (flat ``sub,
+    at_ms, verdicts`` per slip, each verdict an accepted leg's verdict map)."""
     verdicts = rows[2::3]
-    legs = list(chain.from_iterable(verdicts))
-    return (rows[0::3], rows[1::3], list(map(len, verdicts)), list(map(_MARKET, legs)),
-            list(map(_SELECTION, legs)), list(map(_PRICE, legs)), list(map(_VERSION, legs)))
+    counts = list(map(len, verdicts))
+    by: Grouped = {}
+    for key, sub, at in zip(map(_LEG_OF, chain.from_iterable(verdicts)),
+                            chain.from_iterable(map(repeat, rows[0::3], counts)),
+                            chain.from_iterable(map(repeat, rows[1::3], counts))):
+        found = by.get(key)
+        if found is None:
+            by[key] = {sub: [at]}
+        else:
+            ats = found.get(sub)
+            if ats is None:
+                found[sub] = [at]
+            else:
+                ats.append(at)
+    return by
 
 
-def markets_of(markets: Iterable[str], versions: Iterable[int | None]) -> dict[str, int]:
-    """The lowest version per market of the legs (the market and version columns of
-    :func:`columns`)."""
+def markets_of(keys: Iterable[Sequence[Any]]) -> dict[str, int]:
+    """The lowest version per market of the groups' ``keys`` (:func:`group`)."""
     out: dict[str, int] = {}
-    for market, version in set(zip(markets, versions)):
+    for market, _, _, version in keys:
         if version is not None and (market not in out or version < out[market]):
             out[market] = version
     return out
 
 
 def groups_of(due: DueRows, markets: Container[str]) -> list[DueGroup]:
-    """The legs of ``due`` (its rows read) on ``markets``, grouped as :class:`DueGroup` by
-    market version, selection and the price the bettor got (the verdict's answered price,
-    in ticks), then by account: :func:`beats_of` judges each group against the history after
-    its version, exactly as it judges the legs one by one."""
-    assert due.rows is not None
-    subs, ats, counts, leg_markets, selections, prices, versions = due.rows
-    # The legs on other markets are skipped in C, before any Python step per leg.
-    keep = list(map(markets.__contains__, leg_markets))
-    if not any(keep):
-        return []
-    by: dict[tuple[str, int, str, float], dict[str, list[int]]] = {}
-    kept = [compress(column, keep) for column in (
-        chain.from_iterable(map(repeat, subs, counts)),
-        chain.from_iterable(map(repeat, ats, counts)),
-        leg_markets, selections, prices, versions)]
-    for sub, at, market, selection, shown, version in zip(*kept, strict=True):
-        if version is None:
-            continue
-        key = (market, version, selection, shown)
-        found = by.get(key)
-        if found is None:
-            by[key] = {sub: [at]}
-        elif sub in found:
-            found[sub].append(at)
-        else:
-            found[sub] = [at]
+    """The groups of ``due`` (read) on ``markets`` as :class:`DueGroup`, the price the
+    bettor got in ticks (from the verdict's answered price): :func:`beats_of` judges each
+    against the history after its version, exactly as it judges the legs one by one."""
+    assert due.groups is not None
     ticks: dict[float, int] = {}
     out = []
-    for (market, version, selection, shown), accepted in by.items():
+    for (market, selection, shown, version), accepted in due.groups.items():
+        if market not in markets or version is None:
+            continue
         price = ticks.get(shown)
         if price is None:
             price = ticks[shown] = from_decimal(shown)

@@ -8,11 +8,11 @@ current batch in memory (an all-accepted slip: its account, time and verdict lis
 its legs; a slip with a rejected leg is summed into its account's count vector at once and
 its accepted legs' verdicts are a row of their own; a full batch drops the slip and counts
 the drop), wakes the task once per batch, and returns; the task sums the batch in one pass
-and queues its accepted legs in the beat queue as columns, built without a Python step per
-leg. A sweep reads one history per market of the batches it takes and looks at legs one by
-one only on the markets that moved. Nothing of the request is kept but those rows (and a
-rejected leg, until it is dated), and the store round trips of a batch grow with its
-accounts and markets, not with its slips.
+and queues its accepted legs in the beat queue grouped by market version, selection and
+price, with the lowest version per market in a head. A sweep reads one history per market
+of the batches it takes and reads a batch's groups only when one of its markets moved.
+Nothing of the request is kept but those rows (and a rejected leg, until it is dated), and
+the store round trips of a batch grow with its accounts and markets, not with its slips.
 """
 
 from __future__ import annotations
@@ -66,12 +66,15 @@ class RiskStore(Protocol):
 
 
 class DueStore(Protocol):
-    async def push(self, rows: Sequence[Any], window_ms: int) -> int: ...
+    async def push(self, rows: Sequence[Any], window_ms: int) -> int:
+        """Queue a batch's accepted legs (flat ``sub, at_ms, verdicts`` per slip); returns
+        how many a full queue refused."""
+        ...
 
     async def pop(self, now_ms: int, limit: int) -> list[DueGroup | DueRows]: ...
 
     def read(self, due: DueRows) -> DueRows:
-        """``due`` with its rows read."""
+        """``due`` with its groups read."""
         ...
 
 
@@ -130,8 +133,7 @@ class _Batch:
     list ``accepted`` whatever its legs (:meth:`fold` sums it when the batch is recorded:
     one pass over the whole batch costs less CPU than the same work spread over the
     requests); with the beat signal (``beat``), a partly rejected slip's accepted legs are
-    a row of ``extra``. The rows go to the beat queue as they are: the legs are only looked
-    at one by one when their market moved. Nothing of a request is kept but these rows
+    a row of ``extra``. Nothing of a request is kept but these rows
     (its verdict maps) and a rejected leg to date."""
 
     __slots__ = ("slips", "totals", "dating", "accepted", "extra", "beat", "last_at",

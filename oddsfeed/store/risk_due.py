@@ -4,10 +4,10 @@ Keys: ``of:{rdue:<shard>}`` for shard 0..shards-1, a sorted set per shard (the h
 puts the shards in different cluster slots, so they spread over the primaries), and beside
 it ``of:{rdue:<shard>}:n``, the legs it holds. One member per push (one recorder batch):
 ``<legs>|`` then two msgpack objects, the head ``[nonce, window_ms, {market: lowest
-version}]`` and the batch's columns (``[subs, at_ms, legs per slip, markets, selections,
-answered prices, versions]``: ``core.risk.DueRows``); score = the
+version}]`` and the batch's legs (``[[market, selection, answered price, version, {sub:
+[at_ms, ...]}], ...]``: ``core.risk.DueRows``); score = the
 latest due time in it (a leg is due at ``at_ms + window_ms``; the nonce keeps two equal
-batches apart). A pop reads only the heads; the columns are read (``read``) only for a
+batches apart). A pop reads only the heads; the legs are read (``read``) only for a
 batch with a market that moved, so the legs on markets that did not move are never looked
 at one by one. A pop also reads the two earlier forms that a worker of a previous release
 may have queued: ``[nonce, [[market, selection, price, version, window_ms, [[sub, [at_ms,
@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from ..core.errors import StoreError
-from ..core.risk import DueGroup, DueRows, columns, markets_of
+from ..core.risk import DueGroup, DueRows, group, markets_of
 
 _PUSH = """
 -- KEYS: 1 the shard, 2 its leg count; ARGV: 1 the cap (legs), 2 legs, 3 due_ms, 4 member.
@@ -117,15 +117,15 @@ class DueQueue:
         """Queue a batch's accepted legs (flat ``sub, at_ms, verdicts`` per slip) as one
         member of one shard (round robin) in one round trip; returns how many legs a full
         shard refused (all or none). Raises StoreError."""
-        cols = columns(rows)
-        legs = len(cols[3])
+        legs = sum(map(len, rows[2::3]))
         if not legs:
             return 0
+        grouped = group(rows)
         shard = next(self._shard) % self.shards
         nonce = self._nonce | (next(self._nonces) & 0xFFFFFFFF)
         member = b"".join((b"%d|" % legs,
-                           msgpack.packb([nonce, window_ms, markets_of(cols[3], cols[6])]),
-                           msgpack.packb(cols)))
+                           msgpack.packb([nonce, window_ms, markets_of(grouped)]),
+                           msgpack.packb([[*key, by] for key, by in grouped.items()])))
         due = max(rows[1::3]) + window_ms
         (added,) = await eval_many(self.client, self._push, [(
             (due_key(shard), count_key(shard)), (self.per_shard, legs, due, member))])
@@ -145,17 +145,17 @@ class DueQueue:
 
     @staticmethod
     def read(due: DueRows) -> DueRows:
-        """``due`` with its rows unpacked."""
-        if due.rows is not None:
+        """``due`` with its groups unpacked."""
+        if due.groups is not None:
             return due
-        subs, ats, counts, markets, selections, prices, versions = msgpack.unpackb(due.raw)
-        return due._replace(rows=(subs, ats, counts, markets, selections, prices, versions),
-                            raw=b"")
+        grouped = {(market, selection, shown, version): by
+                   for market, selection, shown, version, by in msgpack.unpackb(due.raw)}
+        return due._replace(groups=grouped, raw=b"")
 
     async def pop(self, now_ms: int, limit: int) -> list[DueGroup | DueRows]:
         """Take (and remove) up to ``limit`` members per shard whose latest window ended
-        by ``now_ms``, from every shard in one round trip; returns each as its rows (rows
-        not yet read) or, for a member of an earlier form, its groups. Raises
+        by ``now_ms``, from every shard in one round trip; returns each as its head (its
+        groups not yet read) or, for a member of an earlier form, its groups. Raises
         StoreError."""
         replies = await eval_many(self.client, self._pop, [
             ((due_key(s), count_key(s)), (now_ms, limit)) for s in range(self.shards)])
@@ -166,7 +166,7 @@ class DueQueue:
                 head = msgpack.Unpacker()
                 head.feed(raw[start:])
                 first = head.unpack()
-                if len(first) == 3:  # this form: the head, then the rows left packed
+                if len(first) == 3:  # this form: the head, then the groups left packed
                     _, window_ms, markets = first
                     out.append(DueRows(window_ms, int(raw[:start - 1]), markets, None,
                                        raw[start + head.tell():]))

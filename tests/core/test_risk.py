@@ -22,11 +22,11 @@ from oddsfeed.core.risk import (
     beat,
     beat_counts,
     beats_of,
-    columns,
     count_accepted,
     count_slip,
     count_stale,
     first_adverse_ms,
+    group,
     groups_of,
     markets_of,
     score,
@@ -263,7 +263,7 @@ _LEG = st.tuples(st.sampled_from(["m1", "m2", "m3"]), st.integers(1, 3),
 def test_a_batchs_rows_judged_on_the_moved_markets_are_the_legs_beat_judges_a_beat(
         slips: list[tuple[str, int, list[tuple[str, int, str, int]]]],
         moves: dict[str, list[tuple[int, str, int, bool]]]) -> None:
-    """A batch's rows in columns, judged as the sweep does (markets whose history after their lowest
+    """A batch's rows grouped, judged as the sweep does (markets whose history after their lowest
     version is empty skipped, the others grouped by groups_of and judged by beats_of
     against each version's history), name exactly the legs for which beat() holds, each as
     often as it was accepted."""
@@ -284,12 +284,12 @@ def test_a_batchs_rows_judged_on_the_moved_markets_are_the_legs_beat_judges_a_be
                            for m, v, sel, price in legs])
         expected += [(sub, at) for m, v, sel, price in legs
                      if beat(after(m, v), selection=sel, price=price, until_ms=at + 5_000)]
-    cols = columns(rows)
-    lowest = markets_of(cols[3], cols[6])
+    grouped = group(rows)
+    lowest = markets_of(grouped)
     assert lowest == {m: min(v for _, _, legs in slips for mm, v, _, _ in legs if mm == m)
                       for m in {leg[0] for _, _, legs in slips for leg in legs}}
     moved = {m for m, v in lowest.items() if after(m, v)}
-    due = DueRows(5_000, sum(len(legs) for _, _, legs in slips), lowest, cols)
+    due = DueRows(5_000, sum(len(legs) for _, _, legs in slips), lowest, grouped)
     got = [hit for g in groups_of(due, moved)
            for hit in beats_of(g, after(g.market, g.version))]
     assert sorted(got) == sorted(expected)

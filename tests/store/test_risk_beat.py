@@ -141,7 +141,8 @@ async def test_the_queue_is_capped_and_a_full_shard_refuses_new_legs(store: Stor
     taken = await due.pop(t + WINDOW_MS, 100)
     assert all(isinstance(d, DueRows) and d.markets == {"m1": 1} for d in taken)
     read = [due.read(d) for d in taken if isinstance(d, DueRows)]
-    assert sorted(sub for d in read if d.rows for sub in d.rows[0]) == sorted(
+    assert sorted(sub for d in read if d.groups for by in d.groups.values()
+                  for sub, ats in by.items() for _ in ats) == sorted(
         f"s{i}" for i in range(10))
     assert await due.size() == 0
     metrics = RiskMetrics()
