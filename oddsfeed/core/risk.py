@@ -30,10 +30,9 @@ Why this formula:
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain, repeat
-from operator import itemgetter
 from typing import Any, NamedTuple
 
 from .betslip import REASONS
@@ -193,27 +192,21 @@ class DueRows(NamedTuple):
     raw: bytes = b""
 
 
-_LEG_OF = itemgetter("market", "selection", "price", "version")
-
-
 def group(rows: Sequence[Any]) -> Grouped:
     """A batch's accepted legs grouped for :class:`DueRows`, from its rows (flat ``sub,
     at_ms, verdicts`` per slip, each verdict an accepted leg's verdict map)."""
-    verdicts = rows[2::3]
-    counts = list(map(len, verdicts))
+    times: defaultdict[tuple[Any, ...], list[int]] = defaultdict(list)
+    for sub, at, verdicts in zip(rows[0::3], rows[1::3], rows[2::3], strict=True):
+        for v in verdicts:
+            times[v["market"], v["selection"], v["price"], v["version"], sub].append(at)
     by: Grouped = {}
-    for key, sub, at in zip(map(_LEG_OF, chain.from_iterable(verdicts)),
-                            chain.from_iterable(map(repeat, rows[0::3], counts)),
-                            chain.from_iterable(map(repeat, rows[1::3], counts))):
+    for (market, selection, shown, version, sub), ats in times.items():
+        key = (market, selection, shown, version)
         found = by.get(key)
         if found is None:
-            by[key] = {sub: [at]}
+            by[key] = {sub: ats}
         else:
-            ats = found.get(sub)
-            if ats is None:
-                found[sub] = [at]
-            else:
-                ats.append(at)
+            found[sub] = ats
     return by
 
 
