@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from .betslip import REASONS
@@ -192,16 +193,20 @@ class DueRows(NamedTuple):
     raw: bytes = b""
 
 
+# An accepted leg as the beat signal needs it: (market, selection, answered price,
+# version) of its verdict map.
+leg_of = itemgetter("market", "selection", "price", "version")
+
+
 def group(rows: Sequence[Any]) -> Grouped:
     """A batch's accepted legs grouped for :class:`DueRows`, from its rows (flat ``sub,
-    at_ms, verdicts`` per slip, each verdict an accepted leg's verdict map)."""
-    times: defaultdict[tuple[Any, ...], list[int]] = defaultdict(list)
-    for sub, at, verdicts in zip(rows[0::3], rows[1::3], rows[2::3], strict=True):
-        for v in verdicts:
-            times[v["market"], v["selection"], v["price"], v["version"], sub].append(at)
+    at_ms, legs`` per slip, ``legs`` the accepted legs' :data:`leg_of` tuples)."""
+    times: defaultdict[tuple[Any, str], list[int]] = defaultdict(list)
+    for sub, at, legs in zip(rows[0::3], rows[1::3], rows[2::3], strict=True):
+        for leg in legs:
+            times[leg, sub].append(at)
     by: Grouped = {}
-    for (market, selection, shown, version, sub), ats in times.items():
-        key = (market, selection, shown, version)
+    for (key, sub), ats in times.items():
         found = by.get(key)
         if found is None:
             by[key] = {sub: ats}

@@ -4,9 +4,10 @@ every accepted leg in the store's beat queue, and a second task judges the legs 
 window has ended (a suspension or a shorter price within it counts ``beat``).
 
 It never delays or changes a validation: :meth:`RiskQueue.offer` appends one row to the
-current batch in memory (an all-accepted slip: its account, time and verdict list, whatever
-its legs; a slip with a rejected leg is summed into its account's count vector at once and
-its accepted legs' verdicts are a row of their own; a full batch drops the slip and counts
+current batch in memory (an all-accepted slip: its account, time and one tuple per leg of
+the verdict's market, selection, answered price and version; a slip with a rejected leg is
+summed into its account's count vector at once and its accepted legs are a row of their
+own; a full batch drops the slip and counts
 the drop), wakes the task once per batch, and returns; the task sums the batch in one pass
 and queues its accepted legs in the beat queue grouped by market version, selection and
 price, with the lowest version per market in a head. A sweep reads one history per market
@@ -36,6 +37,7 @@ from ..core.risk import (
     count_slip,
     count_stale,
     groups_of,
+    leg_of,
     stale_since_ms,
 )
 from ..core.wire import Leg
@@ -67,7 +69,7 @@ class RiskStore(Protocol):
 
 class DueStore(Protocol):
     async def push(self, rows: Sequence[Any], window_ms: int) -> int:
-        """Queue a batch's accepted legs (flat ``sub, at_ms, verdicts`` per slip); returns
+        """Queue a batch's accepted legs (flat ``sub, at_ms, legs`` per slip); returns
         how many a full queue refused."""
         ...
 
@@ -129,12 +131,14 @@ class _Batch:
     """The slips offered since the last batch. A slip with a rejected leg is summed at once
     (``totals`` per (account, time grain): the first ``at_ms`` seen and a count vector, by
     :func:`count_slip`; ``dating``: its legs whose stale bucket waits for the history). An
-    all-accepted slip is only appended as one row, ``sub, at_ms, verdicts``, to the flat
-    list ``accepted`` whatever its legs (:meth:`fold` sums it when the batch is recorded:
+    all-accepted slip is only appended as one row, ``sub, at_ms, legs``, to the flat list
+    ``accepted`` (``legs``: its legs' :func:`leg_of` tuples; their number without the beat
+    signal) (:meth:`fold` sums it when the batch is recorded:
     one pass over the whole batch costs less CPU than the same work spread over the
     requests); with the beat signal (``beat``), a partly rejected slip's accepted legs are
-    a row of ``extra``. Nothing of a request is kept but these rows
-    (its verdict maps) and a rejected leg to date."""
+    a row of ``extra``. Nothing of a request is kept but these values and a rejected leg
+    to date (keeping the verdict maps for the linger cost the server more than taking
+    their four values on the request's turn)."""
 
     __slots__ = ("slips", "totals", "dating", "accepted", "extra", "beat", "last_at",
                  "grain_ms")
@@ -167,7 +171,8 @@ class _Batch:
         lo = hi = slips = legs = 0
         # Runs of slips of one account and time grain (the common case under load) are
         # summed first and added once.
-        for sub, at_ms, verdicts in zip(acc[0::3], acc[1::3], acc[2::3], strict=True):
+        beat = self.beat
+        for sub, at_ms, taken in zip(acc[0::3], acc[1::3], acc[2::3], strict=True):
             if sub != last or not lo <= at_ms < hi:
                 if slips:
                     count_accepted(total, legs, slips)
@@ -175,7 +180,7 @@ class _Batch:
                 lo = at_ms - at_ms % grain
                 hi = lo + grain
             slips += 1
-            legs += len(verdicts)
+            legs += len(taken) if beat else taken
         if slips:
             count_accepted(total, legs, slips)
         rows = acc + self.extra if self.beat else []
@@ -267,14 +272,15 @@ class RiskQueue:
         self._offered += 1
         verdicts = body["legs"]
         if body.get("ok"):
-            batch.accepted += (sub, at_ms, verdicts)
+            batch.accepted += (sub, at_ms, tuple(map(leg_of, verdicts)) if batch.beat
+                               else len(verdicts))
         else:
             total = batch.total(sub, at_ms)
             for i in count_slip(total, verdicts):
                 batch.dating.append((total, sub, legs[i], str(verdicts[i].get("reason")),
                                      at_ms if arrived_ms is None else arrived_ms))
             if batch.beat:
-                ok = [v for v in verdicts if v.get("ok")]
+                ok = [leg_of(v) for v in verdicts if v.get("ok")]
                 if ok:
                     batch.extra += (sub, at_ms, ok)
         wake = self._wake

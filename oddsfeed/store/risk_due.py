@@ -114,9 +114,10 @@ class DueQueue:
         self._nonce = int.from_bytes(os.urandom(4), "big") << 32
 
     async def push(self, rows: Sequence[Any], window_ms: int) -> int:
-        """Queue a batch's accepted legs (flat ``sub, at_ms, verdicts`` per slip) as one
-        member of one shard (round robin) in one round trip; returns how many legs a full
-        shard refused (all or none). Raises StoreError."""
+        """Queue a batch's accepted legs (flat ``sub, at_ms, legs`` per slip, as
+        ``core.risk.group`` takes them) as one member of one shard (round robin) in one
+        round trip; returns how many legs a full shard refused (all or none). Raises
+        StoreError."""
         legs = sum(map(len, rows[2::3]))
         if not legs:
             return 0

@@ -28,6 +28,7 @@ from oddsfeed.core.risk import (
     first_adverse_ms,
     group,
     groups_of,
+    leg_of,
     markets_of,
     score,
     slip_counts,
@@ -279,8 +280,8 @@ def test_a_batchs_rows_judged_on_the_moved_markets_are_the_legs_beat_judges_a_be
     rows: list[Any] = []
     expected: list[tuple[str, int]] = []
     for sub, at, legs in slips:
-        rows += (sub, at, [{"market": m, "selection": sel, "ok": True,
-                            "price": to_float(price), "version": v}
+        rows += (sub, at, [leg_of({"market": m, "selection": sel, "ok": True,
+                                   "price": to_float(price), "version": v})
                            for m, v, sel, price in legs])
         expected += [(sub, at) for m, v, sel, price in legs
                      if beat(after(m, v), selection=sel, price=price, until_ms=at + 5_000)]

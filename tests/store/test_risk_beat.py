@@ -9,7 +9,7 @@ import msgpack
 
 from oddsfeed.clock import now_ms
 from oddsfeed.core.model import MarketUpdate
-from oddsfeed.core.risk import DueGroup, DueRows, as_map
+from oddsfeed.core.risk import DueGroup, DueRows, as_map, leg_of
 from oddsfeed.core.wire import Leg
 from oddsfeed.services.risk import Beat, RiskQueue
 from oddsfeed.store import RiskCounts, Store
@@ -132,8 +132,8 @@ async def test_the_queue_is_capped_and_a_full_shard_refuses_new_legs(store: Stor
     (due_full), the queued ones kept; a leg is not taken before its window ends."""
     due = DueQueue(store.client, shards=1, max_due=10)
     t = now_ms()
-    verdict = {"market": "m1", "selection": "h", "ok": True, "price": 2.5, "version": 1}
-    rows = [x for i in range(15) for x in (f"s{i}", t, [verdict])]
+    leg = leg_of({"market": "m1", "selection": "h", "ok": True, "price": 2.5, "version": 1})
+    rows = [x for i in range(15) for x in (f"s{i}", t, [leg])]
     assert [await due.push(rows[i * 3:(i + 5) * 3], WINDOW_MS)
             for i in (0, 5, 10)] == [0, 0, 5]
     assert await due.size() == 10
