@@ -30,14 +30,11 @@ Why this formula:
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any, NamedTuple
 
 from .betslip import REASONS
-from .prices import from_decimal
 
 # Upper bounds (exclusive) of the stale_ms buckets; the last bucket is everything above.
 STALE_BOUNDS_MS = (250, 1000, 5000, 30000)
@@ -172,81 +169,11 @@ def beats_of(group: DueGroup, history: Sequence[HistoryEntry]) -> list[tuple[str
     return [(sub, at) for sub, ats in group.accepted for at in ats if at >= since]
 
 
-# Accepted legs by (market, selection, answered price, version), then by account: the
-# acceptance times.
-Grouped = dict[tuple[Any, ...], dict[str, list[int]]]
-
-
-class DueRows(NamedTuple):
-    """One recorder batch's accepted legs as the beat queue holds them (:func:`group`):
-    grouped by market, selection, answered price (as the verdict gave it) and version,
-    then by account, each leg an acceptance time, judged once ``at_ms + window_ms``
-    passed. ``markets`` is the lowest version of the batch's legs per market (a market
-    whose history has nothing after it did not move, and none of its legs can have beaten
-    it); ``legs`` how many legs. ``groups`` is None until read from ``raw`` (its packed
-    form, as the store holds it): only a batch with a market that moved is read."""
-
-    window_ms: int
-    legs: int
-    markets: dict[str, int]
-    groups: Grouped | None
-    raw: bytes = b""
-
-
-# An accepted leg as the beat signal needs it: (market, selection, answered price,
-# version) of its verdict map.
-leg_of = itemgetter("market", "selection", "price", "version")
-
-
-def group(rows: Sequence[Any]) -> Grouped:
-    """A batch's accepted legs grouped for :class:`DueRows`, from its rows (flat ``sub,
-    at_ms, legs`` per slip, ``legs`` the accepted legs' :data:`leg_of` tuples)."""
-    times: defaultdict[tuple[Any, str], list[int]] = defaultdict(list)
-    for sub, at, legs in zip(rows[0::3], rows[1::3], rows[2::3], strict=True):
-        for leg in legs:
-            times[leg, sub].append(at)
-    by: Grouped = {}
-    for (key, sub), ats in times.items():
-        found = by.get(key)
-        if found is None:
-            by[key] = {sub: ats}
-        else:
-            found[sub] = ats
-    return by
-
-
-def markets_of(keys: Iterable[Sequence[Any]]) -> dict[str, int]:
-    """The lowest version per market of the groups' ``keys`` (:func:`group`)."""
-    out: dict[str, int] = {}
-    for market, _, _, version in keys:
-        if version is not None and (market not in out or version < out[market]):
-            out[market] = version
-    return out
-
-
-def groups_of(due: DueRows, markets: Container[str]) -> list[DueGroup]:
-    """The groups of ``due`` (read) on ``markets`` as :class:`DueGroup`, the price the
-    bettor got in ticks (from the verdict's answered price): :func:`beats_of` judges each
-    against the history after its version, exactly as it judges the legs one by one."""
-    assert due.groups is not None
-    ticks: dict[float, int] = {}
-    out = []
-    for (market, selection, shown, version), accepted in due.groups.items():
-        if market not in markets or version is None:
-            continue
-        price = ticks.get(shown)
-        if price is None:
-            price = ticks[shown] = from_decimal(shown)
-        out.append(DueGroup(market, selection, price, int(version), due.window_ms,
-                            list(accepted.items())))
-    return out
-
-
-def beat_counts(n: int = 1) -> Counts:
-    """The counts ``n`` beat legs add (to their acceptance-time bucket): ``beat`` only,
-    since their slips and legs were counted when they were validated."""
+def beat_counts() -> Counts:
+    """The counts one beat leg adds (to its acceptance-time bucket): ``beat`` only, since
+    its slip and legs were counted when it was validated."""
     out = list(ZERO)
-    out[_INDEX["beat"]] = n
+    out[_INDEX["beat"]] = 1
     return tuple(out)
 
 

@@ -3,41 +3,36 @@ background task, dates their stale legs from the history and adds the counts; it
 every accepted leg in the store's beat queue, and a second task judges the legs whose beat
 window has ended (a suspension or a shorter price within it counts ``beat``).
 
-It never delays or changes a validation: :meth:`RiskQueue.offer` appends one row to the
-current batch in memory (an all-accepted slip: its account, time and one tuple per leg of
-the verdict's market, selection, answered price and version; a slip with a rejected leg is
-summed into its account's count vector at once and its accepted legs are a row of their
-own; a full batch drops the slip and counts
-the drop), wakes the task once per batch, and returns; the task sums the batch in one pass
-and queues its accepted legs in the beat queue grouped by market version, selection and
-price, with the lowest version per market in a head. A sweep reads one history per market
-of the batches it takes and reads a batch's groups only when one of its markets moved.
-Nothing of the request is kept but those rows (and a rejected leg, until it is dated), and
-the store round trips of a batch grow with its accounts and markets, not with its slips.
+It never delays or changes a validation: :meth:`RiskQueue.offer` appends the verdict's
+plain values to the current batch in memory (an all-accepted slip: its account, time and
+leg count; an accepted leg: its market, selection, prices, version, account and time; a
+slip with a rejected leg is summed into its account's count vector at once; a full batch
+drops the slip and counts the drop), wakes the task once per batch, and returns; the task
+sums the batch in one pass. Nothing of the request is kept but those values (and a
+rejected leg, until it is dated), and the store work of a batch grows with its accounts and
+markets, not with its slips.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from ..core.errors import StoreError
+from ..core.prices import from_decimal, to_float
 from ..core.risk import (
     FIELDS,
     STALE_REASONS,
     Counts,
     DueGroup,
-    DueRows,
     HistoryEntry,
     beat_counts,
     beats_of,
     count_accepted,
     count_slip,
     count_stale,
-    groups_of,
-    leg_of,
     stale_since_ms,
 )
 from ..core.wire import Leg
@@ -68,16 +63,9 @@ class RiskStore(Protocol):
 
 
 class DueStore(Protocol):
-    async def push(self, rows: Sequence[Any], window_ms: int) -> int:
-        """Queue a batch's accepted legs (flat ``sub, at_ms, legs`` per slip); returns
-        how many a full queue refused."""
-        ...
+    async def push(self, groups: Sequence[DueGroup]) -> int: ...
 
-    async def pop(self, now_ms: int, limit: int) -> list[DueGroup | DueRows]: ...
-
-    def read(self, due: DueRows) -> DueRows:
-        """``due`` with its groups read."""
-        ...
+    async def pop(self, now_ms: int, limit: int) -> list[DueGroup]: ...
 
 
 class RiskMetrics(Protocol):
@@ -125,31 +113,34 @@ DEADLINE_S = 10.0
 # A rejected leg waiting for its stale time: (its account's count vector, sub, leg, reason,
 # arrived_ms).
 _Dating = tuple[list[int], str, Leg, str, int]
+# Accepted legs by (market, selection, asked price, answered price, version, account).
+_DueKey = tuple[str, str, int, Any, int, str]
+# Strides of the batch's flat lists: an all-accepted slip is (sub, at_ms, legs) in
+# ``accepted``; an accepted leg is (market, selection, asked price, answered price,
+# version, sub, at_ms) in ``due``.
+_SLIP = 3
+_LEG = 7
 
 
 class _Batch:
     """The slips offered since the last batch. A slip with a rejected leg is summed at once
     (``totals`` per (account, time grain): the first ``at_ms`` seen and a count vector, by
     :func:`count_slip`; ``dating``: its legs whose stale bucket waits for the history). An
-    all-accepted slip is only appended as one row, ``sub, at_ms, legs``, to the flat list
-    ``accepted`` (``legs``: its legs' :func:`leg_of` tuples; their number without the beat
-    signal) (:meth:`fold` sums it when the batch is recorded:
-    one pass over the whole batch costs less CPU than the same work spread over the
-    requests); with the beat signal (``beat``), a partly rejected slip's accepted legs are
-    a row of ``extra``. Nothing of a request is kept but these values and a rejected leg
-    to date (keeping the verdict maps for the linger cost the server more than taking
-    their four values on the request's turn)."""
+    all-accepted slip, and every accepted leg for the beat signal (None: no beat signal),
+    is only appended as plain values to the flat lists ``accepted`` and ``due`` and summed
+    by :meth:`fold` when the batch is recorded: one pass over the whole batch costs less
+    CPU than the same work spread over the requests, and no container is made per slip.
+    Nothing of a request is kept but these values (the market and selection names among
+    them) and a rejected leg to date."""
 
-    __slots__ = ("slips", "totals", "dating", "accepted", "extra", "beat", "last_at",
-                 "grain_ms")
+    __slots__ = ("slips", "totals", "dating", "accepted", "due", "last_at", "grain_ms")
 
     def __init__(self, beat: bool, grain_ms: int) -> None:
         self.slips = 0
         self.totals: dict[tuple[str, int], tuple[int, list[int]]] = {}
         self.dating: list[_Dating] = []
         self.accepted: list[Any] = []
-        self.extra: list[Any] = []
-        self.beat = beat
+        self.due: list[Any] | None = [] if beat else None
         self.last_at = 0
         self.grain_ms = grain_ms
 
@@ -161,9 +152,9 @@ class _Batch:
             found = self.totals[key] = (at_ms, [0] * len(FIELDS))
         return found[1]
 
-    def fold(self) -> list[Any]:
+    def fold(self) -> dict[_DueKey, list[int]]:
         """Add the all-accepted slips to ``totals`` (:func:`count_accepted`) and return the
-        rows of every accepted leg for the beat queue (none without the beat signal)."""
+        accepted legs' acceptance times by group and account."""
         acc = self.accepted
         grain = self.grain_ms
         total: list[int] = []
@@ -171,8 +162,7 @@ class _Batch:
         lo = hi = slips = legs = 0
         # Runs of slips of one account and time grain (the common case under load) are
         # summed first and added once.
-        beat = self.beat
-        for sub, at_ms, taken in zip(acc[0::3], acc[1::3], acc[2::3], strict=True):
+        for sub, at_ms, n in zip(acc[0::_SLIP], acc[1::_SLIP], acc[2::_SLIP], strict=True):
             if sub != last or not lo <= at_ms < hi:
                 if slips:
                     count_accepted(total, legs, slips)
@@ -180,12 +170,24 @@ class _Batch:
                 lo = at_ms - at_ms % grain
                 hi = lo + grain
             slips += 1
-            legs += len(taken) if beat else taken
+            legs += n
         if slips:
             count_accepted(total, legs, slips)
-        rows = acc + self.extra if self.beat else []
-        self.accepted, self.extra = [], []
-        return rows
+        self.accepted = []
+        due: dict[_DueKey, list[int]] = {}
+        flat = self.due
+        if flat:
+            keys: Iterator[_DueKey] = zip(flat[0::_LEG], flat[1::_LEG], flat[2::_LEG],
+                                          flat[3::_LEG], flat[4::_LEG], flat[5::_LEG],
+                                          strict=True)
+            for group, at in zip(keys, flat[6::_LEG], strict=True):
+                ats = due.get(group)
+                if ats is None:
+                    due[group] = [at]
+                else:
+                    ats.append(at)
+            self.due = []
+        return due
 
 
 async def stale_ms_of(store: RiskStore, legs: Sequence[Leg],
@@ -271,18 +273,29 @@ class RiskQueue:
         batch.last_at = at_ms
         self._offered += 1
         verdicts = body["legs"]
-        if body.get("ok"):
-            batch.accepted += (sub, at_ms, tuple(map(leg_of, verdicts)) if batch.beat
-                               else len(verdicts))
+        ok = body.get("ok")
+        if ok:
+            batch.accepted += (sub, at_ms, len(verdicts))
         else:
             total = batch.total(sub, at_ms)
             for i in count_slip(total, verdicts):
                 batch.dating.append((total, sub, legs[i], str(verdicts[i].get("reason")),
                                      at_ms if arrived_ms is None else arrived_ms))
-            if batch.beat:
-                ok = [leg_of(v) for v in verdicts if v.get("ok")]
-                if ok:
-                    batch.extra += (sub, at_ms, ok)
+        due = batch.due
+        if due is not None and len(legs) == 1:
+            leg, verdict = legs[0], verdicts[0]
+            version = verdict.get("version")
+            if version is not None and (ok or verdict.get("ok")):
+                due += (leg.market, leg.selection, leg.price, verdict.get("price"), version,
+                        sub, at_ms)
+        elif due is not None:
+            for leg, verdict in zip(legs, verdicts, strict=True):
+                if not ok and not verdict.get("ok"):
+                    continue
+                version = verdict.get("version")
+                if version is not None:
+                    due += (leg.market, leg.selection, leg.price, verdict.get("price"),
+                            version, sub, at_ms)
         wake = self._wake
         if wake is not None and (batch.slips == 1 or batch.slips >= MAX_BATCH):
             self._wake = None
@@ -368,14 +381,15 @@ class RiskQueue:
         """Date the batch's stale legs (one history round trip, only if it has any), add
         its counts (one counts round trip) and queue its accepted legs for the beat signal
         (one more, concurrent with the counts)."""
-        rows = batch.fold()
+        due = batch.fold()
         stale, signalled = await self._date(batch.dating)
         self.metrics.recorded(batch.slips, stale, [d[3] for d in batch.dating])
         items = [(sub, tuple(total), at_ms)
                  for (sub, _), (at_ms, total) in batch.totals.items()]
-        if rows and self.beat is not None:
-            full, refused = await asyncio.gather(
-                self.store.add_many(items), self.beat.due.push(rows, self.beat.window_ms))
+        groups = self._groups(due) if due else []
+        if groups and self.beat is not None:
+            full, refused = await asyncio.gather(self.store.add_many(items),
+                                                 self.beat.due.push(groups))
             if refused:
                 self.metrics.dropped("due_full", refused)
         else:
@@ -400,6 +414,24 @@ class RiskQueue:
             if late is not None:
                 signalled[sub] = None
         return stale, list(signalled)
+
+    def _groups(self, due: Mapping[_DueKey, list[int]]) -> list[DueGroup]:
+        assert self.beat is not None
+        window = self.beat.window_ms
+        by_group: dict[tuple[str, str, int, Any, int], list[tuple[str, list[int]]]] = {}
+        for (market, selection, asked, shown, version, sub), ats in due.items():
+            found = by_group.get((market, selection, asked, shown, version))
+            if found is None:
+                by_group[market, selection, asked, shown, version] = [(sub, ats)]
+            else:
+                found.append((sub, ats))
+        out = []
+        for (market, selection, asked, shown, version), accepted in by_group.items():
+            # The price the bettor got: the leg's own unless accept allowed another.
+            price = (asked if shown is None or to_float(asked) == shown
+                     else from_decimal(shown))
+            out.append(DueGroup(market, selection, price, int(version), window, accepted))
+        return out
 
     async def _check(self, subs: Sequence[str], at_ms: int) -> None:
         """Hand the accounts to the threshold watch; its failure is reported, not counted
@@ -428,44 +460,22 @@ class RiskQueue:
 
     async def sweep(self, now_ms: int) -> int:
         """Judge the queued legs whose beat window ended by ``now_ms`` (taken from the
-        store's queue, so each by one worker only): one history read per market of the
-        taken batches (from its lowest version) finds the markets that moved; only those
-        markets' legs are grouped and judged, each (market, version) against its history,
-        and ``beat`` is counted in the acceptance-time bucket of the legs that beat a
+        store's queue, so each by one worker only): read each (market, version)'s history
+        once, count ``beat`` in the acceptance-time bucket of the legs that beat a
         suspension or a shorter price. Returns how many legs it took."""
         assert self.beat is not None
-        due = self.beat.due
-        taken = await due.pop(now_ms, self.beat.sweep_limit)
-        if not taken:
+        due = await self.beat.due.pop(now_ms, self.beat.sweep_limit)
+        if not due:
             return 0
-        groups = [d for d in taken if isinstance(d, DueGroup)]
-        batches = [d for d in taken if isinstance(d, DueRows)]
-        lowest: dict[str, int] = {}
-        for b in batches:
-            for market, version in b.markets.items():
-                if version < lowest.get(market, version + 1):
-                    lowest[market] = version
-        histories = await _histories(self.store, [(g.market, g.version) for g in groups]
-                                     + list(lowest.items()))
-        moved = {m for m, v in lowest.items() if histories[m, v]}
-        judged = sum(g.size() for g in groups) + sum(b.legs for b in batches)
-        if moved:
-            more = [g for b in batches if not moved.isdisjoint(b.markets)
-                    for g in groups_of(due.read(b), moved)]
-            wanted = [(g.market, g.version) for g in more
-                      if (g.market, g.version) not in histories]
-            if wanted:
-                histories.update(await _histories(self.store, wanted))
-            groups += more
-        beats: dict[tuple[str, int], tuple[int, int]] = {}
-        for g in groups:
-            for sub, at in beats_of(g, histories[g.market, g.version]):
-                key = (sub, at // self._grain)
-                found = beats.get(key)
-                beats[key] = (at, 1) if found is None else (found[0], found[1] + 1)
-        self.metrics.judged(judged, sum(n for _, n in beats.values()))
-        if beats:
-            items = [(sub, beat_counts(n), at) for (sub, _), (at, n) in beats.items()]
+        histories = await _histories(self.store, [(g.market, g.version) for g in due])
+        items = []
+        judged = 0
+        for g in due:
+            judged += g.size()
+            items += [(sub, beat_counts(), at)
+                      for sub, at in beats_of(g, histories[g.market, g.version])]
+        self.metrics.judged(judged, len(items))
+        if items:
             full = await self.store.add_many(items)
             if full:
                 self.metrics.dropped("bucket_full", full)

@@ -3,17 +3,11 @@
 Keys: ``of:{rdue:<shard>}`` for shard 0..shards-1, a sorted set per shard (the hash tag
 puts the shards in different cluster slots, so they spread over the primaries), and beside
 it ``of:{rdue:<shard>}:n``, the legs it holds. One member per push (one recorder batch):
-``<legs>|`` then two msgpack objects, the head ``[nonce, window_ms, {market: lowest
-version}]`` and the batch's legs (``[[market, selection, answered price, version, {sub:
-[at_ms, ...]}], ...]``: ``core.risk.DueRows``); score = the
-latest due time in it (a leg is due at ``at_ms + window_ms``; the nonce keeps two equal
-batches apart). A pop reads only the heads; the legs are read (``read``) only for a
-batch with a market that moved, so the legs on markets that did not move are never looked
-at one by one. A pop also reads the two earlier forms that a worker of a previous release
-may have queued: ``[nonce, [[market, selection, price, version, window_ms, [[sub, [at_ms,
-...]], ...]], ...]]`` and, older, ``[..., version, [[sub, at_ms, due_ms], ...]]``. (A
-worker of those releases fails the sweep that takes a member of this form: the legs it
-took in that sweep are lost, reported as ``risk.record_failed``.)
+``<legs>|`` then msgpack ``[nonce, [[market, selection, price, version, window_ms, [[sub,
+[at_ms, ...]], ...]], ...]]`` (legs grouped by market version, selection and price, then by
+account; a leg is due at ``at_ms + window_ms``; the nonce keeps two equal batches apart),
+score = the latest due time in it. (A pop also reads the earlier form, ``[..., version,
+[[sub, at_ms, due_ms], ...]]``, that a worker of the previous release may have queued.)
 A push goes to one shard (round robin) and only if the shard then holds at most
 ``max_due // shards`` legs: a push past that is refused whole (its legs counted by the
 caller), the queued ones stay. A pop takes the due members of every shard, each shard's in
@@ -34,7 +28,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from ..core.errors import StoreError
-from ..core.risk import DueGroup, DueRows, group, markets_of
+from ..core.risk import DueGroup
 
 _PUSH = """
 -- KEYS: 1 the shard, 2 its leg count; ARGV: 1 the cap (legs), 2 legs, 3 due_ms, 4 member.
@@ -113,29 +107,12 @@ class DueQueue:
         self._nonces = itertools.count()
         self._nonce = int.from_bytes(os.urandom(4), "big") << 32
 
-    async def push(self, rows: Sequence[Any], window_ms: int) -> int:
-        """Queue a batch's accepted legs (flat ``sub, at_ms, legs`` per slip, as
-        ``core.risk.group`` takes them) as one member of one shard (round robin) in one
-        round trip; returns how many legs a full shard refused (all or none). Raises
-        StoreError."""
-        legs = sum(map(len, rows[2::3]))
+    async def push(self, groups: Sequence[DueGroup]) -> int:
+        """Queue ``groups`` as one member of one shard (round robin) in one round trip;
+        returns how many legs a full shard refused (all or none). Raises StoreError."""
+        legs = sum(g.size() for g in groups)
         if not legs:
             return 0
-        grouped = group(rows)
-        shard = next(self._shard) % self.shards
-        nonce = self._nonce | (next(self._nonces) & 0xFFFFFFFF)
-        member = b"".join((b"%d|" % legs,
-                           msgpack.packb([nonce, window_ms, markets_of(grouped)]),
-                           msgpack.packb([[*key, by] for key, by in grouped.items()])))
-        due = max(rows[1::3]) + window_ms
-        (added,) = await eval_many(self.client, self._push, [(
-            (due_key(shard), count_key(shard)), (self.per_shard, legs, due, member))])
-        return 0 if int(added) == 1 else legs
-
-    async def push_groups(self, groups: Sequence[DueGroup]) -> int:
-        """Queue ``groups`` in the previous release's form (tests of a rolling upgrade);
-        as :meth:`push`."""
-        legs = sum(g.size() for g in groups)
         shard = next(self._shard) % self.shards
         nonce = self._nonce | (next(self._nonces) & 0xFFFFFFFF)
         member = b"%d|" % legs + msgpack.packb([nonce, groups])  # tuples pack as arrays
@@ -144,38 +121,20 @@ class DueQueue:
             (due_key(shard), count_key(shard)), (self.per_shard, legs, due, member))])
         return 0 if int(added) == 1 else legs
 
-    @staticmethod
-    def read(due: DueRows) -> DueRows:
-        """``due`` with its groups unpacked."""
-        if due.groups is not None:
-            return due
-        grouped = {(market, selection, shown, version): by
-                   for market, selection, shown, version, by in msgpack.unpackb(due.raw)}
-        return due._replace(groups=grouped, raw=b"")
-
-    async def pop(self, now_ms: int, limit: int) -> list[DueGroup | DueRows]:
+    async def pop(self, now_ms: int, limit: int) -> list[DueGroup]:
         """Take (and remove) up to ``limit`` members per shard whose latest window ended
-        by ``now_ms``, from every shard in one round trip; returns each as its head (its
-        groups not yet read) or, for a member of an earlier form, its groups. Raises
+        by ``now_ms``, from every shard in one round trip; returns their groups. Raises
         StoreError."""
         replies = await eval_many(self.client, self._pop, [
             ((due_key(s), count_key(s)), (now_ms, limit)) for s in range(self.shards)])
-        out: list[DueGroup | DueRows] = []
+        out = []
         for reply in replies:
             for raw in reply or []:
-                start = raw.index(b"|") + 1
-                head = msgpack.Unpacker()
-                head.feed(raw[start:])
-                first = head.unpack()
-                if len(first) == 3:  # this form: the head, then the groups left packed
-                    _, window_ms, markets = first
-                    out.append(DueRows(window_ms, int(raw[:start - 1]), markets, None,
-                                       raw[start + head.tell():]))
-                    continue
-                for g in first[1]:
+                _, groups = msgpack.unpackb(raw[raw.index(b"|") + 1:])
+                for g in groups:
                     if len(g) == 6:
                         out.append(DueGroup(*g))
-                    else:  # the oldest form: one (sub, at_ms, due_ms) per leg
+                    else:  # the earlier form: one (sub, at_ms, due_ms) per leg
                         market, selection, price, version, legs = g
                         out += [DueGroup(market, selection, price, version, due - at,
                                          [(sub, [at])]) for sub, at, due in legs]

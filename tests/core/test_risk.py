@@ -8,14 +8,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from oddsfeed.core.betslip import REASONS
-from oddsfeed.core.prices import MAX_PRICE, MIN_PRICE, from_decimal, to_float
 from oddsfeed.core.risk import (
     FIELDS,
     PRIOR_LEGS,
     STALE_BUCKETS,
     ZERO,
     DueGroup,
-    DueRows,
     HistoryEntry,
     add,
     as_map,
@@ -26,10 +24,6 @@ from oddsfeed.core.risk import (
     count_slip,
     count_stale,
     first_adverse_ms,
-    group,
-    groups_of,
-    leg_of,
-    markets_of,
     score,
     slip_counts,
     stale_bucket,
@@ -250,55 +244,3 @@ def test_a_groups_beats_are_the_legs_beat_judges_a_beat(
     assert beats_of(group, history) == expected
     assert group.size() == len(legs)
     assert group.due_ms() == max(at for _, at in legs) + 5_000
-
-
-_LEG = st.tuples(st.sampled_from(["m1", "m2", "m3"]), st.integers(1, 3),
-                 st.sampled_from(["h", "a"]), st.integers(23000, 27000))
-
-
-@given(st.lists(st.tuples(st.sampled_from(["x", "y"]), st.integers(0, 20_000),
-                          st.lists(_LEG, min_size=1, max_size=5)), min_size=1, max_size=20),
-       st.dictionaries(st.sampled_from(["m1", "m2", "m3"]), st.lists(
-           st.tuples(st.integers(0, 20_000), st.sampled_from(["h", "a"]),
-                     st.integers(23000, 27000), st.booleans()), max_size=4)))
-def test_a_batchs_rows_judged_on_the_moved_markets_are_the_legs_beat_judges_a_beat(
-        slips: list[tuple[str, int, list[tuple[str, int, str, int]]]],
-        moves: dict[str, list[tuple[int, str, int, bool]]]) -> None:
-    """A batch's rows grouped, judged as the sweep does (markets whose history after their lowest
-    version is empty skipped, the others grouped by groups_of and judged by beats_of
-    against each version's history), name exactly the legs for which beat() holds, each as
-    often as it was accepted."""
-    # Every market's history starts after version 3 (the highest a leg carries), some
-    # moves, in time order; a market without moves has none after any version.
-    history = {m: [HistoryEntry(4 + i, at, {sel: price}, halt, halted=halt)
-                   for i, (at, sel, price, halt) in enumerate(sorted(ms))]
-               for m, ms in moves.items()}
-
-    def after(market: str, version: int) -> list[HistoryEntry]:
-        return [e for e in history.get(market, []) if e.version > version]
-
-    rows: list[Any] = []
-    expected: list[tuple[str, int]] = []
-    for sub, at, legs in slips:
-        rows += (sub, at, [leg_of({"market": m, "selection": sel, "ok": True,
-                                   "price": to_float(price), "version": v})
-                           for m, v, sel, price in legs])
-        expected += [(sub, at) for m, v, sel, price in legs
-                     if beat(after(m, v), selection=sel, price=price, until_ms=at + 5_000)]
-    grouped = group(rows)
-    lowest = markets_of(grouped)
-    assert lowest == {m: min(v for _, _, legs in slips for mm, v, _, _ in legs if mm == m)
-                      for m in {leg[0] for _, _, legs in slips for leg in legs}}
-    moved = {m for m, v in lowest.items() if after(m, v)}
-    due = DueRows(5_000, sum(len(legs) for _, _, legs in slips), lowest, grouped)
-    got = [hit for g in groups_of(due, moved)
-           for hit in beats_of(g, after(g.market, g.version))]
-    assert sorted(got) == sorted(expected)
-    assert sum(g.size() for g in groups_of(due, set(lowest))) == due.legs
-
-
-@given(st.integers(MIN_PRICE, MAX_PRICE))
-def test_an_answered_price_reads_back_as_its_ticks(ticks: int) -> None:
-    """The price a verdict answers (to_float) reads back as the same ticks (from_decimal):
-    the beat signal takes the price the bettor got from the verdict alone."""
-    assert from_decimal(to_float(ticks)) == ticks

@@ -9,7 +9,7 @@ import msgpack
 
 from oddsfeed.clock import now_ms
 from oddsfeed.core.model import MarketUpdate
-from oddsfeed.core.risk import DueGroup, DueRows, as_map, leg_of
+from oddsfeed.core.risk import DueGroup, as_map
 from oddsfeed.core.wire import Leg
 from oddsfeed.services.risk import Beat, RiskQueue
 from oddsfeed.store import RiskCounts, Store
@@ -132,17 +132,13 @@ async def test_the_queue_is_capped_and_a_full_shard_refuses_new_legs(store: Stor
     (due_full), the queued ones kept; a leg is not taken before its window ends."""
     due = DueQueue(store.client, shards=1, max_due=10)
     t = now_ms()
-    leg = leg_of({"market": "m1", "selection": "h", "ok": True, "price": 2.5, "version": 1})
-    rows = [x for i in range(15) for x in (f"s{i}", t, [leg])]
-    assert [await due.push(rows[i * 3:(i + 5) * 3], WINDOW_MS)
+    legs = [(f"s{i}", [t]) for i in range(15)]
+    assert [await due.push([DueGroup("m1", "h", 25000, 1, WINDOW_MS, legs[i:i + 5])])
             for i in (0, 5, 10)] == [0, 0, 5]
     assert await due.size() == 10
     assert await due.pop(t + WINDOW_MS - 1, 100) == []
     taken = await due.pop(t + WINDOW_MS, 100)
-    assert all(isinstance(d, DueRows) and d.markets == {"m1": 1} for d in taken)
-    read = [due.read(d) for d in taken if isinstance(d, DueRows)]
-    assert sorted(sub for d in read if d.groups for by in d.groups.values()
-                  for sub, ats in by.items() for _ in ats) == sorted(
+    assert sorted(sub for g in taken for sub, ats in g.accepted for _ in ats) == sorted(
         f"s{i}" for i in range(10))
     assert await due.size() == 0
     metrics = RiskMetrics()
@@ -174,29 +170,3 @@ async def test_a_member_in_the_earlier_form_is_still_judged(store: Store) -> Non
     assert (await beats(queue, "old-in", halted - 100),
             await beats(queue, "old-out", halted - WINDOW_MS - 1)) == (1, 0)
     assert await queue.beat.due.size() == 0  # type: ignore[union-attr]
-
-
-async def test_a_member_of_the_previous_release_is_still_judged(store: Store) -> None:
-    """A member queued by the previous release (legs grouped by market version, selection
-    and price, then by account) pops as its groups and is judged like any other, beside a
-    member of this release."""
-    await store.apply(create("m1"))
-    await store.apply(MarketUpdate(market="m1", fields={"status": "suspended"}))
-    halted = await entry_ms(store, "m1", 2)
-    metrics = RiskMetrics()
-    queue = recorder(store, metrics)
-    due = queue.beat.due  # type: ignore[union-attr]
-    assert isinstance(due, DueQueue)
-    assert await due.push_groups([DueGroup("m1", "h", 25000, 1, WINDOW_MS, [
-        ("prev-in", [halted - 100, halted - 50]), ("prev-out", [halted - WINDOW_MS - 1])])]) == 0
-    accepted(queue, "now-in", "m1", "a", halted - 10)
-    queue.start()
-    try:
-        await asyncio.wait_for(queue.drain(), 10)
-    finally:
-        await queue.stop()
-    assert await sweep_all(queue) == 4
-    assert (await beats(queue, "prev-in", halted - 100),
-            await beats(queue, "prev-out", halted - WINDOW_MS - 1),
-            await beats(queue, "now-in", halted - 10)) == (2, 0, 1)
-    assert (metrics.judged_legs, metrics.beats) == (4, 3)
