@@ -19,6 +19,7 @@ from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocket
 from redis.crc import key_slot
 
 from .codec import event_channel, market_channel, parse_channel
+from .rawconn import auth_command, open_stream, pack
 
 log = logging.getLogger("oddsfeed.store.bus")
 
@@ -62,24 +63,15 @@ class _Shard(asyncio.Protocol):
 
     async def _connect(self) -> None:
         """Open the connection and authenticate with the store's own settings."""
-        loop = asyncio.get_running_loop()
         kw = self._kwargs
-        if kw.get("path"):
-            connect = loop.create_unix_connection(lambda: self, kw["path"])
-        else:
-            ssl_context = None
-            if issubclass(self._connection_class, SSLConnection):
-                ssl_context = SSLConnection(**kw).ssl_context.get()
-            connect = loop.create_connection(lambda: self, kw.get("host", "localhost"),
-                                             int(kw.get("port", 6379)), ssl=ssl_context)
-        await asyncio.wait_for(connect, CONNECT_S)
-        username, password = kw.get("username"), kw.get("password")
-        provider = kw.get("credential_provider")
-        if provider is not None:
-            creds = await provider.get_credentials_async()
-            username, password = (creds[0], creds[1]) if len(creds) == 2 else (None, creds[0])
-        if password is not None:
-            auth = ("AUTH", username, password) if username else ("AUTH", password)
+        ssl_context = None
+        if not kw.get("path") and issubclass(self._connection_class, SSLConnection):
+            ssl_context = SSLConnection(**kw).ssl_context.get()
+        await open_stream(self, host=kw.get("host", "localhost"), port=int(kw.get("port", 6379)),
+                          path=kw.get("path") or "", ssl_context=ssl_context, limit_s=CONNECT_S)
+        auth = await auth_command(kw.get("username"), kw.get("password"),
+                                  kw.get("credential_provider"))
+        if auth is not None:
             reply = await asyncio.wait_for(self._request(*auth), CONFIRM_S)
             if isinstance(reply, Exception):
                 raise redis_errors.AuthenticationError(f"pub/sub connection: {reply}")
@@ -103,7 +95,7 @@ class _Shard(asyncio.Protocol):
     def _send(self, *args: str | bytes) -> None:
         if self._transport is None or self._closed:
             raise ConnectionError("pub/sub connection is closed")
-        self._transport.write(_command(args))
+        self._transport.write(pack(args))
 
     def _request(self, *args: str) -> asyncio.Future[object]:
         """Send a command whose reply is not a pub/sub push (before any subscribe)."""
@@ -212,15 +204,6 @@ class _Shard(asyncio.Protocol):
 
 
 _UNSEEN: Any = object()
-
-
-def _command(args: tuple[str | bytes, ...]) -> bytes:
-    """One command in RESP."""
-    parts = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = a.encode() if isinstance(a, str) else a
-        parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(parts)
 
 
 class BusSource(Protocol):

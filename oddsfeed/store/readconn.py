@@ -36,6 +36,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection
 
 from ..core.errors import StoreError
+from .rawconn import auth_command, open_stream, pack
 
 __all__ = ["ReadBatches", "Target", "target_of"]
 
@@ -82,11 +83,6 @@ def target_of(client: Redis) -> Target | None:
                   client_name=kw.get("client_name"),
                   connect_timeout=kw.get("socket_connect_timeout") or timeout,
                   timeout=timeout)
-
-
-def _pack(args: tuple[Any, ...]) -> bytes:
-    """One command in RESP (str as UTF-8, int in decimal)."""
-    return cast(bytes, hiredis.pack_command(args))
 
 
 def _error_text(reply: Exception) -> str:
@@ -149,7 +145,7 @@ class _Connection(asyncio.Protocol):
             if not fut.done():
                 fut.set_result(reply)
 
-        self.send(_pack(args), done)
+        self.send(pack(args), done)
         return fut
 
     def _check(self) -> None:
@@ -245,7 +241,7 @@ class ReadBatches:
               batch: list[tuple[Sequence[str], asyncio.Future[list[bytes | None]]]]) -> None:
         keys = [k for ks, _ in batch for k in ks]
         self._in_flight += 1
-        conn.send(_pack(("MGET", *keys)),
+        conn.send(pack(("MGET", *keys)),
                   lambda reply: self._answered(conn, batch, keys, reply))
 
     def _answered(self, conn: _Connection,
@@ -278,7 +274,7 @@ class ReadBatches:
             return got
 
         for i in absent:
-            conn.send(_pack(("GET", keys[i])), one(i))
+            conn.send(pack(("GET", keys[i])), one(i))
 
     def _deliver(self, batch: list[tuple[Sequence[str], asyncio.Future[list[bytes | None]]]],
                  keys: list[str], values: list[Reply], *, errors: bool = True) -> None:
@@ -343,24 +339,12 @@ class ReadBatches:
     async def _open_connection(self) -> _Connection:
         """A connected, authenticated connection on the target's db."""
         t = self._target
-        loop = asyncio.get_running_loop()
         conn = _Connection(t.timeout)
-        connect: Any
-        if t.path:
-            connect = loop.create_unix_connection(lambda: conn, t.path)
-        else:
-            connect = loop.create_connection(lambda: conn, t.host, t.port)
         limit = t.connect_timeout or CONNECT_S
-        await asyncio.wait_for(connect, limit)
+        await open_stream(conn, host=t.host, port=t.port, path=t.path, limit_s=limit)
         try:
-            username, password = t.username, t.password
-            if t.credential_provider is not None:
-                creds = await t.credential_provider.get_credentials_async()
-                username, password = ((creds[0], creds[1]) if len(creds) == 2
-                                      else (None, creds[0]))
-            hello: list[tuple[str | bytes | int, ...]] = []
-            if password is not None:
-                hello.append(("AUTH", username, password) if username else ("AUTH", password))
+            auth = await auth_command(t.username, t.password, t.credential_provider)
+            hello: list[tuple[str | bytes | int, ...]] = [auth] if auth is not None else []
             if t.db:
                 hello.append(("SELECT", t.db))
             if t.client_name:
