@@ -218,7 +218,23 @@ def _server(redis_url: str, auto_pipeline: bool, workers: int = 1,
         server.stop()
 
 
+def _settle(server: _Server, limit_s: float = 5.0) -> None:
+    """Wait (at most ``limit_s``) until the server is idle: below 5% of a core over 0.2 s.
+    A row's load generator stops with requests in flight (32 ``POST /v1/odds`` of 100 items
+    are ~0.3 s of work); without the wait they run into the next row's first requests,
+    whose tail (p99) and CPU count then hold the previous row's work."""
+    deadline = time.monotonic() + limit_s
+    cpu = server.cpu_s()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = server.cpu_s()
+        if now - cpu < 0.01:
+            return
+        cpu = now
+
+
 def _wrk(server: _Server, path: str, script: str, seconds: int, conns: int) -> dict[str, Any]:
+    _settle(server)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script + _DONE_LUA)
     try:
@@ -242,6 +258,7 @@ def _wrk(server: _Server, path: str, script: str, seconds: int, conns: int) -> d
 
 def _ws(server: _Server, token: str, legs: int, seconds: int) -> dict[str, Any]:
     """The compiled WebSocket client: 32 connections x 8 validations in flight."""
+    _settle(server)
     cpu0, store0 = server.cpu_s(), server.store_cpu_s()
     t0 = time.monotonic()
     out = subprocess.run(

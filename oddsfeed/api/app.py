@@ -37,6 +37,7 @@ from .plumbing import (
     errors_mw,
     hide_server_banner,
     json_body,
+    principal_by,
     principal_of,
     whole_json_body,
 )
@@ -48,27 +49,34 @@ _STATIC_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,100}$")  # no paths, 
 
 # ---- bet slips ------------------------------------------------------------------------------
 
-async def validate_bets(request: web.Request) -> web.Response:
-    principal = principal_of(request, VALIDATE)
-    data = whole_json_body(request)
-    if data is LATER:
-        data = await json_body(request)
-    legs, accept = slip_of(data)
-    # An in-play slip holds its request for the bet delay: bound how many run at once.
-    validating = request.app[K_VALIDATING]
-    limit = request.app[K_SETTINGS].api.max_validations
-    if validating[0] >= limit:
-        raise Problem(503, "too many validations",
-                      f"{limit} bet-slip validations are in progress; retry", retry_after=1)
-    validating[0] += 1
-    arrived = now_ms()
-    try:
-        body = await validate_slip(request.app[K_STORE], legs, accept,
-                                   metrics=VALIDATION_METRICS)
-        risk_routes.offer(request, principal, legs, body, arrived)  # queued, off the path
-        return json_answer(body)
-    finally:
-        validating[0] -= 1
+def validation_route(store: Store, settings: Settings, auth: Authenticator,
+                     validating: list[int]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The ``POST /v1/bets/validate`` handler of one app, its store, settings and
+    Authenticator bound once (no app lookups per request); ``validating`` counts the
+    validations in progress."""
+    limit = settings.api.max_validations
+
+    async def validate_bets(request: web.Request) -> web.Response:
+        principal = principal_by(auth, request, VALIDATE)
+        data = whole_json_body(request)
+        if data is LATER:
+            data = await json_body(request)
+        legs, accept = slip_of(data)
+        # An in-play slip holds its request for the bet delay: bound how many run at once.
+        if validating[0] >= limit:
+            raise Problem(503, "too many validations",
+                          f"{limit} bet-slip validations are in progress; retry",
+                          retry_after=1)
+        validating[0] += 1
+        arrived = now_ms()
+        try:
+            body = await validate_slip(store, legs, accept, metrics=VALIDATION_METRICS)
+            risk_routes.offer(request, principal, legs, body, arrived)  # queued, off the path
+            return json_answer(body)
+        finally:
+            validating[0] -= 1
+
+    return validate_bets
 
 
 # ---- operations ---------------------------------------------------------------------------
@@ -106,7 +114,7 @@ async def static(request: web.Request) -> web.StreamResponse:
 HANDLERS: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
     "list_markets": list_markets, "get_market": get_market, "put_market": put_market,
     "patch_market": patch_market, "delete_market": delete_market, "post_odds": post_odds,
-    "validate_bets": validate_bets, "healthz": healthz, "readyz": readyz,
+    "healthz": healthz, "readyz": readyz,
     "demo_token": demo_token, "index": index, "static": static,
     **desk.HANDLERS, **locks.HANDLERS, **risk_routes.HANDLERS, **console.HANDLERS,
 }
@@ -143,10 +151,12 @@ def build_app(settings: Settings, store: Store, *,
     if ws_port:
         app[K_WS_PORT] = ws_port
     risk_routes.install(app, settings.risk, store, principal_of, queue=risk)
+    handlers = {**HANDLERS, "validate_bets": validation_route(
+        store, settings, app[K_AUTH], app[K_VALIDATING])}
     for route in ROUTES:
         if route.admin or (route.handler == "demo_token" and not demo_token):
             continue  # admin routes: build_admin_app; no demo: 404 like any unknown path
-        app.router.add_route(route.method, route.path, HANDLERS[route.handler])
+        app.router.add_route(route.method, route.path, handlers[route.handler])
     return app
 
 

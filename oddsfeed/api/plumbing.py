@@ -149,7 +149,11 @@ async def cors_mw(request: web.Request,
 
 def principal_of(request: web.Request, scope: str | None) -> Principal:
     """The caller, checked for ``scope``; raises a 401 or 403 problem."""
-    auth = request.app[K_AUTH]
+    return principal_by(request.app[K_AUTH], request, scope)
+
+
+def principal_by(auth: Authenticator, request: web.Request, scope: str | None) -> Principal:
+    """:func:`principal_of` with the app's Authenticator already at hand."""
     header = request.headers.get("Authorization", "")
     principal: Principal | None = None
     if header:

@@ -40,9 +40,13 @@ class PrometheusValidationMetrics:
     """Counts each slip's legs by result and reason, the slip by result, and its time."""
 
     def record(self, body: dict[str, Any], *, delayed: bool, seconds: float) -> None:
-        for leg in body["legs"]:
-            _legs(leg["ok"], leg.get("reason", "")).inc()
-        _slips(body["ok"]).inc()
+        ok = body["ok"]
+        if ok:  # every leg accepted: one count of them all
+            _legs(True, "").inc(len(body["legs"]))
+        else:
+            for leg in body["legs"]:
+                _legs(leg["ok"], leg.get("reason", "")).inc()
+        _slips(ok).inc()
         _seconds(delayed).observe(seconds)
 
 

@@ -87,17 +87,15 @@ REASONS = ("unknown_market", "unknown_selection", "market_suspended", "market_cl
 
 def check_leg(leg: Leg, record: Record | None, accept: str) -> dict[str, Any]:
     """One leg's verdict map ``{market, selection, ok, reason?, price, version}``."""
-    out: dict[str, Any] = {"market": leg.market, "selection": leg.selection}
     if record is None:
-        return {**out, "ok": False, "reason": "unknown_market", "price": None, "version": None}
+        return {"market": leg.market, "selection": leg.selection, "ok": False,
+                "reason": "unknown_market", "price": None, "version": None}
     market, susp_v = record
     sel = market.selections.get(leg.selection)
     if sel is None:
         # protocol.md section 4: price and version are null for an unknown selection
-        return {**out, "ok": False, "reason": "unknown_selection", "price": None,
-                "version": None}
-    out["price"] = to_float(sel.price)
-    out["version"] = market.version
+        return {"market": leg.market, "selection": leg.selection, "ok": False,
+                "reason": "unknown_selection", "price": None, "version": None}
     reason = None
     if market.status == "suspended":
         reason = "market_suspended"
@@ -113,9 +111,12 @@ def check_leg(leg: Leg, record: Record | None, accept: str) -> dict[str, Any]:
         accept == "any" or (accept == "better" and sel.price >= leg.price)
     ):
         reason = "price_changed"
+    # One map per leg, its keys in the answer's order (price, version, then the verdict).
     if reason is None:
-        return {**out, "ok": True}
-    return {**out, "ok": False, "reason": reason}
+        return {"market": leg.market, "selection": leg.selection,
+                "price": to_float(sel.price), "version": market.version, "ok": True}
+    return {"market": leg.market, "selection": leg.selection, "price": to_float(sel.price),
+            "version": market.version, "ok": False, "reason": reason}
 
 
 def suspended_since(susp_v: int, version: int) -> bool:

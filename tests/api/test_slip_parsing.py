@@ -135,7 +135,9 @@ def _json_bytes(draw: st.DrawFn) -> bytes:
                  st.sampled_from([b"1e400", b"-1e400", b"Infinity", b"NaN", b"\xef\xbb\xbf{}",
                                   b"18446744073709551616", b"-9223372036854775809",
                                   b"99999999999999999999", b"[1.00000000000000000001]",
-                                  b'"\\ud800"', b"-0", b"-0.0", b"5e-324"])))
+                                  b'"\\ud800"', b"-0", b"-0.0", b"5e-324",
+                                  b'{"a":[1,18446744073709551616]}', b'["\\\\ud800"]',
+                                  b'{"p":"1234567890123456789"}', b'[1,"\xed\xa0\x80"]'])))
 def test_parse_json_is_json_loads(raw: bytes) -> None:
     """parse_json gives exactly json.loads's value (same types: ints past 64 bits stay
     ints) or refuses what json.loads (with the checks) refuses, whichever parser ran."""
