@@ -120,6 +120,10 @@ _DueKey = tuple[str, str, int, Any, int, str]
 # version, sub, at_ms) in ``due``.
 _SLIP = 3
 _LEG = 7
+# What a recorder runs, cumulatively (anything but "all" only to measure its parts apart):
+# "offer" takes each batch and drops it, "fold" also sums it, "writes" also writes its
+# counts and beat-queue legs, "all" also sweeps the beat queue and checks thresholds.
+PARTS = ("offer", "fold", "writes", "all")
 
 
 class _Batch:
@@ -238,9 +242,13 @@ class RiskQueue:
                  beat: Beat | None = None, watch: Watch | None = None,
                  clock: Callable[[], int] | None = None,
                  on_stop: Callable[[], Awaitable[None]] | None = None,
-                 deadline_s: float = DEADLINE_S, linger_s: float = LINGER_S) -> None:
+                 deadline_s: float = DEADLINE_S, linger_s: float = LINGER_S,
+                 parts: str = "all") -> None:
         if not deadline_s > 0:
             raise ValueError(f"deadline_s {deadline_s} must be > 0")
+        if parts not in PARTS:
+            raise ValueError(f"parts {parts!r} must be one of {', '.join(PARTS)}")
+        self.parts = parts
         self.linger_s = linger_s
         self.store = store
         self.deadline_s = deadline_s
@@ -310,7 +318,8 @@ class RiskQueue:
         loop = asyncio.get_running_loop()
         if self._task is None:
             self._task = loop.create_task(self._run(), name="risk")
-        if self._sweeper is None and (self.beat is not None or self.watch is not None):
+        if self._sweeper is None and self.parts == "all" and (
+                self.beat is not None or self.watch is not None):
             self._sweeper = loop.create_task(self._sweep_loop(), name="risk-beat")
 
     async def stop(self) -> None:
@@ -354,7 +363,10 @@ class RiskQueue:
                 self._wake = None
             batch, self._batch = self._batch, _Batch(self.beat is not None, self._grain)
             try:
-                await self._bounded(self.record(batch), "risk record")
+                if self.parts in ("all", "writes"):
+                    await self._bounded(self.record(batch), "risk record")
+                elif self.parts == "fold":
+                    batch.fold()
             except Exception as exc:  # the top of the task: count, report, go on
                 why = "store_error" if isinstance(exc, StoreError) else "error"
                 self.metrics.dropped(why, batch.slips)

@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import msgpack
+import pytest
 
 from oddsfeed.clock import now_ms
 from oddsfeed.core.model import MarketUpdate
@@ -131,3 +132,25 @@ async def test_a_batch_of_interleaved_accounts_and_grains_is_counted_exactly(
         got = await store.client.hget(bucket_key(60, grain), sub)  # bucket = grain here
         assert got is not None
         assert add(msgpack.unpackb(got), ()) == counts
+
+
+async def test_the_debug_parts_run_only_their_share_of_the_recorder(store: Store) -> None:
+    """With ``parts`` "offer" or "fold" a batch is taken and nothing is written; with
+    "writes" the counts are written and no sweeper runs; an unknown part is refused."""
+    t0 = ahead()
+    ok = {"ok": True, "legs": [{"ok": True, "price": 2.5, "version": 1}]}
+    for parts, written in (("offer", False), ("fold", False), ("writes", True)):
+        sub = f"parts-{parts}"
+        queue = RiskQueue(counts_of(store, windows_s=[60]), RiskMetrics(), max_pending=10,
+                          linger_s=0.01, parts=parts)
+        queue.start()
+        try:
+            queue.offer(sub, [Leg("m1", "h", 25000)], ok, t0)
+            await asyncio.wait_for(queue.drain(), 10)
+            assert queue._sweeper is None
+        finally:
+            await queue.stop()
+        got = await store.client.hget(bucket_key(60, t0 // 5000), sub)
+        assert (got is not None) == written, parts
+    with pytest.raises(ValueError, match="parts 'sweeps'"):
+        RiskQueue(counts_of(store), RiskMetrics(), max_pending=10, parts="sweeps")
