@@ -13,7 +13,7 @@ from oddsfeed.clock import now_ms
 from oddsfeed.core.model import MarketUpdate
 from oddsfeed.core.risk import ZERO, add, as_map, slip_counts
 from oddsfeed.core.wire import Leg
-from oddsfeed.services.risk import RiskQueue, stale_ms_of
+from oddsfeed.services.risk import Beat, RiskQueue, stale_ms_of
 from oddsfeed.store import RiskCounts, Store
 from oddsfeed.store.codec import history_key, unpack
 from oddsfeed.store.risk import bucket_key
@@ -154,3 +154,34 @@ async def test_the_debug_parts_run_only_their_share_of_the_recorder(store: Store
         assert (got is not None) == written, parts
     with pytest.raises(ValueError, match="parts 'sweeps'"):
         RiskQueue(counts_of(store), RiskMetrics(), max_pending=10, parts="sweeps")
+
+
+def test_one_leg_slips_and_other_slips_fold_into_the_same_beat_groups() -> None:
+    """The one-leg fast path of ``offer`` queues each accepted leg under the same group and
+    time as the general path does (a group's times in any order: the beat queue takes
+    their latest), and the batch counts every slip once."""
+    queue = RiskQueue(counts_of_grain(5000), RiskMetrics(), max_pending=1000,
+                      beat=Beat(None, 1000, 500, 100), clock=now_ms)  # type: ignore[arg-type]
+    t0 = 1_000_000_000_000
+    ok = {"ok": True, "price": 2.5, "version": 3}
+    expected: dict[tuple[Any, ...], list[int]] = {}
+    for n in range(60):
+        sub, at = ("a", "b")[n % 2], t0 + n * 300
+        verdicts = [ok] * (1 + n % 3) if n % 5 else [ok, {"ok": False, "reason": "x"}]
+        legs = [Leg(f"m{n % 4}", "h", 25000 + n % 3)] * len(verdicts)
+        body = {"ok": all(v["ok"] for v in verdicts), "legs": verdicts}
+        queue.offer(sub, legs, body, at)
+        for leg, v in zip(legs, verdicts, strict=True):
+            if v["ok"]:
+                key = (leg.market, leg.selection, leg.price, 2.5, 3, sub)
+                expected.setdefault(key, []).append(at)
+    batch = queue._batch
+    assert batch.slips == 60
+    assert {k: sorted(v) for k, v in batch.fold().items()} == expected  # order: irrelevant
+    slips = sum(total[0] for _, total in batch.totals.values())
+    assert slips == 60
+
+
+def counts_of_grain(grain_ms: int) -> Any:
+    """A store stand-in that only tells the recorder its time grain (nothing is written)."""
+    return type("Grain", (), {"grain_ms": grain_ms})()
