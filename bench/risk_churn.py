@@ -64,6 +64,20 @@ def _maps() -> dict[str, bytes]:
             for i in range(MARKETS)}
 
 
+def _slip(queue: RiskQueue | None, frame: bytes, maps: dict[str, bytes]) -> bytes:
+    """One WebSocket validation as the server makes it, offered to ``queue`` (if any)."""
+    arrived = now_ms()
+    req = decode_request(frame, JSON)
+    assert isinstance(req, Validate)
+    legs = req.legs
+    records = {leg.market: record_from_store(msgpack.unpackb(maps[leg.market]))
+               for leg in legs}
+    body = check_slip(legs, records, "exact")
+    if queue is not None:
+        queue.offer("bench", legs, body, now_ms(), arrived)
+    return encode({"op": "validation", "id": req.id, **body}, JSON)
+
+
 def _run(queue: RiskQueue | None, batches: int, frames: list[bytes], maps: dict[str, bytes]
          ) -> float:
     """CPU µs per slip of ``batches`` batches of slips (recorder off when ``queue`` is
@@ -72,16 +86,7 @@ def _run(queue: RiskQueue | None, batches: int, frames: list[bytes], maps: dict[
     t0 = time.process_time()
     for b in range(batches):
         for n in range(BATCH):
-            arrived = now_ms()
-            req = decode_request(frames[(b * BATCH + n) % nframes], JSON)
-            assert isinstance(req, Validate)
-            legs = req.legs
-            records = {leg.market: record_from_store(msgpack.unpackb(maps[leg.market]))
-                       for leg in legs}
-            body = check_slip(legs, records, "exact")
-            if queue is not None:
-                queue.offer("bench", legs, body, now_ms(), arrived)
-            encode({"op": "validation", "id": req.id, **body}, JSON)
+            _slip(queue, frames[(b * BATCH + n) % nframes], maps)
         if queue is not None:
             batch, queue._batch = queue._batch, type(queue._batch)(True, 5000)
             if FOLD:
