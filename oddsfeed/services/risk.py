@@ -5,7 +5,8 @@ window has ended (a suspension or a shorter price within it counts ``beat``).
 
 It never delays or changes a validation: :meth:`RiskQueue.offer` appends the verdict's
 plain values to the current batch in memory (an all-accepted slip: its account, time and
-leg count; an accepted leg: its market, selection, prices, version, account and time; a
+leg count; an accepted leg: its market, selection, prices, version, account and time; an
+all-accepted one-leg slip, the common one: only its leg's values, in a list of its own; a
 slip with a rejected leg is summed into its account's count vector at once; a full batch
 drops the slip and counts the drop), wakes the task once per batch, and returns; the task
 sums the batch in one pass. Nothing of the request is kept but those values (and a
