@@ -168,6 +168,10 @@ class RiskSettings(_Section):
     demo_bettors: bool = True
     demo_sharps: int = Field(3, ge=0, le=100)
     demo_normals: int = Field(20, ge=0, le=1000)
+    # For measuring the recorder only (bench.risk_cost): which of its parts run. "offer":
+    # batches are taken and dropped; "fold": also summed in memory; "writes": also written
+    # (counts, beat queue) but never swept; "all": everything (the only setting for use).
+    debug_parts: Literal["offer", "fold", "writes", "all"] = "all"
 
     @field_validator("windows_s")
     @classmethod

@@ -105,7 +105,8 @@ def recorder(settings: RiskSettings, store: Store) -> RiskQueue | None:
                            min_interval_ms=settings.threshold_check_ms)
     return RiskQueue(counts, PrometheusRiskMetrics(), max_pending=settings.max_pending,
                      on_error=lambda exc: log.warning("risk.record_failed", error=str(exc)),
-                     beat=beat, watch=watch, clock=now_ms, on_stop=alerts.close)
+                     beat=beat, watch=watch, clock=now_ms, on_stop=alerts.close,
+                     parts=settings.debug_parts)
 
 
 def install(app: web.Application, settings: RiskSettings, store: Store,

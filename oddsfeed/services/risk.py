@@ -5,7 +5,8 @@ window has ended (a suspension or a shorter price within it counts ``beat``).
 
 It never delays or changes a validation: :meth:`RiskQueue.offer` appends the verdict's
 plain values to the current batch in memory (an all-accepted slip: its account, time and
-leg count; an accepted leg: its market, selection, prices, version, account and time; a
+leg count; an accepted leg: its market, selection, prices, version, account and time; an
+all-accepted one-leg slip, the common one: only its leg's values, in a list of its own; a
 slip with a rejected leg is summed into its account's count vector at once; a full batch
 drops the slip and counts the drop), wakes the task once per batch, and returns; the task
 sums the batch in one pass. Nothing of the request is kept but those values (and a
@@ -16,8 +17,9 @@ markets, not with its slips.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, Protocol, TypeVar
 
 from ..core.errors import StoreError
@@ -115,30 +117,37 @@ DEADLINE_S = 10.0
 _Dating = tuple[list[int], str, Leg, str, int]
 # Accepted legs by (market, selection, asked price, answered price, version, account).
 _DueKey = tuple[str, str, int, Any, int, str]
-# Strides of the batch's flat lists: an all-accepted slip is (sub, at_ms, legs) in
-# ``accepted``; an accepted leg is (market, selection, asked price, answered price,
-# version, sub, at_ms) in ``due``.
+# Strides of the batch's flat lists: an all-accepted slip of one leg with a version is
+# (market, selection, asked price, answered price, version, sub, at_ms) in ``one`` (the
+# common slip: one append on the request's turn); any other all-accepted slip is (sub,
+# at_ms, legs) in ``accepted``; any other accepted leg is laid out as ``one``'s in ``due``.
 _SLIP = 3
 _LEG = 7
+# What a recorder runs, cumulatively (anything but "all" only to measure its parts apart):
+# "offer" takes each batch and drops it, "fold" also sums it, "writes" also writes its
+# counts and beat-queue legs, "all" also sweeps the beat queue and checks thresholds.
+PARTS = ("offer", "fold", "writes", "all")
 
 
 class _Batch:
     """The slips offered since the last batch. A slip with a rejected leg is summed at once
     (``totals`` per (account, time grain): the first ``at_ms`` seen and a count vector, by
     :func:`count_slip`; ``dating``: its legs whose stale bucket waits for the history). An
-    all-accepted slip, and every accepted leg for the beat signal (None: no beat signal),
-    is only appended as plain values to the flat lists ``accepted`` and ``due`` and summed
-    by :meth:`fold` when the batch is recorded: one pass over the whole batch costs less
-    CPU than the same work spread over the requests, and no container is made per slip.
-    Nothing of a request is kept but these values (the market and selection names among
-    them) and a rejected leg to date."""
+    all-accepted slip, and every accepted leg for the beat signal (``due`` None: no beat
+    signal), is only appended as plain values to the flat lists ``one``, ``accepted`` and
+    ``due`` and summed by :meth:`fold` when the batch is recorded: one pass over the whole
+    batch costs less CPU than the same work spread over the requests, and no container is
+    made per slip. Nothing of a request is kept but these values (the market and selection
+    names among them) and a rejected leg to date."""
 
-    __slots__ = ("slips", "totals", "dating", "accepted", "due", "last_at", "grain_ms")
+    __slots__ = ("slips", "totals", "dating", "one", "accepted", "due", "last_at",
+                 "grain_ms")
 
     def __init__(self, beat: bool, grain_ms: int) -> None:
         self.slips = 0
         self.totals: dict[tuple[str, int], tuple[int, list[int]]] = {}
         self.dating: list[_Dating] = []
+        self.one: list[Any] = []
         self.accepted: list[Any] = []
         self.due: list[Any] | None = [] if beat else None
         self.last_at = 0
@@ -154,15 +163,37 @@ class _Batch:
 
     def fold(self) -> dict[_DueKey, list[int]]:
         """Add the all-accepted slips to ``totals`` (:func:`count_accepted`) and return the
-        accepted legs' acceptance times by group and account."""
-        acc = self.accepted
+        accepted legs' acceptance times by group and account (empty without the beat
+        signal)."""
+        one, acc = self.one, self.accepted
+        self._add_runs(zip(one[5::_LEG], one[6::_LEG], repeat(1)))
+        self._add_runs(zip(acc[0::_SLIP], acc[1::_SLIP], acc[2::_SLIP], strict=True))
+        self.one = self.accepted = []
+        due: dict[_DueKey, list[int]] = {}
+        if self.due is None:
+            return due
+        for flat in (one, self.due):
+            keys: Iterator[_DueKey] = zip(flat[0::_LEG], flat[1::_LEG], flat[2::_LEG],
+                                          flat[3::_LEG], flat[4::_LEG], flat[5::_LEG],
+                                          strict=True)
+            for group, at in zip(keys, flat[6::_LEG], strict=True):
+                ats = due.get(group)
+                if ats is None:
+                    due[group] = [at]
+                else:
+                    ats.append(at)
+        self.due = []
+        return due
+
+    def _add_runs(self, slips_of: Iterable[tuple[str, int, int]]) -> None:
+        """Add all-accepted slips, given as (sub, at_ms, legs), to ``totals``."""
         grain = self.grain_ms
         total: list[int] = []
         last: str | None = None
         lo = hi = slips = legs = 0
         # Runs of slips of one account and time grain (the common case under load) are
         # summed first and added once.
-        for sub, at_ms, n in zip(acc[0::_SLIP], acc[1::_SLIP], acc[2::_SLIP], strict=True):
+        for sub, at_ms, n in slips_of:
             if sub != last or not lo <= at_ms < hi:
                 if slips:
                     count_accepted(total, legs, slips)
@@ -173,21 +204,6 @@ class _Batch:
             legs += n
         if slips:
             count_accepted(total, legs, slips)
-        self.accepted = []
-        due: dict[_DueKey, list[int]] = {}
-        flat = self.due
-        if flat:
-            keys: Iterator[_DueKey] = zip(flat[0::_LEG], flat[1::_LEG], flat[2::_LEG],
-                                          flat[3::_LEG], flat[4::_LEG], flat[5::_LEG],
-                                          strict=True)
-            for group, at in zip(keys, flat[6::_LEG], strict=True):
-                ats = due.get(group)
-                if ats is None:
-                    due[group] = [at]
-                else:
-                    ats.append(at)
-            self.due = []
-        return due
 
 
 async def stale_ms_of(store: RiskStore, legs: Sequence[Leg],
@@ -238,9 +254,13 @@ class RiskQueue:
                  beat: Beat | None = None, watch: Watch | None = None,
                  clock: Callable[[], int] | None = None,
                  on_stop: Callable[[], Awaitable[None]] | None = None,
-                 deadline_s: float = DEADLINE_S, linger_s: float = LINGER_S) -> None:
+                 deadline_s: float = DEADLINE_S, linger_s: float = LINGER_S,
+                 parts: str = "all") -> None:
         if not deadline_s > 0:
             raise ValueError(f"deadline_s {deadline_s} must be > 0")
+        if parts not in PARTS:
+            raise ValueError(f"parts {parts!r} must be one of {', '.join(PARTS)}")
+        self.parts = parts
         self.linger_s = linger_s
         self.store = store
         self.deadline_s = deadline_s
@@ -269,11 +289,26 @@ class RiskQueue:
         if batch.slips >= self.max_pending:
             self.metrics.dropped("queue_full")
             return
-        batch.slips += 1
-        batch.last_at = at_ms
+        slips = batch.slips = batch.slips + 1
+        # Slips of the same millisecond keep one time object, not one each.
+        if at_ms == batch.last_at:
+            at_ms = batch.last_at
+        else:
+            batch.last_at = at_ms
         self._offered += 1
         verdicts = body["legs"]
         ok = body.get("ok")
+        if ok and len(verdicts) == 1:
+            leg, verdict = legs[0], verdicts[0]
+            version = verdict.get("version")
+            if version is not None:
+                batch.one += (leg.market, leg.selection, leg.price, verdict.get("price"),
+                              version, sub, at_ms)
+            else:
+                batch.accepted += (sub, at_ms, 1)
+            if slips == 1 or slips >= MAX_BATCH:
+                self._wake_up()
+            return
         if ok:
             batch.accepted += (sub, at_ms, len(verdicts))
         else:
@@ -296,8 +331,14 @@ class RiskQueue:
                 if version is not None:
                     due += (leg.market, leg.selection, leg.price, verdict.get("price"),
                             version, sub, at_ms)
+        if slips == 1 or slips >= MAX_BATCH:
+            self._wake_up()
+
+    def _wake_up(self) -> None:
+        """Wake the task (at a batch's first slip its linger starts, at its last the
+        batch is recorded at once)."""
         wake = self._wake
-        if wake is not None and (batch.slips == 1 or batch.slips >= MAX_BATCH):
+        if wake is not None:
             self._wake = None
             if not wake.done():
                 wake.set_result(None)
@@ -310,7 +351,8 @@ class RiskQueue:
         loop = asyncio.get_running_loop()
         if self._task is None:
             self._task = loop.create_task(self._run(), name="risk")
-        if self._sweeper is None and (self.beat is not None or self.watch is not None):
+        if self._sweeper is None and self.parts == "all" and (
+                self.beat is not None or self.watch is not None):
             self._sweeper = loop.create_task(self._sweep_loop(), name="risk-beat")
 
     async def stop(self) -> None:
@@ -354,7 +396,10 @@ class RiskQueue:
                 self._wake = None
             batch, self._batch = self._batch, _Batch(self.beat is not None, self._grain)
             try:
-                await self._bounded(self.record(batch), "risk record")
+                if self.parts in ("all", "writes"):
+                    await self._bounded(self.record(batch), "risk record")
+                elif self.parts == "fold":
+                    batch.fold()
             except Exception as exc:  # the top of the task: count, report, go on
                 why = "store_error" if isinstance(exc, StoreError) else "error"
                 self.metrics.dropped(why, batch.slips)

@@ -7,12 +7,13 @@ import asyncio
 from typing import Any
 
 import msgpack
+import pytest
 
 from oddsfeed.clock import now_ms
 from oddsfeed.core.model import MarketUpdate
 from oddsfeed.core.risk import ZERO, add, as_map, slip_counts
 from oddsfeed.core.wire import Leg
-from oddsfeed.services.risk import RiskQueue, stale_ms_of
+from oddsfeed.services.risk import Beat, RiskQueue, stale_ms_of
 from oddsfeed.store import RiskCounts, Store
 from oddsfeed.store.codec import history_key, unpack
 from oddsfeed.store.risk import bucket_key
@@ -131,3 +132,56 @@ async def test_a_batch_of_interleaved_accounts_and_grains_is_counted_exactly(
         got = await store.client.hget(bucket_key(60, grain), sub)  # bucket = grain here
         assert got is not None
         assert add(msgpack.unpackb(got), ()) == counts
+
+
+async def test_the_debug_parts_run_only_their_share_of_the_recorder(store: Store) -> None:
+    """With ``parts`` "offer" or "fold" a batch is taken and nothing is written; with
+    "writes" the counts are written and no sweeper runs; an unknown part is refused."""
+    t0 = ahead()
+    ok = {"ok": True, "legs": [{"ok": True, "price": 2.5, "version": 1}]}
+    for parts, written in (("offer", False), ("fold", False), ("writes", True)):
+        sub = f"parts-{parts}"
+        queue = RiskQueue(counts_of(store, windows_s=[60]), RiskMetrics(), max_pending=10,
+                          linger_s=0.01, parts=parts)
+        queue.start()
+        try:
+            queue.offer(sub, [Leg("m1", "h", 25000)], ok, t0)
+            await asyncio.wait_for(queue.drain(), 10)
+            assert queue._sweeper is None
+        finally:
+            await queue.stop()
+        got = await store.client.hget(bucket_key(60, t0 // 5000), sub)
+        assert (got is not None) == written, parts
+    with pytest.raises(ValueError, match="parts 'sweeps'"):
+        RiskQueue(counts_of(store), RiskMetrics(), max_pending=10, parts="sweeps")
+
+
+def test_one_leg_slips_and_other_slips_fold_into_the_same_beat_groups() -> None:
+    """The one-leg fast path of ``offer`` queues each accepted leg under the same group and
+    time as the general path does (a group's times in any order: the beat queue takes
+    their latest), and the batch counts every slip once."""
+    queue = RiskQueue(counts_of_grain(5000), RiskMetrics(), max_pending=1000,
+                      beat=Beat(None, 1000, 500, 100), clock=now_ms)  # type: ignore[arg-type]
+    t0 = 1_000_000_000_000
+    ok = {"ok": True, "price": 2.5, "version": 3}
+    expected: dict[tuple[Any, ...], list[int]] = {}
+    for n in range(60):
+        sub, at = ("a", "b")[n % 2], t0 + n * 300
+        verdicts = [ok] * (1 + n % 3) if n % 5 else [ok, {"ok": False, "reason": "x"}]
+        legs = [Leg(f"m{n % 4}", "h", 25000 + n % 3)] * len(verdicts)
+        body = {"ok": all(v["ok"] for v in verdicts), "legs": verdicts}
+        queue.offer(sub, legs, body, at)
+        for leg, v in zip(legs, verdicts, strict=True):
+            if v["ok"]:
+                key = (leg.market, leg.selection, leg.price, 2.5, 3, sub)
+                expected.setdefault(key, []).append(at)
+    batch = queue._batch
+    assert batch.slips == 60
+    assert {k: sorted(v) for k, v in batch.fold().items()} == expected  # order: irrelevant
+    slips = sum(total[0] for _, total in batch.totals.values())
+    assert slips == 60
+
+
+def counts_of_grain(grain_ms: int) -> Any:
+    """A store stand-in that only tells the recorder its time grain (nothing is written)."""
+    return type("Grain", (), {"grain_ms": grain_ms})()
