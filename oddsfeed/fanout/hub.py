@@ -24,8 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Collection, Iterable
-from typing import Any, cast
+from collections.abc import Iterable
+from typing import Any
 
 from ..core import wire
 from ..core.book import Delta
@@ -383,20 +383,15 @@ class Hub:
         # A run's cohort (members holding every delta of the window so far) takes the delta
         # at once, as one; the loop below then skips its members.
         sink = self.sink
-        if sink is not None:
-            n = len(cast(Collection[Client], subscribers))
-            cohort = sink.advance(market, out, item, n, checked)
-            if cohort and cohort >= n:
+        cohort = sink.advance(market, out, item, checked) if sink is not None else 0
+        if cohort:
+            if cohort >= len(subscribers):  # type: ignore[arg-type]  # the index's sets
                 return
-        else:
-            cohort = 0
+            subscribers = [c for c in subscribers if c.run_end != COHORT
+                           or c.run is None or c.run.market != market]
         now = time.monotonic()
         ready: list[Client] = []
         for client in subscribers:
-            if cohort and client.run_end == COHORT:
-                run = client.run
-                if run is not None and run.market == market:
-                    continue
             if client.pending:
                 held = client.pending.get(market)
                 if held is not None:
@@ -411,7 +406,7 @@ class Hub:
                     ready = []
             else:
                 self.deliver(client, market, item, out)
-        if ready or cohort:  # (with none ready: the run's bound is checked there)
+        if ready:
             self._send_many(ready, out, market, item, now)
 
     def _send_many(self, ready: list[Client], out: wire.Outgoing, market: str, item: Delta,

@@ -65,7 +65,7 @@ class Run(Generic[M]):
     """One market's deltas of one batching window and the clients that take them."""
 
     __slots__ = ("market", "messages", "deltas", "clients", "hot", "nbytes", "limit_bytes",
-                 "encoding", "opened", "frames", "cohort_end", "ncohort")
+                 "encoding", "opened", "frames", "cohort_end", "ncohort", "formed")
 
     def __init__(self, market: str, hot: bool, encoding: str, limit_bytes: int) -> None:
         self.market = market
@@ -85,13 +85,12 @@ class Run(Generic[M]):
         # the cohort's slice end (moved by advance() only) and how many members it holds
         self.cohort_end = 0
         self.ncohort = 0
+        self.formed = False  # whether advance() formed the cohort yet
 
     def index(self, out: Outgoing, delta: Delta) -> int:
         """The index of ``out`` in the run, appending it when it is not the last one (the
         hub hands one delta's subscribers over in chunks: it is appended once)."""
         messages = self.messages
-        if not messages:  # the run's first delta: whoever joins with it is in the cohort
-            self.cohort_end = 1
         if not messages or messages[-1] is not out:
             messages.append(out)
             self.deltas.append(delta)
@@ -100,8 +99,20 @@ class Run(Generic[M]):
 
     def advance(self, out: Outgoing, delta: Delta) -> int:
         """The hub's next delta of the market, checked to apply on top of the cohort's
-        position: appended, and every cohort member takes it; returns how many did."""
-        self.cohort_end = self.index(out, delta) + 1
+        position: appended, and every cohort member takes it; returns how many did.
+
+        The cohort forms here, at the run's second delta (a window with one update per
+        market pays nothing for it): every member that took all of the run so far."""
+        idx = self.index(out, delta)
+        if not self.formed:
+            self.formed = True
+            n = 0
+            for client in self.clients:
+                if client.run is self and client.run_end == idx:
+                    client.run_end = COHORT
+                    n += 1
+            self.ncohort = n
+        self.cohort_end = idx + 1
         return self.ncohort
 
     def position(self) -> tuple[str, int]:
@@ -117,11 +128,7 @@ class Run(Generic[M]):
         """``client`` (in no run, its outbox empty) takes the run's delta at ``idx`` on."""
         client.run = self
         client.run_at = idx
-        if idx + 1 == self.cohort_end:
-            client.run_end = COHORT
-            self.ncohort += 1
-        else:
-            client.run_end = idx + 1
+        client.run_end = idx + 1  # in the cohort from its next delta on (take)
         self.clients.append(client)
 
     def take(self, clients: list[M], idx: int) -> list[M]:

@@ -323,15 +323,14 @@ class FanoutServer:
         if run is not None and run.full():
             self._write_run(run)
 
-    def advance(self, market: str, out: wire.Outgoing, delta: Delta, subscribers: int,
-                checked: bool) -> int:
+    def advance(self, market: str, out: wire.Outgoing, delta: Delta, checked: bool) -> int:
         """The market's run takes the delta for its whole cohort at once (see
         :meth:`.runs.Run.advance`); an urgent delta, or a worker that stopped batching,
         closes the run instead (every member's slice to its outbox, its position its own),
         and a delta the hub could not check against the node's position (a new epoch, a
-        new sequence) dissolves the cohort: each member's own position decides. A run that
-        took it for every one of ``subscribers`` is checked against its bound here (no
-        send_many follows)."""
+        new sequence) dissolves the cohort: each member's own position decides. The run's
+        bound is checked here: written at once, it holds the delta for its cohort, and the
+        members that take it alone get it after the run, like any client the run left."""
         run = self._runs.get(market)
         if run is None:
             return 0
@@ -348,7 +347,7 @@ class FanoutServer:
         if policy.behind(self.hub.lateness_s):
             policy.widen()
         taken = run.advance(out, delta)
-        if taken >= subscribers and run.full():
+        if run.full():
             self._write_run(run)
         return taken
 

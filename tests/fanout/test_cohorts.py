@@ -56,14 +56,16 @@ def snapshot(v: int) -> Market:
 
 
 async def test_a_cohort_takes_each_update_as_one_and_its_positions_come_back() -> None:
-    """Three subscribers handed deltas 2-4 are one cohort after the first (the later ones
-    move no member), get [2, 3, 4] each in one shared frame, and hold version 4 after."""
+    """Three subscribers handed deltas 2-4 form one cohort at the run's second delta (the
+    first joins them one by one, as before; the later ones move no member), get [2, 3, 4]
+    each in one shared frame, and hold version 4 after."""
     async with hubbed(3) as (fan, clients, peers):
         live(fan, 2)
         run = fan._runs["m1"]
+        assert run.ncohort == 0
+        live(fan, 3)
         assert run.ncohort == 3
         assert all(c.run_end == COHORT for c in clients)
-        live(fan, 3)
         live(fan, 4)
         assert run.cohort_end == 3
         assert run.ncohort == 3
@@ -78,23 +80,27 @@ async def test_a_cohort_takes_each_update_as_one_and_its_positions_come_back() -
 
 
 async def test_a_subscriber_joining_mid_window_joins_the_cohort() -> None:
-    """A subscriber already at version 2 (its catch-up was ahead) skips delta 2, takes 3 on
-    and joins the cohort: its frame is [3, 4], the others' [2, 3, 4]."""
+    """A subscriber already at version 3 (its catch-up was ahead) skips deltas 2-3, joins
+    the run at 4 while the cohort of the others takes it, and the cohort at 5: its frame
+    is [4, 5], the others' [2, 3, 4, 5]."""
     async with hubbed(3) as (fan, clients, peers):
         late = clients[2]
-        late.pos["m1"] = ("e", 2)
+        late.pos["m1"] = ("e", 3)
         live(fan, 2)
+        live(fan, 3)
         assert late.run is None
         assert fan._runs["m1"].ncohort == 2
-        live(fan, 3)
+        live(fan, 4)
+        assert late.run is fan._runs["m1"]
+        assert late.run_end != COHORT
+        live(fan, 5)
         assert late.run_end == COHORT
         assert fan._runs["m1"].ncohort == 3
-        live(fan, 4)
         window_end(fan)
-        assert versions(read_frame(peers[0])) == [2, 3, 4]
-        assert versions(read_frame(peers[1])) == [2, 3, 4]
-        assert versions(read_frame(peers[2])) == [3, 4]
-        assert late.pos["m1"] == ("e", 4)
+        assert versions(read_frame(peers[0])) == [2, 3, 4, 5]
+        assert versions(read_frame(peers[1])) == [2, 3, 4, 5]
+        assert versions(read_frame(peers[2])) == [4, 5]
+        assert late.pos["m1"] == ("e", 5)
 
 
 async def test_a_member_held_back_leaves_the_cohort_and_gets_its_held_deltas_in_order() -> None:

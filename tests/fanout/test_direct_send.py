@@ -247,8 +247,7 @@ def test_the_hub_hands_a_delta_to_the_sink_in_chunks() -> None:
                       delta: Any, now: float) -> None:
             calls.append(list(clients))
 
-        def advance(self, market: str, out: wire.Outgoing, delta: Any, subscribers: int,
-                    checked: bool) -> int:
+        def advance(self, market: str, out: wire.Outgoing, delta: Any, checked: bool) -> int:
             return 0  # no market runs here
 
     hub = Hub(store=SimpleNamespace(bus=lambda *a, **k: None))  # type: ignore[arg-type]
