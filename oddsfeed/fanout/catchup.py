@@ -17,6 +17,7 @@ from ..core.model import Market
 from .client import Client
 from .delivery import newer, settle_held
 from .hubview import HubView
+from .runs import settle
 
 log = logging.getLogger("oddsfeed.fanout")
 
@@ -33,6 +34,7 @@ async def catch_up(hub: HubView, client: Client, markets: list[str],
     If a read fails the markets stay subscribed and owed (see :class:`.owed.Owed`),
     their held items are dropped (the snapshot that repays them supersedes them), and a
     request gets ``error`` ``internal``: nothing waits on a read that will not come."""
+    settle(client)  # held items of a market its run's cohort holds would be skipped
     for m in markets:
         client.pending.setdefault(m, [])
         if hub.index.add_market(client, m):

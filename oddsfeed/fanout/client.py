@@ -39,6 +39,13 @@ class Sink(Protocol):
         """One delta to every client of ``clients`` (the hub already moved their positions);
         must behave like ``client.push()`` for each of them, in order."""
 
+    def advance(self, market: str, out: wire.Outgoing, delta: Delta, checked: bool) -> int:
+        """The hub's next delta of ``market`` to the cohort of the market's run
+        (:mod:`.runs`) if it has one, when ``checked`` (it applies on top of the node's
+        position, which the cohort holds; otherwise the cohort is dissolved): returns how
+        many subscribers took it there (0: none; the hub hands it to the others, skipping
+        the cohort's members, and to every subscriber when 0)."""
+
 
 class Client:
     """One WebSocket connection's protocol state; the I/O lives in the server and the writer."""

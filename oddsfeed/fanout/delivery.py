@@ -9,6 +9,7 @@ from ..core.book import Delta
 from ..core.model import Market
 from ..store import LiveDelta
 from .client import Client, Held
+from .runs import settle
 
 
 def newer(pos: tuple[str, int] | None, market: Market) -> bool:
@@ -20,6 +21,7 @@ def deliver(client: Client, market: str, item: Held, out: wire.Outgoing | None =
     """Hand ``item`` to ``client`` if it applies on top of what the client holds, skip it if
     the client holds it already; False when the client must get the market again (a delta
     over a gap, or of another epoch). ``out`` is the item's shared message, if built."""
+    settle(client)  # a member of a run's cohort: its own position first
     pos = client.pos.get(market)
     if isinstance(item, Delta):
         if pos is not None and pos[0] == item.epoch:

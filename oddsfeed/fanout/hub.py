@@ -40,6 +40,7 @@ from .client import Client, Held, Sink
 from .delivery import deliver, hold, settle_held
 from .owed import Owed
 from .repair import Repairs
+from .runs import COHORT, settle
 
 __all__ = ["Client", "Held", "Hub", "Sink"]
 
@@ -300,6 +301,7 @@ class Hub:
         await self._release_channels(lost_m, lost_e)
 
     def _drop_market(self, client: Client, m: str, lost: list[str]) -> None:
+        settle(client)
         client.via_event.pop(m, None)
         client.pos.pop(m, None)
         client.pending.pop(m, None)
@@ -358,7 +360,9 @@ class Hub:
             return  # a late message of a channel being dropped: no continuity to keep
         epoch, base, version = item.epoch, item.base, item.version
         known = self.markets.get(market)
-        if known is not None and known[0] == epoch:
+        checked = known is not None and known[0] == epoch
+        if checked:
+            assert known is not None
             if version <= known[1]:
                 return  # duplicate
             if base != known[1]:
@@ -376,6 +380,15 @@ class Hub:
         # delta's base takes it; anything else goes through deliver(). The takers go to the
         # sink SEND_CHUNK at a time, so that the first of 500 subscribers are written to
         # before the last ones are looked at.
+        # A run's cohort (members holding every delta of the window so far) takes the delta
+        # at once, as one; the loop below then skips its members.
+        sink = self.sink
+        cohort = sink.advance(market, out, item, checked) if sink is not None else 0
+        if cohort:
+            if cohort >= len(subscribers):  # type: ignore[arg-type]  # the index's sets
+                return
+            subscribers = [c for c in subscribers if c.run_end != COHORT
+                           or c.run is None or c.run.market != market]
         now = time.monotonic()
         ready: list[Client] = []
         for client in subscribers:

@@ -14,6 +14,7 @@ from . import metrics
 from .client import Client, Held
 from .delivery import hold, settle_held
 from .hubview import HubView
+from .runs import settle
 
 log = logging.getLogger("oddsfeed.fanout")
 
@@ -31,6 +32,7 @@ class Repairs:
     async def resync(self, client: Client, market: str) -> None:
         """Resend ``market`` to ``client`` (a delta it cannot apply: a gap or another
         epoch), unless it closed, dropped the market or a catch-up of it is running."""
+        settle(client)  # what is held for it must not be advanced past by its run's cohort
         if client.closed or market in client.pending or market not in client.pos:
             return
         client.pending[market] = []
@@ -54,6 +56,7 @@ class Repairs:
         hub = self._hub
         clients = [c for c in hub.index.market_subscribers(market) if market not in c.pending]
         for c in clients:
+            settle(c)  # held, not advanced by its run's cohort
             c.pending[market] = []
         try:
             snap = await hub.store.get(market)

@@ -14,7 +14,15 @@ Rules (the server opens runs, the hub decides who takes each delta, the writer f
   encoding (a market's subscribers share it); a member whose socket is backed up goes
   through its outbox as before;
 - a run is bounded: past ``RUN_ITEMS`` deltas or its flush size in bytes it is written at
-  once, like an outbox holding a frame's worth.
+  once, like an outbox holding a frame's worth;
+- the members that hold every delta the hub handed the run are its **cohort**
+  (``run_end == COHORT``): their slice ends at the run's ``cohort_end`` and their position
+  is the run's delta before it, so an update the whole cohort takes (:meth:`Run.advance`)
+  costs one append and one integer, not a position check and move per member. A member's
+  own position is written back (:func:`settle`) before anything else concerns it: whatever
+  is pushed to it, a hold or a re-read of its market, a snapshot, an unsubscribe, the
+  window's end; only the hub advances the cohort, and only with a delta that applies on
+  top of the position the cohort holds.
 
 No I/O here.
 """
@@ -32,6 +40,9 @@ from . import metrics
 # Deltas per run at most (one frame's worth, as the writer's FRAME_ITEMS).
 RUN_ITEMS = 512
 
+# A member's ``run_end`` while it is in its run's cohort (its slice ends at ``cohort_end``).
+COHORT = -1
+
 
 class Member(Protocol):
     """What a run needs of a client (:class:`~oddsfeed.fanout.client.Client`; named through
@@ -42,6 +53,7 @@ class Member(Protocol):
     run_end: int
     closed: bool
     received: int
+    pos: dict[str, tuple[str, int] | None]
     outbox: Outbox
     sink: Any  # the client's Sink: ready() and slow()
 
@@ -53,7 +65,7 @@ class Run(Generic[M]):
     """One market's deltas of one batching window and the clients that take them."""
 
     __slots__ = ("market", "messages", "deltas", "clients", "hot", "nbytes", "limit_bytes",
-                 "encoding", "opened", "frames")
+                 "encoding", "opened", "frames", "cohort_end", "ncohort", "formed")
 
     def __init__(self, market: str, hot: bool, encoding: str, limit_bytes: int) -> None:
         self.market = market
@@ -70,6 +82,10 @@ class Run(Generic[M]):
         # (encoding, at, end) -> the frame of a slice other than the whole run in the run's
         # encoding (the writer keeps that one), built once for its members
         self.frames: dict[tuple[str, int, int], bytes] = {}
+        # the cohort's slice end (moved by advance() only) and how many members it holds
+        self.cohort_end = 0
+        self.ncohort = 0
+        self.formed = False  # whether advance() formed the cohort yet
 
     def index(self, out: Outgoing, delta: Delta) -> int:
         """The index of ``out`` in the run, appending it when it is not the last one (the
@@ -81,6 +97,29 @@ class Run(Generic[M]):
             self.nbytes += len(out.payload(self.encoding))
         return len(messages) - 1
 
+    def advance(self, out: Outgoing, delta: Delta) -> int:
+        """The hub's next delta of the market, checked to apply on top of the cohort's
+        position: appended, and every cohort member takes it; returns how many did.
+
+        The cohort forms here, at the run's second delta (a window with one update per
+        market pays nothing for it): every member that took all of the run so far."""
+        idx = self.index(out, delta)
+        if not self.formed:
+            self.formed = True
+            n = 0
+            for client in self.clients:
+                if client.run is self and client.run_end == idx:
+                    client.run_end = COHORT
+                    n += 1
+            self.ncohort = n
+        self.cohort_end = idx + 1
+        return self.ncohort
+
+    def position(self) -> tuple[str, int]:
+        """The (epoch, version) a cohort member holds."""
+        d = self.deltas[self.cohort_end - 1]
+        return d.epoch, d.version
+
     def full(self) -> bool:
         """Whether the run holds a frame's worth (written at once, not at the window's end)."""
         return self.nbytes >= self.limit_bytes or len(self.messages) >= RUN_ITEMS
@@ -89,19 +128,47 @@ class Run(Generic[M]):
         """``client`` (in no run, its outbox empty) takes the run's delta at ``idx`` on."""
         client.run = self
         client.run_at = idx
-        client.run_end = idx + 1
+        client.run_end = idx + 1  # in the cohort from its next delta on (take)
         self.clients.append(client)
 
     def take(self, clients: list[M], idx: int) -> list[M]:
-        """The members of ``clients`` whose slice ends right before ``idx`` take it; returns
-        the others (not in this run, or past a delta they did not take)."""
+        """The members of ``clients`` whose slice ends right before ``idx`` take it (one that
+        catches up with the cohort joins it; a cohort member the delta was not advanced
+        for takes it alone); returns the others (not in this run, or past a delta they did
+        not take)."""
         rest: list[M] = []
+        cohort_end = self.cohort_end
         for client in clients:
-            if client.run is self and client.run_end == idx:
-                client.run_end = idx + 1
-            else:
-                rest.append(client)
+            if client.run is self:
+                end = client.run_end
+                if end == idx:
+                    if idx + 1 == cohort_end:
+                        client.run_end = COHORT
+                        self.ncohort += 1
+                    else:
+                        client.run_end = idx + 1
+                    continue
+                if end == COHORT:
+                    if cohort_end == idx + 1:
+                        continue  # the cohort took it already
+                    if cohort_end == idx:
+                        client.run_end = idx + 1
+                        self.ncohort -= 1
+                        continue
+            rest.append(client)
         return rest
+
+
+def settle(client: Member) -> None:
+    """``client`` leaves its run's cohort (if in it): its slice and position are its own
+    again, the position written back for its market."""
+    run = client.run
+    if run is None or client.run_end != COHORT:
+        return
+    client.run_end = run.cohort_end
+    run.ncohort -= 1
+    if run.market in client.pos:
+        client.pos[run.market] = run.position()
 
 
 def leave(client: Member) -> bool:
@@ -110,11 +177,12 @@ def leave(client: Member) -> bool:
     window like any client with something queued. A closed client just leaves. Returns
     whether the client is still open."""
     run = client.run
+    if run is None:
+        return not client.closed
+    settle(client)
     client.run = None
     if client.closed:
         return False
-    if run is None:
-        return True
     at, end = client.run_at, client.run_end
     client.received += end - at
     outbox = client.outbox

@@ -44,7 +44,7 @@ from .close import (
 )
 from .handshake import peer_ip, process_request, select_subprotocol
 from .hub import Client, Hub
-from .runs import Run, leave
+from .runs import Run, leave, settle
 from .writer import Writer
 from .wsinternals import Connection, attach, is_open, ping, shed_handshake
 
@@ -322,6 +322,34 @@ class FanoutServer:
         run = self._runs.get(market)
         if run is not None and run.full():
             self._write_run(run)
+
+    def advance(self, market: str, out: wire.Outgoing, delta: Delta, checked: bool) -> int:
+        """The market's run takes the delta for its whole cohort at once (see
+        :meth:`.runs.Run.advance`); an urgent delta, or a worker that stopped batching,
+        closes the run instead (every member's slice to its outbox, its position its own),
+        and a delta the hub could not check against the node's position (a new epoch, a
+        new sequence) dissolves the cohort: each member's own position decides. The run's
+        bound is checked here: written at once, it holds the delta for its cohort, and the
+        members that take it alone get it after the run, like any client the run left."""
+        run = self._runs.get(market)
+        if run is None:
+            return 0
+        policy = self.policy
+        if out.urgent or not policy.batching:
+            self._close_run(run)
+            return 0
+        if not checked:
+            if run.ncohort:
+                for client in run.clients:
+                    if client.run is run:
+                        settle(client)
+            return 0
+        if policy.behind(self.hub.lateness_s):
+            policy.widen()
+        taken = run.advance(out, delta)
+        if run.full():
+            self._write_run(run)
+        return taken
 
     def _queue(self, clients: list[Client], out: wire.Outgoing, market: str, delta: Delta,
                now: float) -> None:

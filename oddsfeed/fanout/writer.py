@@ -24,7 +24,7 @@ from ..core.book import Delta
 from . import metrics
 from .client import Client
 from .frames import frame_of, frame_of_all, next_frame
-from .runs import Run, leave
+from .runs import COHORT, Run, leave
 from .wsinternals import OPEN
 
 try:
@@ -186,6 +186,9 @@ class Writer:
             # the frame of the whole run in the members' most common encoding
             whole_enc = run.encoding
             whole: bytes | None = None
+            market = run.market
+            cohort_end = run.cohort_end
+            position = run.position() if run.ncohort else None
             for client in run.clients:
                 if client.run is not run:
                     continue  # left the run (or joined again: counted once, there)
@@ -200,6 +203,10 @@ class Writer:
                     continue
                 client.run = None
                 at, end = client.run_at, client.run_end
+                if end == COHORT:  # its position is the run's again
+                    end = cohort_end
+                    if market in client.pos:
+                        client.pos[market] = position
                 if not at and end == n and client.encoding == whole_enc:
                     if whole is None:
                         whole = frame_of_all(tuple(held), whole_enc, {})

@@ -247,6 +247,9 @@ def test_the_hub_hands_a_delta_to_the_sink_in_chunks() -> None:
                       delta: Any, now: float) -> None:
             calls.append(list(clients))
 
+        def advance(self, market: str, out: wire.Outgoing, delta: Any, checked: bool) -> int:
+            return 0  # no market runs here
+
     hub = Hub(store=SimpleNamespace(bus=lambda *a, **k: None))  # type: ignore[arg-type]
     hub.sink = Recorder()  # type: ignore[assignment]
     clients = [Client(i + 1, wire.JSON, Outbox(encoding=wire.JSON, high_water_bytes=1 << 20,
