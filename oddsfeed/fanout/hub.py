@@ -134,6 +134,7 @@ class Hub:
         self.clients.add(client)
 
     async def remove_client(self, client: Client) -> None:
+        settle(client)  # a cohort counts subscribers of its market: it must lose this one too
         client.closed = True
         self.clients.discard(client)
         self.owed.drop(client)

@@ -225,3 +225,25 @@ async def test_a_snapshot_from_the_bus_ends_the_cohort_on_each_member_s_own_posi
         window_end(fan)
         assert all(versions(read_frame(p)) == [2, 3] for p in peers)
         assert all(nothing_to_read(p) for p in peers)
+
+
+async def test_a_member_that_disconnects_leaves_the_cohort_so_the_others_still_get_the_delta(
+) -> None:
+    """A cohort member that disconnects mid-window is no subscriber any more and no member
+    either: a subscriber outside the cohort (its catch-up was ahead) still takes the next
+    delta, as a delta, not left to a resync."""
+    async with hubbed(4) as (fan, clients, peers):
+        late = clients[3]
+        late.pos["m1"] = ("e", 3)
+        live(fan, 2)
+        live(fan, 3)
+        run = fan._runs["m1"]
+        assert run.ncohort == 3
+        await fan.hub.remove_client(clients[0])
+        assert run.ncohort == 2
+        live(fan, 4)
+        assert late.run is run
+        window_end(fan)
+        assert versions(read_frame(peers[1])) == [2, 3, 4]
+        assert versions(read_frame(peers[3])) == [4]
+        assert late.pos["m1"] == ("e", 4)
