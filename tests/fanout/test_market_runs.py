@@ -140,6 +140,16 @@ def nothing_to_read(peer: Peer) -> bool:
         peer.settimeout(5)
 
 
+def assert_left_with_2_3_while_the_other_got_2_3_4(peers: list[Peer]) -> None:
+    """The first peer's frame holds deltas 2-3 then its ``unsubscribed`` reply, the
+    second's deltas 2-4, and nothing else is left to read."""
+    got = items(read_frame(peers[0]))
+    assert [m.get("v") for m in got] == [2, 3, None]
+    assert got[2]["op"] == "unsubscribed"
+    assert versions(read_frame(peers[1])) == [2, 3, 4]
+    assert all(nothing_to_read(p) for p in peers)
+
+
 async def test_a_window_of_one_market_reaches_every_subscriber_as_one_shared_frame() -> None:
     """Three deltas of one market to three subscribers are queued once each (no outbox
     holds them) and arrive as one batch frame per subscriber, the same bytes, built once."""
@@ -184,11 +194,7 @@ async def test_a_subscriber_leaving_mid_window_keeps_its_order() -> None:
         assert len(leaver.outbox) == 3
         send(fan, [stayer], 4)
         window_end(fan)
-        got = items(read_frame(peers[0]))
-        assert [m.get("v") for m in got] == [2, 3, None]
-        assert got[2]["op"] == "unsubscribed"
-        assert versions(read_frame(peers[1])) == [2, 3, 4]
-        assert all(nothing_to_read(p) for p in peers)
+        assert_left_with_2_3_while_the_other_got_2_3_4(peers)
 
 
 async def test_a_subscriber_that_missed_a_delta_never_takes_a_later_one_from_the_run() -> None:
