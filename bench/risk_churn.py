@@ -16,7 +16,6 @@ request's own objects are freed as it ends, and whatever the batch keeps of them
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import statistics
@@ -30,6 +29,7 @@ from oddsfeed.clock import now_ms
 from oddsfeed.core.betslip import check_slip, record_from_store
 from oddsfeed.core.wire import JSON, Validate, decode_request, encode
 from oddsfeed.services.risk import Beat, RiskQueue
+from oddsfeed.worker import tune_gc
 
 BATCH = 4500  # half a second of the WebSocket row's ~9,000 slips/s
 MARKETS = 20
@@ -97,9 +97,7 @@ def _run(queue: RiskQueue | None, batches: int, frames: list[bytes], maps: dict[
 def run() -> dict[str, Any]:
     rounds = int(os.environ.get("BENCH_ROUNDS", 12))
     batches = int(os.environ.get("BENCH_BATCHES", 4))
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 50)  # as worker.tune_gc
+    tune_gc(10_000)  # as the worker tunes its collector
     frames, maps = _frames(), _maps()
     queue = RiskQueue(_Store(), _Metrics(), max_pending=10 * BATCH,  # type: ignore[arg-type]
                       beat=Beat(None, 10_000, 500, 1000), clock=now_ms)  # type: ignore[arg-type]

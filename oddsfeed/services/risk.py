@@ -117,10 +117,11 @@ DEADLINE_S = 10.0
 _Dating = tuple[list[int], str, Leg, str, int]
 # Accepted legs by (market, selection, asked price, answered price, version, account).
 _DueKey = tuple[str, str, int, Any, int, str]
-# Strides of the batch's flat lists: an all-accepted slip of one leg with a version is
-# (market, selection, asked price, answered price, version, sub, at_ms) in ``one`` (the
-# common slip: one append on the request's turn); any other all-accepted slip is (sub,
-# at_ms, legs) in ``accepted``; any other accepted leg is laid out as ``one``'s in ``due``.
+# Strides of the batch's flat lists: with the beat signal, an all-accepted slip of one
+# leg with a version is (market, selection, asked price, answered price, version, sub,
+# at_ms) in ``one`` (the common slip: one append on the request's turn); any other
+# all-accepted slip is (sub, at_ms, legs) in ``accepted``; any other accepted leg is laid
+# out as ``one``'s in ``due``.
 _SLIP = 3
 _LEG = 7
 # What a recorder runs, cumulatively (anything but "all" only to measure its parts apart):
@@ -301,10 +302,10 @@ class RiskQueue:
         if ok and len(verdicts) == 1:
             leg, verdict = legs[0], verdicts[0]
             version = verdict.get("version")
-            if version is not None:
+            if version is not None and batch.due is not None:
                 batch.one += (leg.market, leg.selection, leg.price, verdict.get("price"),
                               version, sub, at_ms)
-            else:
+            else:  # nothing to judge later: the counts need only the slip
                 batch.accepted += (sub, at_ms, 1)
             if slips == 1 or slips >= MAX_BATCH:
                 self._wake_up()
@@ -317,13 +318,7 @@ class RiskQueue:
                 batch.dating.append((total, sub, legs[i], str(verdicts[i].get("reason")),
                                      at_ms if arrived_ms is None else arrived_ms))
         due = batch.due
-        if due is not None and len(legs) == 1:
-            leg, verdict = legs[0], verdicts[0]
-            version = verdict.get("version")
-            if version is not None and (ok or verdict.get("ok")):
-                due += (leg.market, leg.selection, leg.price, verdict.get("price"), version,
-                        sub, at_ms)
-        elif due is not None:
+        if due is not None:
             for leg, verdict in zip(legs, verdicts, strict=True):
                 if not ok and not verdict.get("ok"):
                     continue
